@@ -1,0 +1,1 @@
+"""Detector math: plain Python and numpy, no Beam; state is plain data."""

@@ -1,0 +1,152 @@
+"""The contract every parser keeps, and the pieces they share.
+
+A parser is a generator function
+
+    parse(source: str, stream: BinaryIO, kind: str, table: str,
+          batch_rows: int = BATCH_ROWS) -> Iterator[Batch | Rejected]
+
+that reads one input (an already decompressed binary stream; `source` names it for
+provenance), yields `Batch`es of `schemas.TABLES[table]` rows, and yields a `Rejected` for
+every line, packet or rest-of-file it cannot read. It never raises for bad input. Each input
+unit (a data line, a packet) is counted exactly once: in some `Batch.units` if it was read
+fine (whether or not it produced a row of `table`), or as one `Rejected`. So for every
+file, `read = parsed + rejected` where `parsed = sum(Batch.units)`.
+
+Parsers import no Beam, so unit tests and other tools can call them directly.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, Union
+
+import pyarrow as pa
+
+from beamlytics import schemas
+
+BATCH_ROWS = 10_000
+EXCERPT_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Batch:
+    table: str
+    records: pa.RecordBatch
+    units: int  # input lines/packets consumed that were read fine, with or without a row
+
+
+@dataclass(frozen=True)
+class Rejected:
+    source: str
+    position: int  # 1-based line or packet number; 0 when the whole file is unreadable
+    reason: str
+    excerpt: str = ""
+    source_tool: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "source_tool": self.source_tool,
+            "source_file": self.source,
+            "position": self.position,
+            "reason": self.reason,
+            "excerpt": self.excerpt,
+        }
+
+
+ParseItem = Union[Batch, Rejected]
+
+
+def excerpt(raw: bytes | str) -> str:
+    """A short, printable piece of a bad input unit for the dead-letter record."""
+    if isinstance(raw, bytes):
+        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", "backslashreplace")
+    return raw[:EXCERPT_CHARS]
+
+
+class RowBuffer:
+    """Collects rows column by column and hands out full `Batch`es.
+
+    Parsers append plain Python values per column (timestamps as integer microseconds
+    since the epoch) and call `add_units` for every input unit they consumed; `take`
+    returns a batch when `batch_rows` rows are waiting, `flush` returns what is left.
+    """
+
+    def __init__(self, table: str, source_tool: str, source_file: str, batch_rows: int = BATCH_ROWS):
+        self.table = table
+        self.schema = schemas.TABLES[table]
+        self.batch_rows = batch_rows
+        self.source_tool = source_tool
+        self.source_file = source_file
+        self._columns: dict[str, list] = {name: [] for name in self.schema.names}
+        self._rows = 0
+        self._units = 0
+
+    def append(self, position: int, **values: Any) -> None:
+        columns = self._columns
+        for name, column in columns.items():
+            column.append(values.get(name))
+        columns["source_tool"][-1] = self.source_tool
+        columns["source_file"][-1] = self.source_file
+        columns["source_pos"][-1] = position
+        self._rows += 1
+
+    def add_units(self, count: int = 1) -> None:
+        self._units += count
+
+    def take(self) -> Batch | None:
+        return self.flush() if self._rows >= self.batch_rows else None
+
+    def flush(self) -> Batch | None:
+        if self._rows == 0 and self._units == 0:
+            return None
+        batch = schemas.batch_from_columns(self.schema, self._columns, self._rows)
+        result = Batch(self.table, batch, self._units)
+        self._columns = {name: [] for name in self.schema.names}
+        self._rows = 0
+        self._units = 0
+        return result
+
+
+_MAGIC = (
+    (b"\x1f\x8b", gzip.GzipFile),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
+
+
+def decompressed(stream: BinaryIO) -> BinaryIO:
+    """Wrap `stream` in the decompressor its first bytes call for (gzip, bzip2, xz).
+
+    Compression is recognised by content, not by name: rotated logs are often
+    compressed without a matching suffix.
+    """
+    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
+    head = buffered.peek(6)[:6]
+    for magic, opener in _MAGIC:
+        if head.startswith(magic):
+            return io.BufferedReader(opener(buffered))
+    return buffered
+
+
+def open_input(path: str, opener: Callable[[str], BinaryIO] | None = None) -> BinaryIO:
+    """Open a local path (or, with `opener`, any filesystem path) decompressed."""
+    raw = opener(path) if opener is not None else open(path, "rb")
+    return decompressed(raw)
+
+
+def read_head(stream: BinaryIO, size: int = 65536) -> bytes:
+    """First `size` decompressed bytes of a stream, or what could be read before an error."""
+    chunks, total = [], 0
+    try:
+        while total < size:
+            chunk = stream.read(size - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except (OSError, EOFError, ValueError, lzma.LZMAError):
+        pass
+    return b"".join(chunks)

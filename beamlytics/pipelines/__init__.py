@@ -1,0 +1,1 @@
+"""Runnable pipelines and the `beamlytics` command line."""

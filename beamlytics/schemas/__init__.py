@@ -1,0 +1,195 @@
+"""Arrow schemas of beamlytics' data tables (dns, http, named_flows) and of its outputs.
+
+Every parser, whatever tool wrote its input, emits batches of exactly these schemas, so
+windowing, features and detectors never care where a record came from. The provenance
+columns (`source_tool`, `source_file`, `source_pos`) let an analyst go from an anomaly back
+to the line or packet behind it.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+PROVENANCE_FIELDS = [
+    pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, bind, pcap
+    pa.field("source_file", pa.string(), nullable=False),
+    # 1-based line number in the (decompressed) log, or 1-based packet number in a capture.
+    pa.field("source_pos", pa.int64(), nullable=False),
+]
+
+DNS = pa.schema(
+    [
+        pa.field("c_ip", pa.string()),
+        pa.field("c_port", pa.int32()),
+        pa.field("s_ip", pa.string()),
+        pa.field("s_port", pa.int32()),
+        pa.field("proto", pa.string()),  # udp | tcp
+        pa.field("trans_id", pa.int32()),
+        pa.field("query", pa.string()),
+        pa.field("req_class", pa.string()),  # mnemonic: IN, CH, ... (see CLASS_NAMES)
+        pa.field("req_type", pa.string()),  # mnemonic: A, AAAA, ... (see TYPE_NAMES)
+        pa.field("resp_code", pa.string()),  # NOERROR, NXDOMAIN, ...; null when unanswered
+        pa.field("flags", pa.string()),  # set header flags, space separated, in FLAG_ORDER
+        pa.field("answers", pa.list_(pa.string())),
+        pa.field("answer_types", pa.list_(pa.string())),  # null where the source does not say
+        pa.field("answer_ttls", pa.list_(pa.int64())),
+        pa.field("req_time", TIMESTAMP),
+        pa.field("resp_time", TIMESTAMP),  # null when unanswered or unknown
+        *PROVENANCE_FIELDS,
+    ]
+)
+
+HTTP = pa.schema(
+    [
+        pa.field("c_ip", pa.string()),
+        pa.field("c_port", pa.int32()),
+        pa.field("s_ip", pa.string()),
+        pa.field("s_port", pa.int32()),
+        pa.field("method", pa.string()),
+        pa.field("host", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("referrer", pa.string()),
+        pa.field("user_agent", pa.string()),
+        pa.field("req_cookie", pa.string()),
+        pa.field("set_cookie", pa.string()),
+        pa.field("status_code", pa.int32()),
+        pa.field("content_type", pa.string()),
+        pa.field("content_range", pa.string()),
+        pa.field("server", pa.string()),
+        pa.field("request_body_len", pa.int64()),
+        pa.field("response_body_len", pa.int64()),
+        pa.field("req_time", TIMESTAMP),
+        pa.field("resp_time", TIMESTAMP),
+        *PROVENANCE_FIELDS,
+    ]
+)
+
+NAMED_FLOWS = pa.schema(
+    [
+        pa.field("c_ip", pa.string()),
+        pa.field("c_port", pa.int32()),
+        pa.field("s_ip", pa.string()),
+        pa.field("s_port", pa.int32()),
+        pa.field("proto", pa.string()),  # tcp | udp | icmp | ...
+        pa.field("name", pa.string()),  # null for flows nothing could name: kept, not dropped
+        pa.field("name_source", pa.string()),  # sni | http_host | dns | squid_url | tstat
+        pa.field("c_pkt", pa.int64()),
+        pa.field("s_pkt", pa.int64()),
+        pa.field("c_bytes", pa.int64()),
+        pa.field("s_bytes", pa.int64()),
+        pa.field("tcp_flags", pa.string()),  # flags seen in either direction, e.g. "SAFR"
+        pa.field("time_start", TIMESTAMP),
+        pa.field("time_end", TIMESTAMP),
+        *PROVENANCE_FIELDS,
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"dns": DNS, "http": HTTP, "named_flows": NAMED_FLOWS}
+
+# Event time of a record: what windows are cut on.
+EVENT_TIME_COLUMN = {"dns": "req_time", "http": "req_time", "named_flows": "time_start"}
+
+REJECTED = pa.schema(
+    [
+        pa.field("source_tool", pa.string()),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("position", pa.int64(), nullable=False),  # line/packet number; 0 = whole file
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("excerpt", pa.string()),
+    ]
+)
+
+# One row per (endpoint, window, feature) that a detector scored, anomalous or not.
+SCORES = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("key_kind", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("window_start", TIMESTAMP, nullable=False),
+        pa.field("window_end", TIMESTAMP, nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # see detectors.base.Status
+        pa.field("score", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("direction", pa.string()),  # up | down | null
+        pa.field("evidence", pa.string()),  # JSON object, sorted keys
+    ]
+)
+
+ANOMALIES = pa.schema(
+    [
+        *SCORES,
+        pa.field("params", pa.string(), nullable=False),  # detector parameters, JSON
+        pa.field("records", pa.int64()),  # records of the endpoint in the window
+    ]
+)
+
+FLAG_ORDER = ("QR", "AA", "TC", "RD", "RA", "Z", "AD", "CD")
+
+# RFC 1035 / IANA DNS parameters, so every source renders codes the same way.
+TYPE_NAMES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
+    17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC", 33: "SRV", 35: "NAPTR",
+    36: "KX", 37: "CERT", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS", 44: "SSHFP",
+    45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID", 50: "NSEC3",
+    51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 59: "CDS", 60: "CDNSKEY",
+    61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS", 99: "SPF",
+    249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR", 253: "MAILB", 254: "MAILA", 255: "ANY",
+    256: "URI", 257: "CAA",
+}
+CLASS_NAMES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+RCODE_NAMES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
+    16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
+    22: "BADTRUNC", 23: "BADCOOKIE",
+}
+
+
+def type_name(code: int) -> str:
+    """Mnemonic of a DNS RR type; RFC 3597 `TYPEnnn` for types without one."""
+    return TYPE_NAMES.get(code, f"TYPE{code}")
+
+
+def class_name(code: int) -> str:
+    return CLASS_NAMES.get(code, f"CLASS{code}")
+
+
+def rcode_name(code: int) -> str:
+    return RCODE_NAMES.get(code, f"RCODE{code}")
+
+
+def flags_string(flags: Iterable[str]) -> str:
+    """Render a set of DNS header flags in the one canonical order."""
+    present = set(flags)
+    return " ".join(flag for flag in FLAG_ORDER if flag in present)
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def batch_from_columns(schema: pa.Schema, columns: Mapping[str, Any], num_rows: int) -> pa.RecordBatch:
+    """Build a batch of `schema` from whichever columns a source has; the rest are null.
+
+    Values may be Python lists or Arrow arrays. Timestamps may be given as
+    `pa.timestamp("us", tz="UTC")` arrays or as integer microseconds since the epoch.
+    """
+    unknown = set(columns) - set(schema.names)
+    if unknown:
+        raise KeyError(f"columns not in schema: {sorted(unknown)}")
+    arrays = []
+    for field in schema:
+        values = columns.get(field.name)
+        if values is None:
+            arrays.append(pa.nulls(num_rows, field.type))
+        elif isinstance(values, (pa.Array, pa.ChunkedArray)):
+            arrays.append(values if values.type == field.type else values.cast(field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -1,0 +1,1 @@
+"""Composite PTransforms: read and normalize, window features, score, write."""

@@ -1,0 +1,27 @@
+"""beamlytics: anomalies in network traffic logs, as Apache Beam pipelines."""
+from setuptools import find_packages, setup
+
+setup(
+    name="beamlytics",
+    version="0.1.0",
+    description="Apache Beam pipelines that find anomalous hosts in network logs and packet captures",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["beamlytics", "beamlytics.*"]),
+    install_requires=[
+        "apache-beam>=2.60",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pandas>=2.0",
+        "pyarrow>=14",
+        "dpkt>=1.9.8",
+    ],
+    extras_require={
+        # Test oracles and plots: never imported by the library itself.
+        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
+    license="Apache-2.0",
+)
