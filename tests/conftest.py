@@ -1,0 +1,24 @@
+"""Shared test helpers.
+
+Real captures and logs live outside the repository, in `../shared/data` beside the checkout
+(override with BEAMLYTICS_DATA). Tests that need them skip, saying which file was missing;
+the core suite generates its own small fixtures.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(
+    os.environ.get("BEAMLYTICS_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def shared_data(relative: str) -> Path:
+    """Path of a file or folder under the shared data directory; skip the test if absent."""
+    path = DATA_DIR / relative
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (set BEAMLYTICS_DATA to the data folder)")
+    return path
