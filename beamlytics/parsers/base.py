@@ -1,11 +1,17 @@
 """The contract every parser keeps, and the pieces they share.
 
-A parser is a generator function
+Each input format is one module in this package (zeek, squid, tstat, bind, pcap) with:
 
+    FORMAT: str                          # "zeek", "squid", ...
+    TABLES: dict[str, frozenset[str]]    # log kind -> tables that kind feeds
+    sniff(name: str, head: bytes) -> str | None
+        # the log kind ("dns", "access", "log_tcp_complete", "pcap", ...) when `head` (the
+        # first 64 KiB, decompressed) of the file called `name` (base name) is this format
     parse(source: str, stream: BinaryIO, kind: str, table: str,
-          batch_rows: int = BATCH_ROWS) -> Iterator[Batch | Rejected]
+          batch_rows: int = BATCH_ROWS, options: Mapping[str, Any] | None = None
+          ) -> Iterator[Batch | Rejected]
 
-that reads one input (an already decompressed binary stream; `source` names it for
+`parse` is a generator that reads one input (an already decompressed binary stream; `source` names it for
 provenance), yields `Batch`es of `schemas.TABLES[table]` rows, and yields a `Rejected` for
 every line, packet or rest-of-file it cannot read. It never raises for bad input. Each input
 unit (a data line, a packet) is counted exactly once: in some `Batch.units` if it was read
