@@ -1,0 +1,638 @@
+"""The packet layer: capture records in, decoded IP packets out.
+
+`iter_packets` reads a pcap or pcapng stream and yields exactly one item per capture
+record, so callers can keep the unit contract of `parsers.base` (read = parsed + rejected)
+without knowing anything about link layers:
+
+* a `Packet` (addresses, ports, TCP flags, transport payload),
+* a `Rejected` for a record that cannot be decoded, or for a file that ends mid-record,
+* `None` for a well-formed frame that carries no IP datagram for us (ARP, LLDP, STP...)
+  or an IP fragment held until its datagram is complete.
+
+The readers are our own (struct over the raw bytes) rather than dpkt's: they are faster,
+handle every pcapng interface's own link type and clock resolution, and turn every kind
+of damage into a `Rejected` instead of an exception.
+
+`TcpReassembler` turns TCP segments into in-order byte streams per direction, so that
+DNS-over-TCP and HTTP parsers see whole messages however the sender cut them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from beamlytics.parsers.base import Rejected, excerpt
+
+SOURCE_TOOL = "pcap"
+
+
+@dataclass(slots=True)
+class Packet:
+    number: int  # 1-based record number in the capture file
+    ts_us: int  # capture time, microseconds since the epoch (UTC)
+    src: str  # IP source as `ipaddress` prints it
+    dst: str
+    proto: int  # IP protocol after IPv6 extension headers
+    sport: int  # 0 for protocols without ports
+    dport: int
+    tcp_flags: int  # FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128; 0 otherwise
+    tcp_seq: int  # 0 for non-TCP
+    ip_bytes: int  # IP total length of the datagram as sent (header + payload)
+    payload: bytes  # transport payload; the whole reassembled payload for fragments
+
+
+class BadPacket(ValueError):
+    """A record whose bytes do not decode; its message becomes the Rejected reason."""
+
+
+TCP, UDP = 6, 17
+FIN, SYN, RST = 1, 2, 4
+
+# Largest record we accept: libpcap's own limit (256 KiB) unless the file's snap length
+# says more, and never so much that a corrupt length field makes us allocate gigabytes.
+_MIN_RECORD_LIMIT = 262_144
+_MAX_RECORD_LIMIT = 16 << 20
+
+# ---------------------------------------------------------------------------------------
+# Capture file readers: yield (number, ts_us, linktype, frame) tuples or a Rejected.
+# ---------------------------------------------------------------------------------------
+
+_PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # microsecond, little-endian (as written on x86)
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanosecond
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+# The upper bits of a pcap link type field carry FCS information (pcap-linktype(7)).
+_LINKTYPE_MASK = 0x03FF_FFFF
+
+
+def capture_format(head: bytes) -> str | None:
+    """"pcap" or "pcapng" when `head` starts like such a file, else None."""
+    if head[:4] in _PCAP_MAGIC:
+        return "pcap"
+    if head[:4] == _PCAPNG_SHB and len(head) >= 12 and head[8:12] in (b"\x1a\x2b\x3c\x4d", b"\x4d\x3c\x2b\x1a"):
+        return "pcapng"
+    return None
+
+
+def _rejected(source: str, position: int, reason: str, raw: bytes = b"") -> Rejected:
+    return Rejected(source, position, reason, excerpt(raw.hex()) if raw else "", SOURCE_TOOL)
+
+
+def _read_pcap(source: str, stream: BinaryIO, head: bytes) -> Iterator[tuple | Rejected]:
+    endian, ns_per_tick = _PCAP_MAGIC[head[:4]]
+    header = head + stream.read(24 - len(head))
+    if len(header) < 24:
+        yield _rejected(source, 0, "truncated pcap file header", header)
+        return
+    snaplen, network = struct.unpack(endian + "16xII", header)
+    linktype = network & _LINKTYPE_MASK
+    limit = min(max(snaplen, _MIN_RECORD_LIMIT), _MAX_RECORD_LIMIT)
+    record_header = struct.Struct(endian + "IIII")
+    read = stream.read
+    number = 0
+    while True:
+        raw = read(16)
+        if not raw:
+            return
+        number += 1
+        if len(raw) < 16:
+            yield _rejected(source, number, "file ends inside a record header", raw)
+            return
+        seconds, fraction, caplen, _ = record_header.unpack(raw)
+        if caplen > limit:
+            yield _rejected(source, number, f"record length {caplen} exceeds {limit}: rest of file unreadable", raw)
+            return
+        frame = read(caplen)
+        if len(frame) < caplen:
+            yield _rejected(source, number, f"file ends inside record ({len(frame)} of {caplen} bytes)", frame)
+            return
+        if ns_per_tick == 1:
+            ts_us = seconds * 1_000_000 + fraction // 1000
+        else:
+            ts_us = seconds * 1_000_000 + fraction
+        yield number, ts_us, linktype, frame
+
+
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    snaplen: int
+    # A timestamp in ticks is ts * numerator // denominator microseconds.
+    numerator: int = 1
+    denominator: int = 1
+    offset_us: int = 0
+
+
+def _interface(endian: str, body: bytes) -> _Interface:
+    linktype, _, snaplen = struct.unpack_from(endian + "HHI", body)
+    interface = _Interface(linktype, snaplen)
+    for code, value in _options(endian, body[8:]):
+        if code == 9 and value:  # if_tsresol: 10^-n seconds, or 2^-n with the top bit set
+            exponent = value[0] & 0x7F
+            if value[0] & 0x80:
+                interface.numerator, interface.denominator = 1_000_000, 1 << exponent
+            elif exponent >= 6:
+                interface.denominator = 10 ** (exponent - 6)
+            else:
+                interface.numerator = 10 ** (6 - exponent)
+        elif code == 14 and len(value) == 8:  # if_tsoffset: seconds added to every time
+            interface.offset_us = struct.unpack(endian + "q", value)[0] * 1_000_000
+    return interface
+
+
+def _options(endian: str, data: bytes) -> Iterator[tuple[int, bytes]]:
+    position = 0
+    while position + 4 <= len(data):
+        code, length = struct.unpack_from(endian + "HH", data, position)
+        if code == 0:
+            return
+        yield code, data[position + 4 : position + 4 + length]
+        position += 4 + (length + 3) // 4 * 4
+
+
+_BYTE_ORDER_MAGIC = {b"\x1a\x2b\x3c\x4d": ">", b"\x4d\x3c\x2b\x1a": "<"}
+_EPB, _SPB, _OBSOLETE_PB, _IDB = 6, 3, 2, 1
+
+
+def _read_pcapng(source: str, stream: BinaryIO, head: bytes) -> Iterator[tuple | Rejected]:
+    read = stream.read
+    endian = "<"
+    interfaces: list[_Interface] = []
+    number = 0
+    last_ts_us = 0
+    start = head  # the first block's first 12 bytes, read already to recognise the format
+    while True:
+        start = start or read(8)
+        if not start:
+            return
+        if len(start) < 8:
+            yield _rejected(source, number + 1, "file ends inside a block header", start)
+            return
+        if start[:4] == _PCAPNG_SHB:
+            start += read(12 - len(start))
+            if start[8:12] not in _BYTE_ORDER_MAGIC:
+                yield _rejected(source, number + 1, "section header without byte-order magic", start)
+                return
+            endian = _BYTE_ORDER_MAGIC[start[8:12]]
+            interfaces = []  # interface ids are numbered afresh in every section
+        block_type, block_length = struct.unpack_from(endian + "II", start)
+        if block_length < 12 or block_length % 4 or block_length > _MAX_RECORD_LIMIT:
+            yield _rejected(source, number + 1, f"bad block length {block_length}: rest of file unreadable", start)
+            return
+        rest = read(block_length - len(start))
+        if len(rest) < block_length - len(start):
+            yield _rejected(source, number + 1, "file ends inside a block", start + rest)
+            return
+        body = (start + rest)[8:-4]
+        start = b""
+        if block_type == _IDB:
+            if len(body) < 8:
+                yield _rejected(source, number + 1, "interface description block too short", body)
+                return
+            interfaces.append(_interface(endian, body))
+        elif block_type in (_EPB, _SPB, _OBSOLETE_PB):
+            number += 1
+            record = _pcapng_record(source, number, endian, block_type, body, interfaces, last_ts_us)
+            if not isinstance(record, Rejected):
+                last_ts_us = record[1]
+            yield record
+
+
+def _pcapng_record(
+    source: str, number: int, endian: str, block_type: int, body: bytes, interfaces: list[_Interface],
+    last_ts_us: int,
+) -> tuple | Rejected:
+    if block_type == _SPB:
+        if not interfaces or len(body) < 4:
+            return _rejected(source, number, "simple packet block without interface", body[:64])
+        interface = interfaces[0]
+        (original_length,) = struct.unpack_from(endian + "I", body)
+        caplen = min(original_length, len(body) - 4)
+        if interface.snaplen:
+            caplen = min(caplen, interface.snaplen)
+        # A simple packet block has no timestamp: it is taken to follow the previous record.
+        return number, last_ts_us, interface.linktype, body[4 : 4 + caplen]
+    if len(body) < 20:
+        return _rejected(source, number, "packet block too short", body)
+    if block_type == _EPB:
+        interface_id, high, low, caplen = struct.unpack_from(endian + "IIII", body)
+    else:
+        interface_id, _, high, low, caplen = struct.unpack_from(endian + "HHIII", body)
+    if interface_id >= len(interfaces):
+        return _rejected(source, number, f"packet on undeclared interface {interface_id}", body[:64])
+    if 20 + caplen > len(body):
+        return _rejected(source, number, f"captured length {caplen} overruns its block", body[:64])
+    interface = interfaces[interface_id]
+    ticks = (high << 32) | low
+    ts_us = ticks * interface.numerator // interface.denominator + interface.offset_us
+    return number, ts_us, interface.linktype, body[20 : 20 + caplen]
+
+
+# ---------------------------------------------------------------------------------------
+# Link layers: find where the IP datagram starts.
+# ---------------------------------------------------------------------------------------
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+_VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+_MPLS = frozenset((0x8847, 0x8848))
+_PPPOE_SESSION = 0x8864
+_PPP_TO_ETHERTYPE = {0x0021: ETH_IPV4, 0x0057: ETH_IPV6}
+# BSD loopback address families for IPv6 differ by OS (24 NetBSD/OpenBSD, 28 FreeBSD, 30 macOS).
+_NULL_FAMILIES = {2: ETH_IPV4, 24: ETH_IPV6, 28: ETH_IPV6, 30: ETH_IPV6}
+_RAW_LINKTYPES = frozenset((12, 14, 101))
+
+
+def _network_start(linktype: int, frame: bytes) -> tuple[int, int] | None:
+    """(ethertype, offset) of the IP datagram in `frame`, or None when it carries none."""
+    if linktype == 1:
+        if len(frame) < 14:
+            raise BadPacket("frame shorter than an Ethernet header")
+        return _after_ethertype(frame, (frame[12] << 8) | frame[13], 14)
+    if linktype in _RAW_LINKTYPES:
+        return _by_version(frame, 0)
+    if linktype == 228:
+        return ETH_IPV4, 0
+    if linktype == 229:
+        return ETH_IPV6, 0
+    if linktype == 113:  # Linux cooked capture v1: protocol at bytes 14-15
+        if len(frame) < 16:
+            raise BadPacket("frame shorter than a Linux SLL header")
+        return _after_ethertype(frame, (frame[14] << 8) | frame[15], 16)
+    if linktype == 276:  # Linux cooked capture v2: protocol at bytes 0-1
+        if len(frame) < 20:
+            raise BadPacket("frame shorter than a Linux SLL2 header")
+        return _after_ethertype(frame, (frame[0] << 8) | frame[1], 20)
+    if linktype in (0, 108):  # NULL: family in the capturing host's byte order; LOOP: network order
+        if len(frame) < 4:
+            raise BadPacket("frame shorter than a loopback header")
+        family = struct.unpack_from(">I" if linktype == 108 else "<I", frame)[0]
+        if family > 0xFFFF:
+            family = struct.unpack_from(">I", frame)[0]
+        ethertype = _NULL_FAMILIES.get(family)
+        return (ethertype, 4) if ethertype else None
+    raise BadPacket(f"unsupported link type {linktype}")
+
+
+def _after_ethertype(frame: bytes, ethertype: int, offset: int) -> tuple[int, int] | None:
+    while ethertype in _VLAN_TAGS:
+        if len(frame) < offset + 4:
+            raise BadPacket("frame ends inside a VLAN tag")
+        ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
+        offset += 4
+    if ethertype in (ETH_IPV4, ETH_IPV6):
+        return ethertype, offset
+    if ethertype in _MPLS:
+        while True:
+            if len(frame) < offset + 4:
+                raise BadPacket("frame ends inside an MPLS label")
+            bottom_of_stack = frame[offset + 2] & 1
+            offset += 4
+            if bottom_of_stack:
+                # MPLS does not say what it carries; IP is recognised by its version nibble.
+                return _by_version(frame, offset)
+    if ethertype == _PPPOE_SESSION and len(frame) >= offset + 8:
+        ethertype = _PPP_TO_ETHERTYPE.get((frame[offset + 6] << 8) | frame[offset + 7])
+        return (ethertype, offset + 8) if ethertype else None
+    return None
+
+
+def _by_version(frame: bytes, offset: int) -> tuple[int, int] | None:
+    if len(frame) <= offset:
+        raise BadPacket("no IP header after the link header")
+    version = frame[offset] >> 4
+    if version == 4:
+        return ETH_IPV4, offset
+    if version == 6:
+        return ETH_IPV6, offset
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# IP, fragments and transport headers.
+# ---------------------------------------------------------------------------------------
+
+_address_cache: dict[bytes, str] = {}
+_ADDRESS_CACHE_SIZE = 65_536
+
+
+def address_text(packed: bytes) -> str:
+    """IPv4/IPv6 address as `ipaddress` prints it (inet_ntop is ~10x faster; they differ
+    only for IPv6 addresses with an embedded IPv4 address, which go through `ipaddress`)."""
+    text = _address_cache.get(packed)
+    if text is None:
+        if len(packed) == 4:
+            text = socket.inet_ntop(socket.AF_INET, packed)
+        elif packed[:10] == bytes(10) and packed[10:12] in (b"\0\0", b"\xff\xff"):
+            text = str(ipaddress.IPv6Address(packed))
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, packed)
+        if len(_address_cache) >= _ADDRESS_CACHE_SIZE:
+            _address_cache.clear()
+        _address_cache[packed] = text
+    return text
+
+
+# IPv6 extension headers that carry (next header, length in 8-byte units - 1).
+_IPV6_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
+_IPV6_FRAGMENT, _IPV6_AH = 44, 51
+_MAX_DATAGRAM = 65_535
+
+
+@dataclass(slots=True)
+class _PartialDatagram:
+    pieces: list  # (offset, bytes) in arrival order: later copies win where they overlap
+    total: int | None = None  # payload length, known once the last fragment arrived
+    header_bytes: int = 0  # IP header length of the first fragment, for ip_bytes
+
+
+class _Fragments:
+    """IPv4/IPv6 fragment reassembly with bounded memory.
+
+    A datagram is complete when its last fragment has arrived and the pieces cover every
+    byte before it. Incomplete datagrams are forgotten oldest first once `max_datagrams`
+    are pending, and a datagram that grows beyond `max_pieces` is dropped: a flood of
+    garbage fragments costs a bounded amount of memory.
+    """
+
+    def __init__(self, max_datagrams: int = 4096, max_pieces: int = 1024):
+        self.max_datagrams = max_datagrams
+        self.max_pieces = max_pieces
+        self._pending: dict[tuple, _PartialDatagram] = {}
+
+    def add(self, key: tuple, offset: int, data: bytes, more: bool, header_bytes: int) -> tuple[bytes, int] | None:
+        """Store a fragment; return (payload, header bytes of the first fragment) when complete."""
+        if offset + len(data) > _MAX_DATAGRAM:
+            raise BadPacket("fragment extends beyond the largest IP datagram")
+        partial = self._pending.get(key)
+        if partial is None:
+            if len(self._pending) >= self.max_datagrams:
+                del self._pending[next(iter(self._pending))]
+            partial = self._pending[key] = _PartialDatagram([])
+        partial.pieces.append((offset, data))
+        if offset == 0:
+            partial.header_bytes = header_bytes
+        if not more:
+            partial.total = offset + len(data)
+        if len(partial.pieces) > self.max_pieces:
+            del self._pending[key]
+            return None
+        if partial.total is None or not _covers(partial.pieces, partial.total):
+            return None
+        del self._pending[key]
+        payload = bytearray(partial.total)
+        for piece_offset, piece in partial.pieces:
+            payload[piece_offset : piece_offset + len(piece)] = piece[: max(0, partial.total - piece_offset)]
+        return bytes(payload), partial.header_bytes
+
+
+def _covers(pieces: list, total: int) -> bool:
+    reached = 0
+    for offset, data in sorted(pieces, key=lambda piece: piece[0]):
+        if offset > reached:
+            return False
+        reached = max(reached, offset + len(data))
+    return reached >= total
+
+
+class _Decoder:
+    """Decodes frames into Packets; holds the fragment state of one capture."""
+
+    def __init__(self) -> None:
+        self.fragments = _Fragments()
+
+    def decode(self, number: int, ts_us: int, linktype: int, frame: bytes) -> Packet | None:
+        start = _network_start(linktype, frame)
+        if start is None:
+            return None
+        ethertype, offset = start
+        if ethertype == ETH_IPV4:
+            return self._ipv4(number, ts_us, frame, offset)
+        return self._ipv6(number, ts_us, frame, offset)
+
+    def _ipv4(self, number: int, ts_us: int, frame: bytes, offset: int) -> Packet | None:
+        if len(frame) < offset + 20:
+            raise BadPacket("truncated IPv4 header")
+        first = frame[offset]
+        if first >> 4 != 4:
+            raise BadPacket(f"IP version {first >> 4} where IPv4 was announced")
+        header_length = (first & 0x0F) * 4
+        total_length, ident, fragment_field = struct.unpack_from(">HHH", frame, offset + 2)
+        if header_length < 20 or len(frame) < offset + header_length:
+            raise BadPacket(f"bad IPv4 header length {header_length}")
+        if total_length == 0:  # segmentation offload: the capture holds the real size
+            total_length = len(frame) - offset
+        elif total_length < header_length:
+            raise BadPacket(f"IPv4 total length {total_length} below header length")
+        proto = frame[offset + 9]
+        src = frame[offset + 12 : offset + 16]
+        dst = frame[offset + 16 : offset + 20]
+        # Ethernet pads short frames: the datagram ends where its total length says.
+        payload = frame[offset + header_length : offset + total_length]
+        more_fragments = fragment_field & 0x2000
+        fragment_offset = (fragment_field & 0x1FFF) * 8
+        if more_fragments or fragment_offset:
+            done = self.fragments.add((4, src, dst, ident, proto), fragment_offset, payload, bool(more_fragments), header_length)
+            if done is None:
+                return None
+            payload, header_length = done
+            total_length = header_length + len(payload)
+        return _transport(number, ts_us, address_text(src), address_text(dst), proto, total_length, payload)
+
+    def _ipv6(self, number: int, ts_us: int, frame: bytes, offset: int) -> Packet | None:
+        if len(frame) < offset + 40:
+            raise BadPacket("truncated IPv6 header")
+        if frame[offset] >> 4 != 6:
+            raise BadPacket(f"IP version {frame[offset] >> 4} where IPv6 was announced")
+        payload_length = (frame[offset + 4] << 8) | frame[offset + 5]
+        if payload_length == 0:  # jumbogram or offload: the capture holds the real size
+            payload_length = len(frame) - offset - 40
+        datagram = frame[offset : offset + 40 + payload_length]
+        src = datagram[8:24]
+        dst = datagram[24:40]
+        proto, position = _skip_ipv6_extensions(datagram, datagram[6], 40)
+        if proto == _IPV6_FRAGMENT:
+            if len(datagram) < position + 8:
+                raise BadPacket("truncated IPv6 fragment header")
+            next_header = datagram[position]
+            fragment_field, ident = struct.unpack_from(">HI", datagram, position + 2)
+            piece = datagram[position + 8 :]
+            done = self.fragments.add(
+                (6, src, dst, ident), fragment_field & 0xFFF8, piece, bool(fragment_field & 1), position
+            )
+            if done is None:
+                return None
+            payload, unfragmentable = done
+            # The reassembled payload may start with more extension headers.
+            proto, inner = _skip_ipv6_extensions(payload, next_header, 0)
+            if proto == _IPV6_FRAGMENT:
+                raise BadPacket("nested IPv6 fragment header")
+            return _transport(
+                number, ts_us, address_text(src), address_text(dst), proto,
+                unfragmentable + len(payload), payload[inner:],
+            )
+        return _transport(
+            number, ts_us, address_text(src), address_text(dst), proto, 40 + payload_length, datagram[position:]
+        )
+
+
+def _skip_ipv6_extensions(data: bytes, next_header: int, position: int) -> tuple[int, int]:
+    """(upper protocol, its offset); stops at a fragment header, which the caller handles."""
+    while next_header in _IPV6_EXTENSIONS or next_header == _IPV6_AH:
+        if len(data) < position + 2:
+            raise BadPacket("truncated IPv6 extension header")
+        units = data[position + 1]
+        length = (units + 2) * 4 if next_header == _IPV6_AH else (units + 1) * 8
+        next_header = data[position]
+        position += length
+    if position > len(data):
+        raise BadPacket("IPv6 extension headers overrun the packet")
+    return next_header, position
+
+
+def _transport(number: int, ts_us: int, src: str, dst: str, proto: int, ip_bytes: int, data: bytes) -> Packet:
+    if proto == TCP:
+        if len(data) < 20:
+            raise BadPacket("truncated TCP header")
+        sport, dport, seq = struct.unpack_from(">HHI", data)
+        header_length = (data[12] >> 4) * 4
+        if header_length < 20 or len(data) < header_length:
+            raise BadPacket(f"bad TCP header length {header_length}")
+        return Packet(number, ts_us, src, dst, proto, sport, dport, data[13], seq, ip_bytes, data[header_length:])
+    if proto == UDP:
+        if len(data) < 8:
+            raise BadPacket("truncated UDP header")
+        sport, dport, udp_length = struct.unpack_from(">HHH", data)
+        # A UDP length below 8 is bogus (or jumbo); then the IP length decides.
+        end = udp_length if udp_length >= 8 else len(data)
+        return Packet(number, ts_us, src, dst, proto, sport, dport, 0, 0, ip_bytes, data[8:end])
+    return Packet(number, ts_us, src, dst, proto, 0, 0, 0, 0, ip_bytes, data)
+
+
+def iter_packets(source: str, stream: BinaryIO) -> Iterator[Packet | Rejected | None]:
+    """One Packet, Rejected or None per capture record of `stream` (see the module docstring).
+
+    A stream that is not a capture at all gives a single Rejected at position 0.
+    """
+    head = stream.read(12)
+    kind = capture_format(head)
+    if kind == "pcap":
+        records = _read_pcap(source, stream, head)
+    elif kind == "pcapng":
+        records = _read_pcapng(source, stream, head)
+    else:
+        yield _rejected(source, 0, "not a pcap or pcapng capture", head)
+        return
+    decoder = _Decoder()
+    for record in records:
+        if isinstance(record, Rejected):
+            yield record
+            continue
+        number, ts_us, linktype, frame = record
+        try:
+            yield decoder.decode(number, ts_us, linktype, frame)
+        except (BadPacket, struct.error) as error:
+            yield _rejected(source, number, str(error), frame[:64])
+
+
+# ---------------------------------------------------------------------------------------
+# TCP byte streams.
+# ---------------------------------------------------------------------------------------
+
+_SEQ_SPACE = 1 << 32
+
+
+@dataclass(slots=True)
+class _Direction:
+    next_seq: int  # sequence number of the next byte we can hand out
+    waiting: dict  # seq -> data of segments that arrived ahead of a gap
+    waiting_bytes: int = 0
+
+
+class TcpReassembler:
+    """In-order byte streams per TCP direction, keyed by (src, sport, dst, dport).
+
+    `feed(packet)` returns the bytes of that packet's direction that became contiguous
+    (possibly b""): retransmitted and overlapping bytes are delivered once, segments that
+    arrive early wait in a buffer of at most `max_waiting_bytes` per direction. When that
+    buffer overflows, the missing bytes are taken as lost and the stream resumes at the
+    earliest waiting segment (the parser above sees a jump, not a stall). A stream first
+    seen mid-connection starts at its first segment. FIN or RST ends a direction (RST both);
+    at most `max_streams` directions are tracked, the least recently started forgotten first.
+    """
+
+    def __init__(self, max_waiting_bytes: int = 1 << 20, max_streams: int = 100_000):
+        self.max_waiting_bytes = max_waiting_bytes
+        self.max_streams = max_streams
+        self._streams: dict[tuple, _Direction] = {}
+
+    def feed(self, packet: Packet) -> bytes:
+        key = (packet.src, packet.sport, packet.dst, packet.dport)
+        flags = packet.tcp_flags
+        direction = self._streams.get(key)
+        if direction is None or flags & SYN:
+            start = (packet.tcp_seq + 1) % _SEQ_SPACE if flags & SYN else packet.tcp_seq
+            direction = self._start(key, start)
+        data = self._accept(direction, packet.tcp_seq + (1 if flags & SYN else 0), packet.payload)
+        if flags & RST:
+            self._streams.pop(key, None)
+            self._streams.pop((packet.dst, packet.dport, packet.src, packet.sport), None)
+        elif flags & FIN:
+            self._streams.pop(key, None)
+        return data
+
+    def _start(self, key: tuple, next_seq: int) -> _Direction:
+        self._streams.pop(key, None)
+        if len(self._streams) >= self.max_streams:
+            del self._streams[next(iter(self._streams))]
+        direction = self._streams[key] = _Direction(next_seq, {})
+        return direction
+
+    def _accept(self, direction: _Direction, seq: int, data: bytes) -> bytes:
+        if not data:
+            return b""
+        ahead = _seq_distance(direction.next_seq, seq)
+        if ahead > 0:
+            self._wait(direction, seq % _SEQ_SPACE, data)
+            return b"".join(self._drain(direction))
+        delivered = [data[-ahead:]] if -ahead < len(data) else []
+        direction.next_seq = (direction.next_seq + len(delivered[0])) % _SEQ_SPACE if delivered else direction.next_seq
+        delivered.extend(self._drain(direction))
+        return b"".join(delivered)
+
+    def _wait(self, direction: _Direction, seq: int, data: bytes) -> None:
+        if len(data) > len(direction.waiting.get(seq, b"")):
+            direction.waiting_bytes += len(data) - len(direction.waiting.get(seq, b""))
+            direction.waiting[seq] = data
+        if direction.waiting_bytes > self.max_waiting_bytes:
+            # Give up on the gap: resume at the earliest segment that is waiting (the caller drains).
+            direction.next_seq = min(direction.waiting, key=lambda waiting: _seq_distance(direction.next_seq, waiting))
+
+    def _drain(self, direction: _Direction) -> list[bytes]:
+        """Hand out waiting segments that the stream has now reached."""
+        out = []
+        progress = True
+        while direction.waiting and progress:
+            progress = False
+            for seq in list(direction.waiting):
+                ahead = _seq_distance(direction.next_seq, seq)
+                if ahead > 0:
+                    continue
+                data = direction.waiting.pop(seq)
+                direction.waiting_bytes -= len(data)
+                if -ahead < len(data):
+                    out.append(data[-ahead:])
+                    direction.next_seq = (direction.next_seq + len(data) + ahead) % _SEQ_SPACE
+                progress = True
+        return out
+
+
+def _seq_distance(origin: int, seq: int) -> int:
+    """How far `seq` lies ahead of `origin` in TCP sequence space (negative: behind)."""
+    distance = (seq - origin) % _SEQ_SPACE
+    return distance - _SEQ_SPACE if distance >= _SEQ_SPACE // 2 else distance
