@@ -19,6 +19,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from beamlytics import schemas
 from beamlytics.parsers.packets import address_text
 
 QR, AA, TC, RD, RA, Z, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0040, 0x0020, 0x0010
@@ -47,6 +48,10 @@ class Answer:
     rclass: int
     ttl: int
     data: str  # rdata rendered as text (see `render_rdata`)
+
+    @property
+    def type_name(self) -> str:
+        return schemas.type_name(self.rtype)
 
 
 @dataclass(slots=True)

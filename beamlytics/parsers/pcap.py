@@ -1,0 +1,41 @@
+"""Packet captures (pcap, pcapng) as a parser format: the `pcap` kind feeds dns, http and
+named_flows.
+
+Every table is built from the same packet stream (`packets.iter_packets`); the table
+modules only see decoded packets, so link layers, fragments and broken files are handled
+in one place and every capture record is counted once, whichever table is asked for.
+"""
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Iterator, Mapping
+
+from beamlytics.parsers import pcap_dns, pcap_flows, pcap_http
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem
+from beamlytics.parsers.packets import capture_format, iter_packets
+
+FORMAT = "pcap"
+TABLES = {"pcap": frozenset({"dns", "http", "named_flows"})}
+
+_BUILDERS = {
+    "dns": pcap_dns.dns_from_packets,
+    "http": pcap_http.http_from_packets,
+    "named_flows": pcap_flows.flows_from_packets,
+}
+
+
+def sniff(name: str, head: bytes) -> str | None:
+    """"pcap" for a pcap (any magic number: µs/ns, either byte order) or pcapng capture."""
+    return "pcap" if capture_format(head) else None
+
+
+def parse(
+    source: str,
+    stream: BinaryIO,
+    kind: str,
+    table: str,
+    batch_rows: int = BATCH_ROWS,
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[ParseItem]:
+    if table not in TABLES["pcap"]:
+        raise ValueError(f"captures feed {sorted(TABLES['pcap'])}, not {table!r}")
+    return _BUILDERS[table](source, iter_packets(source, stream), batch_rows, options)
