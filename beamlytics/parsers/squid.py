@@ -134,6 +134,17 @@ def ip_mask(values: pa.Array) -> pa.Array:
     return pc.match_substring_regex(values, r"^(\d{1,3}(\.\d{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%]*)$")
 
 
+def zone_offset_us(zone: pa.Array) -> pa.Array:
+    """An ISO 8601 zone suffix (`Z`, `+02:00`, `-0130`, or none = UTC) as an offset in us."""
+    digits = pc.replace_substring(zone, ":", "")
+    signed = pc.match_substring_regex(digits, r"^[+-]\d{4}$")
+    padded = pc.if_else(signed, digits, "+0000")
+    sign = pc.if_else(pc.starts_with(padded, "-"), -1, 1)
+    hours = pc.cast(pc.utf8_slice_codeunits(padded, 1, 3), pa.int64())
+    minutes = pc.cast(pc.utf8_slice_codeunits(padded, 3, 5), pa.int64())
+    return pc.multiply(pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes)), 60_000_000)
+
+
 def batches_of(table: str, columns: Mapping[str, Any], rows: int, units: int, batch_rows: int) -> Iterator[Batch]:
     """`columns` as Batches of at most `batch_rows` rows; the first carries the row-less units."""
     batch = schemas.batch_from_columns(schemas.TABLES[table], columns, rows)
@@ -255,12 +266,7 @@ def _native_fields(match: pa.StructArray) -> dict[str, pa.Array]:
 
 def _combined_fields(match: pa.StructArray) -> dict[str, pa.Array]:
     local = pc.strptime(match.field("when"), format="%d/%b/%Y:%H:%M:%S", unit="us")
-    tz = match.field("tz")
-    sign = pc.if_else(pc.starts_with(tz, "-"), -1, 1)
-    hours = pc.cast(pc.utf8_slice_codeunits(tz, 1, 3), pa.int64())
-    minutes = pc.cast(pc.utf8_slice_codeunits(tz, 3, 5), pa.int64())
-    offset_us = pc.multiply(pc.multiply(sign, pc.add(pc.multiply(hours, 60), minutes)), 60_000_000)
-    req_us = pc.subtract(pc.cast(local, pa.int64()), offset_us)
+    req_us = pc.subtract(pc.cast(local, pa.int64()), zone_offset_us(match.field("tz")))
     referrer, user_agent = match.field("referrer"), match.field("ua")
     return {
         **_request_fields(match),
