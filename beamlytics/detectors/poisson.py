@@ -1,0 +1,297 @@
+"""The Poisson/KL fuzzy traffic score: how far one window's per-slot counts are from Poisson(λ).
+
+For an endpoint with learned rate λ (records per slot) and a window of per-slot counts X:
+
+- D: Jensen–Shannon divergence (natural log, so in [0, ln 2]) between the histogram of X and
+  the Poisson(λ) pmf, both over 0..max(max(X), int(3λ) + 5). It is the divergence, i.e. the
+  square of what `scipy.spatial.distance.jensenshannon` returns.
+- Δ = (X̄ − λ) / max(λ, 1): the relative change of the mean rate.
+- Z = (X̄ − λ) / sqrt(max(λ, 1) / s): the mean's z-score, s = number of slots in the window
+  (the seed notebook's "seconds in window", since it used 1-s slots).
+- Each of D, Δ, Z is turned into a membership f = exp(−u² / (2σ²)), σ = max(1, std(X)),
+  and η = mean(1 − f) is the window's fuzzy anomaly degree in [0, 1); C2 = −tanh(2(η − β))
+  is positive when the window looks healthy (η < β) and feeds the health models (`health`).
+
+Edge cases, all finite: λ = 0 puts all Poisson mass at 0 and uses 1 in place of λ in the
+denominators of Δ and Z; a single-slot window has std 0, so σ = 1; an all-zero window is
+an ordinary window whose histogram is all at 0 (D = 0, η = 0 when λ = 0).
+
+`PoissonDetector` hosts the score in the pipeline: λ from a baseline (`fit`) or online, and
+all five health models updated every window; the chosen one decides the anomaly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.special import gammaln
+
+from beamlytics.detectors.base import Detector, Status, Verdict
+from beamlytics.detectors.health import HEALTH_MODELS, HealthModel, health_model_from_dict, make_health_model
+
+# Added to both distributions before renormalising, as in the seed notebook, so that the
+# divergence never takes the log of an empty bin.
+SMOOTHING = 1e-12
+
+
+def _slot_counts(current_window: Sequence[float]) -> np.ndarray:
+    """The window as int64 counts; a ValueError for anything that is not a count."""
+    values = np.asarray(current_window, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("a window needs a non-empty 1-D sequence of per-slot counts")
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.floor(values)):
+        raise ValueError("per-slot counts must be finite non-negative integers")
+    return values.astype(np.int64)
+
+
+def poisson_distribution(lam: float, max_count: int) -> np.ndarray:
+    """Poisson(λ) pmf over 0..max_count, normalised to sum to 1 on that range.
+
+    Works in log space and drops the constant e^−λ (it cancels in the normalisation), so a
+    large λ does not underflow to an all-zero vector.
+    """
+    if lam == 0:
+        distribution = np.zeros(max_count + 1)
+        distribution[0] = 1.0
+        return distribution
+    k = np.arange(max_count + 1, dtype=np.float64)
+    log_weights = k * math.log(lam) - gammaln(k + 1.0)
+    weights = np.exp(log_weights - log_weights.max())
+    return weights / weights.sum()
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence in nats of two distributions, each smoothed and renormalised."""
+    p = p + SMOOTHING
+    p /= p.sum()
+    q = q + SMOOTHING
+    q /= q.sum()
+    m = 0.5 * (p + q)
+    return float(0.5 * np.dot(p, np.log(p / m)) + 0.5 * np.dot(q, np.log(q / m)))
+
+
+def analyze_window(
+    current_window: Sequence[float], lambda_endpoint: float, beta: float, seconds_in_window: float
+) -> dict[str, float]:
+    """Score one window of per-slot counts against Poisson(lambda_endpoint).
+
+    `seconds_in_window` is the number of slots the mean X̄ is taken over (with 1-s slots,
+    the window length in seconds). Returns D, Delta, Z, eta, C2, fD, fDelta, fZ.
+    """
+    counts = _slot_counts(current_window)
+    lam = float(lambda_endpoint)
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lambda must be finite and non-negative, got {lambda_endpoint!r}")
+    if not seconds_in_window > 0:
+        raise ValueError("seconds_in_window must be positive")
+
+    max_count = max(int(counts.max()), int(3 * lam) + 5)
+    observed = np.bincount(counts, minlength=max_count + 1) / counts.size
+    divergence = js_divergence(observed, poisson_distribution(lam, max_count))
+
+    mean = float(counts.mean())
+    rate_floor = max(lam, 1.0)  # λ = 0 (or below one per slot) must not divide by ~0
+    delta = (mean - lam) / rate_floor
+    z = (mean - lam) / math.sqrt(rate_floor / seconds_in_window)
+
+    two_variance = 2.0 * max(1.0, float(counts.std())) ** 2
+    f_d = math.exp(-divergence**2 / two_variance)
+    f_delta = math.exp(-(delta**2) / two_variance)
+    f_z = math.exp(-(z**2) / two_variance)
+    eta = ((1.0 - f_d) + (1.0 - f_delta) + (1.0 - f_z)) / 3.0
+    return {
+        "D": divergence,
+        "Delta": delta,
+        "Z": z,
+        "eta": eta,
+        "C2": -math.tanh(2.0 * (eta - beta)),
+        "fD": f_d,
+        "fDelta": f_delta,
+        "fZ": f_z,
+    }
+
+
+class PoissonDetector(Detector):
+    """Per-endpoint Poisson rate model judged through a health indicator.
+
+    `observe` takes one endpoint-window's per-slot record counts (slot length
+    `slot_seconds`, applied by the pipeline) and scores it with `analyze_window` against λ
+    learned from earlier windows. All five health models move every window, so one run can
+    compare them; the one named by `health_model` decides: ANOMALY when its Ra < `ra_threshold`.
+
+    Where λ comes from:
+    - `fit(baseline windows)`: λ = mean count per slot over the baseline, then fixed (the seed
+      notebook's TrafficLearner). No calibration.
+    - otherwise online: λ = mean count per slot over the windows learned so far. The first
+      `n_init` windows are only learned (CALIBRATING, health untouched); after that a window
+      teaches λ only if its own η is below `learn_below`. So a burst does not raise λ even in
+      the windows before the health indicator has fallen, and β (which only moves the health
+      models) can be varied without changing λ. The price: a lasting change of level stays
+      anomalous until the detector is re-baselined.
+
+    Defaults, from simulated Poisson traffic (30 one-second slots per window): the η of
+    ordinary windows stays mostly below 0.3 down to λ ≈ 1 per slot, while sustained bursts of
+    3x and more score about 0.35 and up, hence β = 0.3 and learn_below = 0.3. A healthy
+    endpoint's sigmoid Ra sits near 0.97; `ra_threshold` 0.7 is crossed after one window with
+    η above about 0.51, or two with η above about 0.45. The health model lags
+    by design: after a strong burst has driven Ra near 0, the first normal window lifts it
+    only to about 0.6, so the window right after a burst can still be flagged.
+    """
+
+    name = "poisson"
+    input_kind = "slots"
+
+    def __init__(
+        self,
+        beta: float = 0.3,
+        health_model: str = "sigmoid",
+        ra_threshold: float = 0.7,
+        slot_seconds: float = 1.0,
+        n_init: int = 5,
+        learn_below: float = 0.3,
+        sigmoid_alpha: float = 3.063,
+        logistic_gamma: float = 0.2,
+        exponential_k: float = 0.5,
+        recovery_gamma: float = 0.02,
+        recovery_delta: float = 0.2,
+        kalman_q: float = 0.005,
+        kalman_r: float = 0.05,
+        kalman_k: float = 3.0,
+        kalman_p0: float = 0.1,
+    ):
+        if health_model not in HEALTH_MODELS:
+            raise ValueError(f"unknown health model {health_model!r}; known: {sorted(HEALTH_MODELS)}")
+        if n_init < 1:
+            raise ValueError("n_init must be at least 1: λ needs a window to start from")
+        if not slot_seconds > 0:
+            raise ValueError("slot_seconds must be positive")
+        self.beta = float(beta)
+        self.health_model = health_model
+        self.ra_threshold = float(ra_threshold)
+        self.slot_seconds = float(slot_seconds)
+        self.n_init = int(n_init)
+        self.learn_below = float(learn_below)
+        self.sigmoid_alpha = float(sigmoid_alpha)
+        self.logistic_gamma = float(logistic_gamma)
+        self.exponential_k = float(exponential_k)
+        self.recovery_gamma = float(recovery_gamma)
+        self.recovery_delta = float(recovery_delta)
+        self.kalman_q = float(kalman_q)
+        self.kalman_r = float(kalman_r)
+        self.kalman_k = float(kalman_k)
+        self.kalman_p0 = float(kalman_p0)
+        # λ = total_count / total_slots over the learned windows.
+        self.total_count = 0
+        self.total_slots = 0
+        self.windows_learned = 0
+        self.baseline = False  # True once `fit` has fixed λ
+        self.health: dict[str, HealthModel] = self._fresh_health_models()
+
+    def _fresh_health_models(self) -> dict[str, HealthModel]:
+        options = {
+            "sigmoid": {"alpha": self.sigmoid_alpha, "beta": self.beta},
+            "logistic": {"gamma": self.logistic_gamma},
+            "exponential": {"k": self.exponential_k},
+            "recovery": {"gamma": self.recovery_gamma, "delta": self.recovery_delta, "beta": self.beta},
+            "kalman": {"q": self.kalman_q, "r": self.kalman_r, "k": self.kalman_k, "p0": self.kalman_p0},
+        }
+        return {name: make_health_model(name, **options[name]) for name in HEALTH_MODELS}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "beta": self.beta,
+            "health_model": self.health_model,
+            "ra_threshold": self.ra_threshold,
+            "slot_seconds": self.slot_seconds,
+            "n_init": self.n_init,
+            "learn_below": self.learn_below,
+            "sigmoid_alpha": self.sigmoid_alpha,
+            "logistic_gamma": self.logistic_gamma,
+            "exponential_k": self.exponential_k,
+            "recovery_gamma": self.recovery_gamma,
+            "recovery_delta": self.recovery_delta,
+            "kalman_q": self.kalman_q,
+            "kalman_r": self.kalman_r,
+            "kalman_k": self.kalman_k,
+            "kalman_p0": self.kalman_p0,
+        }
+
+    @property
+    def rate(self) -> float | None:
+        """λ in records per slot, or None before any window was learned."""
+        return self.total_count / self.total_slots if self.total_slots else None
+
+    def fit(self, history: Sequence[Sequence[float]]) -> None:
+        """Fix λ from baseline windows of normal traffic; an empty baseline changes nothing."""
+        windows = [_slot_counts(window) for window in history]
+        if not windows:
+            return
+        self.total_count = int(sum(int(window.sum()) for window in windows))
+        self.total_slots = int(sum(window.size for window in windows))
+        self.windows_learned = len(windows)
+        self.baseline = True
+
+    def _learn(self, counts: np.ndarray) -> None:
+        self.total_count += int(counts.sum())
+        self.total_slots += int(counts.size)
+        self.windows_learned += 1
+
+    def observe(self, value: Sequence[float]) -> Verdict:
+        if len(value) == 0:
+            return Verdict(Status.MISSING)
+        counts = _slot_counts(value)
+        lam = self.rate
+        scores = analyze_window(counts, lam, self.beta, counts.size) if lam is not None else None
+        if not self.baseline and self.windows_learned < self.n_init:
+            self._learn(counts)
+            evidence = self._evidence(counts, lam, scores) if scores else {"windows": self.windows_learned}
+            return Verdict(Status.CALIBRATING, scores["eta"] if scores else None, self.ra_threshold, None, evidence)
+
+        for model in self.health.values():
+            model.update(scores["eta"], scores["C2"])
+        if not self.baseline and scores["eta"] < self.learn_below:
+            self._learn(counts)
+        status = Status.ANOMALY if self.health[self.health_model].ra < self.ra_threshold else Status.NORMAL
+        direction = _direction(float(counts.mean()), lam)
+        return Verdict(status, scores["eta"], self.ra_threshold, direction, self._evidence(counts, lam, scores))
+
+    def _evidence(self, counts: np.ndarray, lam: float, scores: Mapping[str, float]) -> dict[str, float]:
+        health = {f"Ra_{name}": model.ra for name, model in self.health.items()}
+        return {
+            "lambda": lam,
+            "mean": float(counts.mean()),
+            **scores,
+            "Ra": self.health[self.health_model].ra,
+            **health,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.params(),
+            "total_count": self.total_count,
+            "total_slots": self.total_slots,
+            "windows_learned": self.windows_learned,
+            "baseline": self.baseline,
+            "health": {name: model.to_dict() for name, model in self.health.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> "PoissonDetector":
+        detector = cls(**{key: state[key] for key in cls().params()})
+        detector.total_count = int(state["total_count"])
+        detector.total_slots = int(state["total_slots"])
+        detector.windows_learned = int(state["windows_learned"])
+        detector.baseline = bool(state["baseline"])
+        detector.health = {
+            name: health_model_from_dict(name, model_state) for name, model_state in state["health"].items()
+        }
+        return detector
+
+
+def _direction(mean: float, lam: float) -> str | None:
+    if mean > lam:
+        return "up"
+    if mean < lam:
+        return "down"
+    return None
