@@ -1,0 +1,263 @@
+"""A flow table over a capture's packets -> `named_flows` rows, like nfstream's flows.
+
+A flow is the bidirectional 5-tuple (addresses, ports, IP protocol; ports are 0 for ICMP
+and other portless protocols). Its client is the sender of its first packet, except that a
+TCP flow first seen on a SYN+ACK belongs to the SYN's sender, the SYN+ACK's receiver.
+Packets and bytes are counted each way at the IP level (IP total length, as nfstream's
+`accounting_mode=1`). Like nfstream, a packet ends its flow and starts a new one when it
+comes `idle_timeout` or more after the flow's last packet, or `active_timeout` or more
+after its first; TCP FIN/RST do not end a flow (nfstream does not either).
+
+`tcp_flags` lists the flags seen in either direction as letters in bit order:
+F (FIN) S (SYN) R (RST) P (PSH) A (ACK) U (URG) E (ECE) C (CWR), e.g. "FSPA".
+
+A flow is named, in order of preference, by the server name of the TLS ClientHello that
+opens its client's stream ("sni"), by the Host header of its first HTTP request
+("http_host"), or by the query whose DNS answer (seen earlier in the capture) gave the
+server address, asked by the same client if any, else by any client ("dns").
+
+Flows are emitted when they expire (sorted by first packet within one expiry sweep) and
+at the end of the capture (sorted by first packet), so the output order is deterministic.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping
+
+from beamlytics.parsers import dns_wire, pcap_http, tls
+from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected, RowBuffer
+from beamlytics.parsers.packets import Packet, TcpReassembler
+
+SOURCE_TOOL = "pcap"
+TABLE = "named_flows"
+
+DEFAULT_ACTIVE_TIMEOUT = 1800  # seconds, nfstream's default
+DEFAULT_IDLE_TIMEOUT = 120  # seconds, nfstream's default
+
+TCP, UDP = 6, 17
+_SYN_ACK = 0x12
+_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) .. bit 7 (CWR)
+# Flags bitmask -> letters, computed once rather than per flow.
+_FLAG_TEXT = tuple("".join(letter for bit, letter in enumerate(_FLAG_LETTERS) if mask >> bit & 1) for mask in range(256))
+_PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 47: "gre", 50: "esp", 132: "sctp"}
+
+# How much of a client's stream to look at for a ClientHello or request headers.
+_PROBE_BYTES = 16 * 1024
+_PROBE_PACKETS = 16
+_DNS_PORT = 53
+_ADDRESS_TYPES = (1, 28)  # A, AAAA
+
+
+def proto_name(proto: int) -> str:
+    return _PROTO_NAMES.get(proto, str(proto))
+
+
+class Flow:
+    """Mutable state of one flow; slots keep the per-packet updates cheap."""
+
+    __slots__ = (
+        "c_ip", "c_port", "s_ip", "s_port", "proto", "first_number", "first_us", "last_us",
+        "c_pkt", "s_pkt", "c_bytes", "s_bytes", "flags", "name", "name_source", "dns_name",
+        "probe", "probe_packets", "keys",
+    )
+
+    def __init__(self, packet: Packet, client_sent: bool):
+        if client_sent:
+            self.c_ip, self.c_port, self.s_ip, self.s_port = packet.src, packet.sport, packet.dst, packet.dport
+        else:
+            self.c_ip, self.c_port, self.s_ip, self.s_port = packet.dst, packet.dport, packet.src, packet.sport
+        self.proto = packet.proto
+        self.first_number = packet.number
+        self.first_us = self.last_us = packet.ts_us
+        self.c_pkt = self.s_pkt = self.c_bytes = self.s_bytes = self.flags = 0
+        self.name = self.name_source = self.dns_name = None
+        self.probe: bytes | None = b"" if packet.proto == TCP else None  # client stream bytes so far
+        self.probe_packets = 0
+        self.keys: tuple = ()
+
+    def row(self) -> dict[str, Any]:
+        name, source = self.name, self.name_source
+        if name is None and self.dns_name is not None:
+            name, source = self.dns_name, "dns"
+        return {
+            "c_ip": self.c_ip, "c_port": self.c_port, "s_ip": self.s_ip, "s_port": self.s_port,
+            "proto": proto_name(self.proto), "name": name, "name_source": source,
+            "c_pkt": self.c_pkt, "s_pkt": self.s_pkt, "c_bytes": self.c_bytes, "s_bytes": self.s_bytes,
+            "tcp_flags": _FLAG_TEXT[self.flags] if self.proto == TCP else None,
+            "time_start": self.first_us, "time_end": self.last_us,
+        }
+
+
+def name_from_client_stream(data: bytes) -> tuple[str | None, str | None, bool]:
+    """(name, name_source, decided) from the first bytes a client sent on a TCP connection.
+
+    `decided` is False while more bytes could still reveal a name.
+    """
+    if tls.starts_like_handshake(data):
+        if tls.client_hello_incomplete(data):
+            return None, None, False
+        sni = tls.client_hello_sni(data)
+        return sni, ("sni" if sni else None), True
+    if pcap_http.may_be_request_start(data):
+        host = pcap_http.request_host(data)
+        if host:
+            return host, "http_host", True
+        headers_done = b"\r\n\r\n" in data or b"\n\n" in data
+        return None, None, headers_done
+    return None, None, True
+
+
+class DnsNames:
+    """Server addresses learnt from DNS answers: (client, address) -> name and address -> name."""
+
+    def __init__(self) -> None:
+        self.by_client: dict[tuple[str, str], str] = {}
+        self.by_address: dict[str, str] = {}
+
+    def learn(self, packet: Packet) -> None:
+        try:
+            message = dns_wire.decode(packet.payload)
+        except ValueError:
+            return  # not our business here: the dns table reports bad DNS
+        if not message.is_response or not message.questions:
+            return
+        query = message.questions[0].name
+        for answer in message.answers:
+            if answer.rtype in _ADDRESS_TYPES:
+                self.by_client[(packet.dst, answer.data)] = query
+                self.by_address[answer.data] = query
+
+    def name(self, client: str, server: str) -> str | None:
+        found = self.by_client.get((client, server))
+        return found if found is not None else self.by_address.get(server)
+
+
+class FlowTable:
+    """Bidirectional flows keyed by both directions' 5-tuples, with nfstream's timeouts."""
+
+    def __init__(self, active_timeout: float, idle_timeout: float):
+        self.active_us = int(active_timeout * 1_000_000)
+        self.idle_us = int(idle_timeout * 1_000_000)
+        # An expiry sweep every quarter idle timeout bounds memory without scanning per packet.
+        self.sweep_us = max(self.idle_us // 4, 1000)
+        self.next_sweep_us: int | None = None
+        self.flows: dict[tuple, tuple[Flow, bool]] = {}  # directional key -> (flow, sent by client)
+        self.dns = DnsNames()
+        self.streams = TcpReassembler()
+
+    def add(self, packet: Packet, expired: list[Flow]) -> None:
+        """Account `packet` to its flow; flows that end on the way are appended to `expired`."""
+        ts = packet.ts_us
+        if self.next_sweep_us is None or ts >= self.next_sweep_us:
+            self._sweep(ts, expired)
+        key = (packet.src, packet.sport, packet.dst, packet.dport, packet.proto)
+        entry = self.flows.get(key)
+        if entry is not None:
+            flow, from_client = entry
+            if ts - flow.last_us >= self.idle_us or ts - flow.first_us >= self.active_us:
+                self._remove(flow)
+                expired.append(flow)
+                entry = None
+        if entry is None:
+            flow, from_client = self._new(packet, key)
+        if from_client:
+            flow.c_pkt += 1
+            flow.c_bytes += packet.ip_bytes
+            if flow.probe is not None and packet.payload:
+                self._probe(flow, packet)
+        else:
+            flow.s_pkt += 1
+            flow.s_bytes += packet.ip_bytes
+        flow.flags |= packet.tcp_flags
+        if ts > flow.last_us:
+            flow.last_us = ts
+        if packet.sport == _DNS_PORT and packet.proto == UDP and packet.payload:
+            self.dns.learn(packet)
+
+    def _new(self, packet: Packet, key: tuple) -> tuple[Flow, bool]:
+        from_client = not (packet.proto == TCP and packet.tcp_flags & _SYN_ACK == _SYN_ACK)
+        flow = Flow(packet, from_client)
+        flow.dns_name = self.dns.name(flow.c_ip, flow.s_ip)
+        reverse = (packet.dst, packet.dport, packet.src, packet.sport, packet.proto)
+        flow.keys = (key, reverse)
+        self.flows[key] = (flow, from_client)
+        if reverse != key:  # a host talking to itself on one port has one key only
+            self.flows[reverse] = (flow, not from_client)
+        return flow, from_client
+
+    def _probe(self, flow: Flow, packet: Packet) -> None:
+        """Look at the client's first stream bytes for a ClientHello or an HTTP request."""
+        flow.probe += self.streams.feed(packet)
+        flow.probe_packets += 1
+        name, source, decided = name_from_client_stream(flow.probe)
+        if name is not None:
+            flow.name, flow.name_source = name, source
+        if decided or len(flow.probe) >= _PROBE_BYTES or flow.probe_packets >= _PROBE_PACKETS:
+            flow.probe = None
+
+    def _remove(self, flow: Flow) -> None:
+        for key in flow.keys:
+            self.flows.pop(key, None)
+
+    def _sweep(self, now_us: int, expired: list[Flow]) -> None:
+        self.next_sweep_us = now_us + self.sweep_us
+        idle = {id(flow): flow for flow, _ in self.flows.values() if now_us - flow.last_us >= self.idle_us}
+        for flow in sorted(idle.values(), key=_first_packet):
+            self._remove(flow)
+            expired.append(flow)
+
+    def drain(self) -> list[Flow]:
+        """All flows still open, by first packet: the capture has ended."""
+        remaining = {id(flow): flow for flow, _ in self.flows.values()}
+        self.flows.clear()
+        return sorted(remaining.values(), key=_first_packet)
+
+
+def _first_packet(flow: Flow) -> int:
+    return flow.first_number
+
+
+def flows_from_packets(
+    source: str,
+    items: Iterable[Packet | Rejected | None],
+    batch_rows: int = BATCH_ROWS,
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[Batch | Rejected]:
+    """`named_flows` batches from `packets.iter_packets` items; Rejected items pass through.
+
+    Options: `active_timeout` and `idle_timeout` in seconds (nfstream's defaults).
+    """
+    options = options or {}
+    table = FlowTable(
+        float(options.get("active_timeout", DEFAULT_ACTIVE_TIMEOUT)),
+        float(options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
+    )
+    buffer = RowBuffer(TABLE, SOURCE_TOOL, source, batch_rows)
+    expired: list[Flow] = []
+    units = 0
+    for item in items:
+        if item.__class__ is Packet:
+            units += 1
+            table.add(item, expired)
+            if expired:
+                buffer.add_units(units)
+                units = 0
+                yield from _emit(buffer, expired)
+        elif item is None:  # non-IP frame or fragment held for reassembly: read fine, no flow
+            units += 1
+        else:
+            yield item
+    buffer.add_units(units)
+    expired.extend(table.drain())
+    yield from _emit(buffer, expired)
+    last = buffer.flush()
+    if last is not None:
+        yield last
+
+
+def _emit(buffer: RowBuffer, expired: list[Flow]) -> Iterator[Batch]:
+    for flow in expired:
+        buffer.append(flow.first_number, **flow.row())
+        batch = buffer.take()
+        if batch is not None:
+            yield batch
+    expired.clear()
