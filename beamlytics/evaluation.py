@@ -1,0 +1,279 @@
+"""How well the Poisson score finds labelled anomalies: labels, joins, metrics, report.
+
+Scored output (the `schemas.SCORES` rows a `detect` run writes, one per endpoint-window) is
+joined with ground truth per (endpoint, window). Labels come per window, or per record and
+are then aggregated as in the seed notebook: a window is anomalous when any of its records
+is (`has_anomaly = max(is_anomaly)`). Every score the Poisson detector leaves in its evidence
+is judged: η (positive when η > the η cut, by default the run's β) and each health model's
+Ra (positive when Ra < the run's `ra_threshold`; ranked by 1 − Ra for ROC AUC).
+
+Windows the detector did not judge (CALIBRATING, MISSING) are left out of the metrics and
+counted, and so are labelled anomalous windows that have no score row at all.
+
+No Beam and no scikit-learn: numpy, pandas and pyarrow only (matplotlib for the plot).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from beamlytics import schemas
+from beamlytics.detectors.base import Status
+from beamlytics.detectors.health import HEALTH_MODELS
+from beamlytics.detectors.poisson import PoissonDetector
+
+HEALTH_SCORES = [f"Ra_{name}" for name in HEALTH_MODELS]
+SCORE_NAMES = ["eta", *HEALTH_SCORES]
+JUDGED = (Status.NORMAL, Status.ANOMALY, Status.EXCESS)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Confusion:
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def f1(self) -> float:
+        # 2PR/(P+R) written on counts, so it is defined (0) when nothing was found.
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else float("nan")
+
+
+def confusion(truth: Sequence[bool], predicted: Sequence[bool]) -> Confusion:
+    truth = np.asarray(truth, dtype=bool)
+    predicted = np.asarray(predicted, dtype=bool)
+    if truth.shape != predicted.shape:
+        raise ValueError("truth and predictions differ in length")
+    return Confusion(
+        tp=int(np.sum(truth & predicted)),
+        fp=int(np.sum(~truth & predicted)),
+        tn=int(np.sum(~truth & ~predicted)),
+        fn=int(np.sum(truth & ~predicted)),
+    )
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last_rank = np.cumsum(counts)
+    return (last_rank - (counts - 1) / 2.0)[inverse]
+
+
+def roc_auc(truth: Sequence[bool], scores: Sequence[float]) -> float:
+    """Area under the ROC curve: the probability that a random positive outscores a random
+    negative (ties count half), i.e. the Mann–Whitney U of the positives over n₊·n₋.
+    NaN when either class is absent."""
+    truth = np.asarray(truth, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    u = average_ranks(scores)[truth].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+# --- scored output and labels -------------------------------------------------------------
+
+
+def read_scores(paths: Iterable[str]) -> pd.DataFrame:
+    """SCORES rows from Parquet files or folders (a run's OUT or OUT/scores both work),
+    with the evidence's η and Ra_<model> as float columns (NaN where absent)."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(os.path.join(path, "scores")):
+            path = os.path.join(path, "scores")
+        found = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+        if not found:
+            raise FileNotFoundError(f"no Parquet files in {path}")
+        files.extend(found)
+    table = pa.concat_tables([pq.read_table(file, schema=schemas.SCORES) for file in files])
+    return with_evidence_columns(table.to_pandas())
+
+
+def with_evidence_columns(scores: pd.DataFrame) -> pd.DataFrame:
+    evidence = [json.loads(text) if text else {} for text in scores["evidence"]]
+    scores = scores.copy()
+    for name in SCORE_NAMES:
+        scores[name] = np.array([float(item.get(name, np.nan)) for item in evidence], dtype=np.float64)
+    return scores
+
+
+def read_labels(path: str) -> pd.DataFrame:
+    """Labels from CSV or Parquet: `key`, `is_anomaly` (0/1 or bool) and either
+    `window_start` (per window) or `time` (per record). Times are ISO strings, timestamps,
+    or epoch seconds; naive times are UTC."""
+    frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, dtype={"key": str})
+    missing = {"key", "is_anomaly"} - set(frame.columns)
+    time_column = "window_start" if "window_start" in frame.columns else "time"
+    if missing or time_column not in frame.columns:
+        raise ValueError(f"{path}: labels need columns key, is_anomaly and window_start or time")
+    frame[time_column] = to_utc(frame[time_column])
+    frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
+    return frame
+
+
+def to_utc(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values):
+        return pd.to_datetime(values, unit="s", utc=True)
+    return pd.to_datetime(values, utc=True)
+
+
+def window_labels(labels: pd.DataFrame, window: pd.Timedelta) -> pd.DataFrame:
+    """One row per (key, window_start) with has_anomaly = max(is_anomaly) of its rows.
+
+    Record times are floored to epoch-aligned windows, as the pipeline cuts them.
+    """
+    if "window_start" in labels.columns:
+        starts = labels["window_start"]
+    else:
+        starts = labels["time"].dt.floor(window)
+    frame = pd.DataFrame({"key": labels["key"].astype(str), "window_start": starts,
+                          "has_anomaly": labels["is_anomaly"].astype(bool)})
+    return frame.groupby(["key", "window_start"], as_index=False)["has_anomaly"].max()
+
+
+def join_labels(scores: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Scores with their window's has_anomaly (False for windows no label mentions), and the
+    number of anomalous labelled windows that have no score row."""
+    window = window_length(scores)
+    per_window = window_labels(labels, window)
+    scores = scores.assign(window_start=to_utc(scores["window_start"]))
+    joined = scores.merge(per_window, on=["key", "window_start"], how="left")
+    joined["has_anomaly"] = joined["has_anomaly"].eq(True)  # NaN (no label) counts as normal
+    scored = per_window.merge(scores[["key", "window_start"]].drop_duplicates(), how="left",
+                              on=["key", "window_start"], indicator=True)
+    unscored = int(((scored["_merge"] == "left_only") & scored["has_anomaly"]).sum())
+    return joined, unscored
+
+
+def window_length(scores: pd.DataFrame) -> pd.Timedelta:
+    lengths = (to_utc(scores["window_end"]) - to_utc(scores["window_start"])).unique()
+    if len(lengths) != 1:
+        raise ValueError(f"scores mix window lengths {sorted(lengths)}: evaluate one run at a time")
+    return pd.Timedelta(lengths[0])
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def evaluate(joined: pd.DataFrame, eta_threshold: float, ra_threshold: float | None = None) -> list[dict]:
+    """Metrics of η and of each health model's Ra on the judged windows of one run.
+
+    `ra_threshold` defaults to the run's own (the `threshold` column the detector wrote).
+    """
+    judged = joined[joined["status"].isin(JUDGED)]
+    if ra_threshold is None:
+        thresholds = judged["threshold"].dropna().unique()
+        ra_threshold = float(thresholds[0]) if len(thresholds) else PoissonDetector().ra_threshold
+    truth = judged["has_anomaly"].to_numpy(bool)
+    rows = []
+    for name in SCORE_NAMES:
+        values = judged[name].to_numpy(np.float64)
+        if name == "eta":
+            ranking, predicted, cut = values, values > eta_threshold, eta_threshold
+        else:
+            ranking, predicted, cut = 1.0 - values, values < ra_threshold, ra_threshold
+        matrix = confusion(truth, predicted)
+        rows.append({
+            "score": name, "cut": cut, "windows": len(judged),
+            "not_judged": len(joined) - len(judged), "positives": int(truth.sum()),
+            **asdict(matrix), "precision": matrix.precision, "recall": matrix.recall, "f1": matrix.f1,
+            "roc_auc": roc_auc(truth, ranking),
+        })
+    return rows
+
+
+def series_scores(times: Sequence, counts: Sequence[int], window_slots: int, key: str = "series",
+                  baseline_windows: int = 0, **detector_params) -> pd.DataFrame:
+    """SCORES rows of a PoissonDetector run over one regular series of per-slot counts.
+
+    For count series that are not logs (e.g. the NAB network series): consecutive runs of
+    `window_slots` slots form the windows (an incomplete last window is dropped), so a
+    window starts at its first slot's time. The first `baseline_windows` windows are the
+    detector's `fit` baseline and are not scored.
+    """
+    times = to_utc(pd.Series(times))
+    counts = np.asarray(counts)
+    whole = len(counts) // window_slots * window_slots
+    windows = counts[:whole].reshape(-1, window_slots)
+    starts = times.iloc[:whole:window_slots].reset_index(drop=True)
+    slot = times.iloc[1] - times.iloc[0]
+    detector = PoissonDetector(**detector_params)
+    detector.fit(windows[:baseline_windows])
+    rows = []
+    for start, window in zip(starts[baseline_windows:], windows[baseline_windows:]):
+        verdict = detector.observe(window)
+        rows.append({
+            "table": "series", "key_kind": "series", "key": key, "feature": "records",
+            "window_start": start, "window_end": start + slot * window_slots,
+            "value": float(window.sum()), "detector": detector.name, "status": verdict.status,
+            "score": verdict.score, "threshold": verdict.threshold, "direction": verdict.direction,
+            "evidence": verdict.evidence_json(),
+        })
+    return with_evidence_columns(pd.DataFrame(rows))
+
+
+# --- report -------------------------------------------------------------------------------
+
+RESULT_COLUMNS = ["run", "window_seconds", "beta", "score", "cut", "windows", "not_judged", "positives",
+                  "unscored_positives", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "roc_auc"]
+
+
+def results_table(rows: Iterable[dict]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
+
+
+def format_results(results: pd.DataFrame) -> str:
+    shown = results[["run", "score", "cut", "windows", "tp", "fp", "tn", "fn", "precision", "recall", "f1",
+                     "roc_auc"]]
+    return shown.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="-")
+
+
+def write_report(results: pd.DataFrame, folder: str) -> tuple[str, str]:
+    """results.csv and results.png (F1 and ROC AUC of every score, run by run) in `folder`."""
+    # matplotlib is an optional extra ("plot"): only the report needs it.
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    csv_path = os.path.join(folder, "results.csv")
+    png_path = os.path.join(folder, "results.png")
+    results.to_csv(csv_path, index=False)
+    runs = list(dict.fromkeys(results["run"]))
+    figure, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(runs) + 4), 4.5), sharex=True)
+    for axis, metric in zip(axes, ("f1", "roc_auc")):
+        for name, rows in results.groupby("score", sort=False):
+            by_run = rows.set_index("run")[metric].reindex(runs)
+            axis.plot(range(len(runs)), by_run.to_numpy(), marker="o", label=name)
+        axis.set_title(metric.upper().replace("_", " "))
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_xticks(range(len(runs)), runs, rotation=60, ha="right", fontsize=7)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+    return csv_path, png_path

@@ -1,0 +1,143 @@
+"""Evaluation: metrics against hand-worked cases and scipy, labels, joins, a generated run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.stats import mannwhitneyu
+
+from beamlytics import evaluation, schemas
+from beamlytics.evaluation import Confusion, confusion, roc_auc
+
+
+def test_confusion_matrix_hand_worked():
+    truth = [1, 1, 1, 0, 0, 0, 0, 1]
+    predicted = [1, 0, 1, 1, 0, 0, 0, 0]
+    # positives at 0,1,2,7: found 0,2 (tp 2), missed 1,7 (fn 2); false alarm at 3 (fp 1); tn 3
+    matrix = confusion(truth, predicted)
+    assert matrix == Confusion(tp=2, fp=1, tn=3, fn=2)
+    assert matrix.precision == pytest.approx(2 / 3)
+    assert matrix.recall == pytest.approx(1 / 2)
+    assert matrix.f1 == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))  # = 4/7
+
+
+def test_metrics_of_degenerate_matrices():
+    nothing_found = confusion([1, 0], [0, 0])
+    assert np.isnan(nothing_found.precision) and nothing_found.recall == 0 and nothing_found.f1 == 0
+    no_positives = confusion([0, 0], [0, 0])
+    assert np.isnan(no_positives.recall) and np.isnan(no_positives.f1)
+    with pytest.raises(ValueError):
+        confusion([1], [1, 0])
+
+
+def test_roc_auc_hand_worked_with_a_tie():
+    # positives scored 0.9, 0.4; negatives 0.4, 0.1. Pairs: (0.9>0.4) 1, (0.9>0.1) 1,
+    # (0.4=0.4) 0.5, (0.4>0.1) 1 -> 3.5/4
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1]) == 0.875
+    assert roc_auc([1, 0], [0.0, 1.0]) == 0.0
+    assert np.isnan(roc_auc([0, 0, 0], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_is_mann_whitney_u_over_pairs(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(300) < 0.2
+    scores = np.round(rng.normal(truth * 0.8, 1.0), 1)  # rounding makes ties
+    u = mannwhitneyu(scores[truth], scores[~truth]).statistic
+    assert roc_auc(truth, scores) == pytest.approx(u / (truth.sum() * (~truth).sum()), rel=1e-12)
+
+
+def test_record_labels_aggregate_to_windows_with_max():
+    labels = pd.DataFrame({
+        "key": ["a", "a", "a", "b", "b"],
+        "time": ["2024-05-01T00:00:05", "2024-05-01T00:00:29", "2024-05-01T00:00:31",
+                 "2024-05-01T00:00:10", "2024-05-01T00:00:20"],
+        "is_anomaly": [0, 1, 0, 0, 0],
+    })
+    labels["time"] = evaluation.to_utc(labels["time"])
+    windows = evaluation.window_labels(labels, pd.Timedelta("30s"))
+    start = pd.Timestamp("2024-05-01T00:00:00", tz="UTC")
+    expected = pd.DataFrame({
+        "key": ["a", "a", "b"],
+        "window_start": [start, start + pd.Timedelta("30s"), start],
+        "has_anomaly": [True, False, False],
+    })
+    pd.testing.assert_frame_equal(windows, expected, check_dtype=False)
+
+
+def test_read_labels_takes_epoch_seconds_and_refuses_missing_columns(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("key,time,is_anomaly\n10.0.0.1,1714521600.5,1\n")
+    labels = evaluation.read_labels(str(path))
+    assert labels["time"][0] == pd.Timestamp("2024-05-01T00:00:00.5", tz="UTC")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("key,label\nx,1\n")
+    with pytest.raises(ValueError, match="labels need"):
+        evaluation.read_labels(str(bad))
+
+
+def scores_row(key, start_s, status, eta, ra, threshold=0.7):
+    start = pd.Timestamp(1_714_521_600 + start_s, unit="s", tz="UTC")
+    evidence = {"eta": eta, **{name: ra for name in evaluation.HEALTH_SCORES}}
+    return {"table": "dns", "key_kind": "c_ip", "key": key, "feature": "records", "window_start": start,
+            "window_end": start + pd.Timedelta("30s"), "value": 1.0, "detector": "poisson", "status": status,
+            "score": eta, "threshold": threshold, "direction": None, "evidence": json.dumps(evidence)}
+
+
+def write_scores(folder, rows):
+    (folder / "scores").mkdir(parents=True)
+    table = pa.Table.from_pylist(rows, schema=schemas.SCORES)
+    pq.write_table(table, folder / "scores" / "part-00000.parquet")
+
+
+def test_scored_run_joined_with_window_labels_and_evaluated(tmp_path):
+    rows = [
+        scores_row("a", 0, "calibrating", 0.1, 1.0),  # not judged
+        scores_row("a", 30, "normal", 0.1, 0.95),  # tn for both
+        scores_row("a", 60, "anomaly", 0.6, 0.4),  # tp for both
+        scores_row("a", 90, "normal", 0.5, 0.8),  # labelled, missed by Ra (fn), found by eta>0.3 (tp)
+        scores_row("b", 30, "anomaly", 0.2, 0.5),  # no label -> normal: fp for Ra, tn for eta
+    ]
+    write_scores(tmp_path, rows)
+    labels = pd.DataFrame({"key": ["a", "a", "a", "a", "c"], "window_start": [60, 90, 30, 600, 0],
+                           "is_anomaly": [1, 1, 0, 1, 1]})
+    labels["window_start"] = evaluation.to_utc(labels["window_start"] + 1_714_521_600)
+
+    scores = evaluation.read_scores([str(tmp_path)])
+    joined, unscored = evaluation.join_labels(scores, labels)
+    assert unscored == 2  # (a, 600) and (c, 0) are anomalous but were never scored
+    results = {row["score"]: row for row in evaluation.evaluate(joined, eta_threshold=0.3)}
+    eta, ra = results["eta"], results["Ra_sigmoid"]
+    assert (eta["tp"], eta["fp"], eta["tn"], eta["fn"]) == (2, 0, 2, 0)
+    assert (ra["tp"], ra["fp"], ra["tn"], ra["fn"]) == (1, 1, 1, 1)
+    assert ra["cut"] == 0.7 and eta["windows"] == 4 and eta["not_judged"] == 1
+    # Ra ranked by 1 - Ra: positives 0.6, 0.2; negatives 0.05, 0.5 -> pairs won 1+1+1+0 = 3/4
+    assert ra["roc_auc"] == 0.75
+    assert eta["roc_auc"] == 1.0
+
+
+def test_generated_stream_with_injected_bursts(tmp_path):
+    """A seeded Poisson series (2/s) with three 2-minute bursts at 6/s, scored in 30-s windows."""
+    rng = np.random.default_rng(11)
+    seconds = 3600
+    rate = np.full(seconds, 2.0)
+    burst_starts = [900, 1800, 2700]
+    for start in burst_starts:
+        rate[start:start + 120] = 6.0
+    times = pd.date_range("2024-05-01", periods=seconds, freq="1s", tz="UTC")
+    scores = evaluation.series_scores(times, rng.poisson(rate), window_slots=30, key="10.0.0.7")
+    labels = pd.DataFrame({"key": "10.0.0.7", "time": times, "is_anomaly": rate > 2.0})
+    joined, unscored = evaluation.join_labels(scores, labels)
+    assert unscored == 0 and joined["has_anomaly"].sum() == 12
+    results = evaluation.results_table(
+        {"run": "generated", **row} for row in evaluation.evaluate(joined, eta_threshold=0.3))
+    by_score = results.set_index("score")
+    assert by_score.loc["eta", "roc_auc"] > 0.95
+    assert by_score.loc["Ra_sigmoid", "precision"] > 0.7 and by_score.loc["Ra_sigmoid", "recall"] > 0.6
+    csv_path, png_path = evaluation.write_report(results, str(tmp_path / "report"))
+    assert pd.read_csv(csv_path)["score"].tolist() == evaluation.SCORE_NAMES
+    assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
