@@ -7,6 +7,7 @@ transforms in `transforms.windows` only move these partials around.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -15,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
+from beamlytics.detectors.endpoint import EndpointWindow
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 # Endpoint keys an operator can choose, per table: option value -> column.
 KEY_COLUMNS = {
@@ -224,3 +228,53 @@ def slot_vector(aggregate: WindowAggregate, spec: WindowSpec) -> list[int]:
     for slot, count in aggregate.slot_counts.items():
         vector[slot] = count
     return vector
+
+
+def feature_schema(table: str) -> pa.Schema:
+    """Schema of the `features/` output: one row per scored endpoint-window."""
+    return pa.schema(
+        [
+            pa.field("table", pa.string(), nullable=False),
+            pa.field("key_kind", pa.string(), nullable=False),
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("window_start", schemas.TIMESTAMP, nullable=False),
+            pa.field("window_end", schemas.TIMESTAMP, nullable=False),
+            pa.field("records", pa.int64(), nullable=False),
+            *(pa.field(name, pa.float64()) for name in FEATURES[table]),
+            pa.field("slot_counts", pa.list_(pa.int64())),  # present when a rate detector ran
+        ]
+    )
+
+
+def feature_row(window: EndpointWindow) -> dict:
+    return {
+        "table": window.table,
+        "key_kind": window.key_kind,
+        "key": window.key,
+        "window_start": window.window_start,
+        "window_end": window.window_end,
+        "records": window.records,
+        **window.features,
+        "slot_counts": list(window.slot_counts) if window.slot_counts is not None else None,
+    }
+
+
+def window_from_row(row: dict, spec: WindowSpec) -> EndpointWindow:
+    """The inverse of `feature_row`, for calibrating on an earlier run's features."""
+    def micros(value) -> int:
+        # Exact integer arithmetic: a float timestamp would lose microseconds.
+        if isinstance(value, int):
+            return value
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+    slots = row.get("slot_counts")
+    return EndpointWindow(
+        table=row["table"],
+        key_kind=row["key_kind"],
+        key=row["key"],
+        window_start=micros(row["window_start"]),
+        window_end=micros(row["window_end"]),
+        records=int(row["records"]),
+        features={name: float(row[name]) for name in FEATURES[spec.table]},
+        slot_counts=tuple(slots) if slots is not None else None,
+    )

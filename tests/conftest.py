@@ -22,3 +22,29 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found: {path} (set BEAMLYTICS_DATA to the data folder)")
     return path
+
+
+def collect(build) -> list:
+    """Elements of the PCollection that `build(pipeline)` returns, after a DirectRunner run.
+
+    Beam pickles every function it runs, so results cannot be appended to a list in the
+    test; they travel through a file this test wrote itself.
+    """
+    import pickle
+    import tempfile
+
+    import apache_beam as beam
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "elements.pickle")
+        with beam.Pipeline() as pipeline:
+            build(pipeline) | beam.combiners.ToList() | beam.Map(_dump, path)
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+
+
+def _dump(elements: list, path: str) -> None:
+    import pickle
+
+    with open(path, "wb") as handle:
+        pickle.dump(elements, handle)

@@ -1,0 +1,138 @@
+"""The input formats beamlytics reads, and how a list of files becomes parse work.
+
+`plan` looks at the head of every file once, decides its format and log kind, and keeps
+the files that feed the requested table; `parse_source` then reads one planned source and
+never raises, whatever the bytes: a parser failure becomes a dead-letter entry for the rest
+of that file, and the run goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
+
+from beamlytics.parsers import bind, pcap, squid, tstat, zeek
+from beamlytics.parsers.base import BATCH_ROWS, Batch, ParseItem, Rejected, decompressed, read_head
+
+# Captures first: their magic numbers are unambiguous. Then the line formats, the ones
+# with self-describing headers before the ones recognised by the shape of a line.
+SNIFF_ORDER = (pcap, zeek, tstat, bind, squid)
+FORMATS = {module.FORMAT: module for module in SNIFF_ORDER}
+
+OpenStream = Callable[[str], BinaryIO]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to parse, with the format and log kind its head showed."""
+
+    path: str
+    format: str
+    kind: str
+
+
+PlannedSource = Union[Source, "zeek.NamedFlowGroup"]
+
+
+@dataclass
+class Plan:
+    sources: list  # of PlannedSource, in a deterministic order
+    rejected: list[Rejected]  # files that could not be opened or recognised
+    skipped: list[str]  # recognised files that feed another table
+
+
+def tables_of(fmt: str) -> set[str]:
+    return set().union(*FORMATS[fmt].TABLES.values())
+
+
+def identify(name: str, head: bytes, fmt: str = "auto") -> tuple[str, str] | None:
+    """(format, kind) of a file, from its base name and first decompressed bytes."""
+    candidates = SNIFF_ORDER if fmt == "auto" else (FORMATS[fmt],)
+    for module in candidates:
+        kind = module.sniff(name, head)
+        if kind is not None:
+            return module.FORMAT, kind
+    return None
+
+
+def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Plan:
+    sources: list = []
+    rejected: list[Rejected] = []
+    skipped: list[str] = []
+    zeek_logs: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with open_stream(path) as raw:
+                head = read_head(decompressed(raw))
+        except (OSError, ValueError, EOFError) as error:
+            rejected.append(Rejected(path, 0, f"cannot open: {error}", source_tool=fmt))
+            continue
+        identified = identify(os.path.basename(path), head, fmt)
+        if identified is None:
+            reason = "unrecognised format" if fmt == "auto" else f"not a {fmt} file"
+            rejected.append(Rejected(path, 0, reason, head[:200].decode("utf-8", "replace"), fmt))
+            continue
+        file_format, kind = identified
+        if file_format == "zeek" and table == "named_flows":
+            zeek_logs.append((path, kind))  # conn.log is named with the ssl/http/dns logs beside it
+        elif table in FORMATS[file_format].TABLES.get(kind, ()):
+            sources.append(Source(path, file_format, kind))
+        else:
+            skipped.append(path)
+    groups = zeek.named_flow_groups(zeek_logs) if zeek_logs else []
+    grouped = {path for group in groups for path in _group_paths(group)}
+    skipped.extend(path for path, _ in zeek_logs if path not in grouped)
+    return Plan(sources + groups, rejected, sorted(skipped))
+
+
+def _group_paths(group: "zeek.NamedFlowGroup") -> list[str]:
+    return [path for field in dataclasses.fields(group) for path in getattr(group, field.name)]
+
+
+def source_name(source: PlannedSource) -> str:
+    return source.path if isinstance(source, Source) else _group_paths(source)[0]
+
+
+def parse_source(
+    source: PlannedSource,
+    table: str,
+    open_stream: OpenStream,
+    batch_rows: int = BATCH_ROWS,
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[ParseItem]:
+    """Parse one planned source; a parser that fails mid-file costs the rest of that file only."""
+    if isinstance(source, Source):
+        tool = source.format
+        items = _parse_file(source, table, open_stream, batch_rows, options)
+    else:
+        tool = zeek.FORMAT
+        items = zeek.parse_named_flows(source, lambda path: decompressed(open_stream(path)), batch_rows)
+    try:
+        for item in items:
+            if isinstance(item, Rejected) and not item.source_tool:
+                item = dataclasses.replace(item, source_tool=tool)
+            yield item
+    except Exception as error:  # a parser bug must not end the run: report it as this file's failure
+        yield Rejected(source_name(source), 0, f"parser failed: {type(error).__name__}: {error}", "", tool)
+
+
+def _parse_file(source: Source, table: str, open_stream: OpenStream, batch_rows: int,
+                options: Mapping[str, Any] | None) -> Iterator[ParseItem]:
+    with open_stream(source.path) as raw:
+        yield from FORMATS[source.format].parse(
+            source.path, decompressed(raw), source.kind, table, batch_rows=batch_rows, options=options
+        )
+
+
+def parse_paths(paths: list[str], table: str, fmt: str = "auto",
+                options: Mapping[str, Any] | None = None) -> Iterator[ParseItem]:
+    """Everything in `paths` for `table`, without Beam: for scripts, notebooks and tests."""
+    opener = lambda path: open(path, "rb")  # noqa: E731 - the one local opener
+    planned = plan(paths, table, fmt, opener)
+    yield from planned.rejected
+    for source in planned.sources:
+        yield from parse_source(source, table, opener, options=options)
+
+
+__all__ = ["Batch", "FORMATS", "Plan", "Rejected", "Source", "identify", "parse_paths", "parse_source", "plan"]

@@ -1,0 +1,112 @@
+"""The online gaussian and boxplot rules, checked against numpy on hand-made series."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from beamlytics.detectors.base import Status
+from beamlytics.detectors.univariate import BoxPlot, Gaussian
+
+
+def reference_gaussian(series, k, n_init):
+    """Judge each value against numpy's mean/std (ddof=1) of the values accepted before it."""
+    accepted, verdicts = [], []
+    for value in series:
+        if len(accepted) < n_init:
+            verdicts.append(Status.CALIBRATING)
+            accepted.append(value)
+            continue
+        mean, std = np.mean(accepted), np.std(accepted, ddof=1)
+        anomalous = value > mean + k * std or value < mean - k * std
+        verdicts.append(Status.ANOMALY if anomalous else Status.NORMAL)
+        if not anomalous:
+            accepted.append(value)
+    return verdicts
+
+
+def reference_boxplot(series, k, n_init, history):
+    accepted, verdicts = [], []
+    for value in series:
+        if len(accepted) < n_init:
+            verdicts.append(Status.CALIBRATING)
+            accepted = (accepted + [value])[-history:]
+            continue
+        q1, q3 = np.percentile(accepted, [25, 75])
+        anomalous = value > q3 + k * (q3 - q1) or value < q1 - k * (q3 - q1)
+        verdicts.append(Status.ANOMALY if anomalous else Status.NORMAL)
+        if not anomalous:
+            accepted = (accepted + [value])[-history:]
+    return verdicts
+
+
+def series_with_outliers(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(100, 10, size=400)
+    values[[50, 120, 121, 300]] = [180, 20, 175, 300]
+    return values.tolist()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_gaussian_matches_numpy(seed):
+    series = series_with_outliers(seed)
+    detector = Gaussian(k=3, n_init=20)
+    assert [detector.observe(v).status for v in series] == reference_gaussian(series, 3, 20)
+    accepted = [v for v, s in zip(series, reference_gaussian(series, 3, 20)) if s != Status.ANOMALY]
+    assert detector.mean == pytest.approx(np.mean(accepted), rel=1e-12)
+    assert detector.std() == pytest.approx(np.std(accepted, ddof=1), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_boxplot_matches_numpy(seed):
+    series = series_with_outliers(seed)
+    detector = BoxPlot(k=1.5, n_init=20, history=100)
+    assert [detector.observe(v).status for v in series] == reference_boxplot(series, 1.5, 20, 100)
+
+
+def test_gaussian_hand_worked_case():
+    detector = Gaussian(k=2, n_init=4)
+    for value in [10, 12, 14, 16]:  # mean 13, sample std sqrt(20/3) = 2.582
+        assert detector.observe(value).status == Status.CALIBRATING
+    upper = 13 + 2 * math.sqrt(20 / 3)
+    verdict = detector.observe(18.2)
+    assert verdict.status == Status.ANOMALY and verdict.direction == "up"
+    assert verdict.threshold == pytest.approx(upper)
+    assert verdict.score == pytest.approx((18.2 - 13) / math.sqrt(20 / 3))
+    assert detector.observe(8.0).status == Status.NORMAL  # 13 - 2σ = 7.84
+    # 8 was accepted: [10, 12, 14, 16, 8] has mean 12 and σ = sqrt(10), so the lower limit is 5.68
+    assert detector.observe(5.0).direction == "down"
+
+
+def test_boxplot_hand_worked_case():
+    detector = BoxPlot(k=1.5, n_init=5, history=5)
+    for value in [1, 2, 3, 4, 5]:  # Q1 2, Q3 4, IQR 2 → fences -1 and 7
+        detector.observe(value)
+    assert detector.observe(7.0).status == Status.NORMAL  # on the fence is not beyond it
+    # 7 was accepted and the oldest value (1) left the history: [2,3,4,5,7] → Q1 3, Q3 5, fences 0 and 8
+    verdict = detector.observe(8.5)
+    assert (verdict.status, verdict.threshold, verdict.score) == (Status.ANOMALY, 8.0, pytest.approx(0.25))
+
+
+def test_nan_is_missing_and_not_learned():
+    detector = Gaussian(n_init=2)
+    assert detector.observe(float("nan")).status == Status.MISSING
+    assert detector.n == 0
+
+
+@pytest.mark.parametrize("cls", [Gaussian, BoxPlot])
+def test_state_round_trip_continues_identically(cls):
+    series = series_with_outliers(5)
+    whole, first = cls(n_init=15), cls(n_init=15)
+    expected = [whole.observe(v) for v in series]
+    got = [first.observe(v) for v in series[:200]]
+    rebuilt = cls.from_dict(json.loads(json.dumps(first.to_dict())))
+    got += [rebuilt.observe(v) for v in series[200:]]
+    assert got == expected
+
+
+def test_fit_is_learning_without_judging():
+    fitted = Gaussian(n_init=3)
+    fitted.fit([1.0, 2.0, 3.0, float("nan")])
+    assert fitted.observe(2.5).status == Status.NORMAL
+    assert fitted.n == 4
