@@ -117,8 +117,9 @@ def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | Non
     columns.update(source_tool=[FORMAT] * count, source_file=[source] * count, source_pos=pa.array(positions))
     units = pc.sum(fine).as_py() or 0
     yield from batches_of("dns", columns, count, units, batch_rows)
-    yield from rejected_lines(block, malformed, "BIND query line that does not parse", FORMAT, source)
-    yield from rejected_lines(block, foreign, "not a BIND log line", FORMAT, source)
+    dead = rejected_lines(block, malformed, "BIND query line that does not parse", FORMAT, source)
+    dead += rejected_lines(block, foreign, "not a BIND log line", FORMAT, source)
+    yield from sorted(dead, key=lambda rejected: rejected.position)
 
 
 def _dns_columns(rows: pa.StructArray, year: int | None) -> dict[str, Any]:
