@@ -1,0 +1,90 @@
+"""Zeek (and Bro 2.x) logs: dns.log and http.log to the dns/http tables, conn.log to named flows.
+
+Both of Zeek's renderings are read: the ASCII TSV log, always by its own `#` headers
+(layouts differ between Bro 2.x and Zeek 6/7, extra columns are common, a header block may
+start again mid-file), and the JSON log (one object per line, `ts` as epoch seconds or ISO
+8601). How lines become columns is in `zeek_reader`, how columns become our tables in
+`zeek_tables`, and how flows are named from ssl/http/dns logs in `zeek_flows`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, BinaryIO, Iterator, Mapping
+
+from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected
+from beamlytics.parsers.zeek_flows import (  # noqa: F401  (public API of this format)
+    FlowNamer,
+    NamedFlowGroup,
+    named_flow_groups,
+    parse_named_flows,
+)
+from beamlytics.parsers.zeek_reader import Header, apply_header_line, read_log
+from beamlytics.parsers.zeek_tables import CONN_FIELDS, DNS_FIELDS, HTTP_FIELDS, dns_batch, http_batch, table_batches
+
+FORMAT = "zeek"
+TABLES = {"dns": frozenset({"dns"}), "http": frozenset({"http"}), "conn": frozenset({"named_flows"})}
+
+_JSON_ZEEK_KEYS = ("uid", "id.orig_h", "_path")
+
+
+def sniff(name: str, head: bytes) -> str | None:
+    """The log kind (`dns`, `conn`, `ssl`, ...) of a Zeek TSV or JSON log, else None."""
+    lines = head.split(b"\n")
+    header = _tsv_header(lines)
+    if header is not None:
+        return header.path or _kind_from_name(name)
+    record = _first_json_object(lines[0])
+    if record is not None and "ts" in record and any(key in record for key in _JSON_ZEEK_KEYS):
+        path = record.get("_path")
+        return path if isinstance(path, str) and path else _kind_from_name(name)
+    return None
+
+
+def _tsv_header(lines: list[bytes]) -> Header | None:
+    """The header of the leading `#` lines, if they include Zeek's `#separator` line."""
+    header, seen_separator = Header(), False
+    for line in lines:
+        if not line.startswith(b"#"):
+            break
+        seen_separator |= line.startswith(b"#separator ")
+        header = apply_header_line(header, line)
+    return header if seen_separator else None
+
+
+def _first_json_object(line: bytes) -> dict[str, Any] | None:
+    if not line.lstrip().startswith(b"{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _kind_from_name(name: str) -> str:
+    """`dns.04:00:00-05:00:00.log.gz` -> `dns`."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def parse(
+    source: str,
+    stream: BinaryIO,
+    kind: str,
+    table: str,
+    batch_rows: int = BATCH_ROWS,
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[Batch | Rejected]:
+    """Rows of `table` from one decompressed Zeek log of `kind`; no options are used.
+
+    A conn.log on its own gives flows without names: name them with `named_flow_groups`
+    and `parse_named_flows`, which read the ssl/http/dns logs beside it.
+    """
+    if table not in TABLES.get(kind, ()):
+        raise ValueError(f"a zeek {kind!r} log does not feed the {table!r} table")
+    if kind == "conn":
+        fields, convert = CONN_FIELDS, FlowNamer.empty().name
+    elif kind == "dns":
+        fields, convert = DNS_FIELDS, dns_batch
+    else:
+        fields, convert = HTTP_FIELDS, http_batch
+    yield from table_batches(table, source, read_log(source, stream, fields), convert, batch_rows)

@@ -1,0 +1,568 @@
+"""Reading Zeek logs (ASCII TSV and JSON) into typed Arrow columns, in blocks.
+
+The reader hands whole blocks of data lines to Arrow's C++ CSV / JSON readers and converts
+the columns with `pyarrow.compute`, so a clean log never goes through Python line by line.
+When Arrow refuses a block (a line with the wrong number of fields, broken JSON, ...) the
+block is cut in halves until the bad lines stand alone: each becomes a `Rejected` with its
+exact line number, and the clean rest still takes the fast path.
+
+Columns come out in one canonical Arrow type per Zeek type, whichever rendering the log
+used: `time`/`interval` as int64 microseconds, `count`/`int`/`port` as int64, `bool`,
+strings (with Zeek's `\\xHH` escapes undone), and containers as lists of those.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import lzma
+import re
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO, Callable, Generator, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+
+from beamlytics.parsers.base import Rejected, excerpt
+
+SOURCE_TOOL = "zeek"
+
+# Arrow parses a block on both cores; bigger blocks amortise the per-call overhead, smaller
+# ones bound how much a bad line sends down the slow path.
+BLOCK_BYTES = 4 << 20
+ARROW_BLOCK_BYTES = 1 << 20
+# Small reads, so a stream that breaks loses as little of its good prefix as possible.
+READ_BYTES = 64 << 10
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+
+_MICROS = pa.int64()
+_TSV_PARSED_TYPES = {"micros": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
+_SECONDS_PATTERN = r"^-?[0-9]+(\.[0-9]*)?$"
+_INTEGER_PATTERN = r"^-?[0-9]{1,18}$"
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The `#` header block of a Zeek TSV log, with Zeek's defaults until a line says otherwise."""
+
+    separator: bytes = b"\t"
+    set_separator: str = ","
+    empty_field: str = "(empty)"
+    unset_field: str = "-"
+    path: str | None = None
+    fields: tuple[str, ...] | None = None
+    types: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Records:
+    """Clean rows of one stretch of a log: Zeek field name -> canonical column."""
+
+    columns: dict[str, pa.Array]
+    positions: pa.Array  # 1-based line numbers, int64
+    num_rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_rows", len(self.positions))
+
+
+# ---------------------------------------------------------------------------------------
+# Zeek types
+
+
+def value_kind(zeek_type: str) -> str:
+    """Which canonical Arrow representation a Zeek type gets: micros, int, bool, list or string."""
+    if zeek_type in ("time", "interval"):
+        return "micros"
+    if zeek_type in ("count", "int", "port"):
+        return "int"
+    if zeek_type == "bool":
+        return "bool"
+    if zeek_type.startswith(("vector[", "set[", "table[")):
+        return "list"
+    return "string"
+
+
+def element_type(zeek_type: str) -> str:
+    return zeek_type[zeek_type.index("[") + 1 : -1]
+
+
+def arrow_type(zeek_type: str) -> pa.DataType:
+    kind = value_kind(zeek_type)
+    if kind == "list":
+        return pa.list_(arrow_type(element_type(zeek_type)))
+    return {"micros": _MICROS, "int": pa.int64(), "bool": pa.bool_(), "string": pa.string()}[kind]
+
+
+# ---------------------------------------------------------------------------------------
+# Header lines and escapes
+
+
+def unescape_bytes(raw: bytes) -> bytes:
+    return _ESCAPE.sub(lambda match: bytes([int(match.group(1), 16)]), raw)
+
+
+def unescape_text(text: str) -> str:
+    # Bytes that do not form UTF-8 stay visible as \xhh rather than turning into U+FFFD.
+    return unescape_bytes(text.encode("utf-8")).decode("utf-8", "backslashreplace")
+
+
+def apply_header_line(header: Header, line: bytes) -> Header:
+    """The header after one `#` line; `#separator` starts a new header block."""
+    line = line.rstrip(b"\r\n")
+    if line.startswith(b"#separator "):
+        return Header(separator=unescape_bytes(line[len(b"#separator ") :]))
+    key, _, value = line[1:].partition(header.separator)
+    text = value.decode("utf-8", "backslashreplace")
+    if key == b"fields":
+        return replace(header, fields=tuple(text.split(header.separator.decode())), types=None)
+    if key == b"types":
+        return replace(header, types=tuple(text.split(header.separator.decode())))
+    if key in (b"set_separator", b"empty_field", b"unset_field", b"path"):
+        return replace(header, **{key.decode(): unescape_text(text)})
+    return header  # #open, #close, comments: not data and nothing to configure
+
+
+# ---------------------------------------------------------------------------------------
+# The byte stream, as blocks of whole lines
+
+
+@dataclass(frozen=True)
+class LineRun:
+    data: bytes  # whole lines, each ending in b"\n"
+    first_line: int
+    lines: int
+    is_header: bool  # one `#` line, or a run of data lines
+
+
+def line_runs(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
+    """Split a stream into `#` lines and runs of data lines, with their line numbers.
+
+    If the stream breaks (corrupt or truncated compression), the whole lines read before
+    the damage are still yielded, then one `Rejected` for the rest of the file.
+    """
+    for block in _line_blocks(source, stream):
+        if isinstance(block, Rejected):
+            yield block
+        else:
+            yield from _split_header_lines(block)
+
+
+def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
+    """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off)."""
+    read = getattr(stream, "read1", stream.read)
+    pending: list[bytes] = []
+    size, line = 0, 1
+    while True:
+        try:
+            piece = read(READ_BYTES)
+        except READ_ERRORS as error:
+            data = b"".join(pending)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                block = LineRun(data[:cut], line, data.count(b"\n", 0, cut), is_header=False)
+                yield block
+                line += block.lines
+            reason = f"input unreadable from line {line} on: {type(error).__name__}: {error}"
+            yield Rejected(source, line, reason, excerpt(data[cut:]), SOURCE_TOOL)
+            return
+        if not piece:
+            data = b"".join(pending)
+            if data:  # the last line may lack its newline
+                data = data if data.endswith(b"\n") else data + b"\n"
+                yield LineRun(data, line, data.count(b"\n"), is_header=False)
+            return
+        pending.append(piece)
+        size += len(piece)
+        if size >= BLOCK_BYTES:
+            data = b"".join(pending)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                block = LineRun(data[:cut], line, data.count(b"\n", 0, cut), is_header=False)
+                yield block
+                line += block.lines
+            pending = [data[cut:]]
+            size = len(pending[0])
+
+
+def _split_header_lines(block: LineRun) -> Iterator[LineRun]:
+    data = block.data
+    if not data.startswith(b"#") and b"\n#" not in data:
+        yield block
+        return
+    position, line = 0, block.first_line
+    while position < len(data):
+        if data.startswith(b"#", position):
+            end = data.index(b"\n", position) + 1
+            yield LineRun(data[position:end], line, 1, is_header=True)
+            line += 1
+        else:
+            next_header = data.find(b"\n#", position)
+            end = len(data) if next_header < 0 else next_header + 1
+            run = data[position:end]
+            yield LineRun(run, line, run.count(b"\n"), is_header=False)
+            line += run.count(b"\n")
+        position = end
+
+
+# ---------------------------------------------------------------------------------------
+# Arrow readers with the bisecting fallback
+
+TableReader = Callable[[bytes], pa.Table]
+Explainer = Callable[[bytes], "str | None"]
+
+
+def read_clean(source: str, run: LineRun, read: TableReader, explain: Explainer) -> Iterator[tuple[pa.Table, LineRun] | Rejected]:
+    """Tables of the lines of `run` that Arrow reads, and a `Rejected` for each line it does not.
+
+    Yields (table, the lines it was read from). A run is clean when Arrow reads it and
+    returns exactly one row per line; otherwise it is halved.
+    """
+    try:
+        table = read(run.data)
+        if table.num_rows == run.lines:
+            yield table, run
+            return
+        problem = f"reader returned {table.num_rows} rows for {run.lines} lines"
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError) as error:
+        problem = f"unreadable: {error}".strip()
+    if run.lines == 1:
+        reason = explain(run.data) or problem
+        yield Rejected(source, run.first_line, reason, excerpt(run.data.rstrip(b"\r\n")), SOURCE_TOOL)
+        return
+    half = run.lines // 2
+    middle = _nth_line_end(run.data, half)
+    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), read, explain)
+    rest = LineRun(run.data[middle:], run.first_line + half, run.lines - half, False)
+    yield from read_clean(source, rest, read, explain)
+
+
+def _nth_line_end(data: bytes, count: int) -> int:
+    """Offset just past the `count`-th newline of `data`."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    return int(newlines[count - 1]) + 1
+
+
+def tsv_reader(header: Header, wanted: Mapping[str, str]) -> TableReader:
+    """Read TSV data lines, materialising only the wanted columns present.
+
+    Arrow parses scalars itself (in C++, on all cores): times and intervals as float64
+    seconds, counts as int64, T/F as bool, and the unset marker as null in every column.
+    Containers stay text, split later. A value Arrow cannot parse fails the block, and
+    `read_clean` narrows that down to the line.
+    """
+    assert header.fields is not None
+    present = [name for name in header.fields if name in wanted]
+    read_options = pa_csv.ReadOptions(
+        column_names=list(header.fields), use_threads=True, block_size=ARROW_BLOCK_BYTES
+    )
+    parse_options = pa_csv.ParseOptions(
+        delimiter=header.separator.decode("latin-1"),
+        quote_char=False,
+        double_quote=False,
+        escape_char=False,
+        newlines_in_values=False,
+        ignore_empty_lines=False,  # an empty line is a bad line, not nothing
+    )
+    convert_options = pa_csv.ConvertOptions(
+        column_types={name: _TSV_PARSED_TYPES.get(value_kind(wanted[name]), pa.string()) for name in present},
+        include_columns=present,
+        null_values=[header.unset_field],
+        true_values=["T"],
+        false_values=["F"],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+
+    def read(data: bytes) -> pa.Table:
+        return pa_csv.read_csv(pa.py_buffer(data), read_options, parse_options, convert_options)
+
+    return read
+
+
+def tsv_explainer(header: Header) -> Explainer:
+    assert header.fields is not None
+    expected = len(header.fields)
+
+    def explain(line: bytes) -> str | None:
+        body = line.rstrip(b"\r\n")
+        if not body:
+            return "empty line"
+        count = body.count(header.separator) + 1
+        if count != expected:
+            return f"{count} fields where the #fields header has {expected}"
+        if b"\r" in body:
+            return "carriage return inside a line"
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"not valid UTF-8: {error}"
+        return None
+
+    return explain
+
+
+def json_reader(data: bytes) -> pa.Table:
+    # A block must hold at least one whole line; lines are short, but a single long one is
+    # given a block of its own size.
+    block_size = ARROW_BLOCK_BYTES if len(data) > ARROW_BLOCK_BYTES else len(data) + 1
+    read_options = pa_json.ReadOptions(use_threads=True, block_size=block_size)
+    return pa_json.read_json(io.BytesIO(data), read_options=read_options)
+
+
+def json_explainer(line: bytes) -> str | None:
+    try:
+        value = json.loads(line)
+    except ValueError as error:
+        return f"not JSON: {error}"
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Column conversion to canonical types. Each returns (values, bad): `bad` marks rows whose
+# value was present but unreadable as its type, or is None when there are none.
+
+Bad = Optional[pa.Array]
+
+
+def _bad_where(original: pa.Array, converted: pa.Array) -> Bad:
+    if converted.null_count == original.null_count:
+        return None  # nothing present was lost: the common case, checked for free
+    return pc.and_(original.is_valid(), converted.is_null())
+
+
+def cast_lenient(values: pa.Array, to: pa.DataType) -> pa.Array:
+    """Cast, with null for each value that does not cast (found by halving, as bad values are rare)."""
+    try:
+        return values.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if len(values) == 1:
+            return pa.nulls(1, to)
+        half = len(values) // 2
+        return pa.concat_arrays([cast_lenient(values[:half], to), cast_lenient(values[half:], to)])
+
+
+def _micros_from_seconds(seconds: pa.Array) -> pa.Array:
+    """Seconds (any numeric type) to rounded int64 microseconds; null where not finite or too big."""
+    micros = pc.multiply(seconds.cast(pa.float64()), 1e6)
+    usable = pc.and_(pc.is_finite(micros), pc.less(pc.abs(micros), 9e18))
+    return pc.if_else(usable, pc.round(micros), None).cast(_MICROS)
+
+
+def unescape(values: pa.Array) -> pa.Array:
+    """Undo Zeek's \\xHH escapes; only the (rare) values holding one go through Python."""
+    escaped = pc.fill_null(pc.match_substring(values, "\\x"), False)
+    if not pc.any(escaped).as_py():
+        return values
+    fixed = [unescape_text(text) for text in values.filter(escaped).to_pylist()]
+    return pc.replace_with_mask(values, escaped, pa.array(fixed, pa.string()))
+
+
+def _rebuild_list(lists: pa.ListArray, values: pa.Array, element_bad: Bad) -> tuple[pa.Array, Bad]:
+    """Lists with converted elements; a row is bad when any of its elements is."""
+    rebuilt = pa.ListArray.from_arrays(lists.offsets, values, mask=lists.is_null())
+    if element_bad is None:
+        return rebuilt, None
+    bad_rows = np.zeros(len(lists), dtype=bool)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    bad_rows[parents[element_bad.to_numpy(zero_copy_only=False)]] = True
+    return rebuilt, pa.array(bad_rows)
+
+
+def text_column(parsed: pa.Array, zeek_type: str, header: Header, escapes: bool) -> tuple[pa.Array, Bad]:
+    """Finish a TSV column as `tsv_reader` parsed it: scalars arrive typed, unset as null.
+
+    `escapes` says whether the lines hold any `\\x` at all, so clean blocks skip the search.
+    """
+    kind = value_kind(zeek_type)
+    if kind == "micros":
+        converted = _micros_from_seconds(parsed)
+        return converted, _bad_where(parsed, converted)
+    if kind in ("int", "bool"):
+        return parsed, None
+    empty = pc.equal(parsed, pa.scalar(header.empty_field))
+    if kind == "string":
+        return _text_strings(pc.if_else(empty, pa.scalar(""), parsed), escapes), None
+    lists = pc.split_pattern(pc.if_else(empty, None, parsed), header.set_separator)
+    values, element_bad = _text_elements(lists.flatten(), element_type(zeek_type), escapes)
+    rebuilt, bad = _rebuild_list(lists, values, element_bad)
+    return pc.if_else(empty, pa.scalar([], rebuilt.type), rebuilt), bad
+
+
+def _text_strings(values: pa.Array, escapes: bool) -> pa.Array:
+    return unescape(values) if escapes else values
+
+
+def _text_elements(elements: pa.Array, zeek_type: str, escapes: bool) -> tuple[pa.Array, Bad]:
+    """Container elements are still text: convert them as Arrow would have."""
+    kind = value_kind(zeek_type)
+    if kind == "string":
+        return _text_strings(elements, escapes), None
+    if kind == "bool":
+        true = pc.equal(elements, pa.scalar("T"))
+        converted = pc.if_else(pc.or_(true, pc.equal(elements, pa.scalar("F"))), true, None)
+    elif kind == "micros":
+        converted = _micros_from_seconds(_cast_text(elements, _SECONDS_PATTERN, pa.float64()))
+    else:
+        converted = _cast_text(elements, _INTEGER_PATTERN, pa.int64())
+    return converted, _bad_where(elements, converted)
+
+
+def _cast_text(present: pa.Array, pattern: str, to: pa.DataType) -> pa.Array:
+    """Cast numbers written as text, the whole column at once while that works.
+
+    Only a column with a bad value goes the slow way: values not in Zeek's decimal form
+    are dropped, the rest cast one stretch at a time. (The fast cast also takes "1e3",
+    which Zeek never writes; non-finite numbers are caught by the caller.)
+    """
+    try:
+        return present.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        well_formed = pc.if_else(pc.match_substring_regex(present, pattern), present, None)
+        return cast_lenient(well_formed, to)
+
+
+def json_column(column: pa.Array, zeek_type: str) -> tuple[pa.Array, Bad]:
+    """Convert a column as pyarrow.json inferred it (types may vary from block to block)."""
+    kind, source_type = value_kind(zeek_type), column.type
+    if pa.types.is_null(source_type):
+        return pa.nulls(len(column), arrow_type(zeek_type)), None
+    if kind == "list":
+        if not pa.types.is_list(source_type):
+            return pa.nulls(len(column), arrow_type(zeek_type)), column.is_valid()
+        values, element_bad = json_column(column.flatten(), element_type(zeek_type))
+        return _rebuild_list(column, values, element_bad)
+    if kind == "micros" and (pa.types.is_string(source_type) or pa.types.is_timestamp(source_type)):
+        converted = cast_lenient(column, pa.timestamp("us", tz="UTC")).cast(_MICROS)
+    elif kind == "micros" and _is_number(source_type):
+        converted = _micros_from_seconds(column)
+    elif kind == "int" and _is_number(source_type):
+        converted = cast_lenient(column, pa.int64())
+    elif kind == "bool" and pa.types.is_boolean(source_type):
+        converted = column
+    elif kind == "string" and pa.types.is_string(source_type):
+        converted = unescape(column)
+    elif kind == "string" and not pa.types.is_nested(source_type):
+        converted = cast_lenient(column, pa.string())
+    else:
+        converted = pa.nulls(len(column), arrow_type(zeek_type))
+    return converted, _bad_where(column, converted)
+
+
+def _is_number(data_type: pa.DataType) -> bool:
+    return pa.types.is_integer(data_type) or pa.types.is_floating(data_type)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole logs
+
+
+def read_log(source: str, stream: BinaryIO, wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+    """Read a Zeek TSV or JSON log: `Records` of the `wanted` fields (name -> Zeek type), and
+    a `Rejected` for every line that cannot be read. Every data line ends up in exactly one.
+
+    A wanted field the log does not have comes out as a column of nulls.
+    """
+    runs = line_runs(source, stream)
+    first = next(runs, None)
+    if first is None:
+        return
+    runs = itertools.chain([first], runs)
+    is_json = isinstance(first, LineRun) and first.data.startswith(b"{")
+    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, runs, wanted)
+
+
+Converter = Callable[[pa.Array, str], "tuple[pa.Array, Bad]"]
+
+
+def _read_tsv_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+    header = Header()
+    reader: TableReader | None = None
+    for run in runs:
+        if isinstance(run, Rejected):
+            yield run
+        elif run.is_header:
+            header = apply_header_line(header, run.data)
+            reader = None
+        elif header.fields is None or len(header.separator) != 1:
+            yield from _reject_each_line(source, run, "data line without a usable #separator/#fields header")
+        else:
+            reader = reader or tsv_reader(header, wanted)
+            escapes = b"\\x" in run.data
+
+            def convert(raw: pa.Array, zeek_type: str, header: Header = header) -> tuple[pa.Array, Bad]:
+                return text_column(raw, zeek_type, header, escapes)
+
+            yield from _read_run(source, run, wanted, reader, tsv_explainer(header), convert)
+
+
+def _read_json_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+    for run in runs:
+        if isinstance(run, Rejected):
+            yield run
+        elif run.is_header:
+            yield from _reject_each_line(source, run, "not a JSON object")
+        else:
+            yield from _read_run(source, run, wanted, json_reader, json_explainer, json_column)
+
+
+def _read_run(
+    source: str, run: LineRun, wanted: Mapping[str, str], read: TableReader, explain: Explainer, convert: Converter
+) -> Iterator[Records | Rejected]:
+    for item in read_clean(source, run, read, explain):
+        if isinstance(item, Rejected):
+            yield item
+        else:
+            yield from _records(source, *item, wanted, convert)
+
+
+def _reject_each_line(source: str, run: LineRun, reason: str) -> Iterator[Rejected]:
+    for offset, line in enumerate(run.data.splitlines()):
+        yield Rejected(source, run.first_line + offset, reason, excerpt(line), SOURCE_TOOL)
+
+
+def _records(
+    source: str, table: pa.Table, run: LineRun, wanted: Mapping[str, str], convert: Converter
+) -> Iterator[Records | Rejected]:
+    """Convert the wanted columns of a clean table; rows with an unreadable value are rejected."""
+    rows = table.num_rows
+    columns: dict[str, pa.Array] = {}
+    problems: list[tuple[str, str, pa.Array, pa.Array]] = []  # field, type, raw, bad
+    for name, zeek_type in wanted.items():
+        if name not in table.column_names:
+            columns[name] = pa.nulls(rows, arrow_type(zeek_type))
+            continue
+        raw = table.column(name).combine_chunks()
+        columns[name], bad = convert(raw, zeek_type)
+        if bad is not None:
+            problems.append((name, zeek_type, raw, bad))
+    positions = pa.array(np.arange(run.first_line, run.first_line + rows, dtype=np.int64))
+    if problems:
+        good = yield from _reject_bad_rows(source, run, problems)
+        columns = {name: values.filter(good) for name, values in columns.items()}
+        positions = positions.filter(good)
+    if len(positions):
+        yield Records(columns, positions)
+
+
+def _reject_bad_rows(
+    source: str, run: LineRun, problems: list[tuple[str, str, pa.Array, pa.Array]]
+) -> Generator[Rejected, None, pa.Array]:
+    """Reject each row with a bad value, naming the first one; returns the mask of good rows."""
+    reasons: dict[int, str] = {}
+    for name, zeek_type, raw, bad in problems:
+        for row in np.flatnonzero(bad.to_numpy(zero_copy_only=False)):
+            reasons.setdefault(int(row), f"bad {zeek_type} value in {name}: {raw[int(row)].as_py()!r}")
+    lines = run.data.split(b"\n")
+    for row in sorted(reasons):
+        yield Rejected(source, run.first_line + row, reasons[row], excerpt(lines[row]), SOURCE_TOOL)
+    good = np.ones(len(lines) - 1, dtype=bool)
+    good[list(reasons)] = False
+    return pa.array(good)
