@@ -141,3 +141,46 @@ def test_generated_stream_with_injected_bursts(tmp_path):
     csv_path, png_path = evaluation.write_report(results, str(tmp_path / "report"))
     assert pd.read_csv(csv_path)["score"].tolist() == evaluation.SCORE_NAMES
     assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_grid_runs_the_detection_and_evaluates_earlier_runs(tmp_path, monkeypatch, capsys):
+    """`beamlytics evaluate` end to end on generated Zeek logs with a known NXDOMAIN burst."""
+    from beamlytics import synthetic
+    from beamlytics.detectors.poisson import PoissonDetector
+    from beamlytics.detectors.registry import DETECTORS
+    from beamlytics.pipelines import cli
+
+    monkeypatch.setitem(DETECTORS, "poisson", PoissonDetector)  # a no-op once the registry has it
+    scenario = synthetic.Scenario(hours=1, clients=5, queries_per_minute=30, anomalous_client="10.0.0.3",
+                                  anomaly_start_minute=30, anomaly_minutes=3)
+    dns_log = f"{synthetic.write_zeek_logs(str(tmp_path / 'logs'), scenario)}/dns.log"
+    fields = [line.rstrip("\n").split("\t") for line in open(dns_log) if not line.startswith("#")]
+    # The burst's queries are exactly the ones that failed (NXDOMAIN).
+    pd.DataFrame({"key": [row[2] for row in fields], "time": [float(row[0]) for row in fields],
+                  "is_anomaly": [row[15] == "NXDOMAIN" for row in fields]}).to_csv(tmp_path / "labels.csv", index=False)
+
+    out = tmp_path / "eval"
+    common = ["evaluate", "--labels", str(tmp_path / "labels.csv"), "--output", str(out)]
+    assert cli.main([*common, "--table", "dns", "--format", "zeek", "--windows", "30s", "--betas", "0.3",
+                     dns_log]) == 0
+    grid = pd.read_csv(out / "results.csv").set_index("score")
+    burst_windows = len(scenario.anomaly_window_starts_us(30_000_000))
+    assert (grid["positives"] == burst_windows).all() and (grid["unscored_positives"] == 0).all()
+    assert grid.loc["Ra_sigmoid", "recall"] >= 5 / 6 and grid.loc["Ra_sigmoid", "precision"] >= 0.8
+    assert "Ra_kalman" in capsys.readouterr().out
+
+    again = tmp_path / "again"
+    run_dir = str(out / "runs" / "w30s_b0.3")
+    assert cli.main(["evaluate", "--labels", str(tmp_path / "labels.csv"), "--output", str(again),
+                     "--scores", run_dir]) == 0
+    earlier = pd.read_csv(again / "results.csv").set_index("score")
+    pd.testing.assert_series_equal(earlier["roc_auc"], grid["roc_auc"])
+
+
+def test_cli_needs_inputs_or_scores(tmp_path, capsys):
+    from beamlytics.pipelines import cli
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,time,is_anomaly\na,0,1\n")
+    assert cli.main(["evaluate", "--labels", str(labels), "--output", str(tmp_path / "x")]) == 2
+    assert "--scores" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""`beamlytics evaluate`: the Poisson detector's precision, recall, F1 and ROC AUC on labelled data.
+
+Either runs `beamlytics detect --detector poisson` for every cell of a grid of window
+lengths and β (default the seed notebook's: 30/40/50 s × β ∈ {0, .3, .5, .7, 1}), each into
+OUT/runs/<cell>/, or evaluates earlier runs given with `--scores`. Then prints, for η and for
+each health model's Ra, the confusion matrix and metrics, and writes OUT/results.csv and
+OUT/results.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from beamlytics import evaluation
+from beamlytics.pipelines import cli
+
+DEFAULT_WINDOWS = "30s,40s,50s"
+DEFAULT_BETAS = "0,0.3,0.5,0.7,1"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="logs or captures to run the detection on")
+    parser.add_argument("--labels", required=True,
+                        help="CSV or Parquet with key, is_anomaly and window_start (per window) or time (per record)")
+    parser.add_argument("--output", required=True, metavar="OUT", help="folder for runs/, results.csv, results.png")
+    parser.add_argument("--scores", nargs="+", metavar="RUN_DIR",
+                        help="evaluate these earlier detect outputs instead of running the detection")
+    parser.add_argument("--format", default="auto", help="input format, as for detect (auto)")
+    parser.add_argument("--table", help="data table to build from the inputs: dns, http or named_flows")
+    parser.add_argument("--key", default="c_ip", help="the endpoint, as for detect (c_ip)")
+    parser.add_argument("--windows", default=DEFAULT_WINDOWS, help=f"window lengths of the grid ({DEFAULT_WINDOWS})")
+    parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"β values of the grid ({DEFAULT_BETAS})")
+    parser.add_argument("--slot", default="1s", help="slot length (1s)")
+    parser.add_argument("--health-model", help="detector's health model (its default: sigmoid)")
+    parser.add_argument("--ra-threshold", type=float, help="detector's Ra alarm level (its default: 0.7)")
+    parser.add_argument("--eta-threshold", type=float,
+                        help="η counts as positive above this (default: the run's β; with --scores 0.3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        labels = evaluation.read_labels(args.labels)
+        runs = _scored_runs(args)
+    except (OSError, ValueError, argparse.ArgumentTypeError) as error:
+        print(f"beamlytics evaluate: error: {error}", file=sys.stderr)
+        return 2
+    rows = []
+    for name, window_seconds, beta, scores_dir in runs:
+        joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
+        cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
+        for row in evaluation.evaluate(joined, cut):
+            rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
+                         "unscored_positives": unscored, **row})
+    results = evaluation.results_table(rows)
+    print(evaluation.format_results(results))
+    csv_path, png_path = evaluation.write_report(results, args.output)
+    print(f"results written to {csv_path} and {png_path}")
+    return 0
+
+
+def _scored_runs(args: argparse.Namespace) -> list[tuple[str, float | None, float | None, str]]:
+    """(name, window seconds, β, scores folder) of every run to evaluate."""
+    if args.scores:
+        return [(path, None, None, path) for path in args.scores]
+    if not args.inputs or not args.table:
+        raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
+    windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
+    betas = [float(value) for value in _split(args.betas)]
+    runs = []
+    for window, window_seconds in windows.items():
+        for beta in betas:
+            name = f"window={window} beta={beta:g}"
+            out = os.path.join(args.output, "runs", f"w{window}_b{beta:g}")
+            if cli.main(_detect_argv(args, window, beta, out)) != 0:
+                raise ValueError(f"the detection failed for {name}")
+            runs.append((name, window_seconds, beta, out))
+    return runs
+
+
+def _detect_argv(args: argparse.Namespace, window: str, beta: float, out: str) -> list[str]:
+    argv = ["detect", "--format", args.format, "--table", args.table, "--key", args.key, "--window", window,
+            "--slot", args.slot, "--detector", "poisson", "--beta", str(beta), "--output", out]
+    if args.health_model:
+        argv += ["--health-model", args.health_model]
+    if args.ra_threshold is not None:
+        argv += ["--ra-threshold", str(args.ra_threshold)]
+    return [*argv, *args.inputs]
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
