@@ -854,6 +854,11 @@ class DSpotDetector(_SpotAdapter):
     def _offset(self) -> float:
         return self.model.moving_average
 
+    def _evidence(self, value: float, offset: float) -> tuple[dict[str, Any], dict[str, float]]:
+        evidence, probabilities = super()._evidence(value, offset)
+        evidence["moving_average"] = offset
+        return evidence, probabilities
+
     @staticmethod
     def _restore_model(state: Mapping[str, Any]) -> DSpot:
         return DSpot.from_dict(state)
