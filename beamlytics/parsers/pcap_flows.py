@@ -34,6 +34,7 @@ DEFAULT_ACTIVE_TIMEOUT = 1800  # seconds, nfstream's default
 DEFAULT_IDLE_TIMEOUT = 120  # seconds, nfstream's default
 
 TCP, UDP = 6, 17
+_SYN = 0x02
 _SYN_ACK = 0x12
 _FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) .. bit 7 (CWR)
 # Flags bitmask -> letters, computed once rather than per flow.
@@ -162,7 +163,8 @@ class FlowTable:
         if from_client:
             flow.c_pkt += 1
             flow.c_bytes += packet.ip_bytes
-            if flow.probe is not None and packet.payload:
+            # The SYN too, so that the reassembler knows where the client's stream starts.
+            if flow.probe is not None and (packet.payload or packet.tcp_flags & _SYN):
                 self._probe(flow, packet)
         else:
             flow.s_pkt += 1
@@ -186,7 +188,10 @@ class FlowTable:
 
     def _probe(self, flow: Flow, packet: Packet) -> None:
         """Look at the client's first stream bytes for a ClientHello or an HTTP request."""
-        flow.probe += self.streams.feed(packet)
+        data = self.streams.feed(packet)
+        if not data:
+            return
+        flow.probe += data
         flow.probe_packets += 1
         name, source, decided = name_from_client_stream(flow.probe)
         if name is not None:
