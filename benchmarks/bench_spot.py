@@ -1,0 +1,67 @@
+"""SPOT step rate: beamlytics' Spot against libspot 3.1.0 on the same stream.
+
+The stream is Gaussian noise with the model calibrated so that about 2% of the steps are
+excesses (each one refits the GPD over up to `max_excess` stored excesses, the costly
+part); the rest only compare against two thresholds. The observed excess share is part of
+the printed name so the figures can be compared with the same mix.
+
+    python -m benchmarks.bench_spot
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.common import Result, best_seconds
+from beamlytics.detectors.spot import EXCESS, Spot, SpotDetector
+
+SETTINGS = {"q": 1e-4, "level": 0.98, "max_excess": 500}
+CALIBRATION = 5_000
+STEPS = 50_000
+
+
+def _stream() -> tuple[list[float], list[float]]:
+    values = np.random.default_rng(2017).normal(size=CALIBRATION + STEPS).tolist()
+    return values[:CALIBRATION], values[CALIBRATION:]
+
+
+def _stepper(factory, calibration, stream):
+    def run():
+        spot = factory(**SETTINGS)
+        spot.fit(calibration)
+        step = spot.step
+        return [step(x) for x in stream]
+    return run
+
+
+def _observer(calibration, stream):
+    def run():
+        detector = SpotDetector(**SETTINGS, n_init=CALIBRATION)
+        detector.fit(calibration)
+        observe = detector.observe
+        return [observe(x) for x in stream]
+    return run
+
+
+def run() -> list[Result]:
+    calibration, stream = _stream()
+    ours = _stepper(Spot, calibration, stream)
+    share = float(np.mean(np.array(ours()) == EXCESS))
+    try:
+        import libspot  # the reference, never a dependency of beamlytics
+    except ImportError:
+        libspot = None
+    reference_rate = None
+    if libspot is not None:
+        reference_rate = len(stream) / best_seconds(_stepper(libspot.Spot, calibration, stream))
+    label = f"({share:.1%} excesses, max_excess {SETTINGS['max_excess']})"
+    return [
+        Result(f"Spot.step {label}", len(stream) / best_seconds(ours), "steps/s",
+               "libspot.Spot.step", reference_rate),
+        Result(f"SpotDetector.observe {label}", len(stream) / best_seconds(_observer(calibration, stream)),
+               "steps/s", "libspot.Spot.step", reference_rate),
+    ]
+
+
+if __name__ == "__main__":
+    for result in run():
+        print(result.line())
