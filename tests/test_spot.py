@@ -298,17 +298,21 @@ def test_low_tail_mirrors_the_upper_tail():
     assert down.probability(-3.0) == up.probability(3.0)
 
 
-def test_spot_state_round_trips_through_json_mid_stream():
-    values = np.random.default_rng(RNG_SEED).standard_t(3, size=3000).tolist()
+@pytest.mark.parametrize("model", [
+    Spot(1e-3, max_excess=30, discard_anomalies=False),
+    BiSpot(1e-3, max_excess=30),
+    DSpot(10, 1e-3, tails="both", max_excess=50),
+], ids=["spot", "bispot", "dspot"])
+def test_state_round_trips_through_json_mid_stream(model):
+    values = _drifting(3000)
     values[1700:1700] = [math.inf, math.nan, -math.inf]
-    spot = Spot(1e-3, max_excess=30, discard_anomalies=False)
-    spot.fit(values[:500])
+    model.fit(values[:500])
     for value in values[500:1500]:
-        spot.step(value)
-    copy = Spot.from_dict(json.loads(json.dumps(spot.to_dict(), allow_nan=False)))
+        model.step(value)
+    copy = type(model).from_dict(json.loads(json.dumps(model.to_dict(), allow_nan=False)))
     for value in values[1500:]:
-        assert copy.step(value) == spot.step(value)
-        assert copy.to_dict() == spot.to_dict()
+        assert copy.step(value) == model.step(value)
+    assert copy.to_dict() == model.to_dict()
 
 
 def test_invalid_parameters_are_rejected():
@@ -429,18 +433,13 @@ def test_dspot_follows_a_drift_that_spot_alarms_on():
     assert {1500, 2600, 3300} <= set(dspot_alarms) and len(dspot_alarms) < 20
 
 
-def test_dspot_round_trip_and_misuse():
-    values = _drifting()
-    dspot = DSpot(10, 1e-3, tails="both", max_excess=50)
+def test_dspot_misuse_is_refused():
     with pytest.raises(RuntimeError):
-        dspot.step(1.0)
-    dspot.fit(values[:600])
-    for value in values[600:2000]:
-        dspot.step(value)
-    copy = DSpot.from_dict(json.loads(json.dumps(dspot.to_dict(), allow_nan=False)))
-    for value in values[2000:]:
-        assert copy.step(value) == dspot.step(value)
-    assert copy.to_dict() == dspot.to_dict()
+        DSpot(10, 1e-3).step(1.0)  # no window to average yet
+    with pytest.raises(ValueError):
+        DSpot(10, 1e-3).fit([1.0] * 12)  # fewer than depth + 5 values
+    with pytest.raises(AttributeError):
+        DSpot(10, 1e-3, tails="both").anomaly_threshold
 
 
 # --- pipeline adapters -------------------------------------------------------------------
