@@ -205,25 +205,15 @@ def table_batches(
 
 
 def rebatch(table: str, items: Iterable[pa.RecordBatch | Rejected], batch_rows: int) -> Iterator[Batch | Rejected]:
-    """Cut record batches (one row per data line) into `Batch`es of `batch_rows` rows.
+    """`Batch`es of at most `batch_rows` rows, each row's line counting as one unit.
 
-    Rejections pass straight through; each row's line counts as one unit.
+    Record batches are sliced, never concatenated (zero-copy); a block Arrow read is large
+    except on the slow path, so few batches come out short. Rejections pass straight through.
     """
-    pending: list[pa.RecordBatch] = []
-    waiting = 0
     for item in items:
         if isinstance(item, Rejected):
             yield item
             continue
-        pending.append(item)
-        waiting += item.num_rows
-        if waiting < batch_rows:
-            continue
-        combined = pa.concat_batches(pending)
-        start = 0
-        while waiting - start >= batch_rows:
-            yield Batch(table, combined.slice(start, batch_rows), batch_rows)
-            start += batch_rows
-        pending, waiting = [combined.slice(start)], waiting - start
-    if waiting:
-        yield Batch(table, pa.concat_batches(pending), waiting)
+        for start in range(0, item.num_rows, batch_rows):
+            piece = item.slice(start, batch_rows)
+            yield Batch(table, piece, piece.num_rows)
