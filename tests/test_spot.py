@@ -440,6 +440,16 @@ def test_dspot_misuse_is_refused():
         DSpot(10, 1e-3).fit([1.0] * 12)  # fewer than depth + 5 values
     with pytest.raises(AttributeError):
         DSpot(10, 1e-3, tails="both").anomaly_threshold
+    with pytest.raises(ValueError):
+        DSpot(3, 1e-3).fit([0.0, 1.0, 2.0, math.inf, 4.0, 5.0, 6.0, 7.0, 8.0])
+
+
+def test_dspot_keeps_infinities_out_of_its_moving_average():
+    dspot = DSpot(3, 1e-3, discard_anomalies=False)
+    dspot.fit(_drifting(600))
+    window = list(dspot.window)
+    assert dspot.step(math.inf) == EXCESS and dspot.step(-math.inf) == NORMAL
+    assert list(dspot.window) == window and math.isfinite(dspot.moving_average)
 
 
 # --- pipeline adapters -------------------------------------------------------------------
@@ -501,7 +511,8 @@ def test_two_sided_detectors_report_the_tail_concerned(cls, extra):
 
 
 @pytest.mark.parametrize("cls, extra", [(SpotDetector, {"tails": "down"}),
-                                        (DSpotDetector, {"tails": "both", "depth": 7})])
+                                        (DSpotDetector, {"tails": "both", "depth": 7}),
+                                        (DSpotDetector, {"depth": 3, "discard_anomalies": False})])
 def test_detector_state_round_trip_continues_identically(cls, extra):
     values = _drifting(2500)
     values[1200:1200] = [math.nan, math.inf, -math.inf]

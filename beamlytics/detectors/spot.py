@@ -201,18 +201,19 @@ class _Excesses:
         self.minimum = float(values.min())
         self.maximum = float(values.max())
 
-    # The sums below run on every refit, several times: they write into scratch rows
-    # (one slot longer than the buffer, for a sum's starting value) instead of allocating.
+    # The sums below run several times per refit: they write into two scratch rows (one
+    # slot longer than the buffer, for a sum's starting value) instead of allocating.
 
-    def _one_plus_scaled(self, x: float, row: int) -> np.ndarray:
-        """1 + x·e for each stored excess e, in buffer order, in slots 1.. of a scratch row."""
-        scaled = self._scratch[row, 1: self.size + 1]
+    def _one_plus_scaled(self, x: float) -> np.ndarray:
+        """1 + x·e for each stored excess e, in buffer order, in slots 1.. of scratch row 0."""
+        scaled = self._scratch[0, 1: self.size + 1]
         np.multiply(self.values(), x, out=scaled)
         return np.add(scaled, 1.0, out=scaled)
 
     def sum_log_one_plus(self, x: float, start: float = 0.0, factor: float = 1.0) -> float:
         """start + Σ factor·log(1 + x·e), added in buffer order after `start`."""
-        terms = np.log(self._one_plus_scaled(x, 0), out=self._scratch[0, 1: self.size + 1])
+        terms = self._one_plus_scaled(x)
+        np.log(terms, out=terms)
         if factor != 1.0:
             np.multiply(terms, factor, out=terms)
         self._scratch[0, 0] = start
@@ -220,7 +221,7 @@ class _Excesses:
 
     def grimshaw_sums(self, x: float) -> tuple[float, float]:
         """Σ 1/(1 + x·e) and Σ log(1 + x·e) over the stored excesses."""
-        scaled = self._one_plus_scaled(x, 0)
+        scaled = self._one_plus_scaled(x)
         inverses = np.divide(1.0, scaled, out=self._scratch[1, : self.size])
         logs = np.log(scaled, out=scaled)
         return _sequential_sum(inverses), _sequential_sum(logs)
@@ -447,9 +448,10 @@ class Spot:
         if math.isnan(threshold):
             raise ValueError("The excess threshold has not been initialized")
         self.excess_threshold = threshold
-        with np.errstate(invalid="ignore"):  # inf - inf: not an excess, as in C
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, not an excess, as in C
             excesses = self._sign * (data - threshold)
-        for excess in excesses[excesses > 0].tolist():
+            excesses = excesses[excesses > 0]
+        for excess in excesses.tolist():
             self.Nt += 1
             self._excesses.push(excess)
         self._refit()
@@ -595,12 +597,20 @@ def _model_from_dict(state: Mapping[str, Any]) -> Spot | BiSpot:
 def _mean(values: Iterable[float]) -> float:
     """Exactly rounded mean: the same value whatever the order or Python version."""
     values = list(values)
-    return math.fsum(values) / len(values)
+    try:
+        total = math.fsum(values)
+    except OverflowError:  # only near the largest doubles: let it be ±inf, as a float sum is
+        with np.errstate(over="ignore"):
+            total = float(np.sum(values))
+    return total / len(values)
 
 
 class DSpot:
     """Drift-aware SPOT (the paper's Algorithm 3): SPOT on x minus the moving average of
     the last `depth` accepted values (those not flagged ANOMALY).
+
+    ±inf never enters the moving average (it would poison it for `depth` steps, or for
+    good once both signs are in); `fit` wants finite values.
 
     Thresholds and `thresholds()` are in the original scale: local threshold + current
     moving average, i.e. the limits the next value will be held against.
@@ -644,6 +654,8 @@ class DSpot:
         """The first `depth` values seed the window; the rest, each minus the mean of the
         `depth` values before it, calibrate the SPOT model."""
         data = [float(v) for v in values]
+        if not all(math.isfinite(v) for v in data):
+            raise ValueError("DSpot.fit values must be finite")
         if len(data) < self.depth + 5:
             raise ValueError(f"DSpot.fit needs at least depth + 5 = {self.depth + 5} values")
         residuals = [data[i] - _mean(data[i - self.depth:i]) for i in range(self.depth, len(data))]
@@ -658,7 +670,7 @@ class DSpot:
         if len(self.window) < self.depth:
             raise RuntimeError("DSpot.step needs fit() first: the moving average has no window")
         code = self.model.step(x - self.moving_average)
-        if code != ANOMALY:
+        if code != ANOMALY and math.isfinite(x):
             self.window.append(x)
             self.moving_average = _mean(self.window)
         return code
@@ -681,7 +693,8 @@ class DSpot:
 
 # --- Pipeline adapters ------------------------------------------------------------------
 
-_STATUS = {NORMAL: Status.NORMAL, EXCESS: Status.EXCESS, ANOMALY: Status.ANOMALY}
+_STATUS = {NORMAL: Status.NORMAL, EXCESS: Status.EXCESS, ANOMALY: Status.ANOMALY,
+           DATA_IS_NAN: Status.MISSING}
 
 
 def tail_probability(spot: Spot, value: float, offset: float = 0.0) -> float:
