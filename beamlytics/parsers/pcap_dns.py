@@ -57,14 +57,15 @@ def dns_from_packets(
     timeout_us = int(float((options or {}).get("dns_timeout", DEFAULT_TIMEOUT_S)) * 1_000_000)
     rows = RowBuffer("dns", SOURCE_TOOL, source, batch_rows)
     matcher = _Matcher(rows, timeout_us)
-    streams = _TcpMessages()
+    payloads = DnsPayloads()
     for item in items:
         if item is None:
             rows.add_units()
         elif isinstance(item, Rejected):
             yield item
         else:
-            rejected = _handle_packet(source, item, matcher, streams)
+            matcher.expire(item.ts_us)
+            rejected = _handle_packet(source, item, matcher, payloads)
             if rejected is None:
                 rows.add_units()
             else:
@@ -81,42 +82,40 @@ def dns_from_packets(
         yield batch
 
 
-def _handle_packet(source: str, packet: Packet, matcher: "_Matcher", streams: "_TcpMessages") -> Rejected | None:
-    if packet.sport not in DNS_PORTS and packet.dport not in DNS_PORTS:
-        return None
-    if packet.proto == UDP:
-        messages = [packet.payload]
-    elif packet.proto == TCP:
-        messages = streams.feed(packet)
-    else:
-        return None
+def _handle_packet(source: str, packet: Packet, matcher: "_Matcher", payloads: "DnsPayloads") -> Rejected | None:
     problems = []
-    for raw in messages:
+    for raw in payloads.feed(packet):
         try:
             message = dns_wire.decode(raw)
         except ValueError as error:
             problems.append((str(error), raw))
             continue
         matcher.add(packet, message)
-    matcher.expire(packet.ts_us)
     if not problems:
         return None
     reason, raw = problems[0]
     return Rejected(source, packet.number, f"undecodable DNS message: {reason}", excerpt(raw.hex()), SOURCE_TOOL)
 
 
-class _TcpMessages:
-    """DNS messages out of TCP streams: RFC 1035 4.2.2 prefixes each with its 2-byte length."""
+class DnsPayloads:
+    """The raw DNS messages each packet completes: its payload for UDP on a DNS port; for
+    TCP, whole messages cut from the reassembled stream at their 2-byte length prefixes
+    (RFC 1035 4.2.2), so a segment may complete none, one or several."""
 
     def __init__(self) -> None:
         self.reassembler = TcpReassembler()
         self.buffers: dict[tuple, bytearray] = {}
 
     def feed(self, packet: Packet) -> list[bytes]:
+        if packet.sport not in DNS_PORTS and packet.dport not in DNS_PORTS:
+            return []
+        if packet.proto == UDP:
+            return [packet.payload]
+        if packet.proto != TCP:
+            return []
         key = (packet.src, packet.sport, packet.dst, packet.dport)
-        data = self.reassembler.feed(packet)
         buffer = self.buffers.setdefault(key, bytearray())
-        buffer += data
+        buffer += self.reassembler.feed(packet)
         messages = []
         while len(buffer) >= 2:
             length = (buffer[0] << 8) | buffer[1]
@@ -125,8 +124,8 @@ class _TcpMessages:
             messages.append(bytes(buffer[2 : 2 + length]))
             del buffer[: 2 + length]
         if packet.tcp_flags & (FIN | RST) or not buffer:
-            self.buffers.pop(key, None)
-        if len(self.buffers) > MAX_PENDING:
+            del self.buffers[key]
+        elif len(self.buffers) > MAX_PENDING:
             del self.buffers[next(iter(self.buffers))]
         return messages
 
