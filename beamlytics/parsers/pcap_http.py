@@ -118,35 +118,40 @@ class MessageStream:
         self._start_ts = 0
         self.messages = 0  # header blocks parsed so far
         self.resyncing = False  # after garbage: skip data until some starts like a message
+        self.failure: str | None = None  # why the last `feed` stopped at garbage
 
     def feed(self, data: bytes, packet: int, ts_us: int) -> list[Message]:
-        """Consume `data`; raise HttpError at the first byte that is not HTTP.
+        """Consume `data`, returning the messages whose headers completed.
 
-        After an HttpError the stream drops what it held and skips whole pieces of data
-        until one starts like a message: senders start messages at segment boundaries.
+        At bytes that are not HTTP, `failure` says why; the stream then drops what it held
+        and skips whole pieces of data until one starts like a message (senders start
+        messages at segment boundaries). NotHttp is raised instead when the very first
+        request line is not one.
         """
+        self.failure = None
+        found: list[Message] = []
         if self.resyncing:
             if not self._starts_message(data):
-                return []
+                return found
             self.resyncing = False
         try:
-            return self._consume(data, packet, ts_us)
-        except HttpError:
+            self._consume(data, packet, ts_us, found)
+        except HttpError as error:
+            self.failure = str(error)
             self._buffer.clear()
             self._current, self._mode, self._body_left = None, "headers", 0
             self.resyncing = True
-            raise
+        return found
 
     def _starts_message(self, data: bytes) -> bool:
         if self.is_request:
             return may_be_request_start(data)
         return data.startswith(b"HTTP/1.")
 
-    def _consume(self, data: bytes, packet: int, ts_us: int) -> list[Message]:
+    def _consume(self, data: bytes, packet: int, ts_us: int, found: list[Message]) -> None:
         if not self._buffer and self._mode == "headers":
             self._start_packet, self._start_ts = packet, ts_us
         self._buffer += data
-        found = []
         while self._buffer:
             if self._mode == "headers":
                 message = self._read_headers()
@@ -159,7 +164,6 @@ class MessageStream:
                 break
             if self._mode == "headers" and self._buffer:
                 self._start_packet, self._start_ts = packet, ts_us
-        return found
 
     def finish(self) -> None:
         """The connection ended: a body read until close is now complete."""
@@ -381,16 +385,16 @@ class HttpTable:
         except NotHttp:
             connection.dead = True
             return None
-        except HttpError as error:
-            if not from_client:
-                self._lose_oldest_response(connection)
-            return Rejected(self.source, packet, f"HTTP: {error}", excerpt(data), SOURCE_TOOL)
         if from_client:
             connection.pending.extend(messages)
         else:
             connection.unanswered.extend(messages)
         self._emit_answered(connection)
-        return None
+        if stream.failure is None:
+            return None
+        if not from_client:
+            self._lose_oldest_response(connection)
+        return Rejected(self.source, packet, f"HTTP: {stream.failure}", excerpt(data), SOURCE_TOOL)
 
     def _lose_oldest_response(self, connection: _Connection) -> None:
         """Garbage where a response should be (lost segments, capture started mid-body).
@@ -490,7 +494,7 @@ def _datagram_request(table: HttpTable, packet: packets.Packet) -> None:
         return
     try:
         messages = MessageStream(True).feed(packet.payload, packet.number, packet.ts_us)
-    except (HttpError, NotHttp):
+    except NotHttp:
         return  # some other protocol that happens to start with capitals
     client, server = (packet.src, packet.sport), (packet.dst, packet.dport)
     for message in messages:

@@ -29,7 +29,8 @@ class ClientHello:
 
 def starts_like_handshake(data: bytes) -> bool:
     """True when `data` begins like a TLS handshake record (worth waiting for more bytes)."""
-    return len(data) >= 3 and data[0] == _CONTENT_HANDSHAKE and data[1] == 3 and data[2] <= 4
+    head = data[:3]
+    return head[:1] == b"\x16" and head[1:2] in (b"", b"\x03") and (len(head) < 3 or head[2] <= 4)
 
 
 def _handshake_bytes(data: bytes) -> bytes | None:
