@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from beamlytics.parsers import zeek
 from beamlytics.parsers.base import Batch, Rejected
+from tests.conftest import shared_data
 
 PROVENANCE = ("source_tool", "source_file", "source_pos")
 
@@ -505,3 +506,174 @@ def test_a_missing_log_in_a_group_is_rejected_not_raised():
     items = list(zeek.parse_named_flows(group, open_stream))
     assert [(i.source, i.position) for i in items if isinstance(i, Rejected)] == [("missing.log", 0)]
     assert sum(i.records.num_rows for i in items if isinstance(i, Batch)) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Real logs (skipped when the shared data folder is absent)
+
+
+def read_bytes(path) -> bytes:
+    """The decompressed file, by plain gzip: independent of the parser's stream handling."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def data_line_count(data: bytes, is_json: bool) -> int:
+    lines = data.decode("utf-8", "replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return len(lines) if is_json else sum(1 for line in lines if not line.startswith("#"))
+
+
+def parse_file(path, kind: str, table: str | None = None):
+    return parse(b"", kind, table, stream=io.BytesIO(read_bytes(path)))
+
+
+def parse_table(path, kind: str) -> tuple[pa.Table, list[Rejected]]:
+    batches, rejected = [], []
+    for item in zeek.parse(path.name, io.BytesIO(read_bytes(path)), kind, kind):
+        (batches if isinstance(item, Batch) else rejected).append(item)
+    return pa.Table.from_batches([b.records for b in batches]), rejected
+
+
+def test_wrccdc_tsv_and_json_renderings_give_identical_rows():
+    tsv_table, tsv_rejected = parse_table(shared_data("logs/zeek/wrccdc2018/dns.log.gz"), "dns")
+    json_table, json_rejected = parse_table(shared_data("logs/zeek/wrccdc2018/dns.json.gz"), "dns")
+    assert tsv_rejected == [] and json_rejected == []
+    assert tsv_table.num_rows == json_table.num_rows == 53_615
+    assert tsv_table.drop_columns(list(PROVENANCE)).equals(json_table.drop_columns(list(PROVENANCE)))
+    assert tsv_table["resp_time"].null_count < tsv_table.num_rows  # rtt was compared, not only nulls
+
+
+@pytest.mark.parametrize(
+    "relative, kind, is_json",
+    [
+        ("logs/zeek/wrccdc2018/dns.log.gz", "dns", False),
+        ("logs/zeek/wrccdc2018/dns.json.gz", "dns", True),
+        ("logs/zeek/zat_tsv/dns.log", "dns", False),
+        ("logs/zeek/zat_tsv/http.log", "http", False),
+        ("logs/zeek/zat_tsv/conn.log", "conn", False),
+        ("logs/zeek/zat_json/dns.log", "dns", True),
+        ("logs/zeek/zat_json/http.log", "http", True),
+        ("logs/zeek/zat_json/conn.log", "conn", True),
+        ("logs/zeek/zed_head200/zeek-default_dns.head200.log", "dns", False),
+        ("logs/zeek/zed_head200/zeek-json_dns.head200.json", "dns", True),
+        ("logs/zeek/slips_test9_json/dns.log", "dns", True),
+        ("logs/zeek/slips_test9_json/http.log", "http", True),
+    ],
+)
+def test_real_logs_give_one_row_per_data_line(relative, kind, is_json):
+    path = shared_data(relative)
+    expected = data_line_count(read_bytes(path), is_json)
+    rows, rejected, units = parse_file(path, kind)
+    assert rejected == []
+    assert len(rows) == units == expected > 0
+    assert zeek.sniff(path.name, read_bytes(path)[:65536]) == kind
+
+
+@pytest.mark.parametrize("name", ["gre-over-udp_dns.log", "gre-over-udp_http.log", "gre-over-udp_conn.log"])
+def test_btest_baselines_with_masked_times_are_rejected_line_by_line(name):
+    path = shared_data(f"logs/zeek/zeek_btest/{name}")
+    data = read_bytes(path)
+    kind = zeek.sniff(name, data)
+    assert kind == name.split("_")[1].split(".")[0]
+    rows, rejected, units = parse_file(path, kind)
+    # Every data line has ts XXXXXXXXXX.XXXXXX: a time nobody can place is a bad line.
+    assert rows == [] and units == 0
+    assert len(rejected) == data_line_count(data, is_json=False) > 0
+    assert all("field ts" in r.reason and "XXXXXXXXXX.XXXXXX" in r.reason for r in rejected)
+
+
+def test_real_corrupt_gzip_keeps_the_readable_prefix():
+    path = shared_data("logs/zeek/zat_tsv/http.log.corrupt.gz")
+    prefix = decompress_what_zlib_can(path.read_bytes())
+    clean, _, _ = parse_file(shared_data("logs/zeek/zat_tsv/http.log"), "http")
+    rows, rejected, units = parse(b"", "http", stream=gzip.GzipFile(fileobj=io.BytesIO(path.read_bytes())))
+    kept = complete_data_lines(prefix)
+    assert len(rows) == units == kept > 0
+    assert rows == [dict(r, source_file="test.log") for r in clean[:kept]]
+    assert len(rejected) == 1
+    assert rejected[0].position == prefix.count(b"\n") + 1 and "unreadable" in rejected[0].reason
+
+
+def test_real_header_only_log():
+    assert parse_file(shared_data("logs/zeek/zat_tsv/http_empty.log"), "http") == ([], [], 0)
+
+
+def test_zat_tsv_and_json_are_different_captures():
+    # Checked rather than assumed: the two renderings share no connection, so there is no
+    # row-for-row comparison to make (the WRCCDC pair above is the same-records check).
+    def uids(path, is_json):
+        text = read_bytes(path).decode()
+        if is_json:
+            return {json.loads(line)["uid"] for line in text.splitlines()}
+        return {line.split("\t")[1] for line in text.splitlines() if not line.startswith("#")}
+
+    for kind in ("conn", "dns", "http"):
+        tsv_uids = uids(shared_data(f"logs/zeek/zat_tsv/{kind}.log"), False)
+        json_uids = uids(shared_data(f"logs/zeek/zat_json/{kind}.log"), True)
+        assert tsv_uids and json_uids and not tsv_uids & json_uids
+
+
+def pandas_log(path, is_json: bool) -> pd.DataFrame:
+    """A Zeek log read by pandas alone, with its line order kept."""
+    if is_json:
+        frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+    else:
+        fields = next(line for line in path.read_text().splitlines() if line.startswith("#fields")).split("\t")[1:]
+        frame = pd.read_csv(path, sep="\t", comment="#", names=fields, na_values=["-"], keep_default_na=False,
+                            dtype=str, quoting=3)
+        frame["ts"] = frame["ts"].astype(float)
+        frame["answers"] = frame.get("answers", pd.Series(dtype=str)).map(
+            lambda v: v.split(",") if isinstance(v, str) and v != "(empty)" else [])
+    frame["line"] = range(len(frame))
+    return frame
+
+
+def expected_names(folder, is_json: bool) -> list[tuple]:
+    """Name of each conn row by an independent pandas merge: SNI, else Host, else DNS as-of."""
+    conn = pandas_log(folder / "conn.log", is_json)
+    ssl, http, dns = (pandas_log(folder / f"{kind}.log", is_json) for kind in ("ssl", "http", "dns"))
+
+    def first_by_uid(frame, column):
+        named = frame[frame[column].notna() & (frame[column] != "")]
+        return named.drop_duplicates("uid", keep="first").set_index("uid")[column]
+
+    sni, host = first_by_uid(ssl, "server_name"), first_by_uid(http, "host")
+    answers = dns[["ts", "id.orig_h", "query", "answers", "line"]].explode("answers").dropna(subset=["answers"])
+    pairs = conn[["line", "ts", "id.orig_h", "id.resp_h"]].merge(
+        answers, left_on=["id.orig_h", "id.resp_h"], right_on=["id.orig_h", "answers"], suffixes=("", "_dns"))
+    pairs = pairs[pairs["ts_dns"] <= pairs["ts"]].sort_values(["ts_dns", "line_dns"])
+    by_dns = pairs.groupby("line")["query"].last()
+
+    result = []
+    for row in conn.itertuples():
+        if row.uid in sni.index:
+            result.append((sni[row.uid], "sni"))
+        elif row.uid in host.index:
+            result.append((host[row.uid], "http_host"))
+        elif row.line in by_dns.index:
+            result.append((by_dns[row.line], "dns"))
+        else:
+            result.append((None, None))
+    return result
+
+
+@pytest.mark.parametrize("folder, is_json", [("logs/zeek/zat_tsv", False), ("logs/zeek/slips_test9_json", True)])
+def test_real_named_flows_match_an_independent_pandas_merge(folder, is_json):
+    directory = shared_data(folder)
+    files = [(str(directory / f"{kind}.log"), kind) for kind in ("conn", "ssl", "http", "dns")]
+    (group,) = zeek.named_flow_groups(files)
+    items = list(zeek.parse_named_flows(group, lambda path: io.BytesIO(read_bytes(directory / path.split("/")[-1]))))
+    assert [i for i in items if isinstance(i, Rejected)] == []
+    rows = [row for i in items if isinstance(i, Batch) for row in i.records.to_pylist()]
+    conn_lines = data_line_count(read_bytes(directory / "conn.log"), is_json)
+    header_lines = 0 if is_json else 8
+    # Every conn row exactly once, in order.
+    assert [r["source_pos"] for r in rows] == [header_lines + n for n in range(1, conn_lines + 1)]
+    expected = expected_names(directory, is_json)
+    assert [(r["name"], r["name_source"]) for r in rows] == expected
+    sources = {source for _, source in expected}
+    assert len(sources - {None}) >= 2  # the comparison covers more than one naming path
+    all_lines = sum(data_line_count(read_bytes(directory / f"{k}.log"), is_json) for k in ("conn", "ssl", "http", "dns"))
+    assert sum(i.units for i in items if isinstance(i, Batch)) == all_lines
