@@ -677,3 +677,20 @@ def test_real_named_flows_match_an_independent_pandas_merge(folder, is_json):
     assert len(sources - {None}) >= 2  # the comparison covers more than one naming path
     all_lines = sum(data_line_count(read_bytes(directory / f"{k}.log"), is_json) for k in ("conn", "ssl", "http", "dns"))
     assert sum(i.units for i in items if isinstance(i, Batch)) == all_lines
+
+
+@pytest.mark.parametrize("cut", [0, 1, 30])
+def test_blocks_split_anywhere_keep_every_line(monkeypatch, cut):
+    # Tiny blocks and reads: lines and header blocks straddle every boundary.
+    from beamlytics.parsers import zeek_reader
+
+    monkeypatch.setattr(zeek_reader, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(zeek_reader, "READ_BYTES", 7)
+    data = (BRO2_DNS + ZEEK6_HEADER + "".join(zeek6_dns_line(trans_id=str(i)) for i in range(20))).encode()
+    data = data[: len(data) - cut]  # end with a newline, without one, or inside the last line
+    rows, rejected, units = parse(data)
+    complete = 20 if cut < 30 else 19
+    assert [row["source_pos"] for row in rows] == [9, 10] + list(range(20, 20 + complete))  # lines 20-39
+    assert [row["trans_id"] for row in rows[2:]] == list(range(complete))
+    assert [r.position for r in rejected] == ([] if cut < 30 else [39])
+    assert units == len(rows)

@@ -157,38 +157,44 @@ def line_runs(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
 def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
     """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off)."""
     read = getattr(stream, "read1", stream.read)
-    pending: list[bytes] = []
+    pending: list[bytes] = []  # pieces read since the last block; only the last may hold a cut
     size, line = 0, 1
     while True:
         try:
             piece = read(READ_BYTES)
         except READ_ERRORS as error:
-            data = b"".join(pending)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                block = LineRun(data[:cut], line, count_lines(data[:cut]), is_header=False)
+            block, tail = _whole_lines(pending, line)
+            if block is not None:
                 yield block
                 line += block.lines
             reason = f"input unreadable from line {line} on: {type(error).__name__}: {error}"
-            yield Rejected(source, line, reason, excerpt(data[cut:]), SOURCE_TOOL)
+            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
             return
         if not piece:
             data = b"".join(pending)
-            if data:  # the last line may lack its newline
-                data = data if data.endswith(b"\n") else data + b"\n"
+            if data:
+                data += b"" if data.endswith(b"\n") else b"\n"  # the last line may lack its newline
                 yield LineRun(data, line, count_lines(data), is_header=False)
             return
         pending.append(piece)
         size += len(piece)
-        if size >= BLOCK_BYTES:
-            data = b"".join(pending)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                block = LineRun(data[:cut], line, count_lines(data[:cut]), is_header=False)
-                yield block
-                line += block.lines
-            pending = [data[cut:]]
-            size = len(pending[0])
+        if size >= BLOCK_BYTES and b"\n" in piece:
+            block, tail = _whole_lines(pending, line)
+            yield block
+            line += block.lines
+            pending, size = [tail], len(tail)
+
+
+def _whole_lines(pieces: list[bytes], first_line: int) -> tuple[LineRun | None, bytes]:
+    """The whole lines of `pieces` as one run, and the unfinished line after them."""
+    last = pieces[-1] if pieces else b""
+    cut = last.rfind(b"\n") + 1
+    if not cut:  # no newline in the last piece: look back (only lines longer than a read)
+        data = b"".join(pieces)
+        cut = data.rfind(b"\n") + 1
+        return (LineRun(data[:cut], first_line, count_lines(data[:cut]), False) if cut else None), data[cut:]
+    data = b"".join([*pieces[:-1], last[:cut]])
+    return LineRun(data, first_line, count_lines(data), is_header=False), last[cut:]
 
 
 def count_lines(data: bytes) -> int:
@@ -211,7 +217,9 @@ def _split_header_lines(block: LineRun) -> Iterator[LineRun]:
             next_header = _next_header_line(data, end)
         else:
             end = len(data) if next_header < 0 else next_header
-            run = LineRun(data[position:end], line, count_lines(data[position:end]), is_header=False)
+            # A run reaching the end of the block has the block's remaining lines: no recount.
+            lines = block.first_line + block.lines - line if end == len(data) else count_lines(data[position:end])
+            run = LineRun(data[position:end], line, lines, is_header=False)
             yield run
             line += run.lines
         position = end
