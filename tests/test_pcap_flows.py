@@ -39,7 +39,8 @@ def _ip(src: str, dst: str, proto: int, transport) -> dpkt.Packet:
     return ip
 
 
-def tcp(src: str, sport: int, dst: str, dport: int, seq: int = 1, flags: int = ACK, payload: bytes = b"") -> dpkt.Packet:
+def tcp(src: str, sport: int, dst: str, dport: int, seq: int = 1, flags: int = ACK,
+        payload: bytes = b"") -> dpkt.Packet:
     return _ip(src, dst, 6, dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, flags=flags, data=payload))
 
 
@@ -244,12 +245,18 @@ def open_capture(path: Path):
     return gzip.open(path) if path.suffix == ".gz" else open(path, "rb")
 
 
-def our_flows(path: Path, with_bytes: bool = True, **options) -> list[tuple]:
+def capture_rows(builder, path: Path, **options) -> list[dict]:
+    """Rows of `builder` (flows_from_packets, http_from_packets) on a shared capture."""
     rows = []
     with open_capture(path) as stream:
-        for item in pcap_flows.flows_from_packets(str(path), packets.iter_packets(str(path), stream), options=options):
+        for item in builder(str(path), packets.iter_packets(str(path), stream), options=options):
             if not isinstance(item, Rejected):
                 rows += item.records.to_pylist()
+    return rows
+
+
+def our_flows(path: Path, with_bytes: bool = True, **options) -> list[tuple]:
+    rows = capture_rows(pcap_flows.flows_from_packets, path, **options)
     return [
         reference.flow_tuple(
             PROTO_NUMBERS.get(r["proto"]) or int(r["proto"]), (r["c_ip"], r["c_port"]), (r["s_ip"], r["s_port"]),

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beamlytics.parsers import packets, pcap_http
+from beamlytics.parsers import pcap_http
 from beamlytics.parsers.pcap_http import MessageStream, NotHttp
 from tests.conftest import shared_data
 from tests.expected import record_flows_http as reference
-from tests.test_pcap_flows import ACK, FIN, SYN, at, open_capture, run, tcp, udp
+from tests.test_pcap_flows import ACK, FIN, SYN, at, capture_rows, run, tcp, udp
 
 HAVE_TSHARK = shutil.which("tshark") is not None
 C, S = "10.1.1.1", "192.0.2.8"
@@ -177,11 +177,7 @@ def test_fuzz_connections_never_crash_and_counts_add_up(segments):
 
 
 def our_requests(path) -> list[tuple]:
-    rows = []
-    with open_capture(path) as stream:
-        for item in pcap_http.http_from_packets(str(path), packets.iter_packets(str(path), stream)):
-            if hasattr(item, "records"):
-                rows += item.records.to_pylist()
+    rows = capture_rows(pcap_http.http_from_packets, path)
     return [(r["method"], r["host"] or "", r["path"]) for r in rows if r["method"] is not None]
 
 

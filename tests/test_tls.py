@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beamlytics.parsers import packets, pcap_flows
+from beamlytics.parsers import pcap_flows
 from beamlytics.parsers.tls import client_hello_incomplete, client_hello_sni, parse_client_hello
 from tests.conftest import shared_data
 from tests.expected import record_flows_http as reference
-from tests.test_pcap_flows import ACK, C, SYN, client_hello, open_capture, run, tcp
+from tests.test_pcap_flows import ACK, C, SYN, capture_rows, client_hello, run, tcp
 
 HAVE_TSHARK = shutil.which("tshark") is not None
 
@@ -98,11 +98,7 @@ def test_client_hello_split_across_tcp_segments_names_the_flow():
 
 
 def our_sni(path) -> list[tuple]:
-    rows = []
-    with open_capture(path) as stream:
-        for item in pcap_flows.flows_from_packets(str(path), packets.iter_packets(str(path), stream)):
-            if hasattr(item, "records"):
-                rows += item.records.to_pylist()
+    rows = capture_rows(pcap_flows.flows_from_packets, path)
     return [(r["c_ip"], r["c_port"], r["s_ip"], r["s_port"], r["name"]) for r in rows if r["name_source"] == "sni"]
 
 

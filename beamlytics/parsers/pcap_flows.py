@@ -38,7 +38,9 @@ _SYN = 0x02
 _SYN_ACK = 0x12
 _FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) .. bit 7 (CWR)
 # Flags bitmask -> letters, computed once rather than per flow.
-_FLAG_TEXT = tuple("".join(letter for bit, letter in enumerate(_FLAG_LETTERS) if mask >> bit & 1) for mask in range(256))
+_FLAG_TEXT = tuple(
+    "".join(letter for bit, letter in enumerate(_FLAG_LETTERS) if mask >> bit & 1) for mask in range(256)
+)
 _PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 47: "gre", 50: "esp", 132: "sctp"}
 
 # How much of a client's stream to look at for a ClientHello or request headers.
