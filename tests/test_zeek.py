@@ -158,17 +158,20 @@ def test_bad_lines_are_rejected_with_line_number_and_reason():
         "\n",                                   # 13: empty line
         zeek6_dns_line(ts="XXXXXXXXXX.XXXXXX"),  # 14: masked time
         zeek6_dns_line(ttls="1.0,oops"),        # 15: bad element of a vector
-        good.rstrip("\n"),                      # 16: last line without newline
+        good.rstrip("\n") + "\n",               # 16
+        zeek6_dns_line(ts="-"),                 # 17: no time at all
+        good.rstrip("\n"),                      # 18: last line without newline
     ]
     rows, rejected, units = parse((ZEEK6_HEADER + "".join(lines)).encode())
-    assert [row["source_pos"] for row in rows] == [9, 12, 16]
-    assert [r.position for r in rejected] == [10, 11, 13, 14, 15]
+    assert [row["source_pos"] for row in rows] == [9, 12, 16, 18]
+    assert [r.position for r in rejected] == [10, 11, 13, 14, 15, 17]
     reasons = [r.reason for r in rejected]
     assert "3 fields where the #fields header has 24" in reasons[0]
     assert "trans_id" in reasons[1] and "abc" in reasons[1]
     assert reasons[2] == "empty line"
     assert "ts" in reasons[3] and "XXXXXXXXXX.XXXXXX" in reasons[3]
     assert "TTLs" in reasons[4] and "oops" in reasons[4]
+    assert reasons[5] == "no value for ts"
     assert rejected[0].excerpt == "1521911720.9\tonly\tthree" and rejected[0].source_tool == "zeek"
     assert units + len(rejected) == len(lines)
 
@@ -231,12 +234,13 @@ def test_json_with_epoch_and_iso_times_matches_the_tsv_rendering():
 def test_bad_json_lines_are_rejected():
     good = json.dumps({"ts": 10.0, "uid": "C1", "query": "a.example", "qtype": 1})
     lines = [good, "{not json", "[1, 2]", json.dumps({"ts": True, "uid": "C2"}),
-             json.dumps({"ts": "yesterday", "uid": "C3"}), good]
+             json.dumps({"ts": "yesterday", "uid": "C3"}), good, json.dumps({"uid": "C4"})]
     rows, rejected, units = parse(("\n".join(lines) + "\n").encode())
     assert [r["source_pos"] for r in rows] == [1, 6]
-    assert [r.position for r in rejected] == [2, 3, 4, 5]
+    assert [r.position for r in rejected] == [2, 3, 4, 5, 7]
     assert rejected[0].reason.startswith("not JSON") and rejected[1].reason == "not a JSON object"
     assert "ts" in rejected[2].reason and "ts" in rejected[3].reason
+    assert rejected[4].reason == "no value for ts"
     assert units + len(rejected) == len(lines)
 
 
@@ -694,3 +698,15 @@ def test_blocks_split_anywhere_keep_every_line(monkeypatch, cut):
     assert [row["trans_id"] for row in rows[2:]] == list(range(complete))
     assert [r.position for r in rejected] == ([] if cut < 30 else [39])
     assert units == len(rows)
+
+
+def test_a_column_typed_otherwise_in_types_is_read_value_by_value():
+    # A script logged ts as a string: good values still parse, bad ones cost their row only.
+    fields, types = ["ts", "query", "trans_id"], ["string", "string", "string"]
+    data = header("dns", fields, types) + tsv("10.5", "a.example", "7") + tsv("noon", "b.example", "8") + tsv(
+        "11", "c.example", "x")
+    rows, rejected, units = parse(data.encode())
+    assert [(r["query"], r["req_time"], r["trans_id"]) for r in rows] == [("a.example", utc("1970-01-01T00:00:10.5"), 7)]
+    assert [(r.position, "ts" in r.reason, "trans_id" in r.reason) for r in rejected] == [(10, True, False),
+                                                                                           (11, False, True)]
+    assert units == 1

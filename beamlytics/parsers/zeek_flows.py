@@ -112,7 +112,8 @@ def by_uid(records: list[Records], column: str) -> pa.RecordBatch:
     table = pa.RecordBatch.from_pydict(
         {"uid": _concat(records, "uid", pa.string()), "name": _concat(records, column, pa.string())}
     )
-    table = table.filter(pc.fill_null(pc.not_equal(table["name"], ""), False))
+    named = pc.and_(table["uid"].is_valid(), pc.fill_null(pc.not_equal(table["name"], ""), False))
+    table = table.filter(named)
     first = pc.index_in(pc.unique(table["uid"]), value_set=table["uid"])
     return table.take(first)
 

@@ -18,7 +18,7 @@ import json
 import lzma
 import re
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -38,6 +38,9 @@ ARROW_BLOCK_BYTES = 1 << 20
 # Small reads, so a stream that breaks loses as little of its good prefix as possible.
 READ_BYTES = 64 << 10
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+
+# Every Zeek record has its time; a row without one could not be placed in any window.
+REQUIRED_FIELDS = ("ts",)
 
 _MICROS = pa.int64()
 _TSV_PARSED_TYPES = {"micros": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
@@ -66,10 +69,10 @@ class Records:
 
     columns: dict[str, pa.Array]
     positions: pa.Array  # 1-based line numbers, int64
-    num_rows: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "num_rows", len(self.positions))
+    @property
+    def num_rows(self) -> int:
+        return len(self.positions)
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,13 +122,12 @@ def apply_header_line(header: Header, line: bytes) -> Header:
     if line.startswith(b"#separator "):
         return Header(separator=unescape_bytes(line[len(b"#separator ") :]))
     key, _, value = line[1:].partition(header.separator)
-    text = value.decode("utf-8", "backslashreplace")
-    if key == b"fields":
-        return replace(header, fields=tuple(text.split(header.separator.decode())), types=None)
-    if key == b"types":
-        return replace(header, types=tuple(text.split(header.separator.decode())))
+    if key in (b"fields", b"types"):
+        names = tuple(part.decode("utf-8", "backslashreplace") for part in value.split(header.separator))
+        # A new #fields line starts a new layout: types of the old one no longer apply.
+        return replace(header, fields=names, types=None) if key == b"fields" else replace(header, types=names)
     if key in (b"set_separator", b"empty_field", b"unset_field", b"path"):
-        return replace(header, **{key.decode(): unescape_text(text)})
+        return replace(header, **{key.decode(): unescape_text(value.decode("utf-8", "backslashreplace"))})
     return header  # #open, #close, comments: not data and nothing to configure
 
 
@@ -281,11 +283,21 @@ def tsv_reader(header: Header, wanted: Mapping[str, str]) -> TableReader:
     Arrow parses scalars itself (in C++, on all cores): times and intervals as float64
     seconds, counts as int64, T/F as bool, and the unset marker as null in every column.
     Containers stay text, split later. A value Arrow cannot parse fails the block, and
-    `read_clean` narrows that down to the line.
+    `read_clean` narrows that down to the line. A column whose `#types` entry is not the
+    kind we expect (a script that logs `ts` as a string) is read as text and converted
+    value by value, so its bad values cost a rejected row, not a slow block.
     """
     assert header.fields is not None
     fields = header.fields
     present = [name for name in fields if name in wanted]
+    declared = dict(zip(fields, header.types)) if header.types and len(header.types) == len(fields) else {}
+
+    def parsed_type(name: str) -> pa.DataType:
+        kind = value_kind(wanted[name])
+        if value_kind(declared.get(name, wanted[name])) != kind:
+            return pa.string()
+        return _TSV_PARSED_TYPES.get(kind, pa.string())
+
     read_options = pa_csv.ReadOptions(
         column_names=list(header.fields), use_threads=True, block_size=ARROW_BLOCK_BYTES
     )
@@ -298,7 +310,7 @@ def tsv_reader(header: Header, wanted: Mapping[str, str]) -> TableReader:
         ignore_empty_lines=False,  # an empty line is a bad line, not nothing
     )
     convert_options = pa_csv.ConvertOptions(
-        column_types={name: _TSV_PARSED_TYPES.get(value_kind(wanted[name]), pa.string()) for name in present},
+        column_types={name: parsed_type(name) for name in present},
         include_columns=present,
         null_values=[header.unset_field],
         true_values=["T"],
@@ -415,6 +427,8 @@ def text_column(parsed: pa.Array, zeek_type: str, header: Header, escapes: bool)
     `escapes` says whether the lines hold any `\\x` at all, so clean blocks skip the search.
     """
     kind = value_kind(zeek_type)
+    if kind in ("micros", "int", "bool") and pa.types.is_string(parsed.type):
+        return _text_values(parsed, zeek_type, escapes)  # #types declared something else
     if kind == "micros":
         converted = _micros_from_seconds(parsed)
         return converted, _bad_where(parsed, converted)
@@ -424,7 +438,7 @@ def text_column(parsed: pa.Array, zeek_type: str, header: Header, escapes: bool)
     if kind == "string":
         return _text_strings(pc.if_else(empty, pa.scalar(""), parsed), escapes), None
     lists = pc.split_pattern(pc.if_else(empty, None, parsed), header.set_separator)
-    values, element_bad = _text_elements(lists.flatten(), element_type(zeek_type), escapes)
+    values, element_bad = _text_values(lists.flatten(), element_type(zeek_type), escapes)
     rebuilt, bad = _rebuild_list(lists, values, element_bad)
     return pc.if_else(empty, pa.scalar([], rebuilt.type), rebuilt), bad
 
@@ -433,19 +447,19 @@ def _text_strings(values: pa.Array, escapes: bool) -> pa.Array:
     return unescape(values) if escapes else values
 
 
-def _text_elements(elements: pa.Array, zeek_type: str, escapes: bool) -> tuple[pa.Array, Bad]:
-    """Container elements are still text: convert them as Arrow would have."""
+def _text_values(texts: pa.Array, zeek_type: str, escapes: bool) -> tuple[pa.Array, Bad]:
+    """Values still in text (container elements, odd columns): convert as Arrow would have."""
     kind = value_kind(zeek_type)
     if kind == "string":
-        return _text_strings(elements, escapes), None
+        return _text_strings(texts, escapes), None
     if kind == "bool":
-        true = pc.equal(elements, pa.scalar("T"))
-        converted = pc.if_else(pc.or_(true, pc.equal(elements, pa.scalar("F"))), true, None)
+        true = pc.equal(texts, pa.scalar("T"))
+        converted = pc.if_else(pc.or_(true, pc.equal(texts, pa.scalar("F"))), true, None)
     elif kind == "micros":
-        converted = _micros_from_seconds(_cast_text(elements, _SECONDS_PATTERN, pa.float64()))
+        converted = _micros_from_seconds(_cast_text(texts, _SECONDS_PATTERN, pa.float64()))
     else:
-        converted = _cast_text(elements, _INTEGER_PATTERN, pa.int64())
-    return converted, _bad_where(elements, converted)
+        converted = _cast_text(texts, _INTEGER_PATTERN, pa.int64())
+    return converted, _bad_where(texts, converted)
 
 
 def _cast_text(present: pa.Array, pattern: str, to: pa.DataType) -> pa.Array:
@@ -570,11 +584,13 @@ def _records(
     columns: dict[str, pa.Array] = {}
     problems: list[tuple[str, str, pa.Array, pa.Array]] = []  # field, type, raw, bad
     for name, zeek_type in wanted.items():
-        if name not in table.column_names:
-            columns[name] = pa.nulls(rows, arrow_type(zeek_type))
-            continue
-        raw = table.column(name).combine_chunks()
-        columns[name], bad = convert(raw, zeek_type)
+        if name in table.column_names:
+            raw = table.column(name).combine_chunks()
+            columns[name], bad = convert(raw, zeek_type)
+        else:
+            raw, columns[name], bad = pa.nulls(rows), pa.nulls(rows, arrow_type(zeek_type)), None
+        if name in REQUIRED_FIELDS and columns[name].null_count:
+            bad = columns[name].is_null()  # unset or unreadable alike
         if bad is not None:
             problems.append((name, zeek_type, raw, bad))
     positions = pa.array(np.arange(run.first_line, run.first_line + rows, dtype=np.int64))
@@ -593,7 +609,9 @@ def _reject_bad_rows(
     reasons: dict[int, str] = {}
     for name, zeek_type, raw, bad in problems:
         for row in np.flatnonzero(bad.to_numpy(zero_copy_only=False)):
-            reasons.setdefault(int(row), f"bad {zeek_type} value in {name}: {raw[int(row)].as_py()!r}")
+            value = raw[int(row)].as_py()
+            reason = f"no value for {name}" if value is None else f"bad {zeek_type} value in {name}: {value!r}"
+            reasons.setdefault(int(row), reason)
     lines = run.data.split(b"\n")
     for row in sorted(reasons):
         yield Rejected(source, run.first_line + row, reasons[row], excerpt(lines[row]), SOURCE_TOOL)
