@@ -205,29 +205,28 @@ def evaluate(joined: pd.DataFrame, eta_threshold: float, ra_threshold: float | N
 
 
 def series_scores(times: Sequence, counts: Sequence[int], window_slots: int, key: str = "series",
-                  baseline_windows: int = 0, **detector_params) -> pd.DataFrame:
+                  **detector_params) -> pd.DataFrame:
     """SCORES rows of a PoissonDetector run over one regular series of per-slot counts.
 
-    For count series that are not logs (e.g. the NAB network series): consecutive runs of
-    `window_slots` slots form the windows (an incomplete last window is dropped), so a
-    window starts at its first slot's time. The first `baseline_windows` windows are the
-    detector's `fit` baseline and are not scored.
+    For count series that are not logs (e.g. the NAB network series): slots are grouped into
+    epoch-aligned windows of `window_slots` slots, as the pipeline cuts windows, so that
+    `join_labels` finds them; windows with missing slots (the series' ragged ends, gaps)
+    are left out.
     """
-    times = to_utc(pd.Series(times))
+    times = to_utc(pd.Series(times)).reset_index(drop=True)
     counts = np.asarray(counts)
-    whole = len(counts) // window_slots * window_slots
-    windows = counts[:whole].reshape(-1, window_slots)
-    starts = times.iloc[:whole:window_slots].reset_index(drop=True)
-    slot = times.iloc[1] - times.iloc[0]
+    window = (times.iloc[1] - times.iloc[0]) * window_slots
+    starts = times.dt.floor(window)
     detector = PoissonDetector(**detector_params)
-    detector.fit(windows[:baseline_windows])
     rows = []
-    for start, window in zip(starts[baseline_windows:], windows[baseline_windows:]):
-        verdict = detector.observe(window)
+    for start, positions in starts.groupby(starts, sort=True).groups.items():
+        if len(positions) != window_slots:
+            continue
+        verdict = detector.observe(counts[positions])
         rows.append({
             "table": "series", "key_kind": "series", "key": key, "feature": "records",
-            "window_start": start, "window_end": start + slot * window_slots,
-            "value": float(window.sum()), "detector": detector.name, "status": verdict.status,
+            "window_start": start, "window_end": start + window,
+            "value": float(counts[positions].sum()), "detector": detector.name, "status": verdict.status,
             "score": verdict.score, "threshold": verdict.threshold, "direction": verdict.direction,
             "evidence": verdict.evidence_json(),
         })

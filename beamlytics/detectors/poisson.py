@@ -37,12 +37,17 @@ SMOOTHING = 1e-12
 
 def _slot_counts(current_window: Sequence[float]) -> np.ndarray:
     """The window as int64 counts; a ValueError for anything that is not a count."""
-    values = np.asarray(current_window, dtype=np.float64)
+    values = np.asarray(current_window)
     if values.ndim != 1 or values.size == 0:
         raise ValueError("a window needs a non-empty 1-D sequence of per-slot counts")
-    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.floor(values)):
+    if values.dtype.kind not in "iu":  # floats (or worse) must hold whole numbers
+        values = values.astype(np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values != np.floor(values)):
+            raise ValueError("per-slot counts must be finite non-negative integers")
+    counts = values.astype(np.int64)
+    if counts.min() < 0:
         raise ValueError("per-slot counts must be finite non-negative integers")
-    return values.astype(np.int64)
+    return counts
 
 
 def poisson_distribution(lam: float, max_count: int) -> np.ndarray:
@@ -79,23 +84,28 @@ def analyze_window(
     `seconds_in_window` is the number of slots the mean X̄ is taken over (with 1-s slots,
     the window length in seconds). Returns D, Delta, Z, eta, C2, fD, fDelta, fZ.
     """
-    counts = _slot_counts(current_window)
     lam = float(lambda_endpoint)
     if not (math.isfinite(lam) and lam >= 0):
         raise ValueError(f"lambda must be finite and non-negative, got {lambda_endpoint!r}")
     if not seconds_in_window > 0:
         raise ValueError("seconds_in_window must be positive")
+    return _score_counts(_slot_counts(current_window), lam, beta, seconds_in_window)
 
+
+def _score_counts(counts: np.ndarray, lam: float, beta: float, slots: float) -> dict[str, float]:
     max_count = max(int(counts.max()), int(3 * lam) + 5)
-    observed = np.bincount(counts, minlength=max_count + 1) / counts.size
-    divergence = js_divergence(observed, poisson_distribution(lam, max_count))
+    histogram = np.bincount(counts, minlength=max_count + 1) / counts.size
+    divergence = js_divergence(histogram, poisson_distribution(lam, max_count))
 
-    mean = float(counts.mean())
+    # Mean and spread from the histogram just built: cheaper than passes over the slots.
+    values = np.arange(max_count + 1, dtype=np.float64)
+    mean = float(np.dot(values, histogram))
+    std = math.sqrt(float(np.dot((values - mean) ** 2, histogram)))
     rate_floor = max(lam, 1.0)  # λ = 0 (or below one per slot) must not divide by ~0
     delta = (mean - lam) / rate_floor
-    z = (mean - lam) / math.sqrt(rate_floor / seconds_in_window)
+    z = (mean - lam) / math.sqrt(rate_floor / slots)
 
-    two_variance = 2.0 * max(1.0, float(counts.std())) ** 2
+    two_variance = 2.0 * max(1.0, std) ** 2
     f_d = math.exp(-divergence**2 / two_variance)
     f_delta = math.exp(-(delta**2) / two_variance)
     f_z = math.exp(-(z**2) / two_variance)
@@ -242,7 +252,7 @@ class PoissonDetector(Detector):
             return Verdict(Status.MISSING)
         counts = _slot_counts(value)
         lam = self.rate
-        scores = analyze_window(counts, lam, self.beta, counts.size) if lam is not None else None
+        scores = _score_counts(counts, lam, self.beta, counts.size) if lam is not None else None
         if not self.baseline and self.windows_learned < self.n_init:
             self._learn(counts)
             evidence = self._evidence(counts, lam, scores) if scores else {"windows": self.windows_learned}
