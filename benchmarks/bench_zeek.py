@@ -7,6 +7,7 @@ from the decompressed bytes in memory, so gzip time counts for neither.
 
     python -m benchmarks.bench_zeek
 """
+
 from __future__ import annotations
 
 import gzip

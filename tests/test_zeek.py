@@ -3,6 +3,7 @@
 Core tests write their own small logs and assert hand-worked values. Tests on real logs
 (`shared_data`) compare against counts and joins computed here with plain Python/pandas.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -10,7 +11,7 @@ import io
 import json
 import pickle
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pyarrow as pa
@@ -49,7 +50,7 @@ def tsv(*fields: str) -> str:
 
 
 def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def parse(data: bytes, kind: str = "dns", table: str | None = None, batch_rows: int = 10_000, stream=None):
@@ -71,42 +72,141 @@ def without_provenance(row: dict) -> dict:
 # dns.log
 
 
-BRO2_DNS = header("dns", BRO2_DNS_FIELDS, BRO2_DNS_TYPES) + tsv(
-    "1379288667.631940", "CZGShC2znK1sV7jdI7", "192.168.33.10", "1030", "4.2.2.3", "53", "udp", "44949",
-    "www.guyspy.com", "1", "C_INTERNET", "1", "A", "0", "NOERROR", "F", "F", "T", "T", "0",
-    "guyspy.com,54.245.228.191", "1000.000000,36.000000", "F",
-) + tsv(
-    "1379288668.5", "Cx", "192.168.33.10", "1031", "4.2.2.3", "53", "tcp", "7", "nowhere.example", "1",
-    "C_INTERNET", "28", "AAAA", "3", "NXDOMAIN", "T", "F", "T", "F", "0", "(empty)", "(empty)", "F",
-) + "#close\t2014-04-03-10-08-28\n"
+BRO2_DNS = (
+    header("dns", BRO2_DNS_FIELDS, BRO2_DNS_TYPES)
+    + tsv(
+        "1379288667.631940",
+        "CZGShC2znK1sV7jdI7",
+        "192.168.33.10",
+        "1030",
+        "4.2.2.3",
+        "53",
+        "udp",
+        "44949",
+        "www.guyspy.com",
+        "1",
+        "C_INTERNET",
+        "1",
+        "A",
+        "0",
+        "NOERROR",
+        "F",
+        "F",
+        "T",
+        "T",
+        "0",
+        "guyspy.com,54.245.228.191",
+        "1000.000000,36.000000",
+        "F",
+    )
+    + tsv(
+        "1379288668.5",
+        "Cx",
+        "192.168.33.10",
+        "1031",
+        "4.2.2.3",
+        "53",
+        "tcp",
+        "7",
+        "nowhere.example",
+        "1",
+        "C_INTERNET",
+        "28",
+        "AAAA",
+        "3",
+        "NXDOMAIN",
+        "T",
+        "F",
+        "T",
+        "F",
+        "0",
+        "(empty)",
+        "(empty)",
+        "F",
+    )
+    + "#close\t2014-04-03-10-08-28\n"
+)
 
 
 def test_bro2_dns_rows_are_mapped_field_by_field():
     rows, rejected, units = parse(BRO2_DNS.encode())
     assert rejected == [] and units == 2
     assert rows[0] == {
-        "c_ip": "192.168.33.10", "c_port": 1030, "s_ip": "4.2.2.3", "s_port": 53, "proto": "udp",
-        "trans_id": 44949, "query": "www.guyspy.com", "req_class": "IN", "req_type": "A",
-        "resp_code": "NOERROR", "flags": "RD RA", "answers": ["guyspy.com", "54.245.228.191"],
-        "answer_types": None, "answer_ttls": [1000, 36],
+        "c_ip": "192.168.33.10",
+        "c_port": 1030,
+        "s_ip": "4.2.2.3",
+        "s_port": 53,
+        "proto": "udp",
+        "trans_id": 44949,
+        "query": "www.guyspy.com",
+        "req_class": "IN",
+        "req_type": "A",
+        "resp_code": "NOERROR",
+        "flags": "RD RA",
+        "answers": ["guyspy.com", "54.245.228.191"],
+        "answer_types": None,
+        "answer_ttls": [1000, 36],
         "req_time": utc("2013-09-15T23:44:27.631940"),
         "resp_time": None,  # Bro 2.x logs no rtt
-        "source_tool": "zeek", "source_file": "test.log", "source_pos": 9,
+        "source_tool": "zeek",
+        "source_file": "test.log",
+        "source_pos": 9,
     }
     assert without_provenance(rows[1]) | {"source_pos": rows[1]["source_pos"]} == {
-        "c_ip": "192.168.33.10", "c_port": 1031, "s_ip": "4.2.2.3", "s_port": 53, "proto": "tcp",
-        "trans_id": 7, "query": "nowhere.example", "req_class": "IN", "req_type": "AAAA",
-        "resp_code": "NXDOMAIN", "flags": "AA RD", "answers": [], "answer_types": None, "answer_ttls": [],
-        "req_time": utc("2013-09-15T23:44:28.500000"), "resp_time": None, "source_pos": 10,
+        "c_ip": "192.168.33.10",
+        "c_port": 1031,
+        "s_ip": "4.2.2.3",
+        "s_port": 53,
+        "proto": "tcp",
+        "trans_id": 7,
+        "query": "nowhere.example",
+        "req_class": "IN",
+        "req_type": "AAAA",
+        "resp_code": "NXDOMAIN",
+        "flags": "AA RD",
+        "answers": [],
+        "answer_types": None,
+        "answer_ttls": [],
+        "req_time": utc("2013-09-15T23:44:28.500000"),
+        "resp_time": None,
+        "source_pos": 10,
     }
 
 
-def zeek6_dns_line(ts="1521911720.865716", rtt="0.000870", rcode="0", answers="a.example,10.0.0.1",
-                   ttls="2230.000000,41830.000000", query="ise.wrccdc.org", trans_id="36329") -> str:
+def zeek6_dns_line(
+    ts="1521911720.865716",
+    rtt="0.000870",
+    rcode="0",
+    answers="a.example,10.0.0.1",
+    ttls="2230.000000,41830.000000",
+    query="ise.wrccdc.org",
+    trans_id="36329",
+) -> str:
     return tsv(
-        ts, "CqKst53mF3det3eDV9", "10.47.1.100", "41772", "10.0.0.100", "53", "udp", trans_id, rtt, query,
-        "1", "C_INTERNET", "1", "A", rcode, "-" if rcode == "-" else "NOERROR", "F", "F", "T", "T", "0",
-        answers, ttls, "F",
+        ts,
+        "CqKst53mF3det3eDV9",
+        "10.47.1.100",
+        "41772",
+        "10.0.0.100",
+        "53",
+        "udp",
+        trans_id,
+        rtt,
+        query,
+        "1",
+        "C_INTERNET",
+        "1",
+        "A",
+        rcode,
+        "-" if rcode == "-" else "NOERROR",
+        "F",
+        "F",
+        "T",
+        "T",
+        "0",
+        answers,
+        ttls,
+        "F",
     )
 
 
@@ -137,13 +237,18 @@ def test_escaped_bytes_are_unescaped_in_strings_and_set_elements():
 def test_columns_are_found_by_name_not_position():
     fields = ["label", "query", "id.resp_p", "ts", "id.orig_h", "qtype", "id.resp_h", "id.orig_p", "extra"]
     types = ["string", "string", "port", "time", "addr", "count", "addr", "port", "count"]
-    data = header("dns", fields, types) + tsv("benign", "x.example", "53", "10.5", "1.1.1.1", "16", "8.8.8.8",
-                                              "999", "7")
+    data = header("dns", fields, types) + tsv(
+        "benign", "x.example", "53", "10.5", "1.1.1.1", "16", "8.8.8.8", "999", "7"
+    )
     rows, rejected, _ = parse(data.encode())
     assert rejected == []
     row = rows[0]
     assert (row["c_ip"], row["c_port"], row["s_ip"], row["s_port"]) == ("1.1.1.1", 999, "8.8.8.8", 53)
-    assert (row["query"], row["req_type"], row["req_time"]) == ("x.example", "TXT", utc("1970-01-01T00:00:10.5"))
+    assert (row["query"], row["req_type"], row["req_time"]) == (
+        "x.example",
+        "TXT",
+        utc("1970-01-01T00:00:10.5"),
+    )
     # Columns the log does not have are null, not guessed.
     assert (row["proto"], row["resp_code"], row["answers"], row["flags"]) == (None, None, None, "")
 
@@ -151,16 +256,16 @@ def test_columns_are_found_by_name_not_position():
 def test_bad_lines_are_rejected_with_line_number_and_reason():
     good = zeek6_dns_line()
     lines = [
-        good,                                   # line 9
-        "1521911720.9\tonly\tthree\n",          # 10: wrong field count
-        zeek6_dns_line(trans_id="abc"),         # 11: not a count
-        good,                                   # 12
-        "\n",                                   # 13: empty line
+        good,  # line 9
+        "1521911720.9\tonly\tthree\n",  # 10: wrong field count
+        zeek6_dns_line(trans_id="abc"),  # 11: not a count
+        good,  # 12
+        "\n",  # 13: empty line
         zeek6_dns_line(ts="XXXXXXXXXX.XXXXXX"),  # 14: masked time
-        zeek6_dns_line(ttls="1.0,oops"),        # 15: bad element of a vector
-        good.rstrip("\n") + "\n",               # 16
-        zeek6_dns_line(ts="-"),                 # 17: no time at all
-        good.rstrip("\n"),                      # 18: last line without newline
+        zeek6_dns_line(ttls="1.0,oops"),  # 15: bad element of a vector
+        good.rstrip("\n") + "\n",  # 16
+        zeek6_dns_line(ts="-"),  # 17: no time at all
+        good.rstrip("\n"),  # 18: last line without newline
     ]
     rows, rejected, units = parse((ZEEK6_HEADER + "".join(lines)).encode())
     assert [row["source_pos"] for row in rows] == [9, 12, 16, 18]
@@ -179,7 +284,11 @@ def test_bad_lines_are_rejected_with_line_number_and_reason():
 def test_repeated_header_block_switches_layout_and_keeps_line_numbers():
     data = (
         BRO2_DNS  # lines 1-11, the second block starts at line 12
-        + ZEEK6_HEADER + zeek6_dns_line() + "bad\n" + zeek6_dns_line(rtt="0.5") + "#close\tx\n"
+        + ZEEK6_HEADER
+        + zeek6_dns_line()
+        + "bad\n"
+        + zeek6_dns_line(rtt="0.5")
+        + "#close\tx\n"
     )
     rows, rejected, units = parse(data.encode())
     assert [row["source_pos"] for row in rows] == [9, 10, 20, 22]
@@ -213,17 +322,44 @@ def test_batches_hold_at_most_batch_rows():
 
 
 def test_json_with_epoch_and_iso_times_matches_the_tsv_rendering():
-    tsv_rows, _, _ = parse((ZEEK6_HEADER + zeek6_dns_line() + zeek6_dns_line(rtt="-", rcode="-", answers="-",
-                                                                            ttls="-")).encode())
-    common = {"uid": "CqKst53mF3det3eDV9", "id.orig_h": "10.47.1.100", "id.orig_p": 41772,
-              "id.resp_h": "10.0.0.100", "id.resp_p": 53, "proto": "udp", "trans_id": 36329,
-              "query": "ise.wrccdc.org", "qclass": 1, "qtype": 1, "AA": False, "TC": False, "RD": True,
-              "RA": True, "Z": 0, "rejected": False}
-    answered = {**common, "rtt": 0.0008699893951416016, "rcode": 0, "answers": ["a.example", "10.0.0.1"],
-                "TTLs": [2230.0, 41830.0]}
+    tsv_rows, _, _ = parse(
+        (ZEEK6_HEADER + zeek6_dns_line() + zeek6_dns_line(rtt="-", rcode="-", answers="-", ttls="-")).encode()
+    )
+    common = {
+        "uid": "CqKst53mF3det3eDV9",
+        "id.orig_h": "10.47.1.100",
+        "id.orig_p": 41772,
+        "id.resp_h": "10.0.0.100",
+        "id.resp_p": 53,
+        "proto": "udp",
+        "trans_id": 36329,
+        "query": "ise.wrccdc.org",
+        "qclass": 1,
+        "qtype": 1,
+        "AA": False,
+        "TC": False,
+        "RD": True,
+        "RA": True,
+        "Z": 0,
+        "rejected": False,
+    }
+    answered = {
+        **common,
+        "rtt": 0.0008699893951416016,
+        "rcode": 0,
+        "answers": ["a.example", "10.0.0.1"],
+        "TTLs": [2230.0, 41830.0],
+    }
     epoch = [{"ts": 1521911720.865716, **answered}, {"ts": 1521911720.865716, **common}]
-    iso = [{"_path": "dns", "_write_ts": "2018-03-24T17:15:21Z", "ts": "2018-03-24T17:15:20.865716Z", **answered},
-           {"ts": "2018-03-24T17:15:20.865716Z", **common}]
+    iso = [
+        {
+            "_path": "dns",
+            "_write_ts": "2018-03-24T17:15:21Z",
+            "ts": "2018-03-24T17:15:20.865716Z",
+            **answered,
+        },
+        {"ts": "2018-03-24T17:15:20.865716Z", **common},
+    ]
     for records in (epoch, iso):
         rows, rejected, _ = parse("".join(json.dumps(r) + "\n" for r in records).encode())
         assert rejected == []
@@ -233,8 +369,15 @@ def test_json_with_epoch_and_iso_times_matches_the_tsv_rendering():
 
 def test_bad_json_lines_are_rejected():
     good = json.dumps({"ts": 10.0, "uid": "C1", "query": "a.example", "qtype": 1})
-    lines = [good, "{not json", "[1, 2]", json.dumps({"ts": True, "uid": "C2"}),
-             json.dumps({"ts": "yesterday", "uid": "C3"}), good, json.dumps({"uid": "C4"})]
+    lines = [
+        good,
+        "{not json",
+        "[1, 2]",
+        json.dumps({"ts": True, "uid": "C2"}),
+        json.dumps({"ts": "yesterday", "uid": "C3"}),
+        good,
+        json.dumps({"uid": "C4"}),
+    ]
     rows, rejected, units = parse(("\n".join(lines) + "\n").encode())
     assert [r["source_pos"] for r in rows] == [1, 6]
     assert [r.position for r in rejected] == [2, 3, 4, 5, 7]
@@ -267,7 +410,9 @@ def decompress_what_zlib_can(compressed: bytes) -> bytes:
     return b"".join(out)
 
 
-BIG_LOG = ZEEK6_HEADER + "".join(zeek6_dns_line(trans_id=str(i), query=f"host{i:05d}.example") for i in range(4000))
+BIG_LOG = ZEEK6_HEADER + "".join(
+    zeek6_dns_line(trans_id=str(i), query=f"host{i:05d}.example") for i in range(4000)
+)
 
 
 def test_gzip_stream_parses_like_plain():
@@ -327,22 +472,65 @@ BRO2_HTTP_TYPES = (
 
 
 def http_line(host="www.guyspy.com", mime="text/html,image/png", status="200") -> str:
-    return tsv("1379288667.668082", "CyIaMO7IheOh38Zsi", "192.168.33.10", "1031", "54.245.228.191", "80", "1",
-               "GET", host, "/a b?c=1", "http://ref.example/", "Mozilla/4.0 (compatible)", "0", "184", status,
-               "OK", "-", "-", "-", "(empty)", "-", "-", "-", "-", "-", "Fnjq3r4R0VGmHVWiN5", mime)
+    return tsv(
+        "1379288667.668082",
+        "CyIaMO7IheOh38Zsi",
+        "192.168.33.10",
+        "1031",
+        "54.245.228.191",
+        "80",
+        "1",
+        "GET",
+        host,
+        "/a b?c=1",
+        "http://ref.example/",
+        "Mozilla/4.0 (compatible)",
+        "0",
+        "184",
+        status,
+        "OK",
+        "-",
+        "-",
+        "-",
+        "(empty)",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "Fnjq3r4R0VGmHVWiN5",
+        mime,
+    )
 
 
 def test_bro2_http_rows():
-    data = header("http", BRO2_HTTP_FIELDS, BRO2_HTTP_TYPES) + http_line() + http_line(host="-", mime="-",
-                                                                                       status="-")
+    data = (
+        header("http", BRO2_HTTP_FIELDS, BRO2_HTTP_TYPES)
+        + http_line()
+        + http_line(host="-", mime="-", status="-")
+    )
     rows, rejected, units = parse(data.encode(), kind="http")
     assert rejected == [] and units == 2
     assert without_provenance(rows[0]) == {
-        "c_ip": "192.168.33.10", "c_port": 1031, "s_ip": "54.245.228.191", "s_port": 80, "method": "GET",
-        "host": "www.guyspy.com", "path": "/a b?c=1", "referrer": "http://ref.example/",
-        "user_agent": "Mozilla/4.0 (compatible)", "req_cookie": None, "set_cookie": None, "status_code": 200,
-        "content_type": "text/html", "content_range": None, "server": None, "request_body_len": 0,
-        "response_body_len": 184, "req_time": utc("2013-09-15T23:44:27.668082"), "resp_time": None,
+        "c_ip": "192.168.33.10",
+        "c_port": 1031,
+        "s_ip": "54.245.228.191",
+        "s_port": 80,
+        "method": "GET",
+        "host": "www.guyspy.com",
+        "path": "/a b?c=1",
+        "referrer": "http://ref.example/",
+        "user_agent": "Mozilla/4.0 (compatible)",
+        "req_cookie": None,
+        "set_cookie": None,
+        "status_code": 200,
+        "content_type": "text/html",
+        "content_range": None,
+        "server": None,
+        "request_body_len": 0,
+        "response_body_len": 184,
+        "req_time": utc("2013-09-15T23:44:27.668082"),
+        "resp_time": None,
     }
     assert (rows[1]["host"], rows[1]["content_type"], rows[1]["status_code"]) == (None, None, None)
 
@@ -350,8 +538,9 @@ def test_bro2_http_rows():
 def test_http_extension_columns_are_used_when_present():
     fields = ["ts", "id.orig_h", "host", "cookie", "set_cookie", "server", "content_type", "resp_mime_types"]
     types = ["time", "addr", "string", "string", "string", "string", "string", "vector[string]"]
-    data = header("http", fields, types) + tsv("5.0", "10.0.0.1", "h", "a=1", "b=2", "nginx", "text/css",
-                                               "text/plain")
+    data = header("http", fields, types) + tsv(
+        "5.0", "10.0.0.1", "h", "a=1", "b=2", "nginx", "text/css", "text/plain"
+    )
     rows, rejected, _ = parse(data.encode(), kind="http")
     assert rejected == []
     row = rows[0]
@@ -377,8 +566,11 @@ def test_parse_refuses_a_table_the_kind_does_not_feed():
         ("x.json", b'{"_path":"ssl","ts":"2018-03-24T17:15:20Z","uid":"C1"}\n', "ssl"),
         ("dns.json.gz", b'{"ts":1.5,"uid":"C1","id.orig_h":"10.0.0.1"}\n', "dns"),
         ("eve.json", b'{"timestamp":"2018-03-24T17:15:20Z","src_ip":"10.0.0.1"}\n', None),
-        ("access.log", b"1379288667.631 12 10.0.0.1 TCP_MISS/200 512 GET http://a/ - DIRECT/1.2.3.4 text/html\n",
-         None),
+        (
+            "access.log",
+            b"1379288667.631 12 10.0.0.1 TCP_MISS/200 512 GET http://a/ - DIRECT/1.2.3.4 text/html\n",
+            None,
+        ),
         ("queries.log", b"#comment\n24-Mar-2018 client 10.0.0.1#53\n", None),
         ("empty.log", b"", None),
     ],
@@ -391,7 +583,7 @@ def test_sniff(name, head, kind):
 # Fuzz: whatever the lines, nothing raises and every line is accounted for
 
 
-FIELD_TEXT = st.text(alphabet=list("0123456789.-,\\xTF(empty)ab \t#{}\":é"), max_size=12)
+FIELD_TEXT = st.text(alphabet=list('0123456789.-,\\xTF(empty)ab \t#{}":é'), max_size=12)
 LINES = st.lists(st.lists(FIELD_TEXT, min_size=1, max_size=27).map("\t".join), max_size=12)
 
 
@@ -417,15 +609,19 @@ def test_fuzz_json_counts_always_add_up(lines):
 # ---------------------------------------------------------------------------------------
 # Named flows
 
-CONN_FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
-               "conn_state orig_pkts orig_ip_bytes resp_pkts resp_ip_bytes").split()
-CONN_TYPES = ("time string addr port addr port enum string interval count count string count count count "
-              "count").split()
+CONN_FIELDS = (
+    "ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
+    "conn_state orig_pkts orig_ip_bytes resp_pkts resp_ip_bytes"
+).split()
+CONN_TYPES = (
+    "time string addr port addr port enum string interval count count string count count count count"
+).split()
 
 
 def conn_line(ts, uid, client, server, port="443", duration="1.500000") -> str:
-    return tsv(ts, uid, client, "50000", server, port, "tcp", "-", duration, "10", "20", "SF", "3", "170", "4",
-               "260")
+    return tsv(
+        ts, uid, client, "50000", server, port, "tcp", "-", duration, "10", "20", "SF", "3", "170", "4", "260"
+    )
 
 
 def test_named_flow_groups_pair_logs_by_folder_and_rotation():
@@ -442,11 +638,22 @@ def test_named_flow_groups_pair_logs_by_folder_and_rotation():
     ]
     groups = zeek.named_flow_groups(files)
     assert groups == [
-        zeek.NamedFlowGroup("d/2024-01-01", "04:00:00-05:00:00", ("d/2024-01-01/conn.04:00:00-05:00:00.log.gz",),
-                            ("d/2024-01-01/ssl.04:00:00-05:00:00.log.gz",), (),
-                            ("d/2024-01-01/dns.04:00:00-05:00:00.log.gz",)),
-        zeek.NamedFlowGroup("d/2024-01-01", "05:00:00-06:00:00", ("d/2024-01-01/conn.05:00:00-06:00:00.log.gz",),
-                            (), (), ("d/2024-01-01/dns.05:00:00-06:00:00.log.gz",)),
+        zeek.NamedFlowGroup(
+            "d/2024-01-01",
+            "04:00:00-05:00:00",
+            ("d/2024-01-01/conn.04:00:00-05:00:00.log.gz",),
+            ("d/2024-01-01/ssl.04:00:00-05:00:00.log.gz",),
+            (),
+            ("d/2024-01-01/dns.04:00:00-05:00:00.log.gz",),
+        ),
+        zeek.NamedFlowGroup(
+            "d/2024-01-01",
+            "05:00:00-06:00:00",
+            ("d/2024-01-01/conn.05:00:00-06:00:00.log.gz",),
+            (),
+            (),
+            ("d/2024-01-01/dns.05:00:00-06:00:00.log.gz",),
+        ),
         zeek.NamedFlowGroup("live", "", ("live/conn.log",), (), ("live/http.log",), ()),
     ]
     assert zeek.named_flow_groups(list(reversed(files))) == groups
@@ -462,11 +669,15 @@ def test_flows_are_named_by_sni_then_http_host_then_latest_dns_answer():
         + conn_line("103.0", "Cnone", "10.0.0.9", "3.3.3.3")  # another client resolved that address
         + "broken line\n",
         "ssl.log": header("ssl", ["ts", "uid", "server_name"], ["time", "string", "string"])
-        + tsv("100.1", "Csni", "sni.example") + tsv("100.2", "Csni", "later-sni.example")
+        + tsv("100.1", "Csni", "sni.example")
+        + tsv("100.2", "Csni", "later-sni.example")
         + tsv("101.1", "Chttp", "-"),
         "http.log": header("http", ["ts", "uid", "host"], ["time", "string", "string"])
-        + tsv("100.1", "Csni", "host-of-sni-flow.example") + tsv("101.1", "Chttp", "www.example"),
-        "dns.log": header("dns", ["ts", "id.orig_h", "query", "answers"], ["time", "addr", "string", "vector[string]"])
+        + tsv("100.1", "Csni", "host-of-sni-flow.example")
+        + tsv("101.1", "Chttp", "www.example"),
+        "dns.log": header(
+            "dns", ["ts", "id.orig_h", "query", "answers"], ["time", "addr", "string", "vector[string]"]
+        )
         + tsv("90.0", "10.0.0.1", "old.example", "cname.example,3.3.3.3")
         + tsv("95.0", "10.0.0.1", "recent.example", "3.3.3.3")
         + tsv("102.0", "10.0.0.1", "same-time.example", "3.3.3.3")  # at the flow start: counts
@@ -479,17 +690,27 @@ def test_flows_are_named_by_sni_then_http_host_then_latest_dns_answer():
     rejected = [i for i in items if isinstance(i, Rejected)]
     rows = [row for b in batches for row in b.records.to_pylist()]
     assert [(r["name"], r["name_source"]) for r in rows] == [
-        ("sni.example", "sni"), ("www.example", "http_host"), ("same-time.example", "dns"), (None, None)
+        ("sni.example", "sni"),
+        ("www.example", "http_host"),
+        ("same-time.example", "dns"),
+        (None, None),
     ]
     assert [(r.source, r.position) for r in rejected] == [("conn.log", 13)]
     # 3 ssl + 2 http + 5 dns + 4 conn lines read fine.
     assert sum(b.units for b in batches) == 14
     first = rows[0]
     assert (first["c_pkt"], first["s_pkt"], first["c_bytes"], first["s_bytes"]) == (3, 4, 170, 260)
-    assert (first["time_start"], first["time_end"]) == (utc("1970-01-01T00:01:40"), utc("1970-01-01T00:01:41.5"))
+    assert (first["time_start"], first["time_end"]) == (
+        utc("1970-01-01T00:01:40"),
+        utc("1970-01-01T00:01:41.5"),
+    )
     assert rows[1]["time_end"] == rows[1]["time_start"]  # no duration logged
-    assert (first["proto"], first["tcp_flags"], first["source_file"], first["source_pos"]) == ("tcp", None,
-                                                                                                 "conn.log", 9)
+    assert (first["proto"], first["tcp_flags"], first["source_file"], first["source_pos"]) == (
+        "tcp",
+        None,
+        "conn.log",
+        9,
+    )
 
 
 def test_conn_log_alone_gives_unnamed_flows():
@@ -505,7 +726,9 @@ def test_a_missing_log_in_a_group_is_rejected_not_raised():
     def open_stream(path):
         if path == "missing.log":
             raise FileNotFoundError(path)
-        return io.BytesIO((header("conn", CONN_FIELDS, CONN_TYPES) + conn_line("1.0", "C", "a", "b")).encode())
+        return io.BytesIO(
+            (header("conn", CONN_FIELDS, CONN_TYPES) + conn_line("1.0", "C", "a", "b")).encode()
+        )
 
     items = list(zeek.parse_named_flows(group, open_stream))
     assert [(i.source, i.position) for i in items if isinstance(i, Rejected)] == [("missing.log", 0)]
@@ -624,12 +847,23 @@ def pandas_log(path, is_json: bool) -> pd.DataFrame:
     if is_json:
         frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
     else:
-        fields = next(line for line in path.read_text().splitlines() if line.startswith("#fields")).split("\t")[1:]
-        frame = pd.read_csv(path, sep="\t", comment="#", names=fields, na_values=["-"], keep_default_na=False,
-                            dtype=str, quoting=3)
+        fields = next(line for line in path.read_text().splitlines() if line.startswith("#fields")).split(
+            "\t"
+        )[1:]
+        frame = pd.read_csv(
+            path,
+            sep="\t",
+            comment="#",
+            names=fields,
+            na_values=["-"],
+            keep_default_na=False,
+            dtype=str,
+            quoting=3,
+        )
         frame["ts"] = frame["ts"].astype(float)
         frame["answers"] = frame.get("answers", pd.Series(dtype=str)).map(
-            lambda v: v.split(",") if isinstance(v, str) and v != "(empty)" else [])
+            lambda v: v.split(",") if isinstance(v, str) and v != "(empty)" else []
+        )
     frame["line"] = range(len(frame))
     return frame
 
@@ -644,9 +878,12 @@ def expected_names(folder, is_json: bool) -> list[tuple]:
         return named.drop_duplicates("uid", keep="first").set_index("uid")[column]
 
     sni, host = first_by_uid(ssl, "server_name"), first_by_uid(http, "host")
-    answers = dns[["ts", "id.orig_h", "query", "answers", "line"]].explode("answers").dropna(subset=["answers"])
+    answers = (
+        dns[["ts", "id.orig_h", "query", "answers", "line"]].explode("answers").dropna(subset=["answers"])
+    )
     pairs = conn[["line", "ts", "id.orig_h", "id.resp_h"]].merge(
-        answers, left_on=["id.orig_h", "id.resp_h"], right_on=["id.orig_h", "answers"], suffixes=("", "_dns"))
+        answers, left_on=["id.orig_h", "id.resp_h"], right_on=["id.orig_h", "answers"], suffixes=("", "_dns")
+    )
     pairs = pairs[pairs["ts_dns"] <= pairs["ts"]].sort_values(["ts_dns", "line_dns"])
     by_dns = pairs.groupby("line")["query"].last()
 
@@ -663,12 +900,16 @@ def expected_names(folder, is_json: bool) -> list[tuple]:
     return result
 
 
-@pytest.mark.parametrize("folder, is_json", [("logs/zeek/zat_tsv", False), ("logs/zeek/slips_test9_json", True)])
+@pytest.mark.parametrize(
+    "folder, is_json", [("logs/zeek/zat_tsv", False), ("logs/zeek/slips_test9_json", True)]
+)
 def test_real_named_flows_match_an_independent_pandas_merge(folder, is_json):
     directory = shared_data(folder)
     files = [(str(directory / f"{kind}.log"), kind) for kind in ("conn", "ssl", "http", "dns")]
     (group,) = zeek.named_flow_groups(files)
-    items = list(zeek.parse_named_flows(group, lambda path: io.BytesIO(read_bytes(directory / path.split("/")[-1]))))
+    items = list(
+        zeek.parse_named_flows(group, lambda path: io.BytesIO(read_bytes(directory / path.split("/")[-1])))
+    )
     assert [i for i in items if isinstance(i, Rejected)] == []
     rows = [row for i in items if isinstance(i, Batch) for row in i.records.to_pylist()]
     conn_lines = data_line_count(read_bytes(directory / "conn.log"), is_json)
@@ -679,7 +920,9 @@ def test_real_named_flows_match_an_independent_pandas_merge(folder, is_json):
     assert [(r["name"], r["name_source"]) for r in rows] == expected
     sources = {source for _, source in expected}
     assert len(sources - {None}) >= 2  # the comparison covers more than one naming path
-    all_lines = sum(data_line_count(read_bytes(directory / f"{k}.log"), is_json) for k in ("conn", "ssl", "http", "dns"))
+    all_lines = sum(
+        data_line_count(read_bytes(directory / f"{k}.log"), is_json) for k in ("conn", "ssl", "http", "dns")
+    )
     assert sum(i.units for i in items if isinstance(i, Batch)) == all_lines
 
 
@@ -703,10 +946,18 @@ def test_blocks_split_anywhere_keep_every_line(monkeypatch, cut):
 def test_a_column_typed_otherwise_in_types_is_read_value_by_value():
     # A script logged ts as a string: good values still parse, bad ones cost their row only.
     fields, types = ["ts", "query", "trans_id"], ["string", "string", "string"]
-    data = header("dns", fields, types) + tsv("10.5", "a.example", "7") + tsv("noon", "b.example", "8") + tsv(
-        "11", "c.example", "x")
+    data = (
+        header("dns", fields, types)
+        + tsv("10.5", "a.example", "7")
+        + tsv("noon", "b.example", "8")
+        + tsv("11", "c.example", "x")
+    )
     rows, rejected, units = parse(data.encode())
-    assert [(r["query"], r["req_time"], r["trans_id"]) for r in rows] == [("a.example", utc("1970-01-01T00:00:10.5"), 7)]
-    assert [(r.position, "ts" in r.reason, "trans_id" in r.reason) for r in rejected] == [(10, True, False),
-                                                                                           (11, False, True)]
+    assert [(r["query"], r["req_time"], r["trans_id"]) for r in rows] == [
+        ("a.example", utc("1970-01-01T00:00:10.5"), 7)
+    ]
+    assert [(r.position, "ts" in r.reason, "trans_id" in r.reason) for r in rejected] == [
+        (10, True, False),
+        (11, False, True),
+    ]
     assert units == 1

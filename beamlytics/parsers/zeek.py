@@ -6,10 +6,12 @@ start again mid-file), and the JSON log (one object per line, `ts` as epoch seco
 8601). How lines become columns is in `zeek_reader`, how columns become our tables in
 `zeek_tables`, and how flows are named from ssl/http/dns logs in `zeek_flows`.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, BinaryIO, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, BinaryIO
 
 from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected
 from beamlytics.parsers.zeek_flows import (  # noqa: F401  (public API of this format)
@@ -19,7 +21,14 @@ from beamlytics.parsers.zeek_flows import (  # noqa: F401  (public API of this f
     parse_named_flows,
 )
 from beamlytics.parsers.zeek_reader import Header, apply_header_line, read_log
-from beamlytics.parsers.zeek_tables import CONN_FIELDS, DNS_FIELDS, HTTP_FIELDS, dns_batch, http_batch, table_batches
+from beamlytics.parsers.zeek_tables import (
+    CONN_FIELDS,
+    DNS_FIELDS,
+    HTTP_FIELDS,
+    dns_batch,
+    http_batch,
+    table_batches,
+)
 
 FORMAT = "zeek"
 TABLES = {"dns": frozenset({"dns"}), "http": frozenset({"http"}), "conn": frozenset({"named_flows"})}

@@ -5,11 +5,13 @@ of its connection (http.log, same uid), else by the latest DNS answer, at or bef
 started, in which the same client resolved a name to the flow's server address. Flows that
 nothing names are kept with a null name.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -89,10 +91,14 @@ def parse_named_flows(
         by_uid(naming["ssl"], "server_name"), by_uid(naming["http"], "host"), dns_answers(naming["dns"])
     )
     for path in group.conn:
-        yield from table_batches("named_flows", path, _read_files((path,), open_stream, CONN_FIELDS), namer.name, batch_rows)
+        yield from table_batches(
+            "named_flows", path, _read_files((path,), open_stream, CONN_FIELDS), namer.name, batch_rows
+        )
 
 
-def _read_files(paths: Iterable[str], open_stream: Callable[[str], BinaryIO], wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+def _read_files(
+    paths: Iterable[str], open_stream: Callable[[str], BinaryIO], wanted: Mapping[str, str]
+) -> Iterator[Records | Rejected]:
     for path in paths:
         try:
             stream = open_stream(path)
@@ -130,7 +136,9 @@ def dns_answers(records: list[Records]) -> pa.RecordBatch:
             "name": pc.take(_concat(records, "query", pa.string()), parents),
         }
     )
-    complete = pc.and_(pc.and_(table["client"].is_valid(), table["address"].is_valid()), table["ts"].is_valid())
+    complete = pc.and_(
+        pc.and_(table["client"].is_valid(), table["address"].is_valid()), table["ts"].is_valid()
+    )
     return table.filter(complete)
 
 
@@ -146,7 +154,7 @@ class FlowNamer:
     dns: pa.RecordBatch  # client, address, ts, name
 
     @classmethod
-    def empty(cls) -> "FlowNamer":
+    def empty(cls) -> FlowNamer:
         return cls(by_uid([], "server_name"), by_uid([], "host"), dns_answers([]))
 
     def name(self, source: str, conn: Records) -> pa.RecordBatch:

@@ -10,6 +10,7 @@ Columns come out in one canonical Arrow type per Zeek type, whichever rendering 
 used: `time`/`interval` as int64 microseconds, `count`/`int`/`port` as int64, `bool`,
 strings (with Zeek's `\\xHH` escapes undone), and containers as lists of those.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,9 @@ import json
 import lzma
 import re
 import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Generator, Iterable, Iterator, Mapping, Optional
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -220,7 +222,9 @@ def _split_header_lines(block: LineRun) -> Iterator[LineRun]:
         else:
             end = len(data) if next_header < 0 else next_header
             # A run reaching the end of the block has the block's remaining lines: no recount.
-            lines = block.first_line + block.lines - line if end == len(data) else count_lines(data[position:end])
+            lines = (
+                block.first_line + block.lines - line if end == len(data) else count_lines(data[position:end])
+            )
             run = LineRun(data[position:end], line, lines, is_header=False)
             yield run
             line += run.lines
@@ -246,7 +250,9 @@ TableReader = Callable[[bytes], pa.Table]
 Explainer = Callable[[bytes], "str | None"]
 
 
-def read_clean(source: str, run: LineRun, read: TableReader, explain: Explainer) -> Iterator[tuple[pa.Table, LineRun] | Rejected]:
+def read_clean(
+    source: str, run: LineRun, read: TableReader, explain: Explainer
+) -> Iterator[tuple[pa.Table, LineRun] | Rejected]:
     """Tables of the lines of `run` that Arrow reads, and a `Rejected` for each line it does not.
 
     Yields (table, the lines it was read from). A run is clean when Arrow reads it and
@@ -374,7 +380,7 @@ def json_explainer(line: bytes) -> str | None:
 # Column conversion to canonical types. Each returns (values, bad): `bad` marks rows whose
 # value was present but unreadable as its type, or is None when there are none.
 
-Bad = Optional[pa.Array]
+Bad = pa.Array | None
 
 
 def _bad_where(original: pa.Array, converted: pa.Array) -> Bad:
@@ -529,7 +535,9 @@ def read_log(source: str, stream: BinaryIO, wanted: Mapping[str, str]) -> Iterat
 Converter = Callable[[pa.Array, str], "tuple[pa.Array, Bad]"]
 
 
-def _read_tsv_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+def _read_tsv_runs(
+    source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]
+) -> Iterator[Records | Rejected]:
     header = Header()
     reader: TableReader | None = None
     for run in runs:
@@ -545,13 +553,17 @@ def _read_tsv_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Mapp
             # One backslash search (a memchr) spares every string column its escape search.
             escapes = b"\\" in run.data
 
-            def convert(raw: pa.Array, zeek_type: str, header: Header = header) -> tuple[pa.Array, Bad]:
+            def convert(
+                raw: pa.Array, zeek_type: str, header: Header = header, escapes: bool = escapes
+            ) -> tuple[pa.Array, Bad]:
                 return text_column(raw, zeek_type, header, escapes)
 
             yield from _read_run(source, run, wanted, reader, tsv_explainer(header), convert)
 
 
-def _read_json_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+def _read_json_runs(
+    source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]
+) -> Iterator[Records | Rejected]:
     for run in runs:
         if isinstance(run, Rejected):
             yield run
@@ -562,7 +574,12 @@ def _read_json_runs(source: str, runs: Iterable[LineRun | Rejected], wanted: Map
 
 
 def _read_run(
-    source: str, run: LineRun, wanted: Mapping[str, str], read: TableReader, explain: Explainer, convert: Converter
+    source: str,
+    run: LineRun,
+    wanted: Mapping[str, str],
+    read: TableReader,
+    explain: Explainer,
+    convert: Converter,
 ) -> Iterator[Records | Rejected]:
     for item in read_clean(source, run, read, explain):
         if isinstance(item, Rejected):
@@ -610,7 +627,9 @@ def _reject_bad_rows(
     for name, zeek_type, raw, bad in problems:
         for row in np.flatnonzero(bad.to_numpy(zero_copy_only=False)):
             value = raw[int(row)].as_py()
-            reason = f"no value for {name}" if value is None else f"bad {zeek_type} value in {name}: {value!r}"
+            reason = (
+                f"no value for {name}" if value is None else f"bad {zeek_type} value in {name}: {value!r}"
+            )
             reasons.setdefault(int(row), reason)
     lines = run.data.split(b"\n")
     for row in sorted(reasons):

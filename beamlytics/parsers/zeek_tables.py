@@ -1,7 +1,8 @@
 """From Zeek log columns to beamlytics' tables: which fields each table reads, and how."""
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -204,7 +205,9 @@ def table_batches(
     return rebatch(table, converted, batch_rows)
 
 
-def rebatch(table: str, items: Iterable[pa.RecordBatch | Rejected], batch_rows: int) -> Iterator[Batch | Rejected]:
+def rebatch(
+    table: str, items: Iterable[pa.RecordBatch | Rejected], batch_rows: int
+) -> Iterator[Batch | Rejected]:
     """`Batch`es of at most `batch_rows` rows, each row's line counting as one unit.
 
     Record batches are sliced, never concatenated (zero-copy); a block Arrow read is large
