@@ -37,8 +37,9 @@ SOURCE_TOOL = "zeek"
 # ones bound how much a bad line sends down the slow path.
 BLOCK_BYTES = 4 << 20
 ARROW_BLOCK_BYTES = 1 << 20
-# Small reads, so a stream that breaks loses as little of its good prefix as possible.
-READ_BYTES = 64 << 10
+# read1 returns what one underlying read produced, so when a stream breaks only that last
+# step is lost; the pieces are joined into blocks.
+READ_BYTES = 256 << 10
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 
 # Every Zeek record has its time; a row without one could not be placed in any window.
@@ -441,12 +442,14 @@ def text_column(parsed: pa.Array, zeek_type: str, header: Header, escapes: bool)
     if kind in ("int", "bool"):
         return parsed, None
     empty = pc.equal(parsed, pa.scalar(header.empty_field))
+    # Most columns never hold the empty marker; replacing values copies the whole column.
+    has_empty = empty.true_count > 0
     if kind == "string":
-        return _text_strings(pc.if_else(empty, pa.scalar(""), parsed), escapes), None
-    lists = pc.split_pattern(pc.if_else(empty, None, parsed), header.set_separator)
+        return _text_strings(pc.if_else(empty, pa.scalar(""), parsed) if has_empty else parsed, escapes), None
+    lists = pc.split_pattern(pc.if_else(empty, None, parsed) if has_empty else parsed, header.set_separator)
     values, element_bad = _text_values(lists.flatten(), element_type(zeek_type), escapes)
     rebuilt, bad = _rebuild_list(lists, values, element_bad)
-    return pc.if_else(empty, pa.scalar([], rebuilt.type), rebuilt), bad
+    return (pc.if_else(empty, pa.scalar([], rebuilt.type), rebuilt) if has_empty else rebuilt), bad
 
 
 def _text_strings(values: pa.Array, escapes: bool) -> pa.Array:
