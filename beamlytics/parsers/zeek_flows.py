@@ -136,9 +136,7 @@ def dns_answers(records: list[Records]) -> pa.RecordBatch:
             "name": pc.take(_concat(records, "query", pa.string()), parents),
         }
     )
-    complete = pc.and_(
-        pc.and_(table["client"].is_valid(), table["address"].is_valid()), table["ts"].is_valid()
-    )
+    complete = pc.and_(table["client"].is_valid(), table["address"].is_valid())
     return table.filter(complete)
 
 
@@ -191,7 +189,8 @@ def _latest_dns_name(dns: pa.RecordBatch, clients: pa.Array, servers: pa.Array, 
     dns_keys = pc.binary_join_element_wise(dns["client"], dns["address"], "\t")
     key_ids = pc.dictionary_encode(pa.concat_arrays([dns_keys, flow_keys])).indices
     key_ids = pc.fill_null(key_ids, -1).to_numpy().astype(np.int64)
-    times = np.concatenate([dns["ts"].to_numpy(zero_copy_only=False), pc.fill_null(starts, 0).to_numpy()])
+    # No nulls here: the reader rejects rows without ts.
+    times = np.concatenate([dns["ts"].to_numpy(), starts.to_numpy()])
     time_ranks = np.unique(times, return_inverse=True)[1].astype(np.int64)
     scale = (key_ids << 32) | time_ranks
     dns_scale, flow_scale = scale[: dns.num_rows], scale[dns.num_rows :]
@@ -200,6 +199,6 @@ def _latest_dns_name(dns: pa.RecordBatch, clients: pa.Array, servers: pa.Array, 
     order = np.argsort(dns_scale, kind="stable")
     found = np.searchsorted(dns_scale[order], flow_scale, side="right") - 1
     candidate = order[np.maximum(found, 0)]
+    # A flow without client or server address has key -1 and matches nothing.
     matched = (found >= 0) & (dns_key_ids[candidate] == flow_key_ids) & (flow_key_ids >= 0)
-    matched &= starts.is_valid().to_numpy(zero_copy_only=False)
     return pc.take(dns["name"], pa.array(candidate, mask=~matched))
