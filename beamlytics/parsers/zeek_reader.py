@@ -35,7 +35,7 @@ SOURCE_TOOL = "zeek"
 
 # Arrow parses a block on both cores; bigger blocks amortise the per-call overhead, smaller
 # ones bound how much a bad line sends down the slow path.
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 8 << 20
 ARROW_BLOCK_BYTES = 1 << 20
 # read1 returns what one underlying read produced, so when a stream breaks only that last
 # step is lost; the pieces are joined into blocks.
