@@ -240,7 +240,8 @@ def feature_schema(table: str) -> pa.Schema:
             pa.field("window_start", schemas.TIMESTAMP, nullable=False),
             pa.field("window_end", schemas.TIMESTAMP, nullable=False),
             pa.field("records", pa.int64(), nullable=False),
-            *(pa.field(name, pa.float64()) for name in FEATURES[table]),
+            # `records` is a feature too; the integer column above stands for it.
+            *(pa.field(name, pa.float64()) for name in FEATURES[table] if name != "records"),
             pa.field("slot_counts", pa.list_(pa.int64())),  # present when a rate detector ran
         ]
     )
@@ -253,8 +254,8 @@ def feature_row(window: EndpointWindow) -> dict:
         "key": window.key,
         "window_start": window.window_start,
         "window_end": window.window_end,
-        "records": window.records,
         **window.features,
+        "records": window.records,
         "slot_counts": list(window.slot_counts) if window.slot_counts is not None else None,
     }
 

@@ -61,6 +61,14 @@ class Scenario:
     tunnel_domain: str = "t.exfil.example.net"
     seed: int = 7
 
+    def __post_init__(self) -> None:
+        # A host that only exists during its burst has no normal behaviour to stray from.
+        if self.anomalous_client not in self.client_addresses():
+            raise ValueError(f"the anomalous client {self.anomalous_client} is not one of the {self.clients} clients")
+
+    def client_addresses(self) -> list[str]:
+        return [f"10.0.0.{index + 1}" for index in range(self.clients)]
+
     @property
     def start_us(self) -> int:
         start = dt.datetime(self.day.year, self.day.month, self.day.day, tzinfo=dt.timezone.utc)
@@ -100,8 +108,7 @@ def write_zeek_logs(folder: str, scenario: Scenario = Scenario()) -> str:
     minutes = scenario.hours * 60
 
     events = []  # (time µs, client, name, nxdomain)
-    for index in range(scenario.clients):
-        client = f"10.0.0.{index + 1}"
+    for client in scenario.client_addresses():
         count = rng.poisson(scenario.queries_per_minute * minutes)
         times = np.sort(rng.integers(0, span_us, size=count))
         names = rng.choice(DOMAINS, size=count)

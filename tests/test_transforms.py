@@ -81,12 +81,13 @@ def test_both_windowings_give_the_same_windows_with_slots():
         assert sum(window.slot_counts) == window.records and len(window.slot_counts) == 6
 
 
-def run_scores(windows, config):
-    collected = collect(lambda pipeline: pipeline | beam.Create(windows) | ScoreEndpoints(config))
+def run_scores(windows, config, streaming=False):
+    collected = collect(lambda pipeline: pipeline | beam.Create(windows) | ScoreEndpoints(config, streaming=streaming))
     return sorted(collected, key=lambda row: (row["key"], row["window_start"], row["feature"]))
 
 
-def test_scoring_is_in_event_time_order_whatever_the_arrival_order():
+@pytest.mark.parametrize("streaming", [False, True])
+def test_scoring_is_in_event_time_order_whatever_the_arrival_order(streaming):
     frame = dns_frame(seed=4, rows=6000)
     spec = WindowSpec("dns", "c_ip", MINUTE)
     windows = run_windows(to_batches(frame), spec, "key")
@@ -102,7 +103,7 @@ def test_scoring_is_in_event_time_order_whatever_the_arrival_order():
 
     shuffled = list(windows)
     random.Random(1).shuffle(shuffled)
-    assert run_scores(shuffled, config) == expected
+    assert run_scores(shuffled, config, streaming) == expected
     assert any(row["status"] == "anomaly" for row in expected)  # the comparison covered anomalies too
 
 

@@ -208,8 +208,8 @@ def _clear_outputs(output: str) -> None:
 
 
 def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     settings = _read_settings(args)
-    options = beam_options(beam_args)
     _clear_outputs(args.output)
     with beam.Pipeline(options=options) as pipeline:
         build_parse(pipeline, settings, args.output.rstrip("/"))
@@ -217,6 +217,7 @@ def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     read = _read_settings(args)
     config = detector_config(args)
     try:
@@ -229,7 +230,6 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     if args.baseline and not os.path.isdir(args.baseline) and "://" not in args.baseline:
         raise UsageError(f"no such baseline folder: {args.baseline}")
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, args.shards)
-    options = beam_options(beam_args)
     _clear_outputs(args.output)
     with beam.Pipeline(options=options) as pipeline:
         build_detect(pipeline, settings, args.output.rstrip("/"))

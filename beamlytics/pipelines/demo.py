@@ -12,7 +12,9 @@ from beamlytics import synthetic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-out", metavar="OUT",
                         help="folder for the generated logs (OUT/zeek) and the detection (OUT/detect)")
-    parser.add_argument("--detector", default="gaussian", help="detector to run (default gaussian)")
+    parser.add_argument("--detector", default="poisson",
+                        help="detector to run (default poisson: the burst is a change of request rate, "
+                        "which the Poisson model judges against each host's own learned rate)")
 
 
 def run(args: argparse.Namespace) -> int:

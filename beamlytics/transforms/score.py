@@ -2,9 +2,14 @@
 
 Each endpoint's windows wait in a bag until the watermark passes their end; an event-time
 timer then scores the due ones oldest first. The detectors' state is plain data (JSON), so
-runners can checkpoint it and it reads the same on every runner. On a bounded input the
-watermark jumps to the end once all input is in, so every window is scored in order; on an
-unbounded one, windows are scored as the watermark passes them.
+runners can checkpoint it and it reads the same on every runner.
+
+Two timer policies, with identical results:
+- `streaming=False` (bounded input): one timer per endpoint at the end of time. The
+  watermark reaches it once all input is in, and the endpoint's windows are sorted and
+  scored in one pass. A timer per window would re-read the whole bag at every firing.
+- `streaming=True`: the timer follows the earliest waiting window, so windows are scored
+  as soon as the watermark passes them, as an unbounded source needs.
 """
 from __future__ import annotations
 
@@ -14,11 +19,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointScorer
+
+END_OF_TIME_US = GlobalWindow().max_timestamp().micros
 
 
 class JsonCoder(coders.Coder):
@@ -41,8 +49,9 @@ class _ScoreInEventTimeOrder(beam.DoFn):
     NEXT_FLUSH = ReadModifyWriteStateSpec("next_flush", coders.VarIntCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: DetectorConfig):
+    def __init__(self, config: DetectorConfig, streaming: bool):
         self.config = config
+        self.streaming = streaming
 
     def process(
         self,
@@ -57,11 +66,12 @@ class _ScoreInEventTimeOrder(beam.DoFn):
             training.add(window)
             return
         pending.add(window)
+        due_at = window.window_end if self.streaming else END_OF_TIME_US
         scheduled = next_flush.read()
         # Setting a timer costs more than the rest of this method: move it only when needed.
-        if scheduled is None or window.window_end < scheduled:
-            flush.set(Timestamp(micros=window.window_end))
-            next_flush.write(window.window_end)
+        if scheduled is None or due_at < scheduled:
+            flush.set(Timestamp(micros=due_at))
+            next_flush.write(due_at)
 
     @on_timer(FLUSH)
     def on_flush(
@@ -108,6 +118,7 @@ class ScoreEndpoints(beam.PTransform):
 
     config: DetectorConfig
     train_until_us: int | None = None
+    streaming: bool = False
 
     def __post_init__(self):
         super().__init__()
@@ -120,7 +131,7 @@ class ScoreEndpoints(beam.PTransform):
         return (
             windows
             | "ByEndpoint" >> beam.Map(lambda w: (w.endpoint, w))
-            | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(self.config))
+            | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(self.config, self.streaming))
         )
 
 

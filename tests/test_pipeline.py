@@ -1,0 +1,108 @@
+"""The `beamlytics` command end to end, on synthetic Zeek logs with a known anomaly."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from beamlytics import synthetic
+from beamlytics.pipelines import cli
+
+SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", anomaly_start_minute=40,
+                              anomaly_minutes=3)
+
+
+@pytest.fixture(scope="module")
+def zeek_logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zeek")
+    synthetic.write_zeek_logs(str(folder), SCENARIO)
+    return folder
+
+
+def detect(logs, out, *extra):
+    status = cli.main(["detect", "--table", "dns", "--output", str(out), *extra, str(logs)])
+    assert status == 0
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+def output_bytes(out):
+    """Every output file's bytes, by relative path: what must not change between runs."""
+    out = Path(out)
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def data_lines(path):
+    return sum(1 for line in open(path, encoding="utf-8") if line.strip() and not line.startswith("#"))
+
+
+def test_poisson_flags_the_burst_windows_and_nothing_else(zeek_logs, tmp_path):
+    summary = detect(zeek_logs, tmp_path, "--detector", "poisson", "--window", "60s")
+    dns_log = zeek_logs / SCENARIO.day.isoformat() / "dns.log"
+    assert summary["read"] == summary["parsed"] == data_lines(dns_log)
+    assert summary["rejected"] == 0
+    anomalies = pq.read_table(tmp_path / "anomalies").to_pylist()
+    found = {(row["key"], int(row["window_start"].timestamp() * 1e6)) for row in anomalies}
+    expected = {(SCENARIO.anomalous_client, start) for start in SCENARIO.anomaly_window_starts_us(60_000_000)}
+    assert found == expected
+    assert summary["anomalies"] == len(expected)
+    evidence = json.loads(anomalies[0]["evidence"])
+    assert {"lambda", "mean", "D", "Delta", "Z", "eta", "C2", "Ra"} <= set(evidence)
+
+
+def test_gaussian_reports_the_injected_host(zeek_logs, tmp_path):
+    detect(zeek_logs, tmp_path, "--detector", "gaussian")
+    anomalies = pq.read_table(tmp_path / "anomalies").to_pylist()
+    burst = set(SCENARIO.anomaly_window_starts_us(60_000_000))
+    flagged = {int(row["window_start"].timestamp() * 1e6) for row in anomalies
+               if row["key"] == SCENARIO.anomalous_client and row["feature"] == "records"}
+    assert burst <= flagged
+    scores = pq.read_table(tmp_path / "scores")
+    features = pq.read_table(tmp_path / "features")
+    assert scores.num_rows == features.num_rows * 3  # records, distinct_names, nxdomain_ratio
+    assert sum(features.column("records").to_pylist()) == data_lines(
+        zeek_logs / SCENARIO.day.isoformat() / "dns.log")
+
+
+@pytest.mark.runners
+def test_same_bytes_on_every_runner_and_every_run(zeek_logs, tmp_path):
+    runs = {
+        "direct": [],
+        "direct-again": [],
+        "multi-processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
+    }
+    outputs = {}
+    for seed, (name, options) in enumerate(runs.items()):
+        out = tmp_path / name
+        # A subprocess per run: runners keep process-wide state that must not leak between them.
+        command = [sys.executable, "-m", "beamlytics.pipelines.cli", "detect", "--table", "dns",
+                   "--detector", "spot", "--n-init", "20", "--output", str(out), *options, str(zeek_logs)]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        outputs[name] = output_bytes(out)
+    reference = outputs.pop("direct")
+    assert any(path.startswith("anomalies/") for path in reference)
+    for name, files in outputs.items():
+        assert files == reference, name
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "beamlytics.pipelines.cli", *args],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detect", "--table", "dns", "--output", "OUT", "/no/such/folder"], "no such file or folder: /no/such/folder"),
+    (["detect", "--table", "dns", "--output", "OUT", "--widow", "60s", "."], "unrecognised option: --widow"),
+    (["detect", "--table", "dns", "--output", "OUT", "--q", "0.1", "."], "--q does not apply to the gaussian detector"),
+    (["detect", "--table", "dns", "--output", "OUT", "--window", "sixty", "."], "not a duration"),
+    (["detect", "--table", "dns", "--output", "OUT", "--features", "bogus", "."], "unknown feature(s) for dns: bogus"),
+])
+def test_user_errors_end_with_one_clear_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
