@@ -169,6 +169,8 @@ def join_labels(scores: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFram
 
 def window_length(scores: pd.DataFrame) -> pd.Timedelta:
     lengths = (to_utc(scores["window_end"]) - to_utc(scores["window_start"])).unique()
+    if len(lengths) == 0:
+        raise ValueError("no scored windows: nothing to evaluate (see the run's summary.json and rejected/)")
     if len(lengths) != 1:
         raise ValueError(f"scores mix window lengths {sorted(lengths)}: evaluate one run at a time")
     return pd.Timedelta(lengths[0])

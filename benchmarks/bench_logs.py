@@ -51,7 +51,7 @@ def measure(name: str, data: bytes, run, reference_name: str, reference) -> Resu
     return Result(name, lines / best_seconds(run), "lines/s", reference_name, lines / best_seconds(reference))
 
 
-def main() -> None:
+def run() -> list[Result]:
     squid_data = b"".join(
         replicated(DATA_DIR / f"logs/squid/{name}", False) for name in ("beats_access1.log", "beats_access2.log"))
     tcp = replicated(DATA_DIR / "logs/tstat/dazn_1mbit_exp0/log_tcp_complete", True)
@@ -67,9 +67,9 @@ def main() -> None:
         measure("bind queries -> dns", bind_data, lambda: parse_all(bind, bind_data, "queries", "dns"),
                 "line.split() loop", lambda: split_loop(bind_data)),
     ]
-    for result in results:
-        print(result.line())
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    for result in run():
+        print(result.line())

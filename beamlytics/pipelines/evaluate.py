@@ -41,17 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         labels = evaluation.read_labels(args.labels)
-        runs = _scored_runs(args)
+        rows = []
+        for name, window_seconds, beta, scores_dir in _scored_runs(args):
+            joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
+            cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
+            for row in evaluation.evaluate(joined, cut):
+                rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
+                             "unscored_positives": unscored, **row})
     except (OSError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"beamlytics evaluate: error: {error}", file=sys.stderr)
         return 2
-    rows = []
-    for name, window_seconds, beta, scores_dir in runs:
-        joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
-        cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
-        for row in evaluation.evaluate(joined, cut):
-            rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
-                         "unscored_positives": unscored, **row})
     results = evaluation.results_table(rows)
     print(evaluation.format_results(results))
     csv_path, png_path = evaluation.write_report(results, args.output)

@@ -1,0 +1,31 @@
+"""Every benchmark, one after the other: `python -m benchmarks.run` (add names to pick some).
+
+Each compares beamlytics with a reference measured in the same run, so ratios hold across
+machines; absolute rates depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_detect, bench_logs, bench_pcap_dns, bench_pcap_flows, bench_poisson, bench_spot, bench_zeek
+
+BENCHMARKS = {
+    "zeek": bench_zeek, "logs": bench_logs, "pcap_dns": bench_pcap_dns, "pcap_flows": bench_pcap_flows,
+    "spot": bench_spot, "poisson": bench_poisson, "detect": bench_detect,
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names or BENCHMARKS:
+        print(f"== {name}", flush=True)
+        for result in BENCHMARKS[name].run():
+            print(result.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
