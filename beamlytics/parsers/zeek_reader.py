@@ -403,9 +403,12 @@ def cast_lenient(values: pa.Array, to: pa.DataType) -> pa.Array:
 
 def _micros_from_seconds(seconds: pa.Array) -> pa.Array:
     """Seconds (any numeric type) to rounded int64 microseconds; null where not finite or too big."""
-    micros = pc.multiply(seconds.cast(pa.float64()), 1e6)
-    usable = pc.and_(pc.is_finite(micros), pc.less(pc.abs(micros), 9e18))
-    return pc.if_else(usable, pc.round(micros), None).cast(_MICROS)
+    micros = pc.round(pc.multiply(seconds.cast(pa.float64()), 1e6))
+    try:
+        return micros.cast(_MICROS)  # refuses NaN, infinities and overflow: then screen them out
+    except pa.ArrowInvalid:
+        usable = pc.and_(pc.is_finite(micros), pc.less(pc.abs(micros), 9e18))
+        return pc.if_else(usable, micros, None).cast(_MICROS)
 
 
 def unescape(values: pa.Array) -> pa.Array:
