@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beamlytics.parsers import zeek
-from beamlytics.parsers.base import Batch, Rejected
+from beamlytics.parsers.base import Batch, Rejected, open_input
 from tests.conftest import shared_data
 
 PROVENANCE = ("source_tool", "source_file", "source_pos")
@@ -821,6 +821,14 @@ def test_real_corrupt_gzip_keeps_the_readable_prefix():
     assert rows == [dict(r, source_file="test.log") for r in clean[:kept]]
     assert len(rejected) == 1
     assert rejected[0].position == prefix.count(b"\n") + 1 and "unreadable" in rejected[0].reason
+
+    # Through the pipeline's opener, which buffers the decompressor once more: the read step
+    # that hit the damage is lost with it, but what is kept is still a clean prefix and the
+    # rest is one rejection starting right after it.
+    rows, rejected, units = parse(b"", "http", stream=open_input(str(path)))
+    assert 0 < len(rows) == units <= kept
+    assert rows == [dict(r, source_file="test.log") for r in clean[: len(rows)]]
+    assert [r.position for r in rejected] == [rows[-1]["source_pos"] + 1]
 
 
 def test_real_header_only_log():

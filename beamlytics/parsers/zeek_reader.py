@@ -37,9 +37,10 @@ SOURCE_TOOL = "zeek"
 # ones bound how much a bad line sends down the slow path.
 BLOCK_BYTES = 8 << 20
 ARROW_BLOCK_BYTES = 1 << 20
-# read1 returns what one underlying read produced, so when a stream breaks only that last
-# step is lost; the pieces are joined into blocks.
-READ_BYTES = 256 << 10
+# read1 returns what one underlying read produced, so when a decompressor breaks only that
+# last step is lost. Kept at io's default buffer size: a stream wrapped in a BufferedReader
+# reads its raw stream in steps of that size, and a larger read1 would be one larger step.
+READ_BYTES = io.DEFAULT_BUFFER_SIZE
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 
 # Every Zeek record has its time; a row without one could not be placed in any window.
@@ -140,7 +141,7 @@ def apply_header_line(header: Header, line: bytes) -> Header:
 
 @dataclass(frozen=True)
 class LineRun:
-    data: bytes  # whole lines, each ending in b"\n"
+    data: bytes | bytearray  # whole lines, each ending in b"\n"
     first_line: int
     lines: int
     is_header: bool  # one `#` line, or a run of data lines
@@ -161,45 +162,51 @@ def line_runs(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
 
 def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
     """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off)."""
-    read = getattr(stream, "read1", stream.read)
-    pending: list[bytes] = []  # pieces read since the last block; only the last may hold a cut
-    size, line = 0, 1
+    readinto = getattr(stream, "readinto1", None) or stream.readinto
+    tail, line = b"", 1  # the unfinished line carried into the next block
     while True:
-        try:
-            piece = read(READ_BYTES)
-        except READ_ERRORS as error:
-            block, tail = _whole_lines(pending, line)
-            if block is not None:
-                yield block
-                line += block.lines
+        block, ended, error = _fill_block(readinto, tail)
+        if ended and error is None:
+            if block:
+                block += b"" if block.endswith(b"\n") else b"\n"  # the last line may lack its newline
+                yield LineRun(block, line, count_lines(block), is_header=False)
+            return
+        cut = block.rfind(b"\n") + 1
+        tail = bytes(block[cut:])  # all of it when one line outgrows a block: read on
+        if cut:
+            del block[cut:]
+            run = LineRun(block, line, count_lines(block), is_header=False)
+            yield run
+            line += run.lines
+        if error is not None:
             reason = f"input unreadable from line {line} on: {type(error).__name__}: {error}"
             yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
             return
-        if not piece:
-            data = b"".join(pending)
-            if data:
-                data += b"" if data.endswith(b"\n") else b"\n"  # the last line may lack its newline
-                yield LineRun(data, line, count_lines(data), is_header=False)
-            return
-        pending.append(piece)
-        size += len(piece)
-        if size >= BLOCK_BYTES and b"\n" in piece:
-            block, tail = _whole_lines(pending, line)
-            yield block
-            line += block.lines
-            pending, size = [tail], len(tail)
 
 
-def _whole_lines(pieces: list[bytes], first_line: int) -> tuple[LineRun | None, bytes]:
-    """The whole lines of `pieces` as one run, and the unfinished line after them."""
-    last = pieces[-1] if pieces else b""
-    cut = last.rfind(b"\n") + 1
-    if not cut:  # no newline in the last piece: look back (only lines longer than a read)
-        data = b"".join(pieces)
-        cut = data.rfind(b"\n") + 1
-        return (LineRun(data[:cut], first_line, count_lines(data[:cut]), False) if cut else None), data[cut:]
-    data = b"".join([*pieces[:-1], last[:cut]])
-    return LineRun(data, first_line, count_lines(data), is_header=False), last[cut:]
+def _fill_block(
+    readinto: Callable[[memoryview], int | None], tail: bytes
+) -> tuple[bytearray, bool, BaseException | None]:
+    """`tail` and then up to BLOCK_BYTES from the stream, read in place (no piece copied twice).
+
+    Returns the bytes, whether the stream ended before the block was full, and the error
+    that ended it, if any.
+    """
+    block = bytearray(len(tail) + BLOCK_BYTES)
+    block[: len(tail)] = tail
+    filled, error, size = len(tail), None, len(block)
+    with memoryview(block) as view:
+        try:
+            while filled < size:
+                count = readinto(view[filled : filled + READ_BYTES])
+                if not count:
+                    break
+                filled += count
+        except READ_ERRORS as exc:
+            error = exc
+    ended = filled < size
+    del block[filled:]
+    return block, ended, error
 
 
 def count_lines(data: bytes) -> int:
@@ -217,7 +224,7 @@ def _split_header_lines(block: LineRun) -> Iterator[LineRun]:
     while position < len(data):
         if position == next_header:
             end = data.index(b"\n", position) + 1
-            yield LineRun(data[position:end], line, 1, is_header=True)
+            yield LineRun(bytes(data[position:end]), line, 1, is_header=True)
             line += 1
             next_header = _next_header_line(data, end)
         else:
@@ -269,7 +276,7 @@ def read_clean(
         problem = f"unreadable: {error}"
     if run.lines == 1:
         reason = explain(run.data) or problem
-        yield Rejected(source, run.first_line, reason, excerpt(run.data.rstrip(b"\r\n")), SOURCE_TOOL)
+        yield Rejected(source, run.first_line, reason, excerpt(bytes(run.data.rstrip(b"\r\n"))), SOURCE_TOOL)
         return
     half = run.lines // 2
     middle = _nth_line_end(run.data, half)
@@ -596,7 +603,7 @@ def _read_run(
 
 def _reject_each_line(source: str, run: LineRun, reason: str) -> Iterator[Rejected]:
     for offset, line in enumerate(run.data.splitlines()):
-        yield Rejected(source, run.first_line + offset, reason, excerpt(line), SOURCE_TOOL)
+        yield Rejected(source, run.first_line + offset, reason, excerpt(bytes(line)), SOURCE_TOOL)
 
 
 def _records(
@@ -639,7 +646,7 @@ def _reject_bad_rows(
             reasons.setdefault(int(row), reason)
     lines = run.data.split(b"\n")
     for row in sorted(reasons):
-        yield Rejected(source, run.first_line + row, reasons[row], excerpt(lines[row]), SOURCE_TOOL)
+        yield Rejected(source, run.first_line + row, reasons[row], excerpt(bytes(lines[row])), SOURCE_TOOL)
     good = np.ones(len(lines) - 1, dtype=bool)
     good[list(reasons)] = False
     return pa.array(good)
