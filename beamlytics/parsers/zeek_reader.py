@@ -227,13 +227,18 @@ def _split_header_lines(block: LineRun) -> Iterator[LineRun]:
             yield LineRun(bytes(data[position:end]), line, 1, is_header=True)
             line += 1
             next_header = _next_header_line(data, end)
+        elif next_header < 0:
+            # The run to the end of the block has the block's remaining lines (no recount);
+            # a bytearray drops the lines before it in place, where slicing would copy the rest.
+            if isinstance(data, bytearray):
+                del data[:position]
+            else:
+                data = data[position:]
+            yield LineRun(data, line, block.first_line + block.lines - line, is_header=False)
+            return
         else:
-            end = len(data) if next_header < 0 else next_header
-            # A run reaching the end of the block has the block's remaining lines: no recount.
-            lines = (
-                block.first_line + block.lines - line if end == len(data) else count_lines(data[position:end])
-            )
-            run = LineRun(data[position:end], line, lines, is_header=False)
+            end = next_header
+            run = LineRun(data[position:end], line, count_lines(data[position:end]), is_header=False)
             yield run
             line += run.lines
         position = end
