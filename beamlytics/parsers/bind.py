@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem
-from beamlytics.parsers.squid import (
+from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
     blank_mask,

@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Rejected, RowBuffer, excerpt
 from beamlytics.schemas import flags_string
-from beamlytics.parsers.squid import (
+from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
     blank_mask,

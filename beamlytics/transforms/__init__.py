@@ -1,1 +1,11 @@
-"""Composite PTransforms: read and normalize, window features, score, write."""
+"""Composite PTransforms: read and normalize, window features, score, write.
+
+Each is usable in a pipeline of your own; see the README for a ten-line example.
+"""
+from beamlytics.transforms.read import ReadRecords
+from beamlytics.transforms.score import ScoreEndpoints, anomalies
+from beamlytics.transforms.windows import WindowFeatures
+from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary
+
+__all__ = ["ReadRecords", "ScoreEndpoints", "WindowFeatures", "WriteBatches", "WriteSortedParquet", "WriteSummary",
+           "anomalies"]
