@@ -250,7 +250,7 @@ def test_columns_are_found_by_name_not_position():
         utc("1970-01-01T00:00:10.5"),
     )
     # Columns the log does not have are null, not guessed.
-    assert (row["proto"], row["resp_code"], row["answers"], row["flags"]) == (None, None, None, "")
+    assert (row["proto"], row["resp_code"], row["answers"], row["flags"]) == (None, None, None, None)
 
 
 def test_bad_lines_are_rejected_with_line_number_and_reason():

@@ -376,7 +376,7 @@ def json_reader(data: bytes) -> pa.Table:
     # given a block of its own size.
     block_size = ARROW_BLOCK_BYTES if len(data) > ARROW_BLOCK_BYTES else len(data) + 1
     read_options = pa_json.ReadOptions(use_threads=True, block_size=block_size)
-    return pa_json.read_json(io.BytesIO(data), read_options=read_options)
+    return pa_json.read_json(pa.BufferReader(pa.py_buffer(data)), read_options=read_options)
 
 
 def json_explainer(line: bytes) -> str | None:

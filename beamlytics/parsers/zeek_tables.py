@@ -109,10 +109,13 @@ def _code_names(codes: pa.Array, name_of: Callable[[int], str]) -> pa.Array:
 
 
 def _dns_flags(columns: dict[str, pa.Array]) -> pa.Array:
+    """Flags from the AA/TC/RD/RA booleans; null where the log has none of them."""
     code = np.zeros(len(columns["AA"]), dtype=np.int64)
+    logged = np.zeros(len(code), dtype=bool)
     for flag in _DNS_FLAG_BITS:
         code = code * 2 + pc.fill_null(columns[flag], False).to_numpy(zero_copy_only=False)
-    return pc.take(_DNS_FLAG_STRINGS, pa.array(code))
+        logged |= columns[flag].is_valid().to_numpy(zero_copy_only=False)
+    return pc.take(_DNS_FLAG_STRINGS, pa.array(code, mask=~logged))
 
 
 def _whole_seconds(micros_lists: pa.ListArray) -> pa.Array:
