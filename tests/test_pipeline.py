@@ -1,4 +1,5 @@
 """The `beamlytics` command end to end, on synthetic Zeek logs with a known anomaly."""
+import datetime as dt
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 from beamlytics import synthetic
 from beamlytics.pipelines import cli
+from tests.conftest import shared_data
 
 SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", anomaly_start_minute=40,
                               anomaly_minutes=3)
@@ -106,3 +108,62 @@ def test_user_errors_end_with_one_clear_line(args, message):
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def rejected_rows(out):
+    return pq.read_table(Path(out) / "rejected").to_pylist()
+
+
+def test_parse_writes_the_table_and_dead_letters_what_it_cannot_read(zeek_logs, tmp_path):
+    day = zeek_logs / SCENARIO.day.isoformat()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "dns.log").write_bytes((day / "dns.log").read_bytes())
+    (inputs / "notes.bin").write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "out"
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), str(inputs)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = pq.read_table(out / "dns")
+    assert records.num_rows == summary["records"] == summary["parsed"] == data_lines(day / "dns.log")
+    assert summary["rejected"] == 1 and summary["read"] == summary["parsed"] + 1
+    [rejected] = rejected_rows(out)
+    assert rejected["source_file"].endswith("notes.bin") and rejected["position"] == 0
+    assert rejected["reason"] == "unrecognised format"
+    positions = sorted(records.column("source_pos").to_pylist())
+    assert positions[0] > 8  # line numbers count the header lines: the first record follows them
+
+
+def test_day_range_selects_folders_and_record_times(tmp_path):
+    for day in ("2024-05-01", "2024-05-02"):
+        synthetic.write_zeek_logs(str(tmp_path / "zeek"), synthetic.Scenario(
+            day=dt.date.fromisoformat(day), hours=1, clients=3, anomalous_client="10.0.0.2"))
+    out = tmp_path / "out"
+    assert cli.main(["parse", "--table", "dns", "--start-day", "2024-05-02", "--output", str(out),
+                     str(tmp_path / "zeek")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"] == 1
+    assert summary["records"] == data_lines(tmp_path / "zeek" / "2024-05-02" / "dns.log")
+    days = {t.date().isoformat() for t in pq.read_table(out / "dns").column("req_time").to_pylist()}
+    assert days == {"2024-05-02"}
+
+
+def test_real_zeek_folder_runs_through_with_bad_files_dead_lettered(tmp_path):
+    zeek = shared_data("logs/zeek")
+    summary = detect(zeek, tmp_path, "--table", "http")
+    assert summary["read"] == summary["parsed"] + summary["rejected"]
+    reasons = {Path(row["source_file"]).name: row["reason"] for row in rejected_rows(tmp_path)}
+    assert "http.log.corrupt.gz" in reasons
+    assert summary["records"] > 0 and summary["windows"] > 0
+
+
+def test_format_auto_recognises_every_tool(tmp_path):
+    samples = {
+        "zeek": shared_data("logs/zeek/zat_tsv/dns.log"),
+        "bind": shared_data("logs/bind/bind_query_log_lines_from_public_sources.log"),
+        "tstat": shared_data("logs/tstat/dazn_1mbit_exp0/log_dns_complete"),
+        "pcap": shared_data("pcaps/dns/dsc_dnso1tcp.pcap"),
+    }
+    out = tmp_path / "out"
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), *map(str, samples.values())]) == 0
+    tools = set(pq.read_table(out / "dns").column("source_tool").to_pylist())
+    assert tools == set(samples)
