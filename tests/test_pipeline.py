@@ -167,3 +167,27 @@ def test_format_auto_recognises_every_tool(tmp_path):
     assert cli.main(["parse", "--table", "dns", "--output", str(out), *map(str, samples.values())]) == 0
     tools = set(pq.read_table(out / "dns").column("source_tool").to_pylist())
     assert tools == set(samples)
+
+
+def test_calibrating_on_a_baseline_run_equals_a_training_period(tmp_path):
+    """Day 1 calibrates, day 2 is monitored: by an earlier run's features, or by --train-until."""
+    logs = tmp_path / "zeek"
+    for day in ("2024-05-01", "2024-05-02"):
+        synthetic.write_zeek_logs(str(logs), synthetic.Scenario(
+            day=dt.date.fromisoformat(day), hours=2, clients=4, anomalous_client="10.0.0.2",
+            anomaly_start_minute=60, seed=int(day[-1])))
+    spot = ["--detector", "spot", "--n-init", "30", "--q", "1e-3"]
+    detect(logs / "2024-05-01", tmp_path / "day1", *spot)
+    detect(logs / "2024-05-02", tmp_path / "day2", *spot, "--baseline", str(tmp_path / "day1" / "features"))
+    detect(logs, tmp_path / "both", *spot, "--train-until", "2024-05-02T00:00:00")
+
+    by_baseline = pq.read_table(tmp_path / "day2" / "scores")
+    by_period = pq.read_table(tmp_path / "both" / "scores")
+    assert by_baseline.num_rows > 0
+    assert by_baseline.equals(by_period)
+    # A varying series is calibrated by day 1 alone; a constant one (nxdomain_ratio is 0 on normal
+    # days) has no tail for SPOT to fit and honestly stays calibrating.
+    records = [row["status"] for row in by_baseline.to_pylist() if row["feature"] == "records"]
+    assert records and "calibrating" not in records
+    found = pq.read_table(tmp_path / "day2" / "anomalies").column("key").to_pylist()
+    assert "10.0.0.2" in found
