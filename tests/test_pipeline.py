@@ -172,10 +172,10 @@ def test_format_auto_recognises_every_tool(tmp_path):
 def test_calibrating_on_a_baseline_run_equals_a_training_period(tmp_path):
     """Day 1 calibrates, day 2 is monitored: by an earlier run's features, or by --train-until."""
     logs = tmp_path / "zeek"
-    for day in ("2024-05-01", "2024-05-02"):
+    for day, burst_minutes in (("2024-05-01", 0), ("2024-05-02", 5)):  # a normal day, then one with a burst
         synthetic.write_zeek_logs(str(logs), synthetic.Scenario(
             day=dt.date.fromisoformat(day), hours=2, clients=4, anomalous_client="10.0.0.2",
-            anomaly_start_minute=60, seed=int(day[-1])))
+            anomaly_start_minute=60, anomaly_minutes=burst_minutes, seed=int(day[-1])))
     spot = ["--detector", "spot", "--n-init", "30", "--q", "1e-3"]
     detect(logs / "2024-05-01", tmp_path / "day1", *spot)
     detect(logs / "2024-05-02", tmp_path / "day2", *spot, "--baseline", str(tmp_path / "day1" / "features"))
