@@ -21,7 +21,7 @@ import re
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +50,6 @@ _MICROS = pa.int64()
 _TSV_PARSED_TYPES = {"micros": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
 _SECONDS_PATTERN = r"^-?[0-9]+(\.[0-9]*)?$"
 _INTEGER_PATTERN = r"^-?[0-9]{1,18}$"
-_CSV_COLUMN = re.compile(r"In CSV column #(\d+): ")
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
@@ -257,37 +256,73 @@ def _next_header_line(data: bytes, start: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Arrow readers with the bisecting fallback
+# Arrow readers, with fallbacks that narrow bad input down to its lines
 
-TableReader = Callable[[bytes], pa.Table]
 Explainer = Callable[[bytes], "str | None"]
+# Reads a run in one go, skipping bad lines: the table and the 0-based indexes of the lines
+# skipped, or None when it cannot tell which lines those were.
+Salvager = Callable[[bytes, int], "tuple[pa.Table, list[int]] | None"]
 
 
-def read_clean(
-    source: str, run: LineRun, read: TableReader, explain: Explainer
-) -> Iterator[tuple[pa.Table, LineRun] | Rejected]:
-    """Tables of the lines of `run` that Arrow reads, and a `Rejected` for each line it does not.
+@dataclass(frozen=True)
+class Reader:
+    read: Callable[[bytes], pa.Table]  # fast: fails, or miscounts, on any bad line
+    explain: Explainer  # why one line is bad, when the reader's own message is not clear
+    salvage: Salvager | None = None
 
-    Yields (table, the lines it was read from). A run is clean when Arrow reads it and
-    returns exactly one row per line; otherwise it is halved.
+
+@dataclass(frozen=True)
+class CleanRows:
+    table: pa.Table
+    run: LineRun  # the lines the table was read from
+    positions: np.ndarray  # the line number of each row (lines skipped as bad are not there)
+
+
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError)
+
+
+def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows | Rejected]:
+    """The rows of `run` that Arrow reads, and a `Rejected` for each line it does not.
+
+    A run is clean when the fast read returns exactly one row per line. Otherwise the
+    salvage read (if any) skips the bad lines in one pass; failing that, the run is halved
+    until the bad lines stand alone.
     """
     try:
-        table = read(run.data)
+        table = reader.read(run.data)
         if table.num_rows == run.lines:
-            yield table, run
+            yield CleanRows(table, run, np.arange(run.first_line, run.first_line + run.lines))
             return
         problem = f"reader returned {table.num_rows} rows for {run.lines} lines"
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError) as error:
+    except _READ_ERRORS as error:
         problem = f"unreadable: {error}"
+    salvaged = reader.salvage(run.data, run.lines) if reader.salvage is not None else None
+    if salvaged is not None:
+        table, skipped = salvaged
+        lines = run.data.split(b"\n")
+        for index in skipped:
+            reason = reader.explain(lines[index]) or problem
+            yield Rejected(source, run.first_line + index, reason, excerpt(bytes(lines[index])), SOURCE_TOOL)
+        kept = np.setdiff1d(np.arange(run.lines), skipped)
+        yield CleanRows(table, run, run.first_line + kept)
+        return
     if run.lines == 1:
-        reason = explain(run.data) or problem
+        reason = reader.explain(run.data) or problem
         yield Rejected(source, run.first_line, reason, excerpt(bytes(run.data.rstrip(b"\r\n"))), SOURCE_TOOL)
         return
     half = run.lines // 2
     middle = _nth_line_end(run.data, half)
-    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), read, explain)
-    rest = LineRun(run.data[middle:], run.first_line + half, run.lines - half, False)
-    yield from read_clean(source, rest, read, explain)
+    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), reader)
+    yield from read_clean(
+        source, LineRun(run.data[middle:], run.first_line + half, run.lines - half, False), reader
+    )
+
+
+def _lines_with_stray_cr(data: bytes) -> list[int]:
+    """Indexes of lines holding a carriage return other than a CRLF ending."""
+    if b"\r" not in data:
+        return []
+    return [index for index, line in enumerate(data.split(b"\n")[:-1]) if b"\r" in line[:-1]]
 
 
 def _nth_line_end(data: bytes, count: int) -> int:
@@ -296,15 +331,17 @@ def _nth_line_end(data: bytes, count: int) -> int:
     return int(newlines[count - 1]) + 1
 
 
-def tsv_reader(header: Header, wanted: Mapping[str, str]) -> TableReader:
+def tsv_reader(header: Header, wanted: Mapping[str, str]) -> Reader:
     """Read TSV data lines, materialising only the wanted columns present.
 
-    Arrow parses scalars itself (in C++, on all cores): times and intervals as float64
-    seconds, counts as int64, T/F as bool, and the unset marker as null in every column.
-    Containers stay text, split later. A value Arrow cannot parse fails the block, and
-    `read_clean` narrows that down to the line. A column whose `#types` entry is not the
-    kind we expect (a script that logs `ts` as a string) is read as text and converted
-    value by value, so its bad values cost a rejected row, not a slow block.
+    Fast read: Arrow parses scalars itself (in C++, on all cores): times and intervals as
+    float64 seconds, counts as int64, T/F as bool, and the unset marker as null in every
+    column. Containers stay text, split later. A column whose `#types` entry is not the
+    kind we expect (a script that logs `ts` as a string) is read as text.
+
+    Salvage read, when a run fails: every column as text, on one thread, so that Arrow
+    numbers the lines with the wrong number of fields as it skips them. Values that do
+    not parse are then found column by column during conversion.
     """
     assert header.fields is not None
     fields = header.fields
@@ -317,36 +354,63 @@ def tsv_reader(header: Header, wanted: Mapping[str, str]) -> TableReader:
             return pa.string()
         return _TSV_PARSED_TYPES.get(kind, pa.string())
 
-    read_options = pa_csv.ReadOptions(
-        column_names=list(header.fields), use_threads=True, block_size=ARROW_BLOCK_BYTES
-    )
-    parse_options = pa_csv.ParseOptions(
-        delimiter=header.separator.decode("latin-1"),
-        quote_char=False,
-        double_quote=False,
-        escape_char=False,
-        newlines_in_values=False,
-        ignore_empty_lines=False,  # an empty line is a bad line, not nothing
-    )
-    convert_options = pa_csv.ConvertOptions(
-        column_types={name: parsed_type(name) for name in present},
-        include_columns=present,
-        null_values=[header.unset_field],
-        true_values=["T"],
-        false_values=["F"],
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-    )
+    def options(column_types: Mapping[str, pa.DataType], **parse: Any) -> tuple:
+        return (
+            pa_csv.ReadOptions(
+                column_names=list(fields), use_threads=not parse, block_size=ARROW_BLOCK_BYTES
+            ),
+            pa_csv.ParseOptions(
+                delimiter=header.separator.decode("latin-1"),
+                quote_char=False,
+                double_quote=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,  # an empty line is a bad line, not nothing
+                **parse,
+            ),
+            pa_csv.ConvertOptions(
+                column_types=column_types,
+                include_columns=present,
+                null_values=[header.unset_field],
+                true_values=["T"],
+                false_values=["F"],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+
+    fast = options({name: parsed_type(name) for name in present})
 
     def read(data: bytes) -> pa.Table:
-        try:
-            return pa_csv.read_csv(pa.py_buffer(data), read_options, parse_options, convert_options)
-        except pa.ArrowInvalid as error:
-            # Name the field rather than Arrow's column number.
-            message = _CSV_COLUMN.sub(lambda match: f"field {fields[int(match.group(1))]}: ", str(error))
-            raise pa.ArrowInvalid(message) from error
+        return pa_csv.read_csv(pa.py_buffer(data), *fast)
 
-    return read
+    def salvage(data: bytes, lines: int) -> tuple[pa.Table, list[int]] | None:
+        # Arrow ends a row at a lone carriage return too: set such lines aside first, or
+        # its rows would no longer be our lines.
+        split_by_cr, kept = _lines_with_stray_cr(data), None
+        if split_by_cr:
+            parts = data.split(b"\n")[:-1]
+            kept = np.setdiff1d(np.arange(lines), split_by_cr)
+            data = b"".join(parts[index] + b"\n" for index in kept)
+        skipped: list[int | None] = []
+
+        def skip(row: Any) -> str:
+            skipped.append(row.number)
+            return "skip"
+
+        as_text = options({name: pa.string() for name in present}, invalid_row_handler=skip)
+        try:
+            table = pa_csv.read_csv(pa.py_buffer(data), *as_text)
+        except _READ_ERRORS:
+            return None
+        if None in skipped or table.num_rows + len(skipped) + len(split_by_cr) != lines:
+            return None
+        indexes = [number - 1 for number in skipped]
+        if kept is not None:
+            indexes = sorted(split_by_cr + [int(kept[index]) for index in indexes])
+        return table, indexes
+
+    return Reader(read, tsv_explainer(header), salvage)
 
 
 def tsv_explainer(header: Header) -> Explainer:
@@ -387,6 +451,9 @@ def json_explainer(line: bytes) -> str | None:
     if not isinstance(value, dict):
         return "not a JSON object"
     return None
+
+
+JSON_READER = Reader(json_reader, json_explainer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -557,7 +624,7 @@ def _read_tsv_runs(
     source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]
 ) -> Iterator[Records | Rejected]:
     header = Header()
-    reader: TableReader | None = None
+    reader: Reader | None = None
     for run in runs:
         if isinstance(run, Rejected):
             yield run
@@ -576,7 +643,7 @@ def _read_tsv_runs(
             ) -> tuple[pa.Array, Bad]:
                 return text_column(raw, zeek_type, header, escapes)
 
-            yield from _read_run(source, run, wanted, reader, tsv_explainer(header), convert)
+            yield from _read_run(source, run, wanted, reader, convert)
 
 
 def _read_json_runs(
@@ -588,22 +655,17 @@ def _read_json_runs(
         elif run.is_header:
             yield from _reject_each_line(source, run, "not a JSON object")
         else:
-            yield from _read_run(source, run, wanted, json_reader, json_explainer, json_column)
+            yield from _read_run(source, run, wanted, JSON_READER, json_column)
 
 
 def _read_run(
-    source: str,
-    run: LineRun,
-    wanted: Mapping[str, str],
-    read: TableReader,
-    explain: Explainer,
-    convert: Converter,
+    source: str, run: LineRun, wanted: Mapping[str, str], reader: Reader, convert: Converter
 ) -> Iterator[Records | Rejected]:
-    for item in read_clean(source, run, read, explain):
+    for item in read_clean(source, run, reader):
         if isinstance(item, Rejected):
             yield item
         else:
-            yield from _records(source, *item, wanted, convert)
+            yield from _records(source, item, wanted, convert)
 
 
 def _reject_each_line(source: str, run: LineRun, reason: str) -> Iterator[Rejected]:
@@ -612,10 +674,10 @@ def _reject_each_line(source: str, run: LineRun, reason: str) -> Iterator[Reject
 
 
 def _records(
-    source: str, table: pa.Table, run: LineRun, wanted: Mapping[str, str], convert: Converter
+    source: str, clean: CleanRows, wanted: Mapping[str, str], convert: Converter
 ) -> Iterator[Records | Rejected]:
     """Convert the wanted columns of a clean table; rows with an unreadable value are rejected."""
-    rows = table.num_rows
+    table, rows = clean.table, clean.table.num_rows
     columns: dict[str, pa.Array] = {}
     problems: list[tuple[str, str, pa.Array, pa.Array]] = []  # field, type, raw, bad
     for name, zeek_type in wanted.items():
@@ -628,9 +690,9 @@ def _records(
             bad = columns[name].is_null()  # unset or unreadable alike
         if bad is not None:
             problems.append((name, zeek_type, raw, bad))
-    positions = pa.array(np.arange(run.first_line, run.first_line + rows, dtype=np.int64))
+    positions = pa.array(clean.positions, pa.int64())
     if problems:
-        good = yield from _reject_bad_rows(source, run, problems)
+        good = yield from _reject_bad_rows(source, clean, problems)
         columns = {name: values.filter(good) for name, values in columns.items()}
         positions = positions.filter(good)
     if len(positions):
@@ -638,7 +700,7 @@ def _records(
 
 
 def _reject_bad_rows(
-    source: str, run: LineRun, problems: list[tuple[str, str, pa.Array, pa.Array]]
+    source: str, clean: CleanRows, problems: list[tuple[str, str, pa.Array, pa.Array]]
 ) -> Generator[Rejected, None, pa.Array]:
     """Reject each row with a bad value, naming the first one; returns the mask of good rows."""
     reasons: dict[int, str] = {}
@@ -649,9 +711,13 @@ def _reject_bad_rows(
                 f"no value for {name}" if value is None else f"bad {zeek_type} value in {name}: {value!r}"
             )
             reasons.setdefault(int(row), reason)
-    lines = run.data.split(b"\n")
+    lines = clean.run.data.split(b"\n")
     for row in sorted(reasons):
-        yield Rejected(source, run.first_line + row, reasons[row], excerpt(bytes(lines[row])), SOURCE_TOOL)
-    good = np.ones(len(lines) - 1, dtype=bool)
+        position = int(clean.positions[row])
+        line = lines[position - clean.run.first_line]
+        # Arrow reads an empty line as a row of empty values: say what it really was.
+        reason = reasons[row] if line.strip() else "empty line"
+        yield Rejected(source, position, reason, excerpt(bytes(line)), SOURCE_TOOL)
+    good = np.ones(clean.table.num_rows, dtype=bool)
     good[list(reasons)] = False
     return pa.array(good)
