@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.parsers.base import Batch, Rejected
-from beamlytics.parsers.zeek_reader import SOURCE_TOOL, Records, cast_lenient
+from beamlytics.parsers.zeek_columns import cast_lenient, list_offsets
+from beamlytics.parsers.zeek_reader import SOURCE_TOOL, Records
 
 ENDPOINT_FIELDS = {"id.orig_h": "addr", "id.orig_p": "port", "id.resp_h": "addr", "id.resp_p": "port"}
 
@@ -120,13 +121,12 @@ def _dns_flags(columns: dict[str, pa.Array]) -> pa.Array:
 
 def _whole_seconds(micros_lists: pa.ListArray) -> pa.Array:
     seconds = pc.divide(micros_lists.flatten(), 1_000_000)
-    return pa.ListArray.from_arrays(micros_lists.offsets, seconds, mask=micros_lists.is_null())
+    return pa.ListArray.from_arrays(list_offsets(micros_lists), seconds, mask=micros_lists.is_null())
 
 
 def _first_elements(lists: pa.ListArray) -> pa.Array:
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
-    offsets = lists.offsets.to_numpy()
-    starts = offsets[:-1] - offsets[0]
+    starts = list_offsets(lists).to_numpy()[:-1]
     return pc.take(lists.flatten(), pa.array(starts, mask=lengths == 0))
 
 
