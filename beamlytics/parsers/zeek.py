@@ -3,8 +3,9 @@
 Both of Zeek's renderings are read: the ASCII TSV log, always by its own `#` headers
 (layouts differ between Bro 2.x and Zeek 6/7, extra columns are common, a header block may
 start again mid-file), and the JSON log (one object per line, `ts` as epoch seconds or ISO
-8601). How lines become columns is in `zeek_reader`, how columns become our tables in
-`zeek_tables`, and how flows are named from ssl/http/dns logs in `zeek_flows`.
+8601). How lines become columns is in `zeek_reader` (values: `zeek_columns`), how
+columns become our tables in `zeek_tables`, and how flows are named from the ssl/http/dns
+logs in `zeek_flows`.
 """
 
 from __future__ import annotations
