@@ -642,22 +642,18 @@ def test_named_flow_groups_pair_logs_by_folder_and_rotation():
     groups = zeek.named_flow_groups(files)
     assert groups == [
         zeek.NamedFlowGroup(
-            "d/2024-01-01",
-            "04:00:00-05:00:00",
             ("d/2024-01-01/conn.04:00:00-05:00:00.log.gz",),
             ("d/2024-01-01/ssl.04:00:00-05:00:00.log.gz",),
             (),
             ("d/2024-01-01/dns.04:00:00-05:00:00.log.gz",),
         ),
         zeek.NamedFlowGroup(
-            "d/2024-01-01",
-            "05:00:00-06:00:00",
             ("d/2024-01-01/conn.05:00:00-06:00:00.log.gz",),
             (),
             (),
             ("d/2024-01-01/dns.05:00:00-06:00:00.log.gz",),
         ),
-        zeek.NamedFlowGroup("live", "", ("live/conn.log",), (), ("live/http.log",), ()),
+        zeek.NamedFlowGroup(("live/conn.log",), (), ("live/http.log",), ()),
     ]
     assert zeek.named_flow_groups(list(reversed(files))) == groups
     assert pickle.loads(pickle.dumps(groups)) == groups
@@ -687,7 +683,7 @@ def test_flows_are_named_by_sni_then_http_host_then_latest_dns_answer():
         + tsv("102.5", "10.0.0.1", "too-late.example", "3.3.3.3")
         + tsv("99.0", "10.0.0.1", "sni-loses.example", "1.1.1.1"),
     }
-    group = zeek.NamedFlowGroup("", "", ("conn.log",), ("ssl.log",), ("http.log",), ("dns.log",))
+    group = zeek.NamedFlowGroup(("conn.log",), ("ssl.log",), ("http.log",), ("dns.log",))
     items = list(zeek.parse_named_flows(group, lambda path: io.BytesIO(logs[path].encode())))
     batches = [i for i in items if isinstance(i, Batch)]
     rejected = [i for i in items if isinstance(i, Rejected)]
@@ -724,7 +720,7 @@ def test_conn_log_alone_gives_unnamed_flows():
 
 
 def test_a_missing_log_in_a_group_is_rejected_not_raised():
-    group = zeek.NamedFlowGroup("", "", ("conn.log",), ("missing.log",))
+    group = zeek.NamedFlowGroup(("conn.log",), ("missing.log",))
 
     def open_stream(path):
         if path == "missing.log":

@@ -32,10 +32,11 @@ _SUFFIXES = {"log", "json", "gz", "bz2", "xz"}
 
 @dataclass(frozen=True)
 class NamedFlowGroup:
-    """The logs of one directory and rotation interval that name each other's flows."""
+    """The logs of one directory and rotation interval that name each other's flows.
 
-    directory: str
-    interval: str  # e.g. "04:00:00-05:00:00"; "" for unrotated logs (conn.log)
+    Only tuples of paths, one per log kind: code that lists a group's files can walk them all.
+    """
+
     conn: tuple[str, ...]
     ssl: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
@@ -60,8 +61,8 @@ def named_flow_groups(files: list[tuple[str, str]]) -> list[NamedFlowGroup]:
         paths = grouped.setdefault((directory, rotation_interval(base_name)), {k: [] for k in GROUP_KINDS})
         paths[kind].append(path)
     return [
-        NamedFlowGroup(directory, interval, *(tuple(sorted(paths[kind])) for kind in GROUP_KINDS))
-        for (directory, interval), paths in sorted(grouped.items())
+        NamedFlowGroup(*(tuple(sorted(paths[kind])) for kind in GROUP_KINDS))
+        for _, paths in sorted(grouped.items())
         if paths["conn"]
     ]
 
