@@ -26,14 +26,17 @@ import bz2
 import gzip
 import io
 import lzma
+import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Union
 
 import pyarrow as pa
 
 from beamlytics import schemas
 
 BATCH_ROWS = 10_000
+# What a damaged compressed stream raises part-way through (zlib.error is not an OSError).
+STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
 EXCERPT_CHARS = 200
 
 
@@ -133,7 +136,9 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
     head = buffered.peek(6)[:6]
     for magic, opener in _MAGIC:
         if head.startswith(magic):
-            return io.BufferedReader(opener(buffered))
+            # The decompressor buffers on its own: another buffer on top would swallow the
+            # last good bytes of a stream that breaks part-way.
+            return opener(buffered)
     return buffered
 
 
@@ -153,6 +158,6 @@ def read_head(stream: BinaryIO, size: int = 65536) -> bytes:
                 break
             chunks.append(chunk)
             total += len(chunk)
-    except (OSError, EOFError, ValueError, lzma.LZMAError):
+    except STREAM_ERRORS:
         pass
     return b"".join(chunks)

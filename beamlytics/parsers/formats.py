@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
 
 from beamlytics.parsers import bind, pcap, squid, tstat, zeek
-from beamlytics.parsers.base import BATCH_ROWS, Batch, ParseItem, Rejected, decompressed, read_head
+from beamlytics.parsers.base import BATCH_ROWS, STREAM_ERRORS, Batch, ParseItem, Rejected, decompressed, read_head
 
 # Captures first: their magic numbers are unambiguous. Then the line formats, the ones
 # with self-describing headers before the ones recognised by the shape of a line.
@@ -65,7 +65,7 @@ def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Pla
         try:
             with open_stream(path) as raw:
                 head = read_head(decompressed(raw))
-        except (OSError, ValueError, EOFError) as error:
+        except STREAM_ERRORS as error:
             rejected.append(Rejected(path, 0, f"cannot open: {error}", source_tool=fmt))
             continue
         identified = identify(os.path.basename(path), head, fmt)

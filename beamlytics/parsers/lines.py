@@ -5,8 +5,6 @@ them with pyarrow compute kernels instead of Python work per line.
 """
 from __future__ import annotations
 
-import lzma
-import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, Mapping
 
@@ -15,13 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
-from beamlytics.parsers.base import Batch, Rejected, excerpt
+from beamlytics.parsers.base import STREAM_ERRORS, Batch, Rejected, excerpt
 
 BLOCK_BYTES = 1 << 20
 # A "line" longer than this is not text from a logging tool: stop rather than buffer it all.
 MAX_LINE_BYTES = 16 << 20
-# What a broken compressed stream raises part-way through.
-STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
 
 
 @dataclass(frozen=True)
