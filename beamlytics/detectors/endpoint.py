@@ -62,6 +62,7 @@ class EndpointScorer:
         self.config = config
         cls = config.detector_class
         state = state or {}
+        self.params_json = config.params_json()  # constructor parameters: the same for every row
         self.detectors: dict[str, Detector] = {
             feature: cls.from_dict(state[feature]) if feature in state else config.new_detector()
             for feature in config.features
@@ -103,6 +104,6 @@ class EndpointScorer:
             "threshold": verdict.threshold,
             "direction": verdict.direction,
             "evidence": verdict.evidence_json(),
-            "params": self.detectors[feature].params_json(),
+            "params": self.params_json,
             "records": window.records,
         }
