@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pyarrow.parquet as pq
@@ -33,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
     anomalies = pq.read_table(os.path.join(detect_out, "anomalies")).to_pylist()
     print(f"\n{len(anomalies)} anomalous endpoint-windows:")
     for row in anomalies[:20]:
+        evidence = json.loads(row["evidence"])
+        shown = ", ".join(f"{name} {value:.3g}" for name, value in evidence.items()
+                          if isinstance(value, float) and not name.startswith("Ra_"))
         print(f"  {row['key']:<15} {row['window_start']:%Y-%m-%d %H:%M} {row['feature']:<16} "
-              f"value {row['value']:>8.2f}  threshold {row['threshold']:>8.2f}  ({row['direction']})")
+              f"value {row['value']:>8.2f} ({row['direction']})  evidence: {shown}")
     expected = set(scenario.anomaly_window_starts_us(60_000_000))
     found = {int(row["window_start"].timestamp()) * 1_000_000 for row in anomalies
              if row["key"] == scenario.anomalous_client}
