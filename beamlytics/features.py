@@ -52,8 +52,6 @@ class WindowSpec:
     key: str = "c_ip"
     window_us: int = 60_000_000
     slot_us: int | None = None  # per-slot record counts, for rate detectors
-    day_start_us: int | None = None  # records outside [day_start_us, day_end_us) are left out
-    day_end_us: int | None = None
 
     def __post_init__(self) -> None:
         if self.table not in schemas.TABLES:
@@ -142,17 +140,10 @@ def partial_aggregates(batch: pa.RecordBatch, spec: WindowSpec) -> Iterator[tupl
     Records without an event time or without an endpoint key cannot be placed in a window
     and are left out here; `untimed_records` counts them for the run summary.
     """
-    time_column = schemas.EVENT_TIME_COLUMN[spec.table]
-    keep = pc.and_(pc.is_valid(batch.column(time_column)), pc.is_valid(batch.column(spec.key_column)))
-    times = pc.cast(batch.column(time_column), pa.int64())
-    if spec.day_start_us is not None:
-        keep = pc.and_(keep, pc.greater_equal(times, spec.day_start_us))
-    if spec.day_end_us is not None:
-        keep = pc.and_(keep, pc.less(times, spec.day_end_us))
-    batch = batch.filter(keep)
+    batch = batch.filter(_placeable(batch, spec))
     if batch.num_rows == 0:
         return
-    times = pc.cast(batch.column(time_column), pa.int64()).to_numpy()
+    times = pc.cast(batch.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64()).to_numpy()
     starts = window_starts(times, spec.window_us)
 
     sums, maxima = _table_measures(spec.table, batch)
@@ -196,10 +187,16 @@ def _slot_counts(batch: pa.RecordBatch, spec: WindowSpec, times: np.ndarray, sta
     return counts
 
 
-def untimed_records(batch: pa.RecordBatch, spec: WindowSpec) -> int:
+def _placeable(batch: pa.RecordBatch, spec: WindowSpec) -> pa.Array:
+    """Records with both an event time and an endpoint key: only those have a window."""
     time_column = schemas.EVENT_TIME_COLUMN[spec.table]
-    placeable = pc.and_(pc.is_valid(batch.column(time_column)), pc.is_valid(batch.column(spec.key_column)))
-    return batch.num_rows - pc.sum(pc.cast(placeable, pa.int64())).as_py() if batch.num_rows else 0
+    return pc.and_(pc.is_valid(batch.column(time_column)), pc.is_valid(batch.column(spec.key_column)))
+
+
+def untimed_records(batch: pa.RecordBatch, spec: WindowSpec) -> int:
+    if batch.num_rows == 0:
+        return 0
+    return batch.num_rows - pc.sum(pc.cast(_placeable(batch, spec), pa.int64())).as_py()
 
 
 def finalize(aggregate: WindowAggregate, spec: WindowSpec) -> dict[str, float]:

@@ -22,7 +22,7 @@ from beamlytics import features, schemas
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
-from beamlytics.parsers.formats import FORMATS
+from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.pipelines import demo, evaluate
 from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
@@ -189,7 +189,7 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
         paths = expand_inputs(args.inputs, days)
     except InputError as error:
         raise UsageError(str(error)) from None
-    if args.format != "auto" and args.table not in set().union(*FORMATS[args.format].TABLES.values()):
+    if args.format != "auto" and args.table not in tables_of(args.format):
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
     options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout}
     return ReadSettings(paths, args.table, args.format, days, options)
