@@ -15,11 +15,10 @@ setup(
         "scipy>=1.10",
         "pandas>=2.0",
         "pyarrow>=14",
-        "dpkt>=1.9.8",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.
-        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8"],
         "plot": ["matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},

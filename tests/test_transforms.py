@@ -23,7 +23,9 @@ def dns_frame(seed=3, rows=3000):
         "c_ip": rng.choice([f"10.0.0.{i}" for i in range(1, 8)], size=rows),
         "s_ip": rng.choice(["10.0.0.53", "8.8.8.8"], size=rows),
         "query": rng.choice([f"n{i}.example" for i in range(40)], size=rows),
-        "resp_code": rng.choice(["NOERROR", "NXDOMAIN", None], size=rows, p=[0.8, 0.15, 0.05]),
+        # object dtype: pandas 3 would store the strings as `str` and turn None into NaN.
+        "resp_code": pd.Series(rng.choice(["NOERROR", "NXDOMAIN", None], size=rows, p=[0.8, 0.15, 0.05]),
+                               dtype=object),
         "req_time": rng.integers(0, 90 * MINUTE, size=rows) + 1_700_000_000_000_000,
     })
 
