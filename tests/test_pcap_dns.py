@@ -185,7 +185,7 @@ def test_query_and_response_become_one_row():
         "query": "www.example.com", "req_class": "IN", "req_type": "A", "resp_code": "NOERROR",
         "flags": "QR RD RA", "answers": ["cdn.www.example.com", "93.184.216.34"],
         "answer_types": ["CNAME", "A"], "answer_ttls": [300, 60],
-        "req_time": us(T0), "resp_time": us(T0 + 0.25),
+        "req_time": us(T0), "resp_time": us(T0 + 0.25), "uid": None,
         "source_tool": "pcap", "source_file": "fixture", "source_pos": 1,
     }
 

@@ -148,6 +148,7 @@ def test_bro2_dns_rows_are_mapped_field_by_field():
         "answer_ttls": [1000, 36],
         "req_time": utc("2013-09-15T23:44:27.631940"),
         "resp_time": None,  # Bro 2.x logs no rtt
+        "uid": "CZGShC2znK1sV7jdI7",
         "source_tool": "zeek",
         "source_file": "test.log",
         "source_pos": 9,
@@ -169,6 +170,7 @@ def test_bro2_dns_rows_are_mapped_field_by_field():
         "answer_ttls": [],
         "req_time": utc("2013-09-15T23:44:28.500000"),
         "resp_time": None,
+        "uid": "Cx",
         "source_pos": 10,
     }
 
@@ -534,6 +536,9 @@ def test_bro2_http_rows():
         "response_body_len": 184,
         "req_time": utc("2013-09-15T23:44:27.668082"),
         "resp_time": None,
+        "user": None,
+        "cache_result": None,
+        "uid": "CyIaMO7IheOh38Zsi",
     }
     assert (rows[1]["host"], rows[1]["content_type"], rows[1]["status_code"]) == (None, None, None)
 

@@ -14,9 +14,15 @@ Each input format is one module in this package (zeek, squid, tstat, bind, pcap)
 `parse` is a generator that reads one input (an already decompressed binary stream; `source` names it for
 provenance), yields `Batch`es of `schemas.TABLES[table]` rows, and yields a `Rejected` for
 every line, packet or rest-of-file it cannot read. It never raises for bad input. Each input
-unit (a data line, a packet) is counted exactly once: in some `Batch.units` if it was read
-fine (whether or not it produced a row of `table`), or as one `Rejected`. So for every
-file, `read = parsed + rejected` where `parsed = sum(Batch.units)`.
+unit (a data line, a packet, a JSON record) is accounted for exactly once: in some
+`Batch.units` if it was read fine (whether or not it produced a row of `table`), or in the
+`units` of a `Rejected` (1 for a bad line or packet; 0 for a whole-file or rest-of-stream
+rejection, which stands for units the reader never delivered).
+
+Separately, the low-level reader (line blocks, the capture reader) counts the units it
+delivered and the parser yields that count as a `Read` once, last. The pipeline checks
+`read == parsed + rejected units` against it: a parser that drops or double-counts a unit
+shows up in the summary instead of vanishing.
 
 Parsers import no Beam, so unit tests and other tools can call them directly.
 """
@@ -54,6 +60,7 @@ class Rejected:
     reason: str
     excerpt: str = ""
     source_tool: str = ""
+    units: int = 1  # input units this dead letter stands for (0: whole file, rest of a stream)
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -65,7 +72,15 @@ class Rejected:
         }
 
 
-ParseItem = Union[Batch, Rejected]
+@dataclass(frozen=True)
+class Read:
+    """How many input units the reader itself delivered from `source`: the parser's last item."""
+
+    source: str
+    units: int
+
+
+ParseItem = Union[Batch, Rejected, Read]
 
 
 def excerpt(raw: bytes | str) -> str:

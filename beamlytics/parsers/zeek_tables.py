@@ -17,6 +17,7 @@ ENDPOINT_FIELDS = {"id.orig_h": "addr", "id.orig_p": "port", "id.resp_h": "addr"
 
 DNS_FIELDS = {
     "ts": "time",
+    "uid": "string",
     **ENDPOINT_FIELDS,
     "proto": "enum",
     "trans_id": "count",
@@ -37,6 +38,7 @@ DNS_FIELDS = {
 # http.log; logs extended by scripts that add them get them mapped.
 HTTP_FIELDS = {
     "ts": "time",
+    "uid": "string",
     **ENDPOINT_FIELDS,
     "method": "string",
     "host": "string",
@@ -64,6 +66,7 @@ CONN_FIELDS = {
     "resp_pkts": "count",
     "orig_ip_bytes": "count",
     "resp_ip_bytes": "count",
+    "conn_state": "string",
 }
 
 _DNS_FLAG_BITS = ("AA", "TC", "RD", "RA")
@@ -146,6 +149,7 @@ def dns_batch(source: str, records: Records) -> pa.RecordBatch:
         "answer_ttls": _whole_seconds(columns["TTLs"]),
         "req_time": timestamps(ts),
         "resp_time": timestamps(pc.add(ts, columns["rtt"])),
+        "uid": columns["uid"],
         **_provenance(source, records),
     }
     return schemas.batch_from_columns(schemas.DNS, values, records.num_rows)
@@ -169,6 +173,7 @@ def http_batch(source: str, records: Records) -> pa.RecordBatch:
         "request_body_len": columns["request_body_len"],
         "response_body_len": columns["response_body_len"],
         "req_time": timestamps(columns["ts"]),
+        "uid": columns["uid"],
         **_provenance(source, records),
     }
     return schemas.batch_from_columns(schemas.HTTP, values, records.num_rows)
@@ -191,6 +196,8 @@ def flow_batch(source: str, records: Records, name: pa.Array, name_source: pa.Ar
         "s_bytes": columns["resp_ip_bytes"],
         "time_start": timestamps(ts),
         "time_end": timestamps(pc.add(ts, duration)),
+        "conn_state": columns["conn_state"],
+        "uid": columns["uid"],
         **_provenance(source, records),
     }
     return schemas.batch_from_columns(schemas.NAMED_FLOWS, values, records.num_rows)

@@ -13,6 +13,10 @@ import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
+# Zeek's connection uid: the key that joins a record to every other Zeek log of the same
+# connection. Null where the source has none.
+UID_FIELD = pa.field("uid", pa.string())
+
 PROVENANCE_FIELDS = [
     pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, bind, pcap
     pa.field("source_file", pa.string(), nullable=False),
@@ -38,6 +42,7 @@ DNS = pa.schema(
         pa.field("answer_ttls", pa.list_(pa.int64())),
         pa.field("req_time", TIMESTAMP),
         pa.field("resp_time", TIMESTAMP),  # null when unanswered or unknown
+        UID_FIELD,
         *PROVENANCE_FIELDS,
     ]
 )
@@ -63,6 +68,9 @@ HTTP = pa.schema(
         pa.field("response_body_len", pa.int64()),
         pa.field("req_time", TIMESTAMP),
         pa.field("resp_time", TIMESTAMP),
+        pa.field("user", pa.string()),  # authenticated user (Squid's ident/user field)
+        pa.field("cache_result", pa.string()),  # Squid's result code, e.g. TCP_MISS/200 -> TCP_MISS
+        UID_FIELD,
         *PROVENANCE_FIELDS,
     ]
 )
@@ -83,6 +91,9 @@ NAMED_FLOWS = pa.schema(
         pa.field("tcp_flags", pa.string()),  # flags seen in either direction, e.g. "SAFR"
         pa.field("time_start", TIMESTAMP),
         pa.field("time_end", TIMESTAMP),
+        # Zeek's conn_state vocabulary (S0, REJ, SF, RSTO, ...) where the source gives or implies it.
+        pa.field("conn_state", pa.string()),
+        UID_FIELD,
         *PROVENANCE_FIELDS,
     ]
 )
