@@ -63,6 +63,7 @@ class _ParseSource(beam.DoFn):
             if records.num_rows:
                 yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("records", records.num_rows))
                 yield records
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
 
 
 @dataclass
@@ -71,7 +72,8 @@ class ReadRecords(beam.PTransform):
 
     `paths` are files (see `inputs.expand_inputs` for folders, globs and day ranges).
     Every file is sniffed once while the pipeline is built, so `format="auto"` mixes tools
-    freely; files of another table are skipped, unreadable ones are dead-lettered.
+    freely; files of another table are skipped, unreadable ones are dead-lettered. After
+    expansion `plan` holds what was decided, for the summary to name the skipped files.
     """
 
     paths: Sequence[str]
@@ -85,7 +87,7 @@ class ReadRecords(beam.PTransform):
         super().__init__()
 
     def expand(self, pbegin):
-        plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
+        plan = self.plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
         parsed = (
             pbegin
             | "Sources" >> beam.Create(plan.sources)
@@ -95,7 +97,7 @@ class ReadRecords(beam.PTransform):
         )
         unreadable = pbegin | "Unreadable" >> beam.Create([item.as_row() for item in plan.rejected])
         planning_counts = [("rejected", len(plan.rejected)), ("files", len(plan.sources)),
-                           ("skipped_files", len(plan.skipped)), ("parsed", 0), ("records", 0)]
+                           ("skipped_files", len(plan.skipped)), ("parsed", 0), ("records", 0), ("files_read", 0)]
         counts = (
             parsed[COUNTS_TAG],
             pbegin | "PlanCounts" >> beam.Create(planning_counts),

@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beamlytics.summary import explain
+
 
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
@@ -91,7 +93,10 @@ class WriteBatches(beam.PTransform):
 
 @dataclass
 class WriteSummary(beam.PTransform):
-    """(name, count) pairs → `path` as JSON, with `read = parsed + rejected` and `extra` fields."""
+    """(name, count) pairs → `path` as JSON, with `read = parsed + rejected`, `extra` fields and `notes`.
+
+    `notes` says why the result is empty, when it is (see `beamlytics.summary.explain`).
+    """
 
     path: str
     extra: Mapping[str, Any]
@@ -105,6 +110,7 @@ class WriteSummary(beam.PTransform):
         def write(totals: dict) -> str:
             summary = {**extra, **totals}
             summary["read"] = summary.get("parsed", 0) + summary.get("rejected", 0)
+            summary["notes"] = explain(summary)
             return write_file(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
         return (
