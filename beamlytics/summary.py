@@ -14,7 +14,7 @@ def all_rejected(summary: Mapping[str, Any]) -> bool:
 
 
 def explain(summary: Mapping[str, Any]) -> list[str]:
-    """One line per reason the result is empty, most fundamental first; none when it is not."""
+    """The reason the result is empty, the most fundamental one, as a list of lines: empty when it is not."""
     table = summary.get("table", "the")
     skipped = summary.get("skipped") or {}
     if all_rejected(summary):
@@ -24,14 +24,6 @@ def explain(summary: Mapping[str, Any]) -> list[str]:
         reasons = sorted(set(skipped.values()))
         return [f"no input file feeds the {table} table: {len(skipped):,} skipped ({'; '.join(reasons)}); "
                 "choose another --table or give other inputs"]
-    notes = []
-    if skipped:
-        notes.append(f"{len(skipped):,} input files skipped, named in summary.json: "
-                     + "; ".join(sorted(set(skipped.values()))))
-    return notes + _empty_result(summary, table)
-
-
-def _empty_result(summary: Mapping[str, Any], table: str) -> list[str]:
     if summary.get("records", 0) == 0:
         if summary.get("out_of_day_range", 0):
             return [f"no {table} record falls in --start-day/--end-day: all {summary['out_of_day_range']:,} "

@@ -290,15 +290,19 @@ def _all_subclasses(cls):
         yield from _all_subclasses(subclass)
 
 
+def check_output_folder(output: str) -> None:
+    check_filesystem(output, "--output")
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output} is a file, not a folder")
+
+
 def _read_settings(args: argparse.Namespace) -> ReadSettings:
     from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
     from beamlytics.pipelines.detect import ReadSettings
 
     for path in args.inputs:
         check_filesystem(path, "input")
-    check_filesystem(args.output, "--output")
-    if "://" not in args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UsageError(f"--output {args.output} is a file, not a folder")
+    check_output_folder(args.output)
     try:
         days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
         if days.start and days.end and days.start > days.end:
@@ -423,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate.run(args)
         return demo.run(args)
     except UsageError as error:
+        print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # outside a pipeline, e.g. a folder that cannot be created: the user's to fix
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from beamlytics import synthetic
     from beamlytics.pipelines import cli  # the demo drives the real command line
 
+    cli.check_output_folder(args.output)
     scenario = synthetic.Scenario()
     logs = os.path.join(args.output, "zeek")
     synthetic.write_zeek_logs(logs, scenario)

@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise cli.UsageError("evaluate draws results.png with matplotlib: pip install 'beamlytics[plot]'")
+    cli.check_output_folder(args.output)
+    for path in args.scores or ():
+        if not os.path.exists(path):
+            raise cli.UsageError(f"--scores {path}: no such run folder")
     try:
         labels = evaluation.read_labels(args.labels)
         rows = []
@@ -73,6 +77,9 @@ def _scored_runs(args: argparse.Namespace) -> list[tuple[str, float | None, floa
         return [(path, None, None, path) for path in args.scores]
     if not args.inputs or not args.table:
         raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
+    from beamlytics.inputs import expand_inputs
+
+    expand_inputs(args.inputs)  # a missing input is told once, not once per run of the grid
     windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
     betas = [cli.finite_float(value) for value in _split(args.betas)]
     if not windows or not betas:
