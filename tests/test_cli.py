@@ -310,8 +310,10 @@ def test_detect_reports_progress_with_the_run_counts_and_quiet_silences_it(capsy
     status, lines = run(capsys, "detect", "--table", "dns", "--output", tmp_path / "loud", zeek_logs)
     assert status == 0
     records = data_lines(dns_log(zeek_logs))
-    windows = summary_of(tmp_path / "loud")["windows"]
-    assert f"done: files 1/1, records {records:,}, rejected 0, windows {windows:,}" in lines[-1]
+    summary = summary_of(tmp_path / "loud")
+    windows, scores = summary["windows"], summary["scores"]
+    assert scores == windows * len(features.DEFAULT_FEATURES["dns"])
+    assert lines[-1].startswith(f"done: files 1/1, records {records:,}, windows {windows:,}, scores {scores:,}, ")
     assert all(line.startswith(("progress: ", "done: ")) for line in lines)  # stderr is not a TTY here
     status, lines = run(capsys, "detect", "--table", "dns", "--quiet", "--output", tmp_path / "quiet", zeek_logs)
     assert status == 0 and lines == []

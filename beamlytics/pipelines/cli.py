@@ -238,7 +238,10 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
         raise UsageError(f"bad Beam option in: {' '.join(beam_args)}") from None
     if unknown:
         raise UsageError(f"unrecognised option: {unknown[0]} (see beamlytics COMMAND --help)")
-    options = PipelineOptions(list(beam_args))
+    # Worker processes (multi_processing, portable runners) log every step at INFO: keep their warnings only.
+    quiet_workers = [] if any(arg.startswith("--default_sdk_harness_log_level") for arg in beam_args) else [
+        "--default_sdk_harness_log_level=WARNING"]
+    options = PipelineOptions([*beam_args, *quiet_workers])
     runner = options.view_as(StandardOptions).runner
     if runner is not None:
         # Only Beam's own runners, by name: a dotted path would import whatever module it names.

@@ -97,9 +97,9 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
             f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards)
     )
     counts += [
-        windows | "CountWindows" >> beam.Map(lambda _: ("windows", 1)),
-        found | "CountAnomalies" >> beam.Map(lambda _: ("anomalies", 1)),
-        scores | "CountScores" >> beam.FlatMap(_score_counts),
+        _tallied(windows, "Windows", lambda _: [("windows", 1)]),
+        _tallied(found, "Anomalies", lambda _: [("anomalies", 1)]),
+        _tallied(scores, "Scores", _score_counts),
         count_untimed(read["records"], spec),
     ]
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
@@ -109,6 +109,11 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
                                 ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected"),
                                 rejected)
     return reader.plan
+
+
+def _tallied(elements, name: str, to_counts):
+    """(name, n) pairs for the summary, tallied where they arise: progress reports see them live."""
+    return elements | f"Count{name}" >> beam.FlatMap(to_counts) | f"Tally{name}" >> TallyCounts()
 
 
 def _score_counts(row: dict) -> list[tuple[str, int]]:
@@ -134,7 +139,6 @@ def _write_rejected_and_summary(read, output: str, extra: Mapping[str, Any], cou
     (
         (read["counts"], zeros, *counts)
         | "AllCounts" >> beam.Flatten()
-        | "Progress" >> TallyCounts()
         | "Summary" >> WriteSummary(f"{output}/summary.json", extra)
     )
 

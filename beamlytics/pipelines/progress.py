@@ -21,10 +21,10 @@ def progress_line(counts: Mapping[str, int], elapsed_s: float, total_files: int 
     parts = []
     for name, label in SHOWN:
         value = counts.get(name)
-        if value is None:
-            continue
         if name == "files_read" and total_files is not None:
-            parts.append(f"{label} {value:,}/{total_files:,}")
+            parts.append(f"{label} {value or 0:,}/{total_files:,}")
+        elif value is None:
+            continue
         else:
             parts.append(f"{label} {value:,}")
     minutes, seconds = divmod(int(elapsed_s), 60)

@@ -18,6 +18,7 @@ from beamlytics import schemas
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import BATCH_ROWS, Rejected
+from beamlytics.transforms.progress import TallyCounts
 
 REJECTED_TAG = "rejected"
 COUNTS_TAG = "counts"
@@ -99,7 +100,7 @@ class ReadRecords(beam.PTransform):
         planning_counts = [("rejected", len(plan.rejected)), ("files", len(plan.sources)),
                            ("skipped_files", len(plan.skipped)), ("parsed", 0), ("records", 0), ("files_read", 0)]
         counts = (
-            parsed[COUNTS_TAG],
+            parsed[COUNTS_TAG] | "Progress" >> TallyCounts(),  # here, not after the Flatten: live while parsing
             pbegin | "PlanCounts" >> beam.Create(planning_counts),
         ) | "AllCounts" >> beam.Flatten()
         rejected = (parsed[REJECTED_TAG], unreadable) | "AllRejected" >> beam.Flatten()
