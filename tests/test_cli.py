@@ -7,7 +7,6 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +69,13 @@ def test_misspelt_beam_option_is_an_error_not_a_prefix(capsys, zeek_logs, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, fragment", [(["--direct_num_workers=abc"], "invalid int value: 'abc'"),
+                                              (["--runner"], "--runner: expected one argument")])
+def test_bad_beam_option_value_is_one_line(capsys, zeek_logs, tmp_path, option, fragment):
+    status, lines = run(capsys, "detect", "--table", "dns", "--output", tmp_path / "out", zeek_logs, *option)
+    assert_one_line_error(status, lines, fragment)
+
+
 def test_our_own_options_are_not_abbreviated(capsys, zeek_logs, tmp_path):
     status, lines = run(capsys, "detect", "--table", "dns", "--outp", tmp_path / "out", zeek_logs)
     assert_one_line_error(status, lines, "--output")
@@ -87,6 +93,14 @@ def test_runner_named_without_its_suffix_is_accepted(capsys, zeek_logs, tmp_path
     status, _ = run(capsys, "parse", "--table", "dns", "--output", out, "--runner=direct", "--quiet", zeek_logs)
     assert status == 0
     assert summary_of(out)["records"] == data_lines(dns_log(zeek_logs))
+
+
+def test_runner_option_checks_are_one_line(capsys, zeek_logs, tmp_path):
+    status, lines = run(capsys, "detect", "--table", "dns", "--output", tmp_path / "out", "--runner=DataflowRunner",
+                        zeek_logs)
+    assert status == 2
+    errors = [line for line in lines if line.startswith("beamlytics")]
+    assert len(errors) == 1 and "Missing required option: project." in errors[0]
 
 
 @pytest.mark.parametrize("scheme, extra", [("gs", "gcp"), ("s3", "aws")])

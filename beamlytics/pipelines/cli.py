@@ -226,16 +226,13 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam's own options, refusing anything Beam would silently ignore or could not run."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    checker = CommandParser(add_help=False)
+    checker = _BeamOptionsCheck(add_help=False, allow_abbrev=False)
     for options_class in _all_subclasses(PipelineOptions):
         try:
             options_class._add_argparse_args(checker)
         except argparse.ArgumentError:
             continue  # an option several classes declare
-    try:
-        _, unknown = checker.parse_known_args(list(beam_args))
-    except SystemExit:
-        raise UsageError(f"bad Beam option in: {' '.join(beam_args)}") from None
+    _, unknown = checker.parse_known_args(list(beam_args))
     if unknown:
         raise UsageError(f"unrecognised option: {unknown[0]} (see beamlytics COMMAND --help)")
     # Worker processes (multi_processing, portable runners) log every step at INFO: keep their warnings only.
@@ -252,6 +249,11 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
             raise UsageError(f"unknown runner: {runner} (choose from {', '.join(sorted(known))})")
         options.view_as(StandardOptions).runner = name
     return options
+
+
+class _BeamOptionsCheck(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"Beam option {message}")
 
 
 def silence_foreign_warnings() -> None:
@@ -380,6 +382,8 @@ def _run(options: PipelineOptions, build: Callable, quiet: bool) -> None:
         pipeline = beam.Pipeline(options=options)
     except ImportError as error:  # e.g. the DataflowRunner without the Google Cloud extra
         raise UsageError(f"{error} (pip install 'beamlytics[gcp]')") from None
+    except ValueError as error:  # the runner's own option checks, e.g. Dataflow without --project
+        raise UsageError(" ".join(str(error).split())) from None
     total_files = len(build(pipeline).sources)
     progress.reset_local_counts()
     results = []
@@ -435,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # outside a pipeline, e.g. a folder that cannot be created: the user's to fix
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"beamlytics {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
