@@ -24,7 +24,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from beamlytics import features, schemas, summary
+from beamlytics import baseline, features, schemas, summary
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.features import WINDOWINGS
@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 _UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 # Record times end with year 9999 (what datetime and the parsers hold): a longer window has no meaning,
 # and window ends past it overflow 64-bit microseconds.
-MAX_DURATION_US = (dt.datetime(10000 - 1, 12, 31, tzinfo=dt.timezone.utc)
-                   - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+MAX_DURATION_US = baseline.MAX_US
 # Filesystems the README advertises, the Beam extra that brings each, and a module that extra installs.
 FILESYSTEM_EXTRAS = {"gs": ("gcp", "google.cloud.storage"), "s3": ("aws", "boto3")}
 # Beam's import-time warning that is about Beam's optional BigQuery client, never about this run.
@@ -402,12 +401,14 @@ def _run(options: PipelineOptions, build: Callable, quiet: bool) -> None:
 
 def _report(output: str) -> int:
     """Print the summary; its notes, on stderr, say why a result is empty. Exit 1 when nothing could be read."""
+    from apache_beam.io.filesystems import FileSystems
+
     summary_path = f"{output.rstrip('/')}/summary.json"
-    if not os.path.isfile(summary_path):
+    if not FileSystems.exists(summary_path):
         print(f"output written to {output}")
         return 0
-    with open(summary_path, encoding="utf-8") as handle:
-        text = handle.read()
+    with FileSystems.open(summary_path) as handle:
+        text = handle.read().decode("utf-8")
     print(text.strip())
     print(f"output written to {output}")
     written = json.loads(text)
