@@ -44,6 +44,8 @@ BATCH_ROWS = 10_000
 # What a damaged compressed stream raises part-way through (zlib.error is not an OSError).
 STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
 EXCERPT_CHARS = 200
+HEAD_BYTES = 65536  # what the sniffers see of a file
+HEAD_STEP_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
     """Wrap `stream` in the decompressor its first bytes call for (gzip, bzip2, xz).
 
     Compression is recognised by content, not by name: rotated logs are often
-    compressed without a matching suffix.
+    compressed without a matching suffix. `limits.bounded_decompressed` adds a bomb limit.
     """
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
     head = buffered.peek(6)[:6]
@@ -163,12 +165,17 @@ def open_input(path: str, opener: Callable[[str], BinaryIO] | None = None) -> Bi
     return decompressed(raw)
 
 
-def read_head(stream: BinaryIO, size: int = 65536) -> bytes:
-    """First `size` decompressed bytes of a stream, or what could be read before an error."""
+def read_head(stream: BinaryIO, size: int = HEAD_BYTES) -> bytes:
+    """First `size` decompressed bytes of a stream, or what could be read before an error.
+
+    Read in small steps: a decompressor that breaks inside one read loses all that read
+    would have returned, and the head of a damaged file is what tells its format.
+    """
+    read = getattr(stream, "read1", None) or stream.read
     chunks, total = [], 0
     try:
         while total < size:
-            chunk = stream.read(size - total)
+            chunk = read(min(size - total, HEAD_STEP_BYTES))
             if not chunk:
                 break
             chunks.append(chunk)

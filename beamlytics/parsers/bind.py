@@ -40,13 +40,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
     blank_mask,
     broken_stream,
-    line_blocks,
+    line_reader,
     rejected_lines,
     zone_offset_us,
 )
@@ -95,9 +95,11 @@ def parse(
     if table != "dns":
         raise ValueError(f"BIND query logs feed 'dns', not {table!r}")
     year = (options or {}).get("year")
-    for block in line_blocks(stream):
+    reader = line_reader(stream, options)
+    for block in reader:
         yield from _parse_block(block, source, batch_rows, year)
         yield from broken_stream(block, FORMAT, source)
+    yield Read(source, reader.delivered)
 
 
 def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | None) -> Iterator[ParseItem]:

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
@@ -43,7 +43,7 @@ from beamlytics.parsers.lines import (
     broken_stream,
     epoch_us,
     ip_mask,
-    line_blocks,
+    line_reader,
     null_dash,
     rejected_lines,
     zone_offset_us,
@@ -108,9 +108,11 @@ def parse(
 ) -> Iterator[ParseItem]:
     if table not in TABLES["access"]:
         raise ValueError(f"squid access logs feed {sorted(TABLES['access'])}, not {table!r}")
-    for block in line_blocks(stream):
+    reader = line_reader(stream, options)
+    for block in reader:
         yield from _parse_block(block, table, source, batch_rows)
         yield from broken_stream(block, FORMAT, source)
+    yield Read(source, reader.delivered)
 
 
 def _parse_block(block: LineBlock, table: str, source: str, batch_rows: int) -> Iterator[ParseItem]:

@@ -14,14 +14,14 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
-from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected
+from beamlytics.parsers.base import BATCH_ROWS, Batch, Read, Rejected
 from beamlytics.parsers.zeek_flows import (  # noqa: F401  (public API of this format)
     FlowNamer,
     NamedFlowGroup,
     named_flow_groups,
     parse_named_flows,
 )
-from beamlytics.parsers.zeek_reader import Header, apply_header_line, read_log
+from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, Header, apply_header_line, read_log
 from beamlytics.parsers.zeek_tables import (
     CONN_FIELDS,
     DNS_FIELDS,
@@ -83,8 +83,8 @@ def parse(
     table: str,
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
-) -> Iterator[Batch | Rejected]:
-    """Rows of `table` from one decompressed Zeek log of `kind`; no options are used.
+) -> Iterator[Batch | Rejected | Read]:
+    """Rows of `table` from one decompressed Zeek log of `kind`; option `max_line_bytes` caps a line.
 
     A conn.log on its own gives flows without names: name them with `named_flow_groups`
     and `parse_named_flows`, which read the ssl/http/dns logs beside it.
@@ -97,4 +97,5 @@ def parse(
         fields, convert = DNS_FIELDS, dns_batch
     else:
         fields, convert = HTTP_FIELDS, http_batch
-    yield from table_batches(table, source, read_log(source, stream, fields), convert, batch_rows)
+    max_line_bytes = int((options or {}).get("max_line_bytes") or MAX_LINE_BYTES)
+    yield from table_batches(table, source, read_log(source, stream, fields, max_line_bytes), convert, batch_rows)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from beamlytics.parsers.base import Rejected, excerpt
+from beamlytics.parsers.base import Read, Rejected, excerpt
 from beamlytics.parsers.zeek_columns import (
     Bad,
     arrow_type,
@@ -47,6 +47,8 @@ ARROW_BLOCK_BYTES = 1 << 20
 # reads its raw stream in steps of that size, and a larger read1 would be one larger step.
 READ_BYTES = io.DEFAULT_BUFFER_SIZE
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+# Longer lines are rejected (a Zeek line is a record, never megabytes); a parser option raises it.
+MAX_LINE_BYTES = 1 << 20
 
 # Every Zeek record has its time; a row without one could not be placed in any window.
 REQUIRED_FIELDS = ("ts",)
@@ -110,25 +112,36 @@ class LineRun:
     is_header: bool  # one `#` line, or a run of data lines
 
 
-def line_runs(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
+def line_runs(source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LineRun | Rejected]:
     """Split a stream into `#` lines and runs of data lines, with their line numbers.
 
     If the stream breaks (corrupt or truncated compression), the whole lines read before
     the damage are still yielded, then one `Rejected` for the rest of the file.
     """
-    for block in _line_blocks(source, stream):
+    for block in _line_blocks(source, stream, max_line_bytes):
         if isinstance(block, Rejected):
             yield block
         else:
             yield from _split_header_lines(block)
 
 
-def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
-    """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off)."""
+def _line_blocks(source: str, stream: BinaryIO, max_line_bytes: int) -> Iterator[LineRun | Rejected]:
+    """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off).
+
+    A line that outgrows `max_line_bytes` while it is carried to the next block is rejected
+    and skipped to its newline: one endless line must not hold the memory or end the file.
+    """
     readinto = getattr(stream, "readinto1", None) or stream.readinto
     tail, line = b"", 1  # the unfinished line carried into the next block
+    skipping = False  # inside a line already rejected as too long
     while True:
         block, ended, error = _fill_block(readinto, tail)
+        if skipping:
+            newline = block.find(b"\n")
+            if newline < 0 and not ended and error is None:
+                continue
+            del block[: newline + 1 if newline >= 0 else len(block)]
+            skipping, line = False, line + 1
         if ended and error is None:
             if block:
                 block += b"" if block.endswith(b"\n") else b"\n"  # the last line may lack its newline
@@ -143,8 +156,12 @@ def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
             line += run.lines
         if error is not None:
             reason = f"input unreadable from line {line} on: {type(error).__name__}: {error}"
-            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
+            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL, units=0)
             return
+        if len(tail) > max_line_bytes:
+            reason = f"line longer than {max_line_bytes} bytes: skipped to its end"
+            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
+            tail, skipping = b"", True
 
 
 def _fill_block(
@@ -423,19 +440,34 @@ JSON_READER = Reader(json_reader, json_explainer)
 # Whole logs
 
 
-def read_log(source: str, stream: BinaryIO, wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+def read_log(
+    source: str, stream: BinaryIO, wanted: Mapping[str, str], max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[Records | Rejected | Read]:
     """Read a Zeek TSV or JSON log: `Records` of the `wanted` fields (name -> Zeek type), and
-    a `Rejected` for every line that cannot be read. Every data line ends up in exactly one.
+    a `Rejected` for every line that cannot be read. Every data line ends up in exactly one;
+    a `Read` with the number of data lines (TSV) or lines (JSON) delivered comes last.
 
     A wanted field the log does not have comes out as a column of nulls.
     """
-    runs = line_runs(source, stream)
+    runs = line_runs(source, stream, max_line_bytes)
     first = next(runs, None)
     if first is None:
+        yield Read(source, 0)
         return
-    runs = itertools.chain([first], runs)
     is_json = isinstance(first, LineRun) and first.data.startswith(b"{")
-    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, runs, wanted)
+    delivered = 0
+
+    def counted() -> Iterator[LineRun | Rejected]:
+        nonlocal delivered
+        for run in itertools.chain([first], runs):
+            if isinstance(run, Rejected):
+                delivered += run.units  # a line too long is delivered, as a dead letter
+            elif is_json or not run.is_header:
+                delivered += run.lines
+            yield run
+
+    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, counted(), wanted)
+    yield Read(source, delivered)
 
 
 Converter = Callable[[pa.Array, str], "tuple[pa.Array, Bad]"]
