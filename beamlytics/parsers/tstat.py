@@ -96,8 +96,8 @@ def header_columns(line: str) -> dict[str, int] | None:
 
 
 def sniff(name: str, head: bytes) -> str | None:
-    if b"\x00" in head[:4096] or head.startswith(b"#separator"):
-        return None  # binary, or a Zeek log
+    if head.startswith(b"#separator"):
+        return None  # a Zeek log
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
     columns = header_columns(first)
     if columns:

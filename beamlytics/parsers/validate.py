@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -56,6 +57,20 @@ def _micros(text: str) -> int:
 
 def _day(micros: int) -> str:
     return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)).date().isoformat()
+
+
+def check_read_options(options: Mapping[str, Any]) -> None:
+    """Raise ValueError, saying which, when a reading option cannot be used."""
+    time_range(options)
+    if options.get("timezone"):
+        try:
+            zoneinfo.ZoneInfo(options["timezone"])
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError(f"unknown time zone {options['timezone']!r}: use an IANA name such as Europe/Paris") from None
+    if options.get("max_line_bytes") is not None and int(options["max_line_bytes"]) < 1:
+        raise ValueError("--max-line-bytes must be at least 1")
+    if options.get("max_decompression_ratio") is not None and float(options["max_decompression_ratio"]) <= 1:
+        raise ValueError("--max-decompression-ratio must be above 1")
 
 
 def time_range(options: Mapping[str, Any] | None) -> TimeRange:

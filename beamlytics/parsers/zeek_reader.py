@@ -183,7 +183,8 @@ def _fill_block(
                     break
                 filled += count
         except READ_ERRORS as exc:
-            error = exc
+            # Its traceback would keep a view of `block` alive, and `block` is resized below.
+            error = exc.with_traceback(None)
     ended = filled < size
     del block[filled:]
     return block, ended, error
