@@ -25,6 +25,7 @@ from beamlytics.parsers.base import Batch, Rejected, excerpt
 ADDRESS_COLUMNS = ("c_ip", "s_ip")
 HOSTNAME_CLIENTS = frozenset({"squid"})  # tools that may log a client by name
 _HOSTNAME = r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}\.)*[A-Za-z0-9_-]{0,63}\.?$"
+_NUMERIC = r"^[0-9.]*$"  # a malformed IPv4 address, not a name
 DEFAULT_TIME_RANGE = "1970..2100"
 
 
@@ -95,15 +96,16 @@ def checked(batch: Batch, times: TimeRange) -> Iterator[Batch | Rejected]:
     for name in ADDRESS_COLUMNS:
         if name not in columns:
             continue
-        normalised, invalid = normalise_addresses(columns[name])
+        logged = columns[name]
+        normalised, invalid = normalise_addresses(logged)
         if name == "c_ip":
-            by_name = pc.and_(pc.is_in(records.column("source_tool"), pa.array(sorted(HOSTNAME_CLIENTS))),
-                              pc.fill_null(pc.match_substring_regex(columns[name], _HOSTNAME), False))
+            by_name = pc.and_(_matches(logged, _HOSTNAME), pc.invert(_matches(logged, _NUMERIC)))
+            by_name = pc.and_(by_name, pc.is_in(records.column("source_tool"), pa.array(sorted(HOSTNAME_CLIENTS))))
             invalid = pc.and_(invalid, pc.invert(by_name))
-            normalised = pc.if_else(by_name, columns[name], normalised)
+            normalised = pc.if_else(by_name, logged, normalised)
         columns[name] = normalised
         for row in _rows(invalid):
-            reasons.setdefault(row, f"{name} is not an IP address: {columns[name][row].as_py()!r}")
+            reasons.setdefault(row, f"{name} is not an IP address: {logged[row].as_py()!r}")
     records = pa.RecordBatch.from_arrays(list(columns.values()), schema=records.schema)
     if not reasons:
         yield Batch(batch.table, records, batch.units)
@@ -117,12 +119,19 @@ def checked(batch: Batch, times: TimeRange) -> Iterator[Batch | Rejected]:
                        excerpt(_row_text(records, row)), tools[row].as_py())
 
 
+def _matches(values: pa.Array, pattern: str) -> pa.Array:
+    return pc.fill_null(pc.match_substring_regex(values, pattern), False)
+
+
 def _rows(mask: pa.Array) -> list[int]:
     return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)).tolist()
 
 
 def _row_text(records: pa.RecordBatch, row: int) -> str:
     """The record's values, for the dead letter: the line itself is no longer at hand."""
-    values = records.slice(row, 1).to_pylist()[0]
+    record = records.slice(row, 1)
+    # Times as integer microseconds: a time out of range may be out of Python's datetime range too.
+    values = {name: (pc.cast(column, pa.int64()) if pa.types.is_timestamp(column.type) else column)[0].as_py()
+              for name, column in zip(record.schema.names, record.columns)}
     return " ".join(f"{name}={value}" for name, value in values.items()
                     if value is not None and name not in ("source_tool", "source_file", "source_pos"))
