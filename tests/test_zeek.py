@@ -292,7 +292,7 @@ def test_bad_lines_are_rejected_with_line_number_and_reason():
     assert reasons[5] == "no value for ts"
     assert reasons[6] == "carriage return inside a line"
     assert rejected[0].excerpt == "1521911720.9\tonly\tthree" and rejected[0].source_tool == "zeek"
-    assert units + len(rejected) == len(lines)
+    assert units + sum(item.units for item in rejected) == len(lines)
 
 
 def test_repeated_header_block_switches_layout_and_keeps_line_numbers():
@@ -399,7 +399,7 @@ def test_bad_json_lines_are_rejected():
     assert rejected[0].reason.startswith("not JSON") and rejected[1].reason == "not a JSON object"
     assert "ts" in rejected[2].reason and "ts" in rejected[3].reason
     assert rejected[4].reason == "no value for ts"
-    assert units + len(rejected) == len(lines)
+    assert units + sum(item.units for item in rejected) == len(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -611,7 +611,7 @@ def test_fuzz_tsv_counts_always_add_up(lines):
     data = ZEEK6_HEADER + "".join(line + "\n" for line in lines)
     rows, rejected, units = parse(data.encode())
     assert units == len(rows)
-    assert units + len(rejected) == sum(1 for line in lines if not line.startswith("#"))
+    assert units + sum(item.units for item in rejected) == sum(1 for line in lines if not line.startswith("#"))
 
 
 @settings(max_examples=100, deadline=None)
@@ -621,7 +621,7 @@ def test_fuzz_json_counts_always_add_up(lines):
     data = '{"ts": 1.0, "uid": "C"}\n' + "".join(line + "\n" for line in lines)
     rows, rejected, units = parse(data.encode())
     assert units == len(rows)
-    assert units + len(rejected) == 1 + len(lines)
+    assert units + sum(item.units for item in rejected) == 1 + len(lines)
 
 
 # ---------------------------------------------------------------------------------------

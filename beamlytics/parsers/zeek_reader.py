@@ -246,11 +246,16 @@ Explainer = Callable[[bytes], "str | None"]
 Salvager = Callable[[bytes, int], "tuple[pa.Table, list[int]] | None"]
 
 
+# Which lines of a run could be records at all (a vectorised first look): numpy bools per line.
+Screen = Callable[[bytes], np.ndarray]
+
+
 @dataclass(frozen=True)
 class Reader:
     read: Callable[[bytes], pa.Table]  # fast: fails, or miscounts, on any bad line
     explain: Explainer  # why one line is bad, when the reader's own message is not clear
     salvage: Salvager | None = None
+    screen: Screen | None = None
 
 
 @dataclass(frozen=True)
@@ -263,12 +268,14 @@ class CleanRows:
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError)
 
 
-def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows | Rejected]:
+def read_clean(source: str, run: LineRun, reader: Reader, screened: bool = False) -> Iterator[CleanRows | Rejected]:
     """The rows of `run` that Arrow reads, and a `Rejected` for each line it does not.
 
     A run is clean when the fast read returns exactly one row per line. Otherwise the
-    salvage read (if any) skips the bad lines in one pass; failing that, the run is halved
-    until the bad lines stand alone.
+    reader's screen sets apart the lines that cannot be records (wrong field count, empty)
+    without Python work per good line, so a flood of bad lines costs no memory per line;
+    then the salvage read (if any) skips the remaining bad lines in one pass; failing that,
+    the run is halved until the bad lines stand alone.
     """
     try:
         table = reader.read(run.data)
@@ -278,6 +285,15 @@ def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows 
         problem = f"reader returned {table.num_rows} rows for {run.lines} lines"
     except _READ_ERRORS as error:
         problem = f"unreadable: {error}"
+    if reader.screen is not None and not screened:
+        good = reader.screen(run.data)
+        if not good.all():
+            for piece in _set_apart(source, run, good, reader.explain, problem):
+                if isinstance(piece, Rejected):
+                    yield piece
+                else:
+                    yield from read_clean(source, piece, reader, screened=True)
+            return
     salvaged = reader.salvage(run.data, run.lines) if reader.salvage is not None else None
     if salvaged is not None:
         table, skipped = salvaged
@@ -294,10 +310,61 @@ def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows 
         return
     half = run.lines // 2
     middle = _nth_line_end(run.data, half)
-    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), reader)
+    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), reader, True)
     yield from read_clean(
-        source, LineRun(run.data[middle:], run.first_line + half, run.lines - half, False), reader
+        source, LineRun(run.data[middle:], run.first_line + half, run.lines - half, False), reader, True
     )
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start offset and newline offset of every line of `data` (which ends in a newline)."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)
+    return np.concatenate(([0], ends[:-1] + 1)), ends
+
+
+def _stretches(mask: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+    """(start, stop, value) of each stretch of equal values in `mask`."""
+    cuts = [0, *(np.flatnonzero(np.diff(mask.astype(np.int8))) + 1).tolist(), len(mask)]
+    for start, stop in zip(cuts, cuts[1:]):
+        yield start, stop, bool(mask[start])
+
+
+def _set_apart(
+    source: str, run: LineRun, good: np.ndarray, explain: Explainer, problem: str
+) -> Iterator[LineRun | Rejected]:
+    """Stretches of `good` lines as runs; a `Rejected` for each other line, one for a stretch of empty lines."""
+    starts, ends = _line_bounds(run.data)
+    for start, stop, is_good in _stretches(good):
+        if is_good:
+            data = run.data[int(starts[start]) : int(ends[stop - 1]) + 1]
+            yield LineRun(data, run.first_line + start, stop - start, is_header=False)
+            continue
+        empty = starts[start:stop] == ends[start:stop]
+        for first, last, is_empty in _stretches(empty):
+            position = run.first_line + start + first
+            if is_empty:
+                count = last - first
+                reason = "empty line" if count == 1 else f"empty lines: {count} from here on"
+                yield Rejected(source, position, reason, "", SOURCE_TOOL, units=count)
+                continue
+            for index in range(start + first, start + last):
+                line = bytes(run.data[int(starts[index]) : int(ends[index])])
+                yield Rejected(source, run.first_line + index, explain(line) or problem, excerpt(line), SOURCE_TOOL)
+
+
+def _json_screen(data: bytes) -> np.ndarray:
+    starts, ends = _line_bounds(data)
+    return ends > starts
+
+
+def _tsv_screen(separator: bytes, fields: int) -> Screen:
+    def screen(data: bytes) -> np.ndarray:
+        starts, ends = _line_bounds(data)
+        separators = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == separator[0])
+        counts = np.searchsorted(separators, ends) - np.searchsorted(separators, starts)
+        return (counts == fields - 1) & (ends > starts)
+
+    return screen
 
 
 def _lines_with_stray_cr(data: bytes) -> list[int]:
@@ -392,7 +459,7 @@ def tsv_reader(header: Header, wanted: Mapping[str, str]) -> Reader:
             indexes = sorted(split_by_cr + [int(kept[index]) for index in indexes])
         return table, indexes
 
-    return Reader(read, tsv_explainer(header), salvage)
+    return Reader(read, tsv_explainer(header), salvage, _tsv_screen(header.separator, len(fields)))
 
 
 def tsv_explainer(header: Header) -> Explainer:
@@ -435,7 +502,7 @@ def json_explainer(line: bytes) -> str | None:
     return None
 
 
-JSON_READER = Reader(json_reader, json_explainer)
+JSON_READER = Reader(json_reader, json_explainer, screen=_json_screen)
 
 # ---------------------------------------------------------------------------------------
 # Whole logs
