@@ -40,6 +40,16 @@ def _nul_tail(path: Path) -> tuple[str, str]:
     return str(path / "access.log"), "http"
 
 
+def _zeek_nul_tail(path: Path) -> tuple[str, str]:
+    line = b"1521911720.865716\tC1\t10.0.0.1\t5000\t10.0.0.53\t53\ta.example\n"
+    with open(path / "dns.log", "wb") as handle:
+        handle.write(ZEEK_HEADER + line * 100)
+        zeros = bytes(MIB)
+        for _ in range(512):
+            handle.write(zeros)
+    return str(path / "dns.log"), "dns"
+
+
 def _gzip_bomb(path: Path) -> tuple[str, str]:
     _gzip_stream(path / "access.log.gz", [(SQUID_LINE * 100, 1), (bytes(MIB), 4 << 10)])  # 4 GiB of NULs
     return str(path / "access.log.gz"), "http"
@@ -61,7 +71,7 @@ def _long_line(path: Path) -> tuple[str, str]:
     return str(path / "access.log"), "http"
 
 
-CASES = {"nul_tail": _nul_tail, "gzip_bomb": _gzip_bomb, "blank_lines": _blank_lines, "junk_lines": _junk_lines,
+CASES = {"nul_tail": _nul_tail, "zeek_nul_tail": _zeek_nul_tail, "gzip_bomb": _gzip_bomb, "blank_lines": _blank_lines, "junk_lines": _junk_lines,
          "long_line": _long_line}
 
 

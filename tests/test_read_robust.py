@@ -272,3 +272,12 @@ def test_a_gzip_bomb_file_ends_in_one_dead_letter(tmp_path):
     rows, dead, units, read = items_of([bomb], "http")
     assert len(rows) == 10 and units == read
     assert len(dead) == 1 and dead[0].units == 0 and "decompression bomb" in dead[0].reason
+
+
+def test_the_summary_works_whether_or_not_the_capture_reader_counts_what_it_read(tmp_path):
+    capture = shared_data("pcaps/dns/dsc_dnso1tcp.pcap")  # 212 packets, says capinfos (SOURCES.md)
+    out = tmp_path / "out"
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), str(capture)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["read"] == summary["parsed"] + summary["rejected"] == 212 and summary["unaccounted"] == 0
+    assert summary["records"] > 0

@@ -24,6 +24,12 @@ delivered and the parser yields that count as a `Read` once, last. The pipeline 
 `read == parsed + rejected units` against it: a parser that drops or double-counts a unit
 shows up in the summary instead of vanishing.
 
+`formats.parse_source` wraps every parser: it re-checks the file's kind, validates each
+record (`validate`: time range, addresses, canonical address text) and lists at most a
+fixed number of dead letters per reason kind and file (`limits`). Options the line
+readers and that wrapper take: `max_line_bytes`, `max_decompression_ratio`, `time_range`
+("FROM..TO"), `dead_letters_per_reason`; BIND also takes `year` and `timezone`.
+
 Parsers import no Beam, so unit tests and other tools can call them directly.
 """
 from __future__ import annotations
