@@ -166,9 +166,12 @@ def open_input(path: str, opener: Callable[[str], BinaryIO] | None = None) -> Bi
 def read_head(stream: BinaryIO, size: int = 65536) -> bytes:
     """First `size` decompressed bytes of a stream, or what could be read before an error."""
     chunks, total = [], 0
+    # read1 hands out what a decompressor has ready: a stream that breaks inside the head
+    # still shows its first bytes (a truncated capture is still recognised as one).
+    read = getattr(stream, "read1", stream.read)
     try:
         while total < size:
-            chunk = stream.read(size - total)
+            chunk = read(size - total)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from beamlytics import schemas
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
-from beamlytics.parsers.base import BATCH_ROWS, Rejected
+from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
 
 REJECTED_TAG = "rejected"
 COUNTS_TAG = "counts"
@@ -53,6 +53,9 @@ class _ParseSource(beam.DoFn):
             if isinstance(item, Rejected):
                 yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
                 yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("rejected", 1))
+                continue
+            if isinstance(item, Read):
+                yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("read", item.units))
                 continue
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("parsed", item.units))
             records = item.records
