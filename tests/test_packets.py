@@ -307,9 +307,9 @@ def test_gzip_capture_through_open_input(tmp_path):
     assert [packet.payload for packet in items(open_input(str(path)))] == [b"payload", b"payload"]
 
 
-def segment(seq: int, data: bytes = b"", flags: int = 16, reverse: bool = False) -> Packet:
+def segment(seq: int, data: bytes = b"", flags: int = 16, reverse: bool = False, ack: int = 0) -> Packet:
     src, dst, sport, dport = (DST4, SRC4, 53, 40000) if reverse else (SRC4, DST4, 40000, 53)
-    return Packet(1, 0, src, dst, 6, sport, dport, flags, seq, 40 + len(data), data)
+    return Packet(1, 0, src, dst, 6, sport, dport, flags, seq, 40 + len(data), data, ack)
 
 
 def test_tcp_reassembly_in_order_retransmitted_and_out_of_order():
@@ -329,7 +329,28 @@ def test_tcp_reassembly_skips_a_gap_when_the_buffer_overflows():
     assert streams.feed(segment(10, b"0123456")) == b""
     # 12 bytes waiting: the gap 2..9 is given up and the stream goes on from 10.
     assert streams.feed(segment(17, b"789ab")) == b"0123456789ab"
-    assert streams.feed(segment(22, b"c")) == b"c"
+    assert streams.gap == 8  # bytes 2..9
+    assert streams.feed(segment(22, b"c")) == b"c" and streams.gap == 0
+
+
+def test_tcp_reassembly_skips_a_hole_the_receiver_acknowledged():
+    streams = TcpReassembler()
+    streams.feed(segment(99, flags=2))
+    streams.feed(segment(499, flags=18, reverse=True))
+    assert streams.feed(segment(100, b"abc")) == b"abc"
+    assert streams.feed(segment(110, b"klm")) == b""  # 103..109 missing, maybe only late
+    assert streams.gap == 0
+    # The receiver acknowledges up to 108: bytes 103..107 reached it, not the capture.
+    assert streams.feed(segment(500, b"", reverse=True, ack=108)) == b""
+    assert streams.feed(segment(108, b"ij")) == b"ijklm" and streams.gap == 5
+    assert streams.feed(segment(104, b"late")) == b""  # behind the stream now: delivered never
+
+
+def test_tcp_reassembly_hands_out_what_waits_when_the_direction_ends():
+    streams = TcpReassembler()
+    streams.feed(segment(0, b"ab"))
+    assert streams.feed(segment(5, b"fg")) == b""
+    assert streams.feed(segment(9, b"j", flags=17)) == b"fgj" and streams.gap == 3 + 2  # 2..4 and 7..8
 
 
 def test_tcp_reassembly_wraps_around_sequence_space():

@@ -70,11 +70,11 @@ def udp_frame(payload: bytes, sport: int, dport: int, src: str, dst: str) -> byt
     return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
 
 
-def tcp_frame(payload: bytes, seq: int, from_client: bool, flags: int = 0x18) -> bytes:
+def tcp_frame(payload: bytes, seq: int, from_client: bool, flags: int = 0x18, ack: int = 0) -> bytes:
     import socket
 
     src, dst, sport, dport = (CLIENT, SERVER, 41000, 53) if from_client else (SERVER, CLIENT, 53, 41000)
-    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, flags=flags, data=payload)
+    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, data=payload)
     ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, data=tcp)
     ip.len = len(ip)
     return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
@@ -238,6 +238,27 @@ def test_dns_over_tcp_several_messages_per_segment_and_across_segments():
     assert by_query["one.example"]["answers"] == ["cdn.one.example", "93.184.216.34"]
     assert by_query["one.example"]["proto"] == "tcp" and by_query["one.example"]["source_pos"] == 2
     assert by_query["two.example"]["resp_code"] is None
+
+
+def test_dns_over_tcp_content_gap_skips_the_rest_of_that_stream():
+    queries = [query(n, f"q{n}.example") for n in (1, 2, 3)]
+    stream = b"".join(struct.pack(">H", len(q)) + q for q in queries)
+    replies = [struct.pack(">H", len(r)) + r for r in (response(n, f"q{n}.example") for n in (1, 2, 3))]
+    lost = len(replies[1]) // 2
+    frames = [
+        tcp_frame(b"", 99, True, flags=0x02),
+        tcp_frame(stream, 100, True),
+        tcp_frame(replies[0], 500, False),
+        # the capture loses replies[1][:lost]; the client's ACK shows the server sent it
+        tcp_frame(b"", 100 + len(stream), True, flags=0x10, ack=500 + len(replies[0]) + lost),
+        tcp_frame(replies[1][lost:] + replies[2], 500 + len(replies[0]) + lost, False),
+    ]
+    rows, rejected, units = dns_table(capture(frames))
+    assert units == len(frames)
+    assert [(r.position, r.units, r.reason) for r in rejected] == [
+        (5, 0, f"DNS over TCP stream (rest of it skipped): content gap of {lost} bytes")]
+    answered = {row["query"]: row["resp_code"] for row in rows}
+    assert answered == {"q1.example": "NOERROR", "q2.example": None, "q3.example": None}
 
 
 def test_fragmented_response_is_reassembled():

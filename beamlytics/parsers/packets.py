@@ -922,6 +922,12 @@ class TcpReassembler:
         return out
 
 
+def content_gap(source: str, packet: Packet, size: int, stream: str) -> Rejected:
+    """The dead letter for `size` bytes of `stream` that the capture lost before `packet`'s
+    data. Units 0: the packet itself was read fine and counts where it was used."""
+    return Rejected(source, packet.number, f"{stream}: content gap of {size} bytes", "", SOURCE_TOOL, 0)
+
+
 def _earliest(direction: _Direction) -> int:
     """The waiting segment nearest ahead of where the stream stands."""
     return min(direction.waiting, key=lambda seq: _seq_distance(direction.next_seq, seq))

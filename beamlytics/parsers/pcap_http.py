@@ -14,11 +14,12 @@ that do not parse give one `Rejected` (counted as the packet that brought them);
 direction then skips data up to the next line that starts like a message.
 
 Bytes the capture lost (a content gap, see `packets.TcpReassembler`) are handled like
-Zeek's HTTP analyzer does: a gap inside a body of known length or read until close only
-shortens what we saw of that body; a gap that swallows a message start costs that one
+Zeek's HTTP analyzer does: a gap inside a body of known length, or of one read until
+close, is skipped as body bytes and the message stays whole (its body length counts
+them); a gap that swallows a message start costs that one
 message (its request is kept without response, or a response is kept without its lost
 request) and parsing resumes at the next start line after the hole. Each gap is a dead
-letter "content gap of N bytes" at the packet after it, with units 0: the packets
+letter "HTTP server stream: content gap of N bytes" at the packet after it, with units 0: the packets
 themselves were read fine and count in the batches.
 """
 from __future__ import annotations
@@ -439,9 +440,7 @@ class HttpTable:
             else:
                 self._lose_oldest_response(connection)
         self._emit_answered(connection)
-        side = "client" if from_client else "server"
-        return Rejected(self.source, packet.number, f"HTTP: content gap of {size} bytes in the {side} stream",
-                        "", SOURCE_TOOL, 0)
+        return packets.content_gap(self.source, packet, size, f"HTTP {'client' if from_client else 'server'} stream")
 
     def _lose_oldest_response(self, connection: _Connection) -> None:
         """Garbage where a response should be (lost segments, capture started mid-body).
