@@ -131,7 +131,8 @@ CONN_STATES = {
     "S0": [(0.0, tcp(C, 40100, S, 80, flags=SYN))],  # SYN, no reply
     "REJ": [(0.0, tcp(C, 40101, S, 80, flags=SYN)), (0.1, tcp(S, 80, C, 40101, flags=RST | ACK))],
     "S1": handshake(40102),
-    "SF": handshake(40103) + [(0.3, tcp(C, 40103, S, 80, flags=FIN | ACK)), (0.4, tcp(S, 80, C, 40103, flags=FIN | ACK))],
+    "SF": handshake(40103) + [(0.3, tcp(C, 40103, S, 80, flags=FIN | ACK)),
+                              (0.4, tcp(S, 80, C, 40103, flags=FIN | ACK))],
     "S2": handshake(40104) + [(0.3, tcp(C, 40104, S, 80, flags=FIN | ACK))],
     "S3": handshake(40105) + [(0.3, tcp(S, 80, C, 40105, flags=FIN | ACK))],
     "RSTO": handshake(40106) + [(0.3, tcp(C, 40106, S, 80, flags=RST))],

@@ -1,17 +1,23 @@
 """The packet layer: capture records in, decoded IP packets out.
 
-`iter_packets` reads a pcap or pcapng stream and yields exactly one item per capture
-record, so callers can keep the unit contract of `parsers.base` (read = parsed + rejected)
-without knowing anything about link layers:
+`PacketReader` (or `iter_packets`) reads a pcap or pcapng stream and yields exactly one
+item per capture record, so callers can keep the unit contract of `parsers.base` (read =
+parsed + rejected) without knowing anything about link layers:
 
 * a `Packet` (addresses, ports, TCP flags, transport payload),
-* a `Rejected` for a record that cannot be decoded, or for a file that ends mid-record,
+* a `Rejected` (units 1) for a record that cannot be decoded or whose header is absurd,
 * `None` for a well-formed frame that carries no IP datagram for us (ARP, LLDP, STP...)
-  or an IP fragment held until its datagram is complete.
+  or an IP fragment held until its datagram is complete;
+
+and, where the file cannot be read any further, one last `Rejected` with units 0 for
+the rest of it (cut short, broken compression) with the byte offset and the reason.
 
 The readers are our own (struct over the raw bytes) rather than dpkt's: they are faster,
 handle every pcapng interface's own link type and clock resolution, and turn every kind
-of damage into a `Rejected` instead of an exception.
+of damage into a `Rejected` instead of an exception. A record or block whose length
+fields lie costs that record only: the reader looks ahead (a bounded window, whatever the
+lengths claim) for the next plausible record header, or well-framed pcapng block, and
+goes on from there. Times outside 1970-9999 are rejected per packet.
 
 `TcpReassembler` turns TCP segments into in-order byte streams per direction, so that
 DNS-over-TCP and HTTP parsers see whole messages however the sender cut them.
@@ -163,9 +169,7 @@ class _PcapLayout:
     def __init__(self, endian: str, ns_per_tick: int, snaplen: int):
         self.endian = endian
         self.header = struct.Struct(endian + "IIII")
-        self.ns_per_tick = ns_per_tick
         self.ticks_per_second = 1_000_000_000 // ns_per_tick
-        self.snaplen = snaplen
         self.limit = min(max(snaplen, _MIN_RECORD_LIMIT), _MAX_RECORD_LIMIT)
 
     def sane(self, data: bytes, at: int) -> bool:
@@ -208,24 +212,25 @@ class _PcapLayout:
         return False
 
     def _same_day_candidates(self, data: bytes, start: int, end: int, near_seconds: int) -> Iterator[int]:
-        """Offsets whose seconds field shares its upper 16 bits with a nearby time: a
-        C-speed search instead of trying every byte."""
-        highs = {(near_seconds + delta) >> 16 for delta in (-86_400, 0, 86_400)}
-        found: set[int] = set()
-        for high in highs:
-            pattern = struct.pack(self.endian + "H", high & 0xFFFF)
-            shift = 2 if self.endian == "<" else 0  # where the upper half sits in the field
-            index = data.find(pattern, start + shift, end)
-            while index >= 0:
-                found.add(index - shift)
-                index = data.find(pattern, index + 1, end)
-        return iter(sorted(found))
+        """Offsets, in order, whose seconds field shares its upper 16 bits with a time within a
+        day of `near_seconds`: a C-speed search instead of trying every byte."""
+        shift = 2 if self.endian == "<" else 0  # where the upper half sits in the field
+        highs = {((near_seconds + delta) >> 16) & 0xFFFF for delta in (-86_400, 0, 86_400)}
+        patterns = [struct.pack(self.endian + "H", high) for high in sorted(highs)]
+        found = {pattern: data.find(pattern, start + shift, end) for pattern in patterns}
+        while True:
+            live = [(index, pattern) for pattern, index in found.items() if index >= 0]
+            if not live:
+                return
+            index, pattern = min(live)
+            yield index - shift
+            found[pattern] = data.find(pattern, index + 1, end)
 
 
 def _read_pcap(source: str, stream: _Input) -> Iterator[tuple | Rejected]:
     endian, ns_per_tick = _PCAP_MAGIC[stream.data[:4]]
     if not stream.ensure(24):
-        yield stream.rest_lost(source, 0, "the pcap file header") or _rejected(source, 0, "truncated pcap file header")
+        yield stream.rest_lost(source, 0, "the pcap file header")
         return
     snaplen, network = struct.unpack_from(endian + "16xII", stream.data, stream.pos)
     stream.pos += 24
