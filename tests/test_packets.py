@@ -357,3 +357,16 @@ def test_tcp_reassembly_wraps_around_sequence_space():
     streams = TcpReassembler()
     streams.feed(segment(0xFFFFFFFE, b"ab"))
     assert streams.feed(segment(0, b"cd")) == b"cd"
+
+
+def test_benchmark_long_capture_is_copies_shifted_past_every_timeout(tmp_path):
+    from benchmarks.long_capture import COPY_SPACING_S, write_copies
+
+    seed = pcap([ether(IP4), ether(bytes(udp4(b"second")))], ts=TS).getvalue()
+    out = tmp_path / "long.pcap"
+    assert write_copies(seed, 3, out) == 6
+    with open(out, "rb") as stream:
+        records = [(ts, bytes(frame)) for ts, frame in dpkt.pcap.Reader(stream)]
+    span = 1 + COPY_SPACING_S  # both records share one second: the copy lasts 1 s, then the spacing
+    assert [round(ts - TS) for ts, _ in records] == [0, 0, span, span, 2 * span, 2 * span]
+    assert [frame for _, frame in records] == [ether(IP4), ether(bytes(udp4(b"second")))] * 3

@@ -190,6 +190,15 @@ def test_lost_request_leaves_its_response_without_request():
     assert [r.reason for r in rejected] == ["HTTP client stream: content gap of 19 bytes"]
 
 
+def test_holes_in_connections_that_are_not_http_are_not_reported():
+    banner, pieces = b"SSH-2.0-x\r\n", [b"a" * 50, b"b" * 50, b"c" * 50]
+    frames = [client(0.0, 99, flags=SYN), server(0.01, 499, flags=SYN | ACK), server(0.1, 500, banner)]
+    frames += segments_with_one_lost(server, 500 + len(banner), pieces, 1, 0.2,
+                                     lambda t, seq, ack: client(t, 100, ack=ack))
+    rows, units, rejected = http(frames)
+    assert (rows, rejected, units) == ([], [], len(frames))
+
+
 def test_zeek_capture_with_one_dropped_response_segment():
     """tshark counts 1000 requests and 999 responses (SOURCES.md); the hole is measured here
     from the server's sequence numbers with dpkt."""

@@ -39,7 +39,7 @@ SOURCE_TOOL = "pcap"
 class Packet:
     number: int  # 1-based record number in the capture file
     ts_us: int  # capture time, microseconds since the epoch (UTC)
-    src: str  # IP source as `ipaddress` prints it
+    src: str  # IP source as `address_text` prints it (RFC 5952 for IPv6)
     dst: str
     proto: int  # IP protocol after IPv6 extension headers
     sport: int  # 0 for protocols without ports

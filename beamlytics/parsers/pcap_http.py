@@ -528,7 +528,8 @@ def _on_packet(table: HttpTable, streams: packets.TcpReassembler, packet: packet
             client, server = (receiver, sender) if data.startswith(b"HTTP/") else (sender, receiver)
             connection = table.connection(key, client, server)
         from_client = (packet.src, packet.sport) == connection.client
-        if streams.gap and (connection.requests.messages or not from_client):
+        # Only a connection known to speak HTTP (a request was read) has its holes reported.
+        if streams.gap and connection.requests.messages:
             rejected.append(table.gap(connection, from_client, streams.gap, packet))
         garbage = table.feed(connection, from_client, data, packet.number, packet.ts_us)
         if garbage is not None:
