@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 def all_rejected(summary: Mapping[str, Any]) -> bool:
     """Nothing of the input could be read: the run failed, whatever it wrote."""
-    return summary.get("rejected", 0) > 0 and summary.get("parsed", 0) == 0
+    # A whole unreadable file is a dead letter that stands for no countable units (`rejected` 0).
+    dead = summary.get("rejected", 0) + summary.get("dead_letters", 0)
+    return dead > 0 and summary.get("parsed", 0) == 0
 
 
 def explain(summary: Mapping[str, Any]) -> list[str]:
@@ -18,8 +20,8 @@ def explain(summary: Mapping[str, Any]) -> list[str]:
     table = summary.get("table", "the")
     skipped = summary.get("skipped") or {}
     if all_rejected(summary):
-        return [f"every input was rejected: {summary['rejected']:,} unreadable lines, packets or files "
-                "and nothing parsed (reasons in rejected/)"]
+        letters = summary.get("dead_letters", summary.get("rejected", 0))
+        return [f"every input was rejected: nothing parsed, {letters:,} dead letters (reasons in rejected/)"]
     if summary.get("files", 0) == 0 and skipped:
         reasons = sorted(set(skipped.values()))
         return [f"no input file feeds the {table} table: {len(skipped):,} skipped ({'; '.join(reasons)}); "
