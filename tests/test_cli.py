@@ -338,6 +338,7 @@ def test_detect_reports_progress_with_the_run_counts_and_quiet_silences_it(capsy
 @pytest.mark.parametrize("option, fragment", [
     (["--k", "nan"], "--k: not a finite number"),
     (["--k", "inf"], "--k: not a finite number"),
+    (["--max-decompression-ratio", "nan"], "--max-decompression-ratio: not a finite number"),
     (["--detector", "spot", "--q=-inf"], "--q: not a finite number"),
     (["--features", ","], "--features ',' names no feature"),
     (["--start-day", "2024-05-03", "--end-day", "2024-05-01"], "--start-day 2024-05-03 is after --end-day"),

@@ -139,7 +139,7 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
                         help="IANA zone of log times written without one (BIND), e.g. Europe/Paris (default UTC)")
     parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
                         help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
-    parser.add_argument("--max-decompression-ratio", type=float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
+    parser.add_argument("--max-decompression-ratio", type=finite_float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
                         help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
     parser.add_argument("--quiet", action="store_true", help="no progress reports on stderr")
 
