@@ -13,9 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
+
+from beamlytics.pipelines.outputs import is_output_folder
 
 # Most specific first: a full date with separators, then compact YYYYMMDD in rotated names.
 _DAY_PATTERNS = (
@@ -72,8 +75,19 @@ def day_of_path(path: str) -> dt.date | None:
     return None
 
 
+@dataclass
+class Selection:
+    paths: list[str]  # sorted; special files and dangling links stay in, to be dead-lettered when opened
+    skipped_outputs: list[str]  # beamlytics output folders inside input folders, not read back as input
+
+
 def expand_inputs(patterns: list[str], days: DayRange = DayRange()) -> list[str]:
-    """Every file named by `patterns` (files, globs, folders searched recursively), sorted.
+    """Every file named by `patterns` (files, globs, folders searched recursively), sorted."""
+    return select_inputs(patterns, days).paths
+
+
+def select_inputs(patterns: list[str], days: DayRange = DayRange()) -> Selection:
+    """The files named by `patterns`, and the output folders their folders hold.
 
     A pattern that matches nothing is an error the user must hear about: a typo in a path
     must not turn into an empty, successful run.
@@ -81,24 +95,71 @@ def expand_inputs(patterns: list[str], days: DayRange = DayRange()) -> list[str]
     if not patterns:
         raise InputError("no input given")
     files: set[str] = set()
+    skipped: list[str] = []
     for pattern in patterns:
-        matched = _match(pattern)
-        if not matched:
-            raise InputError(f"no such file or folder: {pattern}")
-        files.update(matched)
+        files.update(_match(pattern, skipped))
     selected = []
     for path in sorted(files):
         day = day_of_path(path)
         if day is None or not days.bounded or days.contains(day):
             selected.append(path)
-    return selected
+    return Selection(selected, sorted(skipped))
 
 
-def _match(pattern: str) -> list[str]:
+def unreadable_reason(path: str) -> str | None:
+    """Why a local input cannot be opened as a file, if so: a FIFO would block the run forever."""
+    if "://" in path:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"dangling symbolic link to {os.readlink(path)}" if os.path.islink(path) else None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return "not a regular file: " + next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def _match(pattern: str, skipped: list[str]) -> list[str]:
     if _is_local_dir(pattern):
-        pattern = pattern.rstrip("/") + "/**"
+        found_outputs: list[str] = []
+        files = _walk(pattern.rstrip("/") or "/", found_outputs)
+        skipped.extend(found_outputs)
+        if not files:
+            also = f" (only beamlytics outputs, not read as input: {', '.join(found_outputs)})" if found_outputs else ""
+            raise InputError(f"folder {pattern} has no files{also}")
+        return files
     results = FileSystems.match([pattern])[0].metadata_list
+    if not results and "://" not in pattern and os.path.islink(pattern):
+        return [pattern]  # a dangling link: dead-lettered with its target when opened
+    if not results:
+        raise InputError(f"no such file or folder: {pattern}")
     return [meta.path for meta in results if not _is_local_dir(meta.path)]
+
+
+def _walk(top: str, skipped: list[str]) -> list[str]:
+    """Files under a local folder, following links to folders once; output folders go to `skipped`."""
+    def unreadable(error: OSError) -> None:
+        raise InputError(f"cannot read folder {error.filename}: {error.strerror}")
+
+    files = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(top, onerror=unreadable, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        kept = []
+        for name in sorted(dirs):
+            if is_output_folder(os.path.join(root, name)):
+                skipped.append(os.path.join(root, name))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        files.extend(os.path.join(root, name) for name in names)
+    return files
 
 
 def _is_local_dir(path: str) -> bool:
