@@ -77,7 +77,7 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, choices=sorted(schemas.TABLES),
                         help="the data table to build: dns, http or named_flows")
     parser.add_argument("--output", required=True, metavar="OUT",
-                        help="output folder (local or any Beam filesystem): new, empty, or an earlier beamlytics result")
+                        help="output folder (local or any Beam filesystem): new, empty, or holding an earlier result")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier beamlytics result in OUT (never files beamlytics did not write)")
     parser.add_argument("--start-day", help="first day to read, YYYY-MM-DD (UTC): by dated folders/names and record times")

@@ -43,6 +43,7 @@ RUN_MARKER = ".beamlytics-run"  # in a staging folder: whose it is
 REPLACED = ".replaced"  # in a staging folder: earlier entries moved aside while the new ones move in
 _INTERNAL = {MANIFEST, LOCK}
 _HASH_CHUNK = 1 << 20
+_MOVE_IT = "move it away or choose another --output folder"
 
 
 class OutputError(Exception):
@@ -79,8 +80,7 @@ class Manifest:
             files = tuple((item["path"], int(item["size"]), item["sha256"]) for item in document["files"])
             return cls(document["command"], files, document["version"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise OutputError(f"{where} is not a readable beamlytics manifest ({error}); "
-                              "move it away or choose another --output folder") from None
+            raise OutputError(f"{where} is not a readable beamlytics manifest ({error}); {_MOVE_IT}") from None
 
 
 def read_manifest(folder: str) -> Manifest | None:
@@ -106,7 +106,7 @@ def size_and_sha256(path: str) -> tuple[int, str]:
 
 
 def _files_under(folder: str, names: Sequence[str]) -> list[str]:
-    """Relative paths of the files under the entries `names` of `folder`, sorted."""
+    """Relative paths of the files under the entries `names` of `folder`, and of empty folders (`a/b/`), sorted."""
     found = []
     for name in names:
         top = os.path.join(folder, name)
@@ -114,18 +114,18 @@ def _files_under(folder: str, names: Sequence[str]) -> list[str]:
             found.append(name)
             continue
         for root, dirs, files in os.walk(top):
-            dirs.sort()
             relative = os.path.relpath(root, folder).replace(os.sep, "/")
             found.extend(f"{relative}/{file}" for file in files)
+            if not dirs and not files:
+                found.append(f"{relative}/")
     return sorted(found)
 
 
 def manifest_of(folder: str, command: str) -> Manifest:
-    """The manifest of what a run wrote into its staging folder."""
+    """The manifest of what a run wrote into its staging folder (empty folders hold nothing to list)."""
     names = [name for name in os.listdir(folder) if name not in (RUN_MARKER, REPLACED, MANIFEST)]
-    files = []
-    for relative in _files_under(folder, names):
-        files.append((relative, *size_and_sha256(os.path.join(folder, relative))))
+    files = [(relative, *size_and_sha256(os.path.join(folder, relative)))
+             for relative in _files_under(folder, names) if not relative.endswith("/")]
     return Manifest(command, tuple(files))
 
 
@@ -167,15 +167,18 @@ def check_contents(folder: str, overwrite: bool) -> Manifest | None:
     if earlier is None:
         return None
     listed = {path: (size, digest) for path, size, digest in earlier.files}
-    for relative in _files_under(folder, [name for name in earlier.entries if os.path.lexists(os.path.join(folder, name))]):
+    present = [name for name in earlier.entries if os.path.lexists(os.path.join(folder, name))]
+    for relative in _files_under(folder, present):
         path = os.path.join(folder, relative)
         if relative not in listed:
-            raise OutputError(f"{path} was not written by beamlytics; move it away or choose another --output folder")
-        if os.path.islink(path) or os.path.getsize(path) != listed[relative][0] or size_and_sha256(path) != listed[relative]:
-            raise OutputError(f"{path} changed since beamlytics wrote it; move it away or choose another --output folder")
+            raise OutputError(f"{path} was not written by beamlytics; {_MOVE_IT}")
+        size, _ = listed[relative]
+        if os.path.islink(path) or os.path.getsize(path) != size or size_and_sha256(path) != listed[relative]:
+            raise OutputError(f"{path} changed since beamlytics wrote it; {_MOVE_IT}")
     if not overwrite:
         raise OutputError(f"output folder {folder} holds the result of an earlier beamlytics {earlier.command} "
-                          f"({', '.join(earlier.entries)}); add --overwrite to replace it, or choose another --output folder")
+                          f"({', '.join(earlier.entries)}); add --overwrite to replace it, "
+                          "or choose another --output folder")
     return earlier
 
 
