@@ -135,7 +135,38 @@ def _match(pattern: str, skipped: list[str]) -> list[str]:
         return [pattern]  # a dangling link: dead-lettered with its target when opened
     if not results:
         raise InputError(f"no such file or folder: {pattern}")
-    return [meta.path for meta in results if not _is_local_dir(meta.path)]
+    paths = [meta.path for meta in results if not _is_local_dir(meta.path)]
+    return paths if "://" in pattern else _outside_outputs(paths, pattern, skipped)
+
+
+def _outside_outputs(paths: list[str], pattern: str, skipped: list[str]) -> list[str]:
+    """The paths a local glob matched that are not inside an output folder below the glob's fixed part."""
+    fixed = []
+    for part in pattern.split(os.sep)[:-1]:
+        if re.search(r"[*?[]", part):
+            break
+        fixed.append(part)
+    base = os.sep.join(fixed) if fixed else "."
+    verdicts: dict[str, bool] = {}
+    kept = []
+    for path in paths:
+        relative = os.path.relpath(os.path.dirname(path), base)
+        folders = [] if relative == "." or relative.startswith("..") else relative.split(os.sep)
+        inside = False
+        for depth in range(1, len(folders) + 1):
+            folder = os.path.join(base, *folders[:depth])
+            if folder not in verdicts:
+                verdicts[folder] = is_output_folder(folder)
+                if verdicts[folder]:
+                    skipped.append(folder)
+            if verdicts[folder]:
+                inside = True
+                break
+        if not inside:
+            kept.append(path)
+    if paths and not kept:
+        raise InputError(f"{pattern} matches only files in beamlytics output folders, which are not read as input")
+    return kept
 
 
 def _walk(top: str, skipped: list[str]) -> list[str]:

@@ -151,6 +151,11 @@ def test_parse_then_detect_into_one_folder_is_refused_until_overwrite(tmp_path, 
     assert not (out / "dns").exists()  # the earlier parse's table went with its result
     assert {"anomalies", "scores", "features", "rejected", "summary.json"} <= set(os.listdir(out))
     assert (tmp_path / "beside.txt").read_text() == "mine\n"
+    detected = tree_bytes(out, hidden=True)
+    line = refused(capsys, "detect", "--overwrite", "--baseline", str(out / "features"), "--table", "dns",
+                   "--output", str(out), str(small_log))
+    assert f"contains the input folder {out / 'features'}" in line  # replacing it would delete the baseline
+    assert tree_bytes(out, hidden=True) == detected
 
 
 def test_overwrite_replaces_the_earlier_run_and_refuses_changed_files(tmp_path, small_log, capsys):
@@ -184,6 +189,8 @@ def test_output_that_is_a_file_is_refused(tmp_path, small_log, capsys):
     target.write_text("mine\n")
     line = refused(capsys, "parse", "--table", "dns", "--output", str(target), str(small_log))
     assert line.endswith(f"--output {target} is a file, not a folder")
+    line = refused(capsys, "parse", "--table", "dns", "--output", str(target / "out"), str(small_log))
+    assert line.endswith(f"cannot lock output folder {target / 'out'}: Not a directory")
     assert target.read_text() == "mine\n"
 
 
@@ -201,6 +208,13 @@ def test_an_output_folder_inside_an_input_folder_is_not_read_back(tmp_path, smal
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert summary["rejected"] == 0 and summary["files"] == 1
     assert tree_bytes(tmp_path / "again") == first  # the same records, read from the one log
+
+    status, err = run("parse", "--table", "dns", "--output", str(tmp_path / "globbed"), f"{logs}/**", capsys=capsys)
+    assert status == 0
+    assert f"not reading {logs / 'parsed'}: it is a beamlytics output folder" in err
+    assert tree_bytes(tmp_path / "globbed") == first
+    line = refused(capsys, "parse", "--table", "dns", "--output", str(tmp_path / "o"), f"{logs}/*/dns/*")
+    assert "matches only files in beamlytics output folders" in line
 
 
 def test_inputs_empty_folder_fifo_and_dangling_link(tmp_path, small_log, capsys):

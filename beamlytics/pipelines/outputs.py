@@ -286,8 +286,11 @@ def _interrupts_ignored() -> Iterator[None]:
 @contextmanager
 def local_output(folder: str, command: str, overwrite: bool = False) -> Iterator[str]:
     """The staging folder to write into; its entries replace the folder's only if the block succeeds."""
-    os.makedirs(folder, exist_ok=True)
-    fd = acquire_lock(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = acquire_lock(folder)
+    except OSError as error:  # read-only, not ours, or a filesystem without locks: never write unlocked
+        raise OutputError(f"cannot lock output folder {folder}: {error.strerror or error}") from None
     try:
         recover(folder)
         earlier = check_contents(folder, overwrite)
