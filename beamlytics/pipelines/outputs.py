@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
@@ -217,7 +217,8 @@ def acquire_lock(folder: str) -> int:
 
 def release_lock(folder: str, fd: int) -> None:
     # Removed while still held, so that no other run can be holding this file when it goes.
-    os.unlink(os.path.join(folder, LOCK))
+    with suppress(FileNotFoundError):  # the folder was moved or removed during the run
+        os.unlink(os.path.join(folder, LOCK))
     os.close(fd)
 
 
