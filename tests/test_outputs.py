@@ -407,3 +407,18 @@ def test_remote_outputs_stage_and_rename_through_beam_filesystems(tmp_path):
                 handle.write(b"half")
             raise RuntimeError("the pipeline failed")
     assert not [path for path in Path(failed).rglob("*") if path.is_file()]
+
+
+def test_input_folders_with_link_loops_and_devices_are_listed_once_and_never_opened(tmp_path, small_log):
+    from beamlytics.inputs import select_inputs, unreadable_reason
+
+    logs = tmp_path / "logs"
+    (logs / "day").mkdir(parents=True)
+    (logs / "day" / "dns.log").write_bytes(small_log.read_bytes())
+    os.symlink(logs, logs / "day" / "back-up")  # a loop: followed once, not forever
+    os.symlink("/dev/null", logs / "null.log")
+    selection = select_inputs([str(logs)])
+    assert selection.paths == [str(logs / "day" / "dns.log"), str(logs / "null.log")]
+    assert unreadable_reason(str(logs / "null.log")) == "not a regular file: a character device"
+    assert unreadable_reason(str(logs / "day" / "dns.log")) is None
+    assert unreadable_reason(str(logs)) == "not a regular file: a folder"
