@@ -7,6 +7,9 @@ not opened at all; records are filtered again by their own timestamps later, bec
 file named for one day can hold the first minutes of the next.
 
 Paths go through Beam's FileSystems so that the same run reads `gs://` or `s3://` inputs.
+Folders are searched without entering beamlytics output folders (a run must not read its
+own earlier Parquet back as logs); FIFOs, devices and dangling links found there stay in
+the list, to be dead-lettered when opened rather than block the run or vanish.
 """
 from __future__ import annotations
 
