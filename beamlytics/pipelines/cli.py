@@ -11,7 +11,6 @@ import datetime as dt
 import inspect
 import os
 import re
-import shutil
 import sys
 from typing import Sequence
 
@@ -21,13 +20,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beamlytics import features, schemas
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
-from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
+from beamlytics.inputs import DayRange, InputError, parse_day, select_inputs
 from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate
-from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
+from beamlytics.pipelines import demo, evaluate, outputs
+from beamlytics.pipelines.detect import DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
 
 _UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
@@ -81,7 +80,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, choices=sorted(schemas.TABLES),
                         help="the data table to build: dns, http or named_flows")
     parser.add_argument("--output", required=True, metavar="OUT",
-                        help="output folder (local or any Beam filesystem); earlier beamlytics outputs in it are replaced")
+                        help="output folder (local or any Beam filesystem): new, empty, or holding an earlier result")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier beamlytics result in OUT (never files beamlytics did not write)")
     parser.add_argument("--start-day", help="first day to read, YYYY-MM-DD (UTC): by dated folders/names and record times")
     parser.add_argument("--end-day", help="last day to read, YYYY-MM-DD, inclusive")
     parser.add_argument("--active-timeout", type=float, default=1800.0, metavar="SECONDS",
@@ -198,9 +199,12 @@ def _all_subclasses(cls):
 def _read_settings(args: argparse.Namespace) -> ReadSettings:
     try:
         days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
-        paths = expand_inputs(args.inputs, days)
+        selection = select_inputs(args.inputs, days)
     except InputError as error:
         raise UsageError(str(error)) from None
+    for folder in selection.skipped_outputs:
+        print(f"beamlytics {args.command}: not reading {folder}: it is a beamlytics output folder", file=sys.stderr)
+    paths = selection.paths
     if args.format != "auto" and args.table not in tables_of(args.format):
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
     options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout,
@@ -213,24 +217,12 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
     return ReadSettings(paths, args.table, args.format, days, options)
 
 
-def _clear_outputs(output: str) -> None:
-    """Remove earlier beamlytics outputs only: other files in the folder are the user's."""
-    if "://" in output:
-        return
-    for name in OUTPUTS:
-        path = os.path.join(output, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.isfile(path):
-            os.remove(path)
-
-
 def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     settings = _read_settings(args)
-    _clear_outputs(args.output)
-    with beam.Pipeline(options=options) as pipeline:
-        build_parse(pipeline, settings, args.output.rstrip("/"))
+    with outputs.open_output(args.output, "parse", args.overwrite, args.inputs, settings.inputs) as staging:
+        with beam.Pipeline(options=options) as pipeline:
+            build_parse(pipeline, settings, staging)
     return _report(args.output)
 
 
@@ -248,9 +240,10 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     if args.baseline and not os.path.isdir(args.baseline) and "://" not in args.baseline:
         raise UsageError(f"no such baseline folder: {args.baseline}")
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, args.shards)
-    _clear_outputs(args.output)
-    with beam.Pipeline(options=options) as pipeline:
-        build_detect(pipeline, settings, args.output.rstrip("/"))
+    with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
+                             read.inputs) as staging:
+        with beam.Pipeline(options=options) as pipeline:
+            build_detect(pipeline, settings, staging)
     return _report(args.output)
 
 
@@ -276,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return evaluate.run(args)
         return demo.run(args)
-    except UsageError as error:
+    except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
 
