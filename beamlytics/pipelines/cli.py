@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -32,7 +31,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate
+from beamlytics.pipelines import demo, evaluate, outputs
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -125,7 +124,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, choices=sorted(schemas.TABLES),
                         help="the data table to build: dns, http or named_flows")
     parser.add_argument("--output", required=True, metavar="OUT",
-                        help="output folder (local or any Beam filesystem); earlier beamlytics outputs in it are replaced")
+                        help="output folder (local or any Beam filesystem): new, empty, or holding an earlier result")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier beamlytics result in OUT (never files beamlytics did not write)")
     parser.add_argument("--start-day", help="first day to read, YYYY-MM-DD (UTC): by dated folders/names and record times")
     parser.add_argument("--end-day", help="last day to read, YYYY-MM-DD, inclusive")
     parser.add_argument("--active-timeout", type=finite_float, default=1800.0, metavar="SECONDS",
@@ -313,7 +314,7 @@ def check_output_folder(output: str) -> None:
 
 
 def _read_settings(args: argparse.Namespace) -> ReadSettings:
-    from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
+    from beamlytics.inputs import DayRange, InputError, parse_day, select_inputs
     from beamlytics.pipelines.detect import ReadSettings
 
     for path in args.inputs:
@@ -323,9 +324,12 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
         days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
         if days.start and days.end and days.start > days.end:
             raise UsageError(f"--start-day {days.start} is after --end-day {days.end}")
-        paths = expand_inputs(args.inputs, days)
+        selection = select_inputs(args.inputs, days)
     except InputError as error:
         raise UsageError(str(error)) from None
+    for folder in selection.skipped_outputs:
+        print(f"beamlytics {args.command}: not reading {folder}: it is a beamlytics output folder", file=sys.stderr)
+    paths = selection.paths
     if args.format != "auto" and args.table not in tables_of(args.format):
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
     options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout,
@@ -338,27 +342,13 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
     return ReadSettings(paths, args.table, args.format, days, options)
 
 
-def _clear_outputs(output: str) -> None:
-    """Remove earlier beamlytics outputs only: other files in the folder are the user's."""
-    from beamlytics.pipelines.detect import OUTPUTS
-
-    if "://" in output:
-        return
-    for name in OUTPUTS:
-        path = os.path.join(output, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.isfile(path):
-            os.remove(path)
-
-
 def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beamlytics.pipelines.detect import build_parse
 
     options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     settings = _read_settings(args)
-    _clear_outputs(args.output)
-    _run(options, lambda pipeline: build_parse(pipeline, settings, args.output.rstrip("/")), args.quiet)
+    with outputs.open_output(args.output, "parse", args.overwrite, args.inputs, settings.inputs) as staging:
+        _run(options, lambda pipeline: build_parse(pipeline, settings, staging), args.quiet)
     return _report(args.output)
 
 
@@ -383,8 +373,9 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             raise UsageError(f"--baseline {args.baseline} holds no .parquet files: "
                              "give the features/ folder of an earlier detect run")
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, args.shards)
-    _clear_outputs(args.output)
-    _run(options, lambda pipeline: build_detect(pipeline, settings, args.output.rstrip("/")), args.quiet)
+    with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
+                             read.inputs) as staging:
+        _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
     return _report(args.output)
 
 
@@ -452,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return evaluate.run(args)
         return demo.run(args)
-    except UsageError as error:
+    except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # outside a pipeline, e.g. a folder that cannot be created: the user's to fix

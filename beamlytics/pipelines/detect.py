@@ -23,7 +23,6 @@ from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.progress import TallyCounts
 from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary, parquet_bytes, write_file
 
-OUTPUTS = ("anomalies", "features", "scores", "rejected", "summary.json", *schemas.TABLES)
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
 REJECTED_ORDER = ("source_file", "position", "reason", "excerpt", "source_tool")
 

@@ -15,7 +15,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import schemas
-from beamlytics.inputs import DayRange
+from beamlytics.inputs import DayRange, unreadable_reason
 from beamlytics.parsers import formats, limits
 from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
 from beamlytics.transforms.progress import TallyCounts
@@ -27,6 +27,9 @@ REJECTED_BY_REASON = "rejected_by_reason/"  # count names that WriteSummary gath
 
 def open_stream(path: str) -> BinaryIO:
     """Raw bytes of a file on any Beam filesystem; decompression is decided by content later."""
+    reason = unreadable_reason(path)
+    if reason:
+        raise OSError(reason)
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
