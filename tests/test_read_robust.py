@@ -282,3 +282,11 @@ def test_the_summary_works_whether_or_not_the_capture_reader_counts_what_it_read
     summary = json.loads((out / "summary.json").read_text())
     assert summary["read"] == summary["parsed"] + summary["rejected"] == 212 and summary["unaccounted"] == 0
     assert summary["records"] > 0
+
+
+def test_a_one_line_log_without_newline_is_still_recognised():
+    assert formats.identify("access.log", SQUID_LINE.encode()) == ("squid", "access")
+    bind_line = b"2024-03-01T10:00:00.500Z client 10.0.0.9#53000: query: a.example IN A -T (10.0.0.1)"
+    assert formats.identify("named.log", bind_line) == ("bind", "queries")
+    # a head cut inside its last line: that line is not held against the file
+    assert formats.identify("access.log", (SQUID_LINE + "\n" + SQUID_LINE[:20]).encode()) == ("squid", "access")
