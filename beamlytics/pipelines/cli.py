@@ -23,7 +23,7 @@ from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
 from beamlytics.parsers.formats import FORMATS, tables_of
-from beamlytics.pipelines import demo, evaluate
+from beamlytics.pipelines import demo, evaluate, hunt
 from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
 
@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OUT/rejected/ and OUT/summary.json.")
     _add_read_arguments(detect)
     _add_detect_arguments(detect)
+    hunting = commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
+                                  "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
+                                  "OUT/summary.json.")
+    _add_read_arguments(hunting)
+    hunt.add_arguments(hunting, duration_us)
     evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of the Poisson score against labels")
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
@@ -253,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_parse(args, beam_args)
         if args.command == "detect":
             return run_detect(args, beam_args)
+        if args.command == "hunt":
+            return hunt.run(args, beam_args)
         if beam_args:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
         if args.command == "evaluate":

@@ -1,0 +1,87 @@
+"""The `hunt` command: read records, run the chosen hunts over each horizon, write ranked findings.
+
+Writes OUT/hunts/*.parquet (sorted by hunt and rank), OUT/rejected/ and OUT/summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Sequence
+
+import apache_beam as beam
+
+from beamlytics.hunts import OUTPUT_HUNTS, check_hunts
+from beamlytics.hunts.allow import AllowList, AllowListError
+from beamlytics.hunts.config import DAY_US, HuntConfig
+from beamlytics.hunts.findings import FINDINGS
+from beamlytics.pipelines.detect import ReadSettings, _read, _write_rejected_and_summary
+from beamlytics.transforms.hunt import HuntFindings
+from beamlytics.transforms.write import WriteSortedParquet
+
+FINDING_ORDER = ("hunt", "rank")
+
+
+def add_arguments(parser: argparse.ArgumentParser, duration: type) -> None:
+    parser.add_argument("--hunt", required=True, metavar="HUNTS",
+                        help="comma-separated: beacon,long,strobe,scan (named_flows) or dns_tunnel (dns)")
+    parser.add_argument("--allow", metavar="FILE",
+                        help="allow-list: hosts, CIDR networks, registered domains, optionally with a hunt name")
+    parser.add_argument("--horizon", type=duration, default=DAY_US,
+                        help="span judged together, aligned to UTC midnight: 1d (default), 12h, ...")
+    parser.add_argument("--cap", type=int, default=HuntConfig.cap,
+                        help=f"timestamps/targets kept per key; keys beyond it are marked capped ({HuntConfig.cap})")
+
+
+@dataclass
+class HuntSettings:
+    read: ReadSettings
+    hunts: frozenset
+    config: HuntConfig
+    allow: AllowList
+
+
+def listed_when(config: HuntConfig) -> dict[str, str]:
+    """What a key needs to be listed at all: the summary says it, so that an empty result explains itself."""
+    return {
+        "beacon": f"a pair with >= {config.beacon_min_connections} distinct connection seconds, fewer connections "
+                  f"than a strobe, and a RITA beacon score >= {config.beacon_thresholds[0]:g}%",
+        "long": f"a pair connected for >= {config.long_thresholds[0]:g} s in total",
+        "strobe": f"a pair with >= {config.strobe_threshold / 8:g} connections (1/8 of a strobe)",
+        "vertical_scan": f"a source that failed on >= {config.vertical_thresholds[0]:g} ports of one destination",
+        "horizontal_scan": f"a source that failed on one port of >= {config.horizontal_thresholds[0]:g} hosts",
+        "dns_tunnel": f"a registered domain with >= {config.tunnel_subdomain_thresholds[0]:g} distinct subdomains",
+    }
+
+
+def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> None:
+    read = pipeline | "Read" >> _read(settings.read)
+    table = settings.read.table
+    result = read["records"] | "Hunt" >> HuntFindings(table, settings.hunts, settings.config, settings.allow)
+    result["findings"] | "WriteFindings" >> WriteSortedParquet(f"{output}/hunts", FINDINGS, FINDING_ORDER)
+    config = settings.config
+    explained = listed_when(config)
+    extra = {
+        "table": table, "hunts": sorted(settings.hunts), "horizon_seconds": config.horizon_seconds,
+        "cap": config.cap, "alarm": config.alarm, "allow_entries": len(settings.allow.entries),
+        "listed_when": {output_hunt: explained[output_hunt]
+                        for name in sorted(settings.hunts) for output_hunt in OUTPUT_HUNTS[name]},
+    }
+    _write_rejected_and_summary(read, output, extra, [result["counts"]])
+
+
+def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    # cli imports this module to register the command, so its helpers are looked up at run time.
+    from beamlytics.pipelines import cli
+
+    options = cli.beam_options(beam_args)  # first: an unknown option also swallows the word after it
+    read = cli._read_settings(args)
+    try:
+        hunts = check_hunts(args.table, [name.strip() for name in args.hunt.split(",") if name.strip()])
+        config = HuntConfig(horizon_us=args.horizon, cap=args.cap)
+        allow = AllowList.read(args.allow) if args.allow else AllowList()
+    except (ValueError, AllowListError) as error:
+        raise cli.UsageError(str(error)) from None
+    cli._clear_outputs(args.output)  # earlier outputs are replaced, as by every command; hunts/ is rewritten
+    with beam.Pipeline(options=options) as pipeline:
+        build_hunt(pipeline, HuntSettings(read, hunts, config, allow), args.output.rstrip("/"))
+    return cli._report(args.output)
