@@ -319,12 +319,26 @@ def test_same_findings_whatever_the_order_and_batching(generated):
     assert comparable(run_hunts(shuffled_batches(dns_rows, 5, dns), "dns", ["dns_tunnel"]).findings) == dns_reference
 
 
-def test_beam_pipeline_equals_the_plain_functions(generated):
+def test_sliding_horizons_judge_every_horizon_that_holds_the_records(generated):
+    _, planted = generated
+    config = HuntConfig(horizon_us=2 * 3_600_000_000, slide_us=3_600_000_000)
+    findings = run_hunts([flows(planted)], "named_flows", ["scan"], config).findings
+    vertical = by_hunt(findings, "vertical_scan")
+    # The scan runs at 10:00-10:01 UTC: the horizons starting 09:00 and 10:00 both hold all of it.
+    starts = sorted(row["horizon_start"].hour for row in vertical)
+    assert starts == [9, 10] and {row["connections"] for row in vertical} == {1024}
+    with pytest.raises(ValueError, match="divide"):
+        HuntConfig(horizon_us=DAY_US, slide_us=7 * 3_600_000_000)
+
+
+@pytest.mark.parametrize("config", [HuntConfig(), HuntConfig(horizon_us=6 * 3_600_000_000, slide_us=3_600_000_000)],
+                         ids=["day", "sliding"])
+def test_beam_pipeline_equals_the_plain_functions(generated, config):
     benign, planted = generated
     rows = benign + planted
-    reference = comparable(run_hunts([flows(rows)], "named_flows", FLOW_HUNTS).findings)
+    reference = comparable(run_hunts([flows(rows)], "named_flows", FLOW_HUNTS, config).findings)
     batches = shuffled_batches(rows, 11)
-    transform = HuntFindings("named_flows", frozenset(FLOW_HUNTS))
+    transform = HuntFindings("named_flows", frozenset(FLOW_HUNTS), config)
     found = collect(lambda pipeline: (pipeline | beam.Create(batches) | transform)["findings"])
     table = pa.Table.from_pylist(sorted(found, key=lambda row: (row["hunt"], row["rank"])),
                                  schema=run_hunts([], "named_flows", FLOW_HUNTS).findings.schema)
@@ -357,7 +371,7 @@ def test_command_writes_ranked_findings_byte_identical_in_any_order(generated, t
         allow.write_text("10.1.0.96 scan\n")
         out = tmp_path / f"out{seed}"
         status = cli.main(["hunt", "--table", "named_flows", "--hunt", "beacon,long,strobe,scan", "--allow", str(allow),
-                           "--output", str(out), str(folder)])
+                           "--param", "alarm=0.6", "--output", str(out), str(folder)])
         assert status == 0
         outputs.append(out)
     first, second = ((out / "hunts" / "part-00000-of-00001.parquet").read_bytes() for out in outputs)
@@ -367,13 +381,16 @@ def test_command_writes_ranked_findings_byte_identical_in_any_order(generated, t
         ("beacon", 1, "10.1.0.99"), ("long", 1, "10.1.0.98"), ("vertical_scan", 1, "10.1.0.97")]
     summary = json.loads((outputs[0] / "summary.json").read_text())
     assert summary["records"] == len(planted) and summary["suppressed.horizontal_scan"] == 1
-    assert summary["findings.strobe"] == 0 and "strobe" in summary["listed_when"]
+    assert summary["findings.strobe"] == 0 and "strobe" in summary["listed_when"] and summary["alarm"] == 0.6
 
 
 @pytest.mark.parametrize("args, message", [
     (["--table", "named_flows", "--hunt", "dns_tunnel"], "do not apply to the named_flows table"),
     (["--table", "dns", "--hunt", "beacon"], "do not apply to the dns table"),
     (["--table", "named_flows", "--hunt", "scan", "--allow", "/nonexistent/allow"], "cannot read the allow-list"),
+    (["--table", "named_flows", "--hunt", "scan", "--param", "nope=1"], "unknown hunt parameter"),
+    (["--table", "named_flows", "--hunt", "scan", "--param", "vertical_thresholds=9,8,7,6"], "must increase"),
+    (["--table", "named_flows", "--hunt", "scan", "--slide", "7h"], "divide the horizon"),
 ])
 def test_user_errors_end_with_one_line(args, message, generated, tmp_path, capsys):
     _, planted = generated

@@ -80,9 +80,17 @@ def merge_all(family: Family, partials: Iterator[tuple[tuple, dict]], config: Hu
     return merged
 
 
-def horizon_starts(times_us: np.ndarray, horizon_us: int) -> np.ndarray:
-    """Start of the horizon each time falls in; horizons are aligned to the epoch (so to UTC days)."""
-    return np.floor_divide(times_us, horizon_us) * horizon_us
+def with_horizons(table: pa.Table, times_us: np.ndarray, config: HuntConfig) -> pa.Table:
+    """`table` with a `horizon` column: the start of each horizon its record falls in.
+
+    Horizons start at multiples of the slide since the epoch (so a day horizon is a UTC day).
+    Tumbling horizons give each record one row; sliding ones repeat a record once for every
+    horizon that holds it, so each horizon is judged on all of its records, exactly.
+    """
+    step = config.step_us
+    latest = np.floor_divide(times_us, step) * step
+    return pa.concat_tables([table.append_column("horizon", pa.array(latest - back * step, pa.int64()))
+                             for back in range(config.horizon_us // step)])
 
 
 def micros(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -19,6 +19,7 @@ OPEN_STATES = frozenset({"S1", "S2", "S3"})
 @dataclass(frozen=True)
 class HuntConfig:
     horizon_us: int = DAY_US  # aligned to the epoch, so a day horizon is a UTC day
+    slide_us: int | None = None  # a new horizon starts every slide; None: horizons follow each other (tumbling)
     cap: int = 86_400  # timestamps/sizes/targets kept per key; beyond it the key is marked capped
     # Beacons (RITA: unique_connection_threshold, score weights, histogram and duration settings).
     beacon_min_connections: int = 4
@@ -48,10 +49,22 @@ class HuntConfig:
     def __post_init__(self):
         if self.horizon_us <= 0:
             raise ValueError("the horizon must be positive")
+        if self.step_us <= 0 or self.horizon_us % self.step_us:
+            raise ValueError("the slide must be positive and divide the horizon")
+        if self.histogram_bins < 1 or self.histogram_mode_sensitivity <= 0:
+            raise ValueError("the beacon histogram needs at least one bin and a positive mode sensitivity")
         if self.cap < 16:
             raise ValueError("the cap must be at least 16")
         if abs(sum(self.beacon_weights) - 1.0) > 1e-9 or min(self.beacon_weights) < 0:
             raise ValueError("beacon weights must be non-negative and sum to 1")
+        for name in self.__dataclass_fields__:
+            values = getattr(self, name)
+            if name.endswith("_thresholds") and any(low >= high for low, high in zip(values, values[1:])):
+                raise ValueError(f"{name} must increase: base < low < medium < high")
+
+    @property
+    def step_us(self) -> int:
+        return self.horizon_us if self.slide_us is None else self.slide_us
 
     @property
     def horizon_seconds(self) -> float:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics.hunts import stats
-from beamlytics.hunts.aggregate import SET, SUM, Family, group, horizon_starts, micros
+from beamlytics.hunts.aggregate import SET, SUM, Family, group, micros, with_horizons
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.findings import finding
 from beamlytics.schemas import domains
@@ -44,15 +44,15 @@ def _build_domains(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
     table, registered = table.filter(keep), registered.filter(keep)
     subdomains = domains.subdomain(table["query"])
     lengths, entropy = _name_measures(subdomains)
-    horizons = horizon_starts(micros(table["req_time"]).to_numpy(zero_copy_only=False), config.horizon_us)
     columns = pa.table({
-        "horizon": pa.array(horizons, pa.int64()), "domain": registered,
+        "domain": registered,
         "queries": pa.array(np.ones(table.num_rows, np.int64)),
         "named": pc.cast(pc.is_valid(subdomains), pa.int64()),
         "subdomains": subdomains, "length": lengths, "entropy_mbit": entropy,
         "payload_type": pc.cast(pc.is_in(pc.fill_null(table["req_type"], ""), pa.array(PAYLOAD_TYPES)), pa.int64()),
         "clients": table["c_ip"],
     })
+    columns = with_horizons(columns, micros(table["req_time"]).to_numpy(zero_copy_only=False), config)
     return group(columns, ("horizon", "domain"), [
         ("queries", "sum"), ("named", "sum"), ("subdomains", "distinct"), ("length", "sum"),
         ("entropy_mbit", "sum"), ("payload_type", "sum"), ("clients", "distinct"),

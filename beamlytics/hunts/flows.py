@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics.hunts import stats
-from beamlytics.hunts.aggregate import LIST, MAX, MIN, SET, SUM, Family, group, horizon_starts, micros
+from beamlytics.hunts.aggregate import LIST, MAX, MIN, SET, SUM, Family, group, micros, with_horizons
 from beamlytics.hunts.config import FAILED_STATES, OPEN_STATES, HuntConfig
 from beamlytics.hunts.findings import finding
 
@@ -27,8 +27,7 @@ def _timed_pairs(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
     table = pa.Table.from_batches([batch])
     known = pc.and_(pc.and_(pc.is_valid(table["c_ip"]), pc.is_valid(table["s_ip"])), pc.is_valid(table["time_start"]))
     table = table.filter(known)
-    start_us = micros(table["time_start"]).to_numpy()
-    return table.append_column("horizon", pa.array(horizon_starts(start_us, config.horizon_us), pa.int64()))
+    return with_horizons(table, micros(table["time_start"]).to_numpy(zero_copy_only=False), config)
 
 
 def failed_attempts(table: pa.Table) -> pa.Array:

@@ -5,6 +5,7 @@ Writes OUT/hunts/*.parquet (sorted by hunt and rank), OUT/rejected/ and OUT/summ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,8 +29,41 @@ def add_arguments(parser: argparse.ArgumentParser, duration: type) -> None:
                         help="allow-list: hosts, CIDR networks, registered domains, optionally with a hunt name")
     parser.add_argument("--horizon", type=duration, default=DAY_US,
                         help="span judged together, aligned to UTC midnight: 1d (default), 12h, ...")
+    parser.add_argument("--slide", type=duration, metavar="DURATION",
+                        help="start a horizon every DURATION (sliding; must divide --horizon); default: tumbling")
     parser.add_argument("--cap", type=int, default=HuntConfig.cap,
                         help=f"timestamps/targets kept per key; keys beyond it are marked capped ({HuntConfig.cap})")
+
+
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a hunt parameter, e.g. beacon_min_connections=10 or long_thresholds=1800,7200,14400,"
+                        "28800 (names and defaults: docs/hunts.md)")
+
+
+# Parameters the command line sets with options of their own.
+_OWN_OPTIONS = ("horizon_us", "slide_us", "cap")
+
+
+def hunt_config(horizon_us: int, slide_us: int | None, cap: int, params: Sequence[str]) -> HuntConfig:
+    """The configuration from the options and NAME=VALUE parameters; ValueError naming what is wrong."""
+    names = sorted(field.name for field in dataclasses.fields(HuntConfig) if field.name not in _OWN_OPTIONS)
+    values: dict = {"horizon_us": horizon_us, "slide_us": slide_us, "cap": cap}
+    for param in params:
+        name, equals, text = param.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in names:
+            raise ValueError(f"unknown hunt parameter {param!r}; choose from {', '.join(names)}")
+        default = getattr(HuntConfig, name)
+        try:
+            if isinstance(default, tuple):
+                values[name] = tuple(float(item) for item in text.split(","))
+                if len(values[name]) != len(default):
+                    raise ValueError(f"{name} takes {len(default)} comma-separated numbers")
+            else:
+                values[name] = type(default)(text)
+        except ValueError as error:
+            raise ValueError(f"bad value for {name}: {text!r} ({error})") from None
+    return HuntConfig(**values)
 
 
 @dataclass
@@ -62,6 +96,7 @@ def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> 
     explained = listed_when(config)
     extra = {
         "table": table, "hunts": sorted(settings.hunts), "horizon_seconds": config.horizon_seconds,
+        "slide_seconds": config.step_us / 1e6,
         "cap": config.cap, "alarm": config.alarm, "allow_entries": len(settings.allow.entries),
         "listed_when": {output_hunt: explained[output_hunt]
                         for name in sorted(settings.hunts) for output_hunt in OUTPUT_HUNTS[name]},
@@ -77,7 +112,7 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     read = cli._read_settings(args)
     try:
         hunts = check_hunts(args.table, [name.strip() for name in args.hunt.split(",") if name.strip()])
-        config = HuntConfig(horizon_us=args.horizon, cap=args.cap)
+        config = hunt_config(args.horizon, args.slide, args.cap, args.param)
         allow = AllowList.read(args.allow) if args.allow else AllowList()
     except (ValueError, AllowListError) as error:
         raise cli.UsageError(str(error)) from None
