@@ -59,3 +59,20 @@ def test_no_download_at_run_time(monkeypatch):
     domains._suffix_list.cache_clear()
     domains.split_name.cache_clear()
     assert domains.split_name("deep.name.example.com.au") == ("example.com.au", "deep.name")
+
+
+def test_each_distinct_name_is_looked_up_once(monkeypatch):
+    real = domains._suffix_list()
+    calls = []
+
+    class Counting:
+        def privatesuffix(self, name):
+            calls.append(name)
+            return real.privatesuffix(name)
+
+    monkeypatch.setattr(domains, "_suffix_list", lambda: Counting())
+    domains.split_name.cache_clear()
+    registered, subdomains = domains.split_names(pa.array(["a.example.com", "b.example.com"] * 1000))
+    domains.split_name.cache_clear()
+    assert sorted(calls) == ["a.example.com", "b.example.com"]
+    assert registered.to_pylist() == ["example.com"] * 2000 and subdomains.to_pylist() == ["a", "b"] * 1000

@@ -240,6 +240,16 @@ def test_planted_dns_tunnel_ranks_first():
     assert all(row["score"] < ALARM for row in rows[1:])  # provider.net: many names, but short and wordy
 
 
+def test_reverse_lookups_are_not_tunnels():
+    rng = random.Random(5)
+    # IPv6 PTR names: 32 random hex nibbles, long and high-entropy like a tunnel's, but no payload.
+    nibbles = [".".join(rng.choice("0123456789abcdef") for _ in range(28)) for _ in range(2_000)]
+    reverse = [{"query": f"{name}.8.b.d.0.1.0.0.2.ip6.arpa", "req_type": "PTR", "req_time": DAY} for name in nibbles]
+    control = [{"query": f"{name}.example.org", "req_type": "PTR", "req_time": DAY} for name in nibbles]
+    assert run_hunts([dns(reverse)], "dns", ["dns_tunnel"]).findings.num_rows == 0
+    assert run_hunts([dns(control)], "dns", ["dns_tunnel"]).findings["score"].to_pylist()[0] >= ALARM
+
+
 def test_hunts_that_do_not_fit_the_table_are_refused():
     with pytest.raises(ValueError, match="dns_tunnel"):
         run_hunts([], "named_flows", ["dns_tunnel"])

@@ -17,16 +17,13 @@ import pyarrow.compute as pc
 from beamlytics import schemas
 from beamlytics.hunts.aggregate import Family, merge_all
 from beamlytics.hunts.allow import AllowList
-from beamlytics.hunts.config import HUNTS_OF_TABLE, HuntConfig
+from beamlytics.hunts.config import HUNTS_OF_TABLE, OUTPUT_HUNTS, HuntConfig
 from beamlytics.hunts.dns import DOMAINS
 from beamlytics.hunts.findings import findings_table
 from beamlytics.hunts.flows import HORIZONTAL, PAIRS, VERTICAL
 
 _FAMILIES_OF_HUNT = {"beacon": (PAIRS,), "long": (PAIRS,), "strobe": (PAIRS,), "scan": (VERTICAL, HORIZONTAL),
                      "dns_tunnel": (DOMAINS,)}
-# The finding names each hunt option produces.
-OUTPUT_HUNTS = {"beacon": ("beacon",), "long": ("long",), "strobe": ("strobe",),
-                "scan": ("vertical_scan", "horizontal_scan"), "dns_tunnel": ("dns_tunnel",)}
 
 
 def check_hunts(table: str, hunts: Sequence[str]) -> frozenset:

@@ -26,7 +26,6 @@ class Family:
     """One way of grouping records: its key columns, how batches become partials, how partials are judged."""
 
     name: str
-    table: str
     keys: tuple[str, ...]
     columns: Mapping[str, tuple[str, int | None]]  # partial column -> (kind, own cap or None for config.cap)
     build: Callable[[pa.RecordBatch, HuntConfig], pa.Table]  # batch -> one row per key, Arrow aggregates

@@ -13,10 +13,12 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from beamlytics.hunts.config import OUTPUT_HUNTS
 from beamlytics.schemas.domains import normalize_name
 
-SCAN_HUNTS = ("vertical_scan", "horizontal_scan")
-HUNT_NAMES = ("beacon", "long", "strobe", "scan", "dns_tunnel", *SCAN_HUNTS)
+SCAN_HUNTS = OUTPUT_HUNTS["scan"]
+# The hunt options and the finding names they produce: an entry may name either.
+HUNT_NAMES = tuple(dict.fromkeys([*OUTPUT_HUNTS, *(name for names in OUTPUT_HUNTS.values() for name in names)]))
 
 
 class AllowListError(ValueError):

@@ -8,6 +8,9 @@ DAY_US = 86_400_000_000
 FLOW_HUNTS = ("beacon", "long", "strobe", "scan")
 DNS_HUNTS = ("dns_tunnel",)
 HUNTS_OF_TABLE = {"named_flows": FLOW_HUNTS, "dns": DNS_HUNTS}
+# The finding names each hunt option produces.
+OUTPUT_HUNTS = {"beacon": ("beacon",), "long": ("long",), "strobe": ("strobe",),
+                "scan": ("vertical_scan", "horizontal_scan"), "dns_tunnel": ("dns_tunnel",)}
 
 # Zeek conn_state values of an attempt that never became a working connection:
 # no answer (S0), refused (REJ), reset or closed before the handshake completed.

@@ -39,10 +39,9 @@ def _name_measures(subdomains: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 def _build_domains(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
     table = pa.Table.from_batches([batch]).filter(pc.is_valid(batch.column("req_time")))
-    registered = domains.registered_domain(table["query"])
+    registered, subdomains = domains.split_names(table["query"])
     keep = pc.and_(pc.is_valid(registered), pc.invert(domains.is_reverse_zone(registered)))
-    table, registered = table.filter(keep), registered.filter(keep)
-    subdomains = domains.subdomain(table["query"])
+    table, registered, subdomains = table.filter(keep), registered.filter(keep), subdomains.filter(keep)
     lengths, entropy = _name_measures(subdomains)
     columns = pa.table({
         "domain": registered,
@@ -94,7 +93,7 @@ def _judge_domain(key: tuple, partial: dict, config: HuntConfig, hunts: frozense
 
 
 DOMAINS = Family(
-    name="dns_tunnel", table="dns", keys=("horizon", "domain"),
+    name="dns_tunnel", keys=("horizon", "domain"),
     columns={"queries": (SUM, None), "named": (SUM, None), "subdomains": (SET, None), "length": (SUM, None),
              "entropy_mbit": (SUM, None), "payload_type": (SUM, None), "clients": (SET, CLIENTS_KEPT)},
     build=_build_domains, judge=_judge_domain,

@@ -126,9 +126,7 @@ def timestamp_score(times: np.ndarray) -> dict | None:
     intervals = intervals[intervals > 0]
     if len(intervals) < 3:
         return None
-    skew = stats.bowley_skewness(intervals, min_spread=10)
-    mad, mad_score = stats.dispersion_score(intervals, score_when_tiny=1.0)
-    score = stats.round3(((1 - abs(skew)) + mad_score) / 2)
+    score, skew, mad = stats.regularity_score(intervals, score_when_tiny=1.0)
     return {"ts_score": score, "ts_skew": round(skew, 6), "ts_mad_s": mad,
             "interval_median_s": float(np.median(intervals))}
 
@@ -137,9 +135,7 @@ def size_score(sizes: np.ndarray) -> dict | None:
     if len(sizes) < 3:
         return None
     values = np.sort(sizes.astype(float))
-    skew = stats.bowley_skewness(values, min_spread=10)
-    mad, mad_score = stats.dispersion_score(values, score_when_tiny=0.0)
-    score = stats.round3(((1 - abs(skew)) + mad_score) / 2)
+    score, skew, mad = stats.regularity_score(values, score_when_tiny=0.0)
     return {"ds_score": score, "ds_skew": round(skew, 6), "ds_mad": mad, "size_median": float(np.median(values))}
 
 
@@ -205,7 +201,7 @@ def beacon_evidence(times: np.ndarray, sizes: np.ndarray, first_s: int, last_s: 
 
 
 PAIRS = Family(
-    name="pairs", table="named_flows", keys=("horizon", "src", "dst"),
+    name="pairs", keys=("horizon", "src", "dst"),
     columns={"times": (LIST, None), "sizes": (LIST, None), "connections": (SUM, None), "duration_us": (SUM, None),
              "longest_us": (MAX, None), "open": (SUM, None), "bytes": (SUM, None), "first": (MIN, None),
              "last": (MAX, None), "names": (SET, NAMES_KEPT)},
@@ -267,10 +263,10 @@ _SCAN_COLUMNS = {"failed_targets": (SET, None), "targets": (SET, None), "connect
                  "failed": (SUM, None)}
 
 VERTICAL = Family(
-    name="vertical_scan", table="named_flows", keys=("horizon", "src", "dst"), columns=_SCAN_COLUMNS,
+    name="vertical_scan", keys=("horizon", "src", "dst"), columns=_SCAN_COLUMNS,
     build=functools.partial(_scan_columns, vertical=True), judge=functools.partial(_judge_scan, "vertical_scan"),
 )
 HORIZONTAL = Family(
-    name="horizontal_scan", table="named_flows", keys=("horizon", "src", "proto", "port"), columns=_SCAN_COLUMNS,
+    name="horizontal_scan", keys=("horizon", "src", "proto", "port"), columns=_SCAN_COLUMNS,
     build=functools.partial(_scan_columns, vertical=False), judge=functools.partial(_judge_scan, "horizontal_scan"),
 )

@@ -28,11 +28,7 @@ def quartiles(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def bowley_skewness(values: np.ndarray, min_spread: float) -> float:
-    """(Q1 + Q3 - 2·Q2) / (Q3 - Q1); 0 when the quartile spread is below `min_spread` or Q2 sits on a quartile.
-
-    RITA treats an interquartile range under 10 (seconds or bytes) as no spread at all: jitter
-    that small says nothing about the shape of the distribution.
-    """
+    """(Q1 + Q3 - 2·Q2) / (Q3 - Q1); 0 when the quartile spread is below `min_spread` or Q2 sits on a quartile."""
     q1, q2, q3 = quartiles(values)
     spread = q3 - q1
     if spread < min_spread or q2 == q1 or q2 == q3:
@@ -53,6 +49,17 @@ def dispersion_score(values: np.ndarray, score_when_tiny: float) -> tuple[float,
     if median < 1:
         return mad, score_when_tiny
     return mad, max(0.0, (median - mad) / median)
+
+
+def regularity_score(values: np.ndarray, score_when_tiny: float) -> tuple[float, float, float]:
+    """(score, Bowley skewness, MAD): the mean of 1 - |skewness| and the dispersion score, as RITA combines them.
+
+    A spread of quartiles under 10 (seconds or bytes) counts as none, as in RITA: jitter that
+    small says nothing about the shape of the distribution.
+    """
+    skew = bowley_skewness(values, min_spread=10)
+    mad, mad_score = dispersion_score(values, score_when_tiny)
+    return round3(((1 - abs(skew)) + mad_score) / 2), skew, mad
 
 
 def bucket_score(value: float, thresholds: Sequence[float]) -> float:

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import apache_beam as beam
 
-from beamlytics.hunts import OUTPUT_HUNTS, check_hunts
+from beamlytics.hunts import check_hunts
 from beamlytics.hunts.allow import AllowList, AllowListError
-from beamlytics.hunts.config import DAY_US, HuntConfig
+from beamlytics.hunts.config import DAY_US, OUTPUT_HUNTS, HuntConfig
 from beamlytics.hunts.findings import FINDINGS
 from beamlytics.pipelines.detect import ReadSettings, _read, _write_rejected_and_summary
 from beamlytics.transforms.hunt import HuntFindings

@@ -43,6 +43,9 @@ def normalize_name(name: str | None) -> str | None:
 
 
 def _is_ip_literal(text: str) -> bool:
+    # Only dotted digits or text with a colon can be an address: skip the costly parse for names.
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return False
     try:
         ipaddress.ip_address(text.strip("[]"))
     except ValueError:
@@ -67,24 +70,27 @@ def split_name(name: str | None) -> tuple[str | None, str | None]:
     return registered, subdomain or None
 
 
-def is_reverse_zone(registered: pa.Array) -> pa.Array:
-    """True for registered domains under in-addr.arpa or ip6.arpa, false elsewhere (also for nulls)."""
-    return pc.fill_null(pc.match_substring_regex(registered, _REVERSE_ZONES), False)
-
-
-def _map_distinct(names: pa.Array | pa.ChunkedArray, part: int) -> pa.Array:
+def split_names(names: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(registered domains, subdomains) of a column of names, each distinct name looked up once."""
     if isinstance(names, pa.ChunkedArray):
         names = names.combine_chunks()
     encoded = pc.dictionary_encode(names.cast(pa.string()))
-    values = pa.array([split_name(value)[part] for value in encoded.dictionary.to_pylist()], pa.string())
-    return values.take(encoded.indices)
+    parts = [split_name(value) for value in encoded.dictionary.to_pylist()]
+    registered = pa.array([part[0] for part in parts], pa.string()).take(encoded.indices)
+    subdomains = pa.array([part[1] for part in parts], pa.string()).take(encoded.indices)
+    return registered, subdomains
 
 
 def registered_domain(names: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Registered domain of every name (null where there is none), e.g. `a.b.example.co.uk` → `example.co.uk`."""
-    return _map_distinct(names, 0)
+    return split_names(names)[0]
 
 
 def subdomain(names: pa.Array | pa.ChunkedArray) -> pa.Array:
     """What is left of the registered domain (`a.b`), null at the apex or where there is no registered domain."""
-    return _map_distinct(names, 1)
+    return split_names(names)[1]
+
+
+def is_reverse_zone(registered: pa.Array) -> pa.Array:
+    """True for registered domains under in-addr.arpa or ip6.arpa, false elsewhere (also for nulls)."""
+    return pc.fill_null(pc.match_substring_regex(registered, _REVERSE_ZONES), False)
