@@ -14,7 +14,11 @@ OUTPUT_HUNTS = {"beacon": ("beacon",), "long": ("long",), "strobe": ("strobe",),
 
 # Zeek conn_state values of an attempt that never became a working connection:
 # no answer (S0), refused (REJ), reset or closed before the handshake completed.
-FAILED_STATES = frozenset({"S0", "REJ", "RSTO", "RSTOS0", "RSTRH", "SH", "SHR"})
+FAILED_STATES = frozenset({"S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR"})
+# Reset after the handshake: a failed attempt only when the server sent nothing after its
+# SYN-ACK (a scanner probing an open port, then resetting). Browsers reset established
+# connections that carried data all the time.
+RESET_STATES = frozenset({"RSTO", "RSTR"})
 # Established and never closed by both sides inside the log's view: still open.
 OPEN_STATES = frozenset({"S1", "S2", "S3"})
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from beamlytics.hunts import stats
 from beamlytics.hunts.aggregate import LIST, MAX, MIN, SET, SUM, Family, group, micros, with_horizons
-from beamlytics.hunts.config import FAILED_STATES, OPEN_STATES, HuntConfig
+from beamlytics.hunts.config import FAILED_STATES, OPEN_STATES, RESET_STATES, HuntConfig
 from beamlytics.hunts.findings import finding
 
 NAMES_KEPT = 16  # names per pair shown as evidence and matched against the allow-list
@@ -33,17 +33,18 @@ def _timed_pairs(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
 def failed_attempts(table: pa.Table) -> pa.Array:
     """True for attempts that never became a working connection.
 
-    Zeek's conn_state says so directly; flows built from captures carry no conn_state, and
-    there an attempt failed when the server never answered, or when a TCP exchange stopped
-    within the handshake (at most SYN + RST from the client, one SYN-ACK or RST back).
+    Zeek's conn_state says so directly; a reset counts when the server sent at most one
+    packet (its SYN-ACK). Flows built from captures carry no conn_state, and there an attempt
+    failed when the server never answered, or, over TCP, answered with one packet at most
+    (a RST or a SYN-ACK, then nothing): no data ever came back.
     """
     state = table["conn_state"]
-    by_state = pc.is_in(state, pa.array(sorted(FAILED_STATES)))
     s_pkt = pc.fill_null(table["s_pkt"], 0)
-    c_pkt = pc.fill_null(table["c_pkt"], 0)
-    handshake_only = pc.and_(pc.equal(pc.fill_null(table["proto"], ""), "tcp"),
-                             pc.and_(pc.less_equal(c_pkt, 2), pc.less_equal(s_pkt, 1)))
-    inferred = pc.or_(pc.equal(s_pkt, 0), handshake_only)
+    server_silent = pc.less_equal(s_pkt, 1)
+    by_state = pc.or_(pc.is_in(state, pa.array(sorted(FAILED_STATES))),
+                      pc.and_(pc.is_in(state, pa.array(sorted(RESET_STATES))), server_silent))
+    tcp = pc.equal(pc.fill_null(table["proto"], ""), "tcp")
+    inferred = pc.or_(pc.equal(s_pkt, 0), pc.and_(tcp, server_silent))
     return pc.if_else(pc.is_valid(state), by_state, inferred)
 
 
