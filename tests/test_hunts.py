@@ -370,7 +370,7 @@ def write_conn_log(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_command_writes_ranked_findings_byte_identical_in_any_order(generated, tmp_path):
+def test_command_writes_ranked_findings_byte_identical_in_any_order_and_runner_mode(generated, tmp_path):
     _, planted = generated
     outputs = []
     for seed in (1, 2):
@@ -379,11 +379,14 @@ def test_command_writes_ranked_findings_byte_identical_in_any_order(generated, t
         order = list(planted)
         random.Random(seed).shuffle(order)
         write_conn_log(folder / "conn.log", order)
+        (folder / "notes.bin").write_bytes(b"\x00\x01 not a log")  # dead-lettered, not fatal
         allow = tmp_path / "allow.txt"
         allow.write_text("10.1.0.96 scan\n")
         out = tmp_path / f"out{seed}"
+        # The second run also changes runner mode: several worker processes, other bundles.
+        runner = [] if seed == 1 else ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
         status = cli.main(["hunt", "--table", "named_flows", "--hunt", "beacon,long,strobe,scan", "--allow", str(allow),
-                           "--param", "alarm=0.6", "--output", str(out), str(folder)])
+                           "--param", "alarm=0.6", "--output", str(out), str(folder), *runner])
         assert status == 0
         outputs.append(out)
     first, second = ((out / "hunts" / "part-00000-of-00001.parquet").read_bytes() for out in outputs)
@@ -393,6 +396,8 @@ def test_command_writes_ranked_findings_byte_identical_in_any_order(generated, t
         ("beacon", 1, "10.1.0.99"), ("long", 1, "10.1.0.98"), ("vertical_scan", 1, "10.1.0.97")]
     summary = json.loads((outputs[0] / "summary.json").read_text())
     assert summary["records"] == len(planted) and summary["suppressed.horizontal_scan"] == 1
+    rejected = pq.read_table(outputs[0] / "rejected").to_pylist()
+    assert summary["rejected"] == 1 and rejected[0]["source_file"].endswith("notes.bin")
     assert summary["findings.strobe"] == 0 and "strobe" in summary["listed_when"] and summary["alarm"] == 0.6
 
 
