@@ -72,53 +72,61 @@ def _build_pairs(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
 
 
 def _judge_pairs(key: tuple, partial: dict, config: HuntConfig, hunts: frozenset) -> list[dict]:
+    judges = {"strobe": _strobe, "long": _long, "beacon": _beacon}
+    found = (judges[name](key, partial, config) for name in sorted(hunts) if name in judges)
+    return [row for row in found if row is not None]
+
+
+def _pair_finding(hunt: str, score: float, key: tuple, partial: dict, config: HuntConfig, evidence: dict,
+                  summary: str) -> dict:
     horizon_start, src, dst = key
-    horizon = (horizon_start, horizon_start + config.horizon_us)
-    common = {"src": src, "dst": dst, "names": partial["names"]}
-    connections, capped = partial["connections"], partial["capped"]
-    found = []
-    if "strobe" in hunts:
-        strobe = strobe_finding(connections, config)
-        if strobe is not None:
-            score, evidence = strobe
-            found.append(finding("strobe", score, horizon, connections, capped, evidence,
-                                 f"{src} opened {connections} connections to {dst} in the horizon "
-                                 f"({evidence['per_second']} a second).", **common))
-    if "long" in hunts:
-        total = partial["duration_us"] / 1e6
-        score = stats.round3(stats.bucket_score(total, config.long_thresholds))
-        if score > 0:
-            evidence = {"total_duration_s": round(total, 3), "longest_s": round(partial["longest_us"] / 1e6, 3),
-                        "open_connections": partial["open"], "connections": connections,
-                        "thresholds_s": list(config.long_thresholds)}
-            found.append(finding("long", score, horizon, connections, capped, evidence,
-                                 f"{src} was connected to {dst} for {_hours(total)} in total over {connections} "
-                                 f"connection(s), {partial['open']} still open.", **common))
-    if "beacon" in hunts and connections < config.strobe_threshold:
-        beacon = beacon_evidence(np.array(partial["times"], np.int64), np.array(partial["sizes"], np.int64),
-                                 partial["first"], partial["last"], horizon_start // 1_000_000, config)
-        if beacon is not None:
-            score = stats.round3(stats.bucket_score(beacon["beacon_score"] * 100, config.beacon_thresholds))
-            if score > 0:
-                found.append(finding("beacon", score, horizon, connections, capped, beacon,
-                                     f"{src} connected to {dst} {connections} times, typically every "
-                                     f"{beacon['interval_median_s']:g} s with {beacon['size_median']:g} bytes, "
-                                     f"in {beacon['hours_seen']} of {config.histogram_bins} hours "
-                                     f"(beacon score {beacon['beacon_score']:.3f}).", **common))
-    return found
+    return finding(hunt, score, (horizon_start, horizon_start + config.horizon_us), partial["connections"],
+                   partial["capped"], evidence, summary, src=src, dst=dst, names=partial["names"])
+
+
+def _strobe(key: tuple, partial: dict, config: HuntConfig) -> dict | None:
+    connections, threshold = partial["connections"], config.strobe_threshold
+    score = stats.round3(stats.bucket_score(connections, (threshold / 8, threshold / 4, threshold / 2, threshold)))
+    if score == 0:
+        return None
+    per_second = round(connections / config.horizon_seconds, 3)
+    evidence = {"connections": connections, "strobe_threshold": threshold, "per_second": per_second}
+    return _pair_finding("strobe", score, key, partial, config, evidence,
+                         f"{key[1]} opened {connections} connections to {key[2]} in the horizon ({per_second} a second).")
+
+
+def _long(key: tuple, partial: dict, config: HuntConfig) -> dict | None:
+    total = partial["duration_us"] / 1e6
+    score = stats.round3(stats.bucket_score(total, config.long_thresholds))
+    if score == 0:
+        return None
+    evidence = {"total_duration_s": round(total, 3), "longest_s": round(partial["longest_us"] / 1e6, 3),
+                "open_connections": partial["open"], "connections": partial["connections"], "bytes": partial["bytes"],
+                "thresholds_s": list(config.long_thresholds)}
+    return _pair_finding("long", score, key, partial, config, evidence,
+                         f"{key[1]} was connected to {key[2]} for {_hours(total)} in total over "
+                         f"{partial['connections']} connection(s), {partial['open']} still open.")
+
+
+def _beacon(key: tuple, partial: dict, config: HuntConfig) -> dict | None:
+    if partial["connections"] >= config.strobe_threshold:
+        return None  # RITA does not score strobes as beacons: they are their own finding
+    evidence = beacon_evidence(np.array(partial["times"], np.int64), np.array(partial["sizes"], np.int64),
+                               partial["first"], partial["last"], key[0] // 1_000_000, config)
+    if evidence is None:
+        return None
+    score = stats.round3(stats.bucket_score(evidence["beacon_score"] * 100, config.beacon_thresholds))
+    if score == 0:
+        return None
+    return _pair_finding("beacon", score, key, partial, config, evidence,
+                         f"{key[1]} connected to {key[2]} {partial['connections']} times, typically every "
+                         f"{evidence['interval_median_s']:g} s with {evidence['size_median']:g} bytes, "
+                         f"in {evidence['hours_seen']} of {config.histogram_bins} hours "
+                         f"(beacon score {evidence['beacon_score']:.3f}).")
 
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
-
-
-def strobe_finding(connections: int, config: HuntConfig) -> tuple[float, dict] | None:
-    threshold = config.strobe_threshold
-    score = stats.round3(stats.bucket_score(connections, (threshold / 8, threshold / 4, threshold / 2, threshold)))
-    if score == 0:
-        return None
-    return score, {"connections": connections, "strobe_threshold": threshold,
-                   "per_second": round(connections / config.horizon_seconds, 3)}
 
 
 def timestamp_score(times: np.ndarray) -> dict | None:
