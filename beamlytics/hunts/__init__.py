@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
+from beamlytics.schemas import domains
 from beamlytics.hunts.aggregate import Family, merge_all
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HUNTS_OF_TABLE, OUTPUT_HUNTS, HuntConfig
@@ -46,10 +47,14 @@ def families(hunts: Iterable[str]) -> tuple[Family, ...]:
 
 
 def unattributed(batch: pa.RecordBatch, table: str) -> int:
-    """Records no hunt can place: without an event time, or flows without both endpoints."""
+    """Records no hunt can place: without an event time, flows without both endpoints, queries
+    without a registered domain (IP literals, bare suffixes) or in the reverse zones."""
     placeable = pc.is_valid(batch.column(schemas.EVENT_TIME_COLUMN[table]))
     if table == "named_flows":
         placeable = pc.and_(placeable, pc.and_(pc.is_valid(batch.column("c_ip")), pc.is_valid(batch.column("s_ip"))))
+    else:
+        registered = domains.registered_domain(batch.column("query"))
+        placeable = pc.and_(placeable, pc.and_(pc.is_valid(registered), pc.invert(domains.is_reverse_zone(registered))))
     return batch.num_rows - pc.sum(pc.cast(placeable, pa.int64())).as_py() if batch.num_rows else 0
 
 
