@@ -1,23 +1,25 @@
 """The `hunt` command: read records, run the chosen hunts over each horizon, write ranked findings.
 
 Writes OUT/hunts/*.parquet (sorted by hunt and rank), OUT/rejected/ and OUT/summary.json.
+Beam is imported only when a pipeline is built, as by the other commands: the command line
+registers this one without paying for it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
-
-import apache_beam as beam
+from typing import TYPE_CHECKING, Sequence
 
 from beamlytics.hunts import check_hunts
 from beamlytics.hunts.allow import AllowList, AllowListError
 from beamlytics.hunts.config import DAY_US, OUTPUT_HUNTS, HuntConfig
-from beamlytics.hunts.findings import FINDINGS
-from beamlytics.pipelines.detect import ReadSettings, _read, _write_rejected_and_summary
-from beamlytics.transforms.hunt import HuntFindings
-from beamlytics.transforms.write import WriteSortedParquet
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+
+    from beamlytics.parsers.formats import Plan
+    from beamlytics.pipelines.detect import ReadSettings
 
 FINDING_ORDER = ("hunt", "rank")
 
@@ -87,8 +89,15 @@ def listed_when(config: HuntConfig) -> dict[str, str]:
     }
 
 
-def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> None:
-    read = pipeline | "Read" >> _read(settings.read)
+def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> Plan:
+    """Wire the hunt pipeline; returns what reading will do (files to parse, skipped, rejected)."""
+    from beamlytics.hunts.findings import FINDINGS
+    from beamlytics.pipelines.detect import _read, _write_rejected_and_summary
+    from beamlytics.transforms.hunt import HuntFindings
+    from beamlytics.transforms.write import WriteSortedParquet
+
+    reader = _read(settings.read)
+    read = pipeline | "Read" >> reader
     table = settings.read.table
     result = read["records"] | "Hunt" >> HuntFindings(table, settings.hunts, settings.config, settings.allow)
     result["findings"] | "WriteFindings" >> WriteSortedParquet(f"{output}/hunts", FINDINGS, FINDING_ORDER)
@@ -100,13 +109,15 @@ def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> 
         "cap": config.cap, "alarm": config.alarm, "allow_entries": len(settings.allow.entries),
         "listed_when": {output_hunt: explained[output_hunt]
                         for name in sorted(settings.hunts) for output_hunt in OUTPUT_HUNTS[name]},
+        "skipped": reader.plan.skipped,
     }
     _write_rejected_and_summary(read, output, extra, [result["counts"]])
+    return reader.plan
 
 
 def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     # cli imports this module to register the command, so its helpers are looked up at run time.
-    from beamlytics.pipelines import cli
+    from beamlytics.pipelines import cli, outputs
 
     options = cli.beam_options(beam_args)  # first: an unknown option also swallows the word after it
     read = cli._read_settings(args)
@@ -116,7 +127,8 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         allow = AllowList.read(args.allow) if args.allow else AllowList()
     except (ValueError, AllowListError) as error:
         raise cli.UsageError(str(error)) from None
-    cli._clear_outputs(args.output)  # earlier outputs are replaced, as by every command; hunts/ is rewritten
-    with beam.Pipeline(options=options) as pipeline:
-        build_hunt(pipeline, HuntSettings(read, hunts, config, allow), args.output.rstrip("/"))
+    settings = HuntSettings(read, hunts, config, allow)
+    with outputs.open_output(args.output, "hunt", args.overwrite, [*args.inputs, *filter(None, [args.allow])],
+                             read.inputs) as staging:
+        cli._run(options, lambda pipeline: build_hunt(pipeline, settings, staging), args.quiet)
     return cli._report(args.output)
