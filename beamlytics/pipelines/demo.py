@@ -6,6 +6,7 @@ import json
 import os
 
 from beamlytics.detectors.registry import DETECTORS
+from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
