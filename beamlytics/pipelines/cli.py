@@ -31,7 +31,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, outputs
+from beamlytics.pipelines import demo, evaluate, hunt, outputs
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OUT/rejected/ and OUT/summary.json.")
     _add_read_arguments(detect)
     _add_detect_arguments(detect)
+    hunting = commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
+                                  "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
+                                  "OUT/summary.json.")
+    _add_read_arguments(hunting)
+    hunt.add_arguments(hunting, duration_us)
     evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of the Poisson score against labels")
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
@@ -438,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_parse(args, beam_args)
         if args.command == "detect":
             return run_detect(args, beam_args)
+        if args.command == "hunt":
+            return hunt.run(args, beam_args)
         if beam_args:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
         if args.command == "evaluate":
