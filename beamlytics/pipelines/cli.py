@@ -23,7 +23,7 @@ from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
 from beamlytics.parsers.formats import FORMATS, tables_of
-from beamlytics.pipelines import demo, evaluate
+from beamlytics.pipelines import demo, evaluate, report
 from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
 
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
+    report.add_commands(commands)
     return parser
 
 
@@ -233,6 +234,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     _clear_outputs(args.output)
     with beam.Pipeline(options=options) as pipeline:
         build_detect(pipeline, settings, args.output.rstrip("/"))
+    report.finish_detect(args.output, read.inputs, read.format, read.parser_options)
     return _report(args.output)
 
 
@@ -255,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_detect(args, beam_args)
         if beam_args:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
+        if args.command in report.COMMANDS:
+            return report.run(args)
         if args.command == "evaluate":
             return evaluate.run(args)
         return demo.run(args)

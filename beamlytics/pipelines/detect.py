@@ -15,7 +15,8 @@ from beamlytics.transforms.score import ScoreEndpoints, anomalies
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary
 
-OUTPUTS = ("anomalies", "features", "scores", "rejected", "summary.json", *schemas.TABLES)
+OUTPUTS = ("anomalies", "features", "scores", "rejected", "summary.json", "incidents", "report.html",
+           *schemas.TABLES)
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
 REJECTED_ORDER = ("source_file", "position", "reason", "excerpt", "source_tool")
 
