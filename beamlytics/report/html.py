@@ -162,8 +162,10 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
                     if row["detector"] == "poisson" else None)
         points.append((micros(row["window_start"]), row["value"], low, high, expected, row["status"] == "anomaly"))
     x0, x1 = start - context, end + context
-    values = [v for p in points for v in (p[1], p[2], p[3], p[4]) if v is not None]
-    y0, y1 = min(0.0, *values), max(values) * 1.08 or 1.0
+    values = [v for p in points for v in (p[1], p[3], p[4]) if v is not None]
+    # The axis follows the values and upper limits; a lower limit below them (mean - kσ < 0) is clipped.
+    y0 = min(0.0, *(p[1] for p in points))
+    y1 = max(values) * 1.08 if max(values) > y0 else y0 + 1.0
 
     def x(t: int) -> float:
         return MARGIN + (t - x0) / (x1 - x0) * (WIDTH - 2 * MARGIN)
@@ -177,7 +179,8 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
              f'<title>{escape(feature)} of {escape(incident["key"])}</title>',
              f'<rect x="{x(start):.1f}" y="10" width="{max(x(end) - x(start), 1):.1f}" height="{HEIGHT - 34}" '
              'fill="#fde0dc"/>']
-    for run in _runs([(p[0] + half, p[2] if p[2] is not None else y0, p[3]) for p in points if p[3] is not None]):
+    for run in _runs([(p[0] + half, max(p[2], y0) if p[2] is not None else y0, p[3])
+                      for p in points if p[3] is not None]):
         upper = " ".join(f"{x(t):.1f},{y(high):.1f}" for t, _, high in run)
         lower = " ".join(f"{x(t):.1f},{y(low):.1f}" for t, low, _ in reversed(run))
         parts.append(f'<polygon class="band" points="{upper} {lower}" fill="#d8e6f3" stroke="#9bb8d6"/>')

@@ -146,7 +146,9 @@ def reason(row: Mapping[str, Any], window_seconds: float) -> str:
         chance = evidence.get("probability")
         drift = (f" after removing the drift (moving average {number(evidence['moving_average'])})"
                  if "moving_average" in evidence else "")
-        odds = f"; a value this extreme has a chance of {chance:.2g} per window" if isinstance(chance, float) else ""
+        odds = "" if not isinstance(chance, (int, float)) else \
+            f"; a value this extreme has a chance of {chance:.2g} per window" if chance > 0 else \
+            "; the fitted tail ends below it (a chance of 0)"
         return (f"{seen} is {direction} the level {number(row['threshold'])} that extreme-value statistics of this "
                 f"endpoint's history put at a risk of {params.get('q', '?')} per window{drift}{odds}")
     if detector == "poisson":
@@ -173,7 +175,8 @@ def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) 
             what += f" for {counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
             domain = dominant_domain(incident["top_domains"], incident["distinct_names"])
             if domain:
-                what += f" ({number(domain['count'])} of them under {domain['value']})"
+                share = "all" if domain["count"] == incident["distinct_names"] else number(domain["count"])
+                what += f" ({share} of them under {domain['value']})"
         if incident["distinct_peers"]:
             what += f" with {counted(incident['distinct_peers'], 'distinct ' + peer_unit(key_kind))}"
     else:
