@@ -1,5 +1,4 @@
 """Incidents: merging anomalous windows, usual values, the records behind them."""
-import datetime as dt
 import hashlib
 import json
 import random
@@ -168,13 +167,20 @@ SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", a
                               anomaly_minutes=3)
 
 
-@pytest.fixture(scope="module")
-def detected(tmp_path_factory):
+def detect_synthetic(tmp_path_factory, detector, extra_lines=None):
+    """Synthetic Zeek logs of SCENARIO (plus `extra_lines`: name -> text beside them), detected: (logs, out)."""
     logs = tmp_path_factory.mktemp("zeek")
     synthetic.write_zeek_logs(str(logs), SCENARIO)
+    for name, text in (extra_lines or {}).items():
+        (logs / SCENARIO.day.isoformat() / name).write_text(text)
     out = tmp_path_factory.mktemp("out")
-    assert cli.main(["detect", "--table", "dns", "--detector", "poisson", "--output", str(out), str(logs)]) == 0
+    assert cli.main(["detect", "--table", "dns", "--detector", detector, "--output", str(out), str(logs)]) == 0
     return logs, out
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory):
+    return detect_synthetic(tmp_path_factory, "poisson")
 
 
 def raw_dns_lines(path, client, start_us, end_us):
@@ -215,3 +221,16 @@ def test_incidents_record_the_inputs_for_show(detected):
     inputs = incidents.Inputs.from_json(metadata[incidents.INPUTS_METADATA])
     assert set(inputs.paths) == {str(path) for path in (logs / SCENARIO.day.isoformat()).iterdir()}
     assert inputs.format == "auto"
+
+
+def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(monkeypatch):
+    monkeypatch.setattr(incidents, "TRACKED_VALUES", 3)
+    spans = incidents.merge_windows([anomaly("a", 0)])
+    batch = dns_batch([("a", "r1", name, second, "f", second + 1)
+                       for second, name in enumerate(["n1", "n2", "n1", "n3", "n4", "n5", "n1"])])
+    [tally] = incidents.tally_records([batch], features.WindowSpec("dns"), spans)
+    assert dict(tally.names) == {"n1": 3, "n2": 1, "n3": 1}  # n4, n5 came after the bound
+    assert tally.names.full and not tally.peers.full
+    assert tally.records == 7
+    row = incidents._tally_columns(tally, spans[0])
+    assert (row["distinct_names"], row["distinct_exact"]) == (3, False)

@@ -1,16 +1,17 @@
 """Evidence in words, the `show` and `report` commands, the HTML report in a real headless Chromium."""
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from beamlytics import features, schemas, synthetic
 from beamlytics.pipelines import cli, report
 from beamlytics.report import html, words
+from tests.test_incidents import SCENARIO, detect_synthetic
 
 MINUTE = 60_000_000
 T0 = 1_714_521_600_000_000  # 2024-05-01T00:00:00Z
@@ -133,19 +134,10 @@ def test_poisson_plot_draws_the_expected_rate_instead_of_a_band():
     assert 'class="expected"' in svg and 'class="band"' not in svg
 
 
-SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", anomaly_start_minute=40,
-                              anomaly_minutes=3)
-
-
 @pytest.fixture(scope="module")
 def detected(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("zeek")
-    synthetic.write_zeek_logs(str(logs), SCENARIO)
-    (logs / SCENARIO.day.isoformat() / "weird.log").write_text("<script>alert(1)</script> not a log\n")
-    out = tmp_path_factory.mktemp("out")
-    assert cli.main(["detect", "--table", "dns", "--detector", "gaussian", "--output", str(out), str(logs)]) == 0
-    report_path = report.write_report(str(out))
-    return logs, out, Path(report_path)
+    logs, out = detect_synthetic(tmp_path_factory, "gaussian", {"weird.log": "<script>alert(1)</script> not a log\n"})
+    return logs, out, Path(report.write_report(str(out)))
 
 
 def test_detect_prints_the_top_incidents(tmp_path, capsys):
@@ -254,3 +246,22 @@ def test_report_renders_in_headless_chromium_with_its_plots(detected, tmp_path):
     pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round()
     alarm_red = (abs(pixels[..., 0] - 0xC0) < 8) & (abs(pixels[..., 1] - 0x30) < 8) & (abs(pixels[..., 2] - 0x30) < 8)
     assert alarm_red.sum() > 20  # the plots, with their alarm markers, were drawn
+
+
+def test_an_empty_result_says_why(tmp_path, capsys):
+    logs = tmp_path / "zeek"
+    synthetic.write_zeek_logs(str(logs), dataclasses.replace(SCENARIO, anomaly_minutes=0))
+    out = tmp_path / "out"
+    assert cli.main(["detect", "--table", "dns", "--detector", "gaussian", "--k", "100", "--output", str(out),
+                     str(logs)]) == 0
+    assert "no incidents: no window was anomalous" in capsys.readouterr().out
+    assert report.read_incidents(str(out))[0].num_rows == 0
+    page = Path(report.write_report(str(out))).read_text(encoding="utf-8")
+    assert "No incidents: no window of any endpoint was anomalous." in page
+
+
+def test_distinct_counts_past_the_tracking_bound_read_as_at_least():
+    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
+    text = words.incident_evidence(incident(distinct_exact=False), peak)
+    assert text.startswith("2,114 queries for at least 1,873 distinct names (1,870 of them under pirate.sea) with "
+                           "at least 2 distinct servers")

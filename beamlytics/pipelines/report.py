@@ -174,7 +174,8 @@ def _records_text(incident: dict, inputs: incidents.Inputs | None, limit: int) -
     columns = [*_SHOWN_COLUMNS[incident["table"]], "source_file", "source_pos"]
     shown = records.slice(0, limit) if limit else records
     rows = [[_cell(row[name]) for name in columns] for row in shown.select(columns).to_pylist()]
-    text = f"{records.num_rows} record(s) from {where or 'the inputs'}:\n" + text_table(columns, rows, [60] * len(columns))
+    text = f"{records.num_rows} record(s) from {where or 'the inputs'}:\n"
+    text += text_table(columns, rows, [60] * len(columns))
     if shown.num_rows < records.num_rows:
         text += f"\n... {records.num_rows - shown.num_rows} more (--limit 0 shows all)"
     return text

@@ -101,7 +101,8 @@ def _ranking_section(ranked: Sequence[Mapping[str, Any]]) -> str:
         f"<tr><td class=num>{row['rank']}</td><td><a href=\"#i{row['incident_id']}\"><code>{row['incident_id']}"
         f"</code></a></td><td>{escape(row['key'])}</td><td>{row['start']:%Y-%m-%d %H:%M}</td>"
         f"<td>{words.duration((row['end'] - row['start']).total_seconds())}</td>"
-        f"<td class=num>{escape(words.number(row['peak_score']))}</td><td>{escape(', '.join(row['features_fired']))}</td></tr>"
+        f"<td class=num>{escape(words.number(row['peak_score']))}</td>"
+        f"<td>{escape(', '.join(row['features_fired']))}</td></tr>"
         for row in ranked)
     return ("<h2>Incidents, highest peak score first</h2><table><tr><th>rank</th><th>incident</th><th>endpoint</th>"
             "<th>start (UTC)</th><th>lasted</th><th>peak score</th><th>features</th></tr>" + rows + "</table>")
@@ -198,7 +199,8 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
     parts += [
         f'<text x="{MARGIN}" y="{HEIGHT - 6}" font-size="11">{_time(x0)}</text>',
         f'<text x="{WIDTH - MARGIN}" y="{HEIGHT - 6}" font-size="11" text-anchor="end">{_time(x1)} UTC</text>',
-        f'<text x="{MARGIN - 4}" y="{y(y1) + 10:.1f}" font-size="11" text-anchor="end">{escape(words.number(y1))}</text>',
+        f'<text x="{MARGIN - 4}" y="{y(y1) + 10:.1f}" font-size="11" text-anchor="end">'
+        f'{escape(words.number(y1))}</text>',
         f'<text x="{MARGIN - 4}" y="{y(y0):.1f}" font-size="11" text-anchor="end">{escape(words.number(y0))}</text>',
         f'<text x="{MARGIN + 4}" y="22" font-size="12" font-weight="bold">{escape(feature)} per '
         f'{escape(words.duration(incident["window_seconds"]))}; red: anomalous windows; shaded: the incident; '

@@ -28,6 +28,7 @@ from beamlytics.parsers.formats import parse_paths
 from beamlytics.report import words
 
 TOP = 10  # peers, names and ports kept per incident
+TRACKED_VALUES = 100_000  # distinct peers/names/ports counted exactly per incident
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # Parquet key-value metadata of the incidents file: how to read the records again.
 INPUTS_METADATA = b"beamlytics.inputs"
@@ -135,41 +136,66 @@ class UsualValues:
     """What an endpoint usually does: medians of its earlier windows that were not anomalous.
 
     An endpoint with no earlier normal window (a new host, or one anomalous from its first
-    window) is compared with the median of all endpoints' normal windows instead.
+    window) is compared with the median of all endpoints' normal windows instead. Only the
+    incidents' endpoints become Python rows; the population stays in Arrow/numpy columns.
     """
 
     def __init__(self, feature_table: pa.Table, anomalous: set[tuple[str, str, str, int]], names: Sequence[str]):
         self.names = list(names)
-        rows = feature_table.select(["table", "key_kind", "key", "window_start", *self.names]).to_pylist()
-        self.by_endpoint: dict[tuple[str, str, str], list[tuple[int, list[float]]]] = collections.defaultdict(list)
-        normal: list[list[float]] = []
-        for row in rows:
-            endpoint = (row["table"], row["key_kind"], row["key"])
-            start = micros(row["window_start"])
-            if (*endpoint, start) in anomalous:
-                continue
-            values = [math.nan if row[name] is None else float(row[name]) for name in self.names]
-            self.by_endpoint[endpoint].append((start, values))
-            normal.append(values)
-        for windows in self.by_endpoint.values():
-            windows.sort(key=lambda item: item[0])
-        self.population = self._medians(normal)
-
-    def _medians(self, values: list[list[float]]) -> dict[str, float]:
-        if not values:
-            return {}
-        matrix = np.asarray(values, dtype=float)
-        return {name: float(np.nanmedian(matrix[:, i])) for i, name in enumerate(self.names)
-                if not np.all(np.isnan(matrix[:, i]))}
+        keys = pa.array(sorted({key for _, _, key, _ in anomalous}), pa.string())
+        involved = pc.fill_null(pc.is_in(feature_table.column("key"), value_set=keys), False)
+        self.rows: dict[tuple[str, str, str], list[dict]] = collections.defaultdict(list)
+        for row in feature_table.filter(involved).to_pylist():
+            self.rows[(row["table"], row["key_kind"], row["key"])].append(row)
+        for rows in self.rows.values():
+            rows.sort(key=lambda row: micros(row["window_start"]))
+        normal_rows = [row for endpoint, rows in self.rows.items() for row in rows
+                       if (*endpoint, micros(row["window_start"])) not in anomalous]
+        uninvolved = feature_table.filter(pc.invert(involved))
+        self.population = {}
+        for name in self.names:
+            values = np.concatenate([
+                uninvolved.column(name).to_numpy(zero_copy_only=False).astype(float),
+                np.array([math.nan if row[name] is None else float(row[name]) for row in normal_rows], dtype=float),
+            ])
+            values = values[~np.isnan(values)]
+            if values.size:
+                self.population[name] = float(np.median(values))
+        self.anomalous = anomalous
 
     def before(self, endpoint: tuple[str, str, str], start_us: int) -> tuple[dict[str, float], str]:
-        """(medians, where they come from) for the endpoint's windows before `start_us`."""
-        earlier = [values for start, values in self.by_endpoint.get(endpoint, ()) if start < start_us]
+        """(medians, where they come from) for the endpoint's normal windows before `start_us`."""
+        earlier = [row for row in self.rows.get(endpoint, ()) if micros(row["window_start"]) < start_us
+                   and (*endpoint, micros(row["window_start"])) not in self.anomalous]
         if earlier:
-            return self._medians(earlier), "own history"
+            medians = {}
+            for name in self.names:
+                values = [float(row[name]) for row in earlier if row[name] is not None]
+                if values:
+                    medians[name] = float(np.median(values))
+            return medians, "own history"
         if self.population:
             return dict(self.population), "population median"
         return {}, "none"
+
+
+class BoundedCounter(collections.Counter):
+    """A Counter that stops taking new values at `TRACKED_VALUES`: a tunnel of millions of random
+    names must not take the memory with it. Values already seen keep being counted, so the top
+    values stay right; distinct counts become lower bounds (`full` says so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.full = False
+
+    def add(self, values: Iterable) -> None:
+        for value in values:
+            if value is None:
+                continue
+            if value in self or len(self) < TRACKED_VALUES:
+                self[value] += 1
+            else:
+                self.full = True
 
 
 @dataclass
@@ -177,16 +203,16 @@ class RecordTally:
     """What one pass over an incident's records found."""
 
     records: int = 0
-    peers: collections.Counter = field(default_factory=collections.Counter)
-    names: collections.Counter = field(default_factory=collections.Counter)
-    ports: collections.Counter = field(default_factory=collections.Counter)
+    peers: BoundedCounter = field(default_factory=BoundedCounter)
+    names: BoundedCounter = field(default_factory=BoundedCounter)
+    ports: BoundedCounter = field(default_factory=BoundedCounter)
     files: dict[str, list[int]] = field(default_factory=dict)  # source_file -> [first, last, records]
 
     def add(self, peers: list, names: list, ports: list, sources: list, positions: list) -> None:
         self.records += len(sources)
-        self.peers.update(value for value in peers if value is not None)
-        self.names.update(value for value in names if value is not None)
-        self.ports.update(str(value) for value in ports if value is not None)
+        self.peers.add(peers)
+        self.names.add(names)
+        self.ports.add(str(value) for value in ports if value is not None)
         for source, position in zip(sources, positions):
             entry = self.files.get(source)
             if entry is None:
@@ -200,20 +226,24 @@ def _top(counter: collections.Counter) -> list[dict[str, Any]]:
     return [{"value": value, "count": count} for value, count in ranked]
 
 
-def span_masks(batch: pa.RecordBatch, spec: features.WindowSpec, spans: Sequence[Span]) -> Iterator[tuple[int, pa.Array]]:
-    """(index of span, mask of the batch's records that belong to it), for the spans the batch touches."""
+def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
+                 spans: Sequence[Span]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(index of span, the batch's records that belong to it), for the spans the batch touches."""
     keys = batch.column(spec.key_column)
-    times = pc.cast(batch.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64())
     wanted = pa.array(sorted({span.key for span in spans}), pa.string())
-    candidates = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
-    if not pc.any(candidates).as_py():
+    candidates = batch.filter(pc.fill_null(pc.is_in(keys, value_set=wanted), False))
+    if candidates.num_rows == 0:
         return
+    keys = candidates.column(spec.key_column)
+    times = pc.cast(candidates.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64())
+    present = set(pc.unique(keys).to_pylist())
     for index, span in enumerate(spans):
-        mask = pc.and_(candidates, pc.equal(keys, span.key))
-        mask = pc.and_(mask, pc.and_(pc.greater_equal(times, span.start_us), pc.less(times, span.end_us)))
-        mask = pc.fill_null(mask, False)
-        if pc.any(mask).as_py():
-            yield index, mask
+        if span.key not in present:
+            continue
+        inside = pc.and_(pc.greater_equal(times, span.start_us), pc.less(times, span.end_us))
+        chosen = candidates.filter(pc.fill_null(pc.and_(pc.equal(keys, span.key), inside), False))
+        if chosen.num_rows:
+            yield index, chosen
 
 
 def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
@@ -222,8 +252,7 @@ def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
     tallies = [RecordTally() for _ in spans]
     name_column = features.NAME_COLUMN[spec.table]
     for batch in batches:
-        for index, mask in span_masks(batch, spec, spans):
-            chosen = batch.filter(mask)
+        for index, chosen in span_records(batch, spec, spans):
             tallies[index].add(
                 chosen.column(spec.peer_column).to_pylist(),
                 chosen.column(name_column).to_pylist(),
@@ -276,15 +305,12 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
     names = list(features.FEATURES[table])
     anomalous = {(*span.endpoint, start) for span in spans for start in span.window_starts}
     usual = UsualValues(feature_table, anomalous, names)
-    rows_by_endpoint: dict[tuple[str, str, str], list[dict]] = collections.defaultdict(list)
-    for row in feature_table.to_pylist():
-        rows_by_endpoint[(row["table"], row["key_kind"], row["key"])].append(row)
     tallies = tally_records(batches, spec, spans) if batches is not None else None
 
     rows = []
     for index, span in enumerate(spans):
         medians, usual_from = usual.before(span.endpoint, span.start_us)
-        span_measures = measures(span, rows_by_endpoint.get(span.endpoint, []), medians, names)
+        span_measures = measures(span, usual.rows.get(span.endpoint, []), medians, names)
         tally = tallies[index] if tallies is not None else None
         peak = span.peak()
         row = {
@@ -312,12 +338,14 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
 
 def _tally_columns(tally: RecordTally | None, span: Span) -> dict[str, Any]:
     if tally is None:
-        return {"records": None, "distinct_peers": None, "distinct_names": None, "top_peers": None,
+        return {"records": None, "distinct_peers": None, "distinct_names": None, "distinct_exact": None,
+                "top_peers": None,
                 "top_names": None, "top_ports": None, "top_domains": None, "record_files": None}
     return {
         "records": tally.records,
         "distinct_peers": len(tally.peers),
         "distinct_names": len(tally.names),
+        "distinct_exact": not (tally.peers.full or tally.names.full or tally.ports.full),
         "top_peers": _top(tally.peers),
         "top_names": _top(tally.names),
         "top_ports": _top(tally.ports),
@@ -337,8 +365,7 @@ def incident_records(incident: Mapping[str, Any], inputs: Inputs) -> pa.Table:
     paths = inputs.files_for(ranges) if recorded else list(inputs.paths)
     chosen = []
     for batch in inputs.record_batches(spec.table, paths):
-        for _, mask in span_masks(batch, spec, [span]):
-            chosen.append(batch.filter(mask))
+        chosen.extend(records for _, records in span_records(batch, spec, [span]))
     if not chosen:
         return schemas.TABLES[spec.table].empty_table()
     records = pa.Table.from_batches(chosen)

@@ -171,14 +171,15 @@ def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) 
     by_feature = {measure["feature"]: measure for measure in incident["measures"]}
     if incident["records"] is not None:
         what = counted(incident["records"], _RECORD_UNIT[table])
+        at_least = "" if incident.get("distinct_exact", True) else "at least "
         if incident["distinct_names"]:
-            what += f" for {counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
+            what += f" for {at_least}{counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
             domain = dominant_domain(incident["top_domains"], incident["distinct_names"])
             if domain:
                 share = "all" if domain["count"] == incident["distinct_names"] else number(domain["count"])
                 what += f" ({share} of them under {domain['value']})"
         if incident["distinct_peers"]:
-            what += f" with {counted(incident['distinct_peers'], 'distinct ' + peer_unit(key_kind))}"
+            what += f" with {at_least}{counted(incident['distinct_peers'], 'distinct ' + peer_unit(key_kind))}"
     else:
         what = f"{quantity(table, key_kind, 'records', by_feature['records']['peak'])} in its busiest window"
     shown = _shown_features(incident)

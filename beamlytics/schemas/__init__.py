@@ -174,6 +174,8 @@ INCIDENTS = pa.schema(
         pa.field("records", pa.int64()),  # records of the endpoint in [start, end); null if unreadable
         pa.field("distinct_peers", pa.int64()),
         pa.field("distinct_names", pa.int64()),
+        # False when more distinct values came than are tracked: the distinct counts are lower bounds.
+        pa.field("distinct_exact", pa.bool_()),
         pa.field("top_peers", pa.list_(_VALUE_COUNT)),
         pa.field("top_names", pa.list_(_VALUE_COUNT)),
         pa.field("top_ports", pa.list_(_VALUE_COUNT)),
