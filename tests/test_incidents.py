@@ -2,6 +2,7 @@
 import hashlib
 import json
 import random
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -234,3 +235,12 @@ def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(m
     assert tally.records == 7
     row = incidents._tally_columns(tally, spans[0])
     assert (row["distinct_names"], row["distinct_exact"]) == (3, False)
+
+
+def test_remote_inputs_are_not_read_again_and_records_stay_unknown(detected, tmp_path):
+    from beamlytics.pipelines import report
+
+    out = shutil.copytree(detected[1], tmp_path / "out")  # the module's run stays as it was
+    found = report.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
+    assert found.column("records").to_pylist() == [None]
+    assert found.column("record_files").to_pylist() == [None]

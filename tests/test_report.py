@@ -260,6 +260,13 @@ def test_an_empty_result_says_why(tmp_path, capsys):
     assert "No incidents: no window of any endpoint was anomalous." in page
 
 
+def test_an_endpoint_that_is_a_name_is_not_told_its_own_name_count():
+    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
+    text = words.incident_evidence(incident(key_kind="name", distinct_names=1, top_domains=[]), peak)
+    assert text.startswith("2,114 queries with 2 distinct clients in 4 min; at most 480 queries, "
+                           "90% answered NXDOMAIN in 1 min;")
+
+
 def test_distinct_counts_past_the_tracking_bound_read_as_at_least():
     peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
     text = words.incident_evidence(incident(distinct_exact=False), peak)

@@ -61,8 +61,8 @@ def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
     table_name = summary["table"]
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     feature_table = read_folder(f"{output}/features", features.feature_schema(table_name))
-    found = incidents.build_incidents(anomalies, feature_table, float(summary["window_seconds"]),
-                                      inputs.record_batches(table_name))
+    batches = inputs.record_batches(table_name) if inputs.local else None
+    found = incidents.build_incidents(anomalies, feature_table, float(summary["window_seconds"]), batches)
     found = found.replace_schema_metadata({incidents.INPUTS_METADATA: inputs.to_json()})
     write_file(f"{output}/{INCIDENTS_FILE}", parquet_bytes(found))
     return found
@@ -164,6 +164,8 @@ def show(incident_prefix: str, output: str, limit: int) -> str:
 def _records_text(incident: dict, inputs: incidents.Inputs | None, limit: int) -> str:
     if inputs is None:
         return "records: the incidents file does not say which inputs were read"
+    if not inputs.local:
+        return "records: the inputs are on a remote filesystem, which show cannot read yet"
     missing = [path for path in inputs.files_for(e["source_file"] for e in incident["record_files"] or [])
                if "://" not in path and not os.path.exists(path)]
     if missing:

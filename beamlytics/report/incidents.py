@@ -280,6 +280,11 @@ class Inputs:
         loaded = json.loads(data)
         return cls(tuple(loaded["paths"]), loaded["format"], loaded["options"])
 
+    @property
+    def local(self) -> bool:
+        """Whether the records can be read again here: `parse_paths` opens local files only."""
+        return not any("://" in path for path in self.paths)
+
     def record_batches(self, table: str, paths: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The parsed records of `paths` (default: all inputs); what cannot be parsed is in OUT/rejected already."""
         chosen = list(self.paths if paths is None else paths)

@@ -172,7 +172,7 @@ def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) 
     if incident["records"] is not None:
         what = counted(incident["records"], _RECORD_UNIT[table])
         at_least = "" if incident.get("distinct_exact", True) else "at least "
-        if incident["distinct_names"]:
+        if incident["distinct_names"] and key_kind != "name":  # an endpoint that is a name has one
             what += f" for {at_least}{counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
             domain = dominant_domain(incident["top_domains"], incident["distinct_names"])
             if domain:
@@ -199,6 +199,7 @@ def _shown_features(incident: Mapping[str, Any]) -> list[str]:
     moved = [measure["feature"] for measure in incident["measures"] if measure["feature"] in _RATIOS
              and measure["peak"] is not None and measure["usual"] is not None
              and abs(measure["peak"] - measure["usual"]) >= 0.5]
-    context = [name for name in ("records", "distinct_names", *moved) if name not in fired]
+    counts = ("records",) if incident["key_kind"] == "name" else ("records", "distinct_names")
+    context = [name for name in (*counts, *moved) if name not in fired]
     present = {measure["feature"] for measure in incident["measures"]}
     return [name for name in (*fired, *context) if name in present]
