@@ -8,8 +8,9 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import math
 from html import escape
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -146,6 +147,15 @@ def _series_of(scores: pa.Table, incidents: Sequence[Mapping[str, Any]]) -> dict
     return series
 
 
+class _Point(NamedTuple):
+    time: float  # µs, the middle of the window
+    value: float
+    low: float | None  # the band the detector accepted, where it has one
+    high: float | None
+    expected: float | None  # poisson: records expected at the learned rate
+    alarm: bool
+
+
 def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], feature: str,
              params: Mapping[str, Any]) -> str:
     """The feature of the endpoint over time, with the band the detector held it to and the alarms marked."""
@@ -155,17 +165,23 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
     shown = [row for row in rows if start - context <= micros(row["window_start"]) < end + context]
     if not shown:
         return f'<p class="muted">No scores of {escape(feature)} to plot.</p>'
+    half = window_us / 2
     points = []
     for row in shown:
+        if row["value"] is None or not math.isfinite(row["value"]):
+            continue
         evidence = json.loads(row["evidence"] or "{}")
         low, high = words.limits(row["detector"], evidence, params)
         expected = (words.expected_records(evidence, params, incident["window_seconds"])
                     if row["detector"] == "poisson" else None)
-        points.append((micros(row["window_start"]), row["value"], low, high, expected, row["status"] == "anomaly"))
+        points.append(_Point(micros(row["window_start"]) + half, row["value"], low, high, expected,
+                             row["status"] == "anomaly"))
+    if not points:
+        return f'<p class="muted">No values of {escape(feature)} to plot.</p>'
     x0, x1 = start - context, end + context
-    values = [v for p in points for v in (p[1], p[3], p[4]) if v is not None]
+    values = [v for p in points for v in (p.value, p.high, p.expected) if v is not None]
     # The axis follows the values and upper limits; a lower limit below them (mean - kσ < 0) is clipped.
-    y0 = min(0.0, *(p[1] for p in points))
+    y0 = min(0.0, *(p.value for p in points))
     y1 = max(values) * 1.08 if max(values) > y0 else y0 + 1.0
 
     def x(t: int) -> float:
@@ -174,27 +190,25 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
     def y(v: float) -> float:
         return HEIGHT - 24 - (v - y0) / (y1 - y0) * (HEIGHT - 44)
 
-    half = window_us / 2
     parts = [f'<svg class="plot" data-feature="{escape(feature)}" xmlns="http://www.w3.org/2000/svg" '
              f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img">',
              f'<title>{escape(feature)} of {escape(incident["key"])}</title>',
              f'<rect x="{x(start):.1f}" y="10" width="{max(x(end) - x(start), 1):.1f}" height="{HEIGHT - 34}" '
              'fill="#fde0dc"/>']
-    for run in _runs([(p[0] + half, max(p[2], y0) if p[2] is not None else y0, p[3])
-                      for p in points if p[3] is not None]):
+    for run in _runs([(p.time, max(p.low, y0) if p.low is not None else y0, p.high)
+                      for p in points if p.high is not None]):
         upper = " ".join(f"{x(t):.1f},{y(high):.1f}" for t, _, high in run)
         lower = " ".join(f"{x(t):.1f},{y(low):.1f}" for t, low, _ in reversed(run))
         parts.append(f'<polygon class="band" points="{upper} {lower}" fill="#d8e6f3" stroke="#9bb8d6"/>')
-    expected = [(p[0] + half, p[4]) for p in points if p[4] is not None]
+    expected = [(p.time, p.expected) for p in points if p.expected is not None]
     if expected:
         parts.append('<polyline class="expected" fill="none" stroke="#e08030" stroke-dasharray="4 3" points="'
                      + " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in expected) + '"/>')
     parts.append('<polyline class="series" fill="none" stroke="#3060a0" stroke-width="1.3" points="'
-                 + " ".join(f"{x(p[0] + half):.1f},{y(p[1]):.1f}" for p in points) + '"/>')
-    for p in points:
-        if p[5]:
-            parts.append(f'<circle class="alarm" cx="{x(p[0] + half):.1f}" cy="{y(p[1]):.1f}" r="3.5" fill="#c03030"/>')
-    legend = "band: values the detector accepted" if any(p[3] is not None for p in points) else \
+                 + " ".join(f"{x(p.time):.1f},{y(p.value):.1f}" for p in points) + '"/>')
+    parts += [f'<circle class="alarm" cx="{x(p.time):.1f}" cy="{y(p.value):.1f}" r="3.5" fill="#c03030"/>'
+              for p in points if p.alarm]
+    legend = "band: values the detector accepted" if any(p.high is not None for p in points) else \
         "dashed: records expected at the learned rate" if expected else ""
     parts += [
         f'<text x="{MARGIN}" y="{HEIGHT - 6}" font-size="11">{_time(x0)}</text>',
