@@ -178,6 +178,15 @@ def test_user_errors_of_show_and_report_are_one_line(detected, tmp_path, capsys,
     assert len(error) == 1 and message in error[0]
 
 
+def test_a_damaged_output_file_is_one_line_not_a_traceback(detected, tmp_path, capsys):
+    _, out, _ = detected
+    damaged = shutil.copytree(out, tmp_path / "out")
+    (damaged / "scores" / "part-00000-of-00001.parquet").write_bytes(b"not parquet")
+    assert cli.main(["report", str(damaged)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("beamlytics report: error: cannot read ") and "scores/part-00000-of-00001.parquet" in line
+
+
 def test_report_is_self_contained_escaped_and_identical_on_every_run(detected, tmp_path):
     _, out, path = detected
     page = path.read_text(encoding="utf-8")

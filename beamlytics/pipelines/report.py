@@ -6,13 +6,13 @@ summary.json), so it runs the same after any runner, and again later on an old f
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -33,25 +33,41 @@ class ReportError(Exception):
     """A missing or unreadable output folder or incident: told to the user in one line."""
 
 
-def read_folder(folder: str, schema: pa.Schema | None = None) -> pa.Table:
-    """All Parquet files of an output folder as one table (local or any Beam filesystem)."""
+def read_folder(folder: str, schema: pa.Schema | None = None, keys: Sequence[str] | None = None) -> pa.Table:
+    """All Parquet files of an output folder as one table (local or any Beam filesystem).
+
+    With `keys`, only those endpoints' rows: outputs are sorted by key, so Parquet skips the
+    row groups of other endpoints instead of loading the whole of scores/.
+    """
     matches = FileSystems.match([f"{folder.rstrip('/')}/*.parquet"])[0].metadata_list
     if not matches:
         raise ReportError(f"no Parquet files in {folder} (is this a beamlytics detect output?)")
-    tables = []
-    for path in sorted(match.path for match in matches):
+    wanted = pc.field("key").isin(pa.array(list(keys), pa.string())) if keys is not None else None
+    return pa.concat_tables([_read_parquet(path, schema, wanted) for path in sorted(m.path for m in matches)])
+
+
+def _read_parquet(path: str, schema: pa.Schema, filters=None) -> pa.Table:
+    """One output file in `schema` (its key-value metadata kept), or a one-line error if it is not one."""
+    try:
         with FileSystems.open(path) as handle:
-            tables.append(pq.read_table(io.BytesIO(handle.read())))
-    table = pa.concat_tables(tables)
-    return table.cast(schema) if schema is not None else table
+            table = pq.read_table(handle, filters=filters)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise ReportError(f"cannot read {path}: {error}") from None
+    if table.schema.names != schema.names:
+        raise ReportError(f"{path} has other columns than this beamlytics writes (an older version?): "
+                          "run beamlytics detect again")
+    return table.cast(schema.with_metadata(table.schema.metadata))
 
 
 def read_summary(output: str) -> dict[str, Any]:
     path = f"{output.rstrip('/')}/summary.json"
     if not FileSystems.exists(path):
         raise ReportError(f"no summary.json in {output} (is this a beamlytics detect output?)")
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
+    try:
+        with FileSystems.open(path) as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReportError(f"cannot read {path}: {error}") from None
 
 
 def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
@@ -72,10 +88,9 @@ def read_incidents(output: str) -> tuple[pa.Table, incidents.Inputs | None]:
     path = f"{output.rstrip('/')}/{INCIDENTS_FILE}"
     if not FileSystems.exists(path):
         raise ReportError(f"no incidents in {output}: run beamlytics detect with --output {output} first")
-    with FileSystems.open(path) as handle:
-        table = pq.read_table(io.BytesIO(handle.read()))
+    table = _read_parquet(path, schemas.INCIDENTS)
     recorded = (table.schema.metadata or {}).get(incidents.INPUTS_METADATA)
-    return table.cast(schemas.INCIDENTS), incidents.Inputs.from_json(recorded) if recorded else None
+    return table, incidents.Inputs.from_json(recorded) if recorded else None
 
 
 def printable(value: Any, width: int | None = None) -> str:
@@ -119,7 +134,8 @@ def write_report(output: str, destination: str | None = None) -> str:
     output = output.rstrip("/")
     summary = read_summary(output)
     found, _ = read_incidents(output)
-    scores = read_folder(f"{output}/scores", schemas.SCORES)
+    shown_keys = sorted(set(found.column("key").to_pylist()[:html.DETAILED]))
+    scores = read_folder(f"{output}/scores", schemas.SCORES, shown_keys)
     rejected = read_folder(f"{output}/rejected", schemas.REJECTED)
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     params = json.loads(anomalies.column("params")[0].as_py()) if anomalies.num_rows else {}
