@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import features, schemas
+from beamlytics.detectors.base import Status
 from beamlytics.report import html, incidents, words
 from beamlytics.transforms.write import parquet_bytes, write_file
 
@@ -108,10 +109,10 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], widths: Se
     return "\n".join(lines)
 
 
-def top_incidents(table: pa.Table, count: int = 10) -> str:
-    """The highest-ranked incidents as a terminal table, or why there are none."""
+def top_incidents(table: pa.Table, statuses: Mapping[str, int], count: int = 10) -> str:
+    """The highest-ranked incidents as a terminal table, or why there are none (from the scores' `statuses`)."""
     if table.num_rows == 0:
-        return "no incidents: no window was anomalous (see summary.json for what was read)"
+        return why_no_incidents(statuses)
     rows = [
         (row["rank"], row["incident_id"], row["key"], f"{row['start']:%Y-%m-%d %H:%M}",
          words.duration((row["end"] - row["start"]).total_seconds()), words.number(row["peak_score"]),
@@ -124,10 +125,29 @@ def top_incidents(table: pa.Table, count: int = 10) -> str:
         (5, 16, 40, 16, 8, 8, 40, 90))
 
 
+def why_no_incidents(statuses: Mapping[str, int]) -> str:
+    scored = sum(statuses.values())
+    if scored == 0:
+        return "no incidents: no endpoint-window was scored (no record had a time and a key; see summary.json)"
+    calibrating = statuses.get(Status.CALIBRATING, 0)
+    text = f"no incidents: none of {scored:,} scores was anomalous"
+    if calibrating:
+        text += (f"; {calibrating:,} were still calibrating (an endpoint is judged only after its first --n-init "
+                 "windows: a short input may need a smaller --n-init, or --baseline on an earlier run)")
+    return text
+
+
+def score_statuses(output: str) -> dict[str, int]:
+    """How many scores/ rows have each status."""
+    table = read_folder(f"{output.rstrip('/')}/scores", schemas.SCORES)
+    counts = table.group_by("status", use_threads=False).aggregate([("status", "count")]).to_pylist()
+    return {row["status"]: row["status_count"] for row in counts}
+
+
 def finish_detect(output: str, paths: Sequence[str], fmt: str, options: dict[str, Any]) -> None:
     """After `detect`: write OUT/incidents/ and print the top incidents."""
     found = write_incidents(output, incidents.Inputs(tuple(paths), fmt, dict(options)))
-    print(top_incidents(found))
+    print(top_incidents(found, score_statuses(output) if found.num_rows == 0 else {}))
 
 
 def write_report(output: str, destination: str | None = None) -> str:
