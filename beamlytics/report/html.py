@@ -46,7 +46,7 @@ def render(summary: Mapping[str, Any], incidents: pa.Table, scores: pa.Table, re
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        _summary_section(summary, len(ranked)),
+        _summary_section(summary, params, len(ranked)),
         _rejected_section(rejected),
         _ranking_section(ranked),
     ]
@@ -59,7 +59,7 @@ def render(summary: Mapping[str, Any], incidents: pa.Table, scores: pa.Table, re
     return "\n".join(parts) + "\n"
 
 
-def _summary_section(summary: Mapping[str, Any], incident_count: int) -> str:
+def _summary_section(summary: Mapping[str, Any], params: Mapping[str, Any], incident_count: int) -> str:
     facts = [
         ("table", summary.get("table")), ("endpoint key", summary.get("key")),
         ("window", words.duration(float(summary.get("window_seconds", 0)))), ("detector", summary.get("detector")),
@@ -71,7 +71,9 @@ def _summary_section(summary: Mapping[str, Any], incident_count: int) -> str:
     ]
     rows = "".join(f"<tr><th>{escape(label)}</th><td class=num>{escape(_fact(value))}</td></tr>"
                    for label, value in facts if value is not None)
-    return f"<h2>What was read</h2><table>{rows}</table>"
+    settings = ", ".join(f"{name} = {value}" for name, value in sorted(params.items()))
+    shown = f'<p class="muted">Detector parameters: {escape(settings)}</p>' if settings else ""
+    return f"<h2>What was read</h2><table>{rows}</table>{shown}"
 
 
 def _fact(value: Any) -> str:
