@@ -286,3 +286,15 @@ def test_distinct_counts_past_the_tracking_bound_read_as_at_least():
     text = words.incident_evidence(incident(distinct_exact=False), peak)
     assert text.startswith("2,114 queries for at least 1,873 distinct names (1,870 of them under pirate.sea) with "
                            "at least 2 distinct servers")
+
+
+def test_a_noisy_run_lists_the_top_incidents_and_details_fewer(detected, monkeypatch):
+    _, out, _ = detected
+    found, _ = report.read_incidents(str(out))
+    assert found.num_rows >= 3
+    monkeypatch.setattr(html, "LISTED", 2)
+    monkeypatch.setattr(html, "DETAILED", 1)
+    page = html.render({}, found, schemas.SCORES.empty_table(), schemas.REJECTED.empty_table(), {})
+    assert page.count("<tr><td class=num>") == 2
+    assert page.count('<a href="#i') == 1 and page.count("<section") == 1
+    assert f"{found.num_rows - 2:,} lower-ranked incidents are not listed here" in page

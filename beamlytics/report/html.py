@@ -19,7 +19,8 @@ from beamlytics.report import words
 from beamlytics.report.incidents import micros
 
 TOP_LISTS = (("peers", "top_peers"), ("names", "top_names"), ("ports", "top_ports"), ("domains", "top_domains"))
-DETAILED = 50  # incidents shown with plots; the ranking table lists all
+DETAILED = 50  # incidents shown with plots
+LISTED = 1000  # incidents in the ranking table; the page stays openable on a noisy run
 PLOTTED_FEATURES = 3
 CONTEXT_WINDOWS = 60  # windows shown on either side of an incident, at least
 WIDTH, HEIGHT, MARGIN = 880, 200, 48
@@ -53,7 +54,7 @@ def render(summary: Mapping[str, Any], incidents: pa.Table, scores: pa.Table, re
     for incident in detailed:
         parts.append(_incident_section(incident, series, params))
     if len(ranked) > DETAILED:
-        parts.append(f'<p class="muted">The other {len(ranked) - DETAILED} incidents are in the table above; '
+        parts.append(f'<p class="muted">The other {len(ranked) - DETAILED:,} incidents are in the table above; '
                      "<code>beamlytics show ID OUT</code> prints any of them.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -101,14 +102,21 @@ def _ranking_section(ranked: Sequence[Mapping[str, Any]]) -> str:
     if not ranked:
         return "<h2>Incidents</h2><p>No incidents: no window of any endpoint was anomalous.</p>"
     rows = "".join(
-        f"<tr><td class=num>{row['rank']}</td><td><a href=\"#i{row['incident_id']}\"><code>{row['incident_id']}"
-        f"</code></a></td><td>{escape(row['key'])}</td><td>{row['start']:%Y-%m-%d %H:%M}</td>"
-        f"<td>{words.duration((row['end'] - row['start']).total_seconds())}</td>"
+        f"<tr><td class=num>{row['rank']}</td><td>{_incident_link(row)}</td><td>{escape(row['key'])}</td>"
+        f"<td>{row['start']:%Y-%m-%d %H:%M}</td><td>{words.duration((row['end'] - row['start']).total_seconds())}</td>"
         f"<td class=num>{escape(words.number(row['peak_score']))}</td>"
         f"<td>{escape(', '.join(row['features_fired']))}</td></tr>"
-        for row in ranked)
+        for row in ranked[:LISTED])
+    rest = (f'<p class="muted">{len(ranked) - LISTED:,} lower-ranked incidents are not listed here; they are all in '
+            "<code>OUT/incidents/</code>.</p>" if len(ranked) > LISTED else "")
     return ("<h2>Incidents, highest peak score first</h2><table><tr><th>rank</th><th>incident</th><th>endpoint</th>"
-            "<th>start (UTC)</th><th>lasted</th><th>peak score</th><th>features</th></tr>" + rows + "</table>")
+            "<th>start (UTC)</th><th>lasted</th><th>peak score</th><th>features</th></tr>" + rows + "</table>" + rest)
+
+
+def _incident_link(row: Mapping[str, Any]) -> str:
+    """The id, linked to its section where it has one (the top DETAILED)."""
+    code = f"<code>{row['incident_id']}</code>"
+    return f'<a href="#i{row["incident_id"]}">{code}</a>' if row["rank"] <= DETAILED else code
 
 
 def _incident_section(incident: Mapping[str, Any], series: Mapping[tuple, list], params: Mapping[str, Any]) -> str:
