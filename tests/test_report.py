@@ -169,6 +169,7 @@ def test_show_prints_the_incident_and_its_records(detected, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["show", "ffff", "{out}"], "no incident 'ffff' in"),
+    (["show", "0", "{out}", "--limit", "-1"], "--limit must be 0 (all records) or more"),
     (["show", "1", "{missing}"], "no incidents in"),
     (["report", "{missing}"], "no summary.json in"),
 ])

@@ -166,6 +166,8 @@ def write_report(output: str, destination: str | None = None) -> str:
 
 
 def show(incident_prefix: str, output: str, limit: int) -> str:
+    if limit < 0:
+        raise ReportError("--limit must be 0 (all records) or more")
     found, inputs = read_incidents(output)
     matches = [row for row in found.to_pylist() if row["incident_id"].startswith(incident_prefix.lower())]
     if not matches:
