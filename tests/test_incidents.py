@@ -238,9 +238,9 @@ def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(m
 
 
 def test_remote_inputs_are_not_read_again_and_records_stay_unknown(detected, tmp_path):
-    from beamlytics.pipelines import report
+    from beamlytics.report import folder
 
     out = shutil.copytree(detected[1], tmp_path / "out")  # the module's run stays as it was
-    found = report.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
+    found = folder.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
     assert found.column("records").to_pylist() == [None]
     assert found.column("record_files").to_pylist() == [None]

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import features, schemas, synthetic
-from beamlytics.pipelines import cli, report
-from beamlytics.report import html, words
+from beamlytics.pipelines import cli
+from beamlytics.report import folder, html, words
 from tests.test_incidents import SCENARIO, detect_synthetic
 
 MINUTE = 60_000_000
@@ -139,7 +139,7 @@ def test_poisson_plot_draws_the_expected_rate_instead_of_a_band():
 @pytest.fixture(scope="module")
 def detected(tmp_path_factory):
     logs, out = detect_synthetic(tmp_path_factory, "gaussian", {"weird.log": "<script>alert(1)</script> not a log\n"})
-    return logs, out, Path(report.write_report(str(out)))
+    return logs, out, Path(folder.write_report(str(out)))
 
 
 def test_detect_prints_the_top_incidents(tmp_path, capsys):
@@ -155,7 +155,7 @@ def test_detect_prints_the_top_incidents(tmp_path, capsys):
 
 def test_show_prints_the_incident_and_its_records(detected, capsys):
     logs, out, _ = detected
-    top = report.read_incidents(str(out))[0].to_pylist()[0]
+    top = folder.read_incidents(str(out))[0].to_pylist()[0]
     assert cli.main(["show", top["incident_id"][:8], str(out), "--limit", "0"]) == 0
     printed = capsys.readouterr().out
     assert top["evidence"] in printed
@@ -195,7 +195,7 @@ def test_report_is_self_contained_escaped_and_identical_on_every_run(detected, t
     page = path.read_text(encoding="utf-8")
     assert "<script" not in page and "<link" not in page and not re.search(r'(src|href)="(?!#)', page)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the rejected line's excerpt, escaped
-    again = report.write_report(str(out), str(tmp_path / "again.html"))
+    again = folder.write_report(str(out), str(tmp_path / "again.html"))
     assert Path(again).read_bytes() == path.read_bytes()
 
 
@@ -242,7 +242,7 @@ def test_the_console_check_sees_an_error_when_there_is_one(tmp_path):
 @needs_chromium
 def test_report_renders_in_headless_chromium_with_its_plots(detected, tmp_path):
     _, out, path = detected
-    found = report.read_incidents(str(out))[0].to_pylist()
+    found = folder.read_incidents(str(out))[0].to_pylist()
     dumped = headless(path.as_uri(), "--dump-dom")
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     assert console_messages(dumped.stderr) == []
@@ -270,8 +270,8 @@ def test_an_empty_result_says_why(tmp_path, capsys):
     statuses = collections.Counter(pq.read_table(out / "scores").column("status").to_pylist())
     assert f"no incidents: none of {sum(statuses.values()):,} scores was anomalous; " \
            f"{statuses['calibrating']:,} were still calibrating" in printed
-    assert report.read_incidents(str(out))[0].num_rows == 0
-    page = Path(report.write_report(str(out))).read_text(encoding="utf-8")
+    assert folder.read_incidents(str(out))[0].num_rows == 0
+    page = Path(folder.write_report(str(out))).read_text(encoding="utf-8")
     assert "No incidents: no window of any endpoint was anomalous." in page
 
 
@@ -291,7 +291,7 @@ def test_distinct_counts_past_the_tracking_bound_read_as_at_least():
 
 def test_a_noisy_run_lists_the_top_incidents_and_details_fewer(detected, monkeypatch):
     _, out, _ = detected
-    found, _ = report.read_incidents(str(out))
+    found, _ = folder.read_incidents(str(out))
     assert found.num_rows >= 3
     monkeypatch.setattr(html, "LISTED", 2)
     monkeypatch.setattr(html, "DETAILED", 1)
@@ -299,3 +299,16 @@ def test_a_noisy_run_lists_the_top_incidents_and_details_fewer(detected, monkeyp
     assert page.count("<tr><td class=num>") == 2
     assert page.count('<a href="#i') == 1 and page.count("<section") == 1
     assert f"{found.num_rows - 2:,} lower-ranked incidents are not listed here" in page
+
+
+def test_detect_writes_the_report_into_its_manifest_and_report_never_changes_it_silently(detected, tmp_path, capsys):
+    _, out, path = detected
+    manifest = json.loads((out / ".beamlytics-manifest.json").read_text())
+    assert "report.html" in {entry["path"] for entry in manifest["files"]}
+    assert cli.main(["report", str(out)]) == 0  # same bytes: nothing to change
+    copied = shutil.copytree(out, tmp_path / "out")
+    (copied / "report.html").unlink()
+    assert cli.main(["report", str(copied)]) == 2
+    assert "write this report elsewhere with --html FILE" in capsys.readouterr().err
+    assert cli.main(["report", str(copied), "--html", str(tmp_path / "elsewhere.html")]) == 0
+    assert (tmp_path / "elsewhere.html").read_bytes() == path.read_bytes()
