@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 def all_rejected(summary: Mapping[str, Any]) -> bool:
     """Nothing of the input could be read: the run failed, whatever it wrote."""
-    return summary.get("rejected", 0) > 0 and summary.get("parsed", 0) == 0
+    # A whole-file rejection stands for no read unit (`rejected` 0) but is still a dead letter.
+    dead = summary.get("rejected", 0) + summary.get("dead_letters", 0)
+    return dead > 0 and summary.get("parsed", 0) == 0
 
 
 def explain(summary: Mapping[str, Any]) -> list[str]:
@@ -18,8 +20,9 @@ def explain(summary: Mapping[str, Any]) -> list[str]:
     table = summary.get("table", "the")
     skipped = summary.get("skipped") or {}
     if all_rejected(summary):
-        return [f"every input was rejected: {summary['rejected']:,} unreadable lines, packets or files "
-                "and nothing parsed (reasons in rejected/)"]
+        files = summary.get("rejected_files", 0)
+        return [f"every input was rejected: {summary.get('rejected', 0):,} unreadable lines or packets and "
+                f"{files:,} unreadable files, nothing parsed (reasons in rejected/)"]
     if summary.get("files", 0) == 0 and skipped:
         reasons = sorted(set(skipped.values()))
         return [f"no input file feeds the {table} table: {len(skipped):,} skipped ({'; '.join(reasons)}); "

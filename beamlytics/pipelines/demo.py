@@ -5,6 +5,7 @@ import argparse
 import os
 
 from beamlytics.detectors.registry import DETECTORS
+from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -56,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
             raise cli.UsageError(f"--scores {path}: no such run folder")
     read = [*args.inputs, args.labels, *(args.scores or [])]
     try:
+        grid = None if args.scores else _grid(args)  # bad grid values are told before any file is touched
         labels = evaluation.read_labels(args.labels)
         # The grid's runs and the report are one result: all of it appears in OUT, or none.
         with outputs.open_output(args.output, "evaluate", args.overwrite, read,
                                  [path for path in read if os.path.isfile(path)]) as staging:
             rows = []
-            for name, window_seconds, beta, scores_dir in _scored_runs(args, staging):
+            for name, window_seconds, beta, scores_dir in _scored_runs(args, grid, staging):
                 joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
                 cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
                 for row in evaluation.evaluate(joined, cut):
@@ -78,19 +79,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scored_runs(args: argparse.Namespace, output: str) -> list[tuple[str, float | None, float | None, str]]:
-    """(name, window seconds, β, scores folder) of every run to evaluate."""
-    if args.scores:
-        return [(path, None, None, path) for path in args.scores]
+def _grid(args: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
+    """The window lengths (text → seconds) and β values of the grid, checked."""
     if not args.inputs or not args.table:
         raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
-    from beamlytics.inputs import expand_inputs
-
-    expand_inputs(args.inputs)  # a missing input is told once, not once per run of the grid
     windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
     betas = [cli.finite_float(value) for value in _split(args.betas)]
     if not windows or not betas:
         raise ValueError("--windows and --betas each need at least one value")
+    return windows, betas
+
+
+def _scored_runs(args: argparse.Namespace, grid: tuple[dict[str, float], list[float]] | None,
+                 output: str) -> list[tuple[str, float | None, float | None, str]]:
+    """(name, window seconds, β, scores folder) of every run to evaluate."""
+    if grid is None:
+        return [(path, None, None, path) for path in args.scores]
+    from beamlytics.inputs import expand_inputs
+
+    expand_inputs(args.inputs)  # a missing input is told once, not once per run of the grid
+    windows, betas = grid
     runs = []
     for window, window_seconds in windows.items():
         for beta in betas:
