@@ -22,6 +22,9 @@ from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.inputs import DayRange, InputError, parse_day, select_inputs
 from beamlytics.parsers.formats import FORMATS, tables_of
+from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
+from beamlytics.parsers.lines import MAX_LINE_BYTES
+from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
 from beamlytics.pipelines import demo, evaluate, outputs
 from beamlytics.pipelines.detect import DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
@@ -86,6 +89,15 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captures → named_flows: a flow longer than this is split (1800)")
     parser.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="captures → named_flows: a flow silent this long ends (120)")
+    parser.add_argument("--time-range", default=DEFAULT_TIME_RANGE, metavar="FROM..TO",
+                        help=f"records timed outside are rejected; years or YYYY-MM-DD, TO exclusive ({DEFAULT_TIME_RANGE})")
+    parser.add_argument("--year", type=int, help="year of log times that have none (BIND via syslog); else they stay untimed")
+    parser.add_argument("--timezone", metavar="ZONE",
+                        help="IANA zone of log times written without one (BIND), e.g. Europe/Paris (default UTC)")
+    parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
+                        help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
+    parser.add_argument("--max-decompression-ratio", type=float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
+                        help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
 
 
 def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,7 +207,13 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
     paths = selection.paths
     if args.format != "auto" and args.table not in tables_of(args.format):
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
-    options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout}
+    options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout,
+               "time_range": args.time_range, "year": args.year, "timezone": args.timezone,
+               "max_line_bytes": args.max_line_bytes, "max_decompression_ratio": args.max_decompression_ratio}
+    try:
+        check_read_options(options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return ReadSettings(paths, args.table, args.format, days, options)
 
 

@@ -91,7 +91,12 @@ class WriteBatches(beam.PTransform):
 
 @dataclass
 class WriteSummary(beam.PTransform):
-    """(name, count) pairs → `path` as JSON, with `read = parsed + rejected` and `extra` fields."""
+    """(name, count) pairs → `path` as JSON, with `extra` fields.
+
+    `read` (what the readers delivered) should equal `parsed + rejected` (units accounted
+    for): `unaccounted` is the difference, non-zero only when a parser lost or double
+    counted units. Counts named `rejected_by_reason/KIND` become one `rejected_by_reason` mapping.
+    """
 
     path: str
     extra: Mapping[str, Any]
@@ -103,8 +108,11 @@ class WriteSummary(beam.PTransform):
         path, extra = self.path, dict(self.extra)
 
         def write(totals: dict) -> str:
-            summary = {**extra, **totals}
-            summary["read"] = summary.get("parsed", 0) + summary.get("rejected", 0)
+            summary = {**extra, **{name: count for name, count in totals.items() if "/" not in name}}
+            summary["rejected_by_reason"] = {name.split("/", 1)[1]: count for name, count in totals.items()
+                                             if name.startswith("rejected_by_reason/")}
+            if "read" in summary:
+                summary["unaccounted"] = summary["read"] - summary.get("parsed", 0) - summary.get("rejected", 0)
             return write_file(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
         return (
