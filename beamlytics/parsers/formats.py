@@ -42,7 +42,7 @@ PlannedSource = Union[Source, "zeek.NamedFlowGroup"]
 class Plan:
     sources: list  # of PlannedSource, in a deterministic order
     rejected: list[Rejected]  # files that could not be opened or recognised
-    skipped: list[str]  # recognised files that feed another table
+    skipped: dict[str, str]  # recognised files that feed another table, sorted by path -> why
 
 
 def tables_of(fmt: str) -> set[str]:
@@ -62,7 +62,7 @@ def identify(name: str, head: bytes, fmt: str = "auto") -> tuple[str, str] | Non
 def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Plan:
     sources: list = []
     rejected: list[Rejected] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     zeek_logs: list[tuple[str, str]] = []
     for path in paths:
         try:
@@ -82,11 +82,14 @@ def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Pla
         elif table in FORMATS[file_format].TABLES.get(kind, ()):
             sources.append(Source(path, file_format, kind))
         else:
-            skipped.append(path)
+            feeds = sorted(FORMATS[file_format].TABLES.get(kind, ()))
+            skipped[path] = (f"{file_format} {kind} feeds {', '.join(feeds)}, not {table}" if feeds
+                             else f"{file_format} {kind} gives no {table} records")
     groups = zeek.named_flow_groups(zeek_logs) if zeek_logs else []
     grouped = {path for group in groups for path in _group_paths(group)}
-    skipped.extend(path for path, _ in zeek_logs if path not in grouped)
-    return Plan(sources + groups, rejected, sorted(skipped))
+    skipped.update((path, f"zeek {kind} log without the logs it names flows with")
+                   for path, kind in zeek_logs if path not in grouped)
+    return Plan(sources + groups, rejected, dict(sorted(skipped.items())))
 
 
 def _group_paths(group: "zeek.NamedFlowGroup") -> list[str]:

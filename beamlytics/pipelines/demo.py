@@ -5,23 +5,25 @@ import argparse
 import json
 import os
 
-import pyarrow.parquet as pq
-
-from beamlytics import synthetic
+from beamlytics.detectors.registry import DETECTORS
 from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-out", metavar="OUT",
                         help="folder for the generated logs (OUT/zeek) and the detection (OUT/detect)")
-    parser.add_argument("--detector", default="poisson",
+    parser.add_argument("--detector", default="poisson", choices=sorted(DETECTORS),
                         help="detector to run (default poisson: the burst is a change of request rate, "
                         "which the Poisson model judges against each host's own learned rate)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from beamlytics import synthetic
     from beamlytics.pipelines import cli  # the demo drives the real command line
 
+    cli.check_output_folder(args.output)
     scenario = synthetic.Scenario()
     logs = os.path.join(args.output, "zeek")
     # The demo regenerates what an earlier demo wrote; files it did not write are still refused.

@@ -18,6 +18,7 @@ from beamlytics import schemas
 from beamlytics.inputs import DayRange, unreadable_reason
 from beamlytics.parsers import formats, limits
 from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
+from beamlytics.transforms.progress import TallyCounts
 
 REJECTED_TAG = "rejected"
 COUNTS_TAG = "counts"
@@ -81,6 +82,7 @@ class _ParseSource(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("sources_without_read_count", 1))
             read = units
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("read", read))
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
 
 
 def rejection_counts(rejected: Rejected) -> list[tuple[str, int]]:
@@ -98,7 +100,8 @@ class ReadRecords(beam.PTransform):
 
     `paths` are files (see `inputs.expand_inputs` for folders, globs and day ranges).
     Every file is sniffed once while the pipeline is built, so `format="auto"` mixes tools
-    freely; files of another table are skipped, unreadable ones are dead-lettered.
+    freely; files of another table are skipped, unreadable ones are dead-lettered. After
+    expansion `plan` holds what was decided, for the summary to name the skipped files.
     """
 
     paths: Sequence[str]
@@ -112,7 +115,7 @@ class ReadRecords(beam.PTransform):
         super().__init__()
 
     def expand(self, pbegin):
-        plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
+        plan = self.plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
         parsed = (
             pbegin
             | "Sources" >> beam.Create(plan.sources)
@@ -123,10 +126,10 @@ class ReadRecords(beam.PTransform):
         unreadable = pbegin | "Unreadable" >> beam.Create([item.as_row() for item in plan.rejected])
         planning_counts = [("files", len(plan.sources)), ("skipped_files", len(plan.skipped)), ("parsed", 0),
                            ("records", 0), ("read", 0), ("rejected", 0), ("dead_letters", 0),
-                           ("records_without_time", 0)]
+                           ("records_without_time", 0), ("files_read", 0)]
         planning_counts += [pair for item in plan.rejected for pair in rejection_counts(item)]
         counts = (
-            parsed[COUNTS_TAG],
+            parsed[COUNTS_TAG] | "Progress" >> TallyCounts(),  # here, not after the Flatten: live while parsing
             pbegin | "PlanCounts" >> beam.Create(planning_counts),
         ) | "AllCounts" >> beam.Flatten()
         rejected = (parsed[REJECTED_TAG], unreadable) | "AllRejected" >> beam.Flatten()
