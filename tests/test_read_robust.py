@@ -159,11 +159,11 @@ def test_bind_year_and_timezone_place_syslog_times(tmp_path):
 def test_cli_counts_records_left_without_time_and_refuses_bad_options(tmp_path, capsys):
     log = tmp_path / "named_queries.log"
     log.write_bytes(b"Feb 25 11:09:43.651 queries: info: client 10.0.0.3#1035: query: a.example IN A\n" * 3)
-    assert cli.main(["parse", "--table", "dns", "--output", str(tmp_path / "no-year"), str(log)]) == 0
-    assert json.loads((tmp_path / "no-year" / "summary.json").read_text())["records_without_time"] == 3
-    assert cli.main(["parse", "--table", "dns", "--output", str(tmp_path / "year"), "--year", "2024", str(log)]) == 0
-    assert json.loads((tmp_path / "year" / "summary.json").read_text())["records_without_time"] == 0
-    out = tmp_path / "refused"
+    out = tmp_path / "out"
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), str(log)]) == 0
+    assert json.loads((out / "summary.json").read_text())["records_without_time"] == 3
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), "--overwrite", "--year", "2024", str(log)]) == 0
+    assert json.loads((out / "summary.json").read_text())["records_without_time"] == 0
     capsys.readouterr()
     for flags, message in ((["--timezone", "Mars/Olympus"], "unknown time zone"),
                            (["--time-range", "2100..1970"], "is empty"),
