@@ -162,7 +162,7 @@ def test_cli_counts_records_left_without_time_and_refuses_bad_options(tmp_path, 
     out = tmp_path / "out"
     assert cli.main(["parse", "--table", "dns", "--output", str(out), str(log)]) == 0
     assert json.loads((out / "summary.json").read_text())["records_without_time"] == 3
-    assert cli.main(["parse", "--table", "dns", "--output", str(out), "--year", "2024", str(log)]) == 0
+    assert cli.main(["parse", "--table", "dns", "--output", str(out), "--overwrite", "--year", "2024", str(log)]) == 0
     assert json.loads((out / "summary.json").read_text())["records_without_time"] == 0
     capsys.readouterr()
     for flags, message in ((["--timezone", "Mars/Olympus"], "unknown time zone"),
