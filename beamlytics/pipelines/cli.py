@@ -1,4 +1,4 @@
-"""The `beamlytics` command: parse, detect, evaluate, demo.
+"""The `beamlytics` command: parse, detect, evaluate, demo, runners.
 
 Options this command does not know are handed to Beam (`--runner`, `--direct_num_workers`,
 `--setup_file`, ...), after checking that Beam knows them: a mistyped option ends the run
@@ -23,7 +23,7 @@ from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
 from beamlytics.parsers.formats import FORMATS, tables_of
-from beamlytics.pipelines import demo, evaluate
+from beamlytics.pipelines import demo, evaluate, runners
 from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
 from beamlytics.transforms.windows import WINDOWINGS
 
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
+    runners.add_arguments(commands.add_parser("runners", help="install and list the Prism and Flink engines"))
     return parser
 
 
@@ -248,6 +249,8 @@ def _report(output: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command in ("parse", "detect"):
+        beam_args = runners.with_engine_options(beam_args)
     try:
         if args.command == "parse":
             return run_parse(args, beam_args)
@@ -257,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
         if args.command == "evaluate":
             return evaluate.run(args)
+        if args.command == "runners":
+            return runners.run(args)
         return demo.run(args)
     except UsageError as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)

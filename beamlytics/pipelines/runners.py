@@ -1,0 +1,222 @@
+"""`beamlytics runners`: fetch the Prism and Flink engines into a cache, list them, and fill in their options.
+
+Each engine is fetched through its own channel (the Go toolchain for Prism, Maven for Flink's
+job server) into `CACHE/<engine>/<version>/`, next to a manifest with each file's SHA-256.
+A rerun keeps what still matches its manifest and fetches again what does not, so an
+interrupted or tampered install is repaired instead of trusted.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import apache_beam
+
+CACHE_ENV = "BEAMLYTICS_RUNNERS"
+MANIFEST = "manifest.json"
+
+# Prism is built from the Go module of the very Beam release the Python SDK is, so the two
+# always speak the same protocol version.
+PRISM_VERSION = "v" + apache_beam.__version__
+PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+# Flink 1.20 is the newest 1.x line Beam 2.77 publishes a job server for, and the one whose
+# configuration format (flink-conf.yaml) the 1.x documentation describes.
+FLINK_VERSION = "1.20"
+FLINK_JOB_SERVER = f"org.apache.beam:beam-runners-flink-{FLINK_VERSION}-job-server:{apache_beam.__version__}"
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
+
+
+class RunnerInstallError(Exception):
+    """An engine could not be fetched or verified; the message says which command answered what."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    engine: str
+    version: str
+    path: Path  # the file Beam is pointed at
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    version: str
+    filename: str  # the file that `fetch` leaves in its target folder
+    fetch: Callable[[Path], None]
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "beamlytics" / "runners"
+
+
+def cache_dir(explicit: str | None = None) -> Path:
+    """--cache, else $BEAMLYTICS_RUNNERS, else the user's cache folder."""
+    return Path(explicit or os.environ.get(CACHE_ENV) or default_cache()).expanduser().resolve()
+
+
+_TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _run(command: list[str], env: dict[str, str] | None = None) -> None:
+    tool = shutil.which(command[0])
+    if tool is None:
+        raise RunnerInstallError(f"{command[0]} not found on PATH; it is needed to fetch this engine")
+    result = subprocess.run([tool, *command[1:]], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        plain = _TERMINAL_ESCAPES.sub("", result.stderr + result.stdout)
+        lines = [line.strip() for line in plain.splitlines() if line.strip()]
+        errors = [line for line in lines if "ERROR" in line or "error" in line.lower()] or lines or ["no output"]
+        raise RunnerInstallError(f"`{' '.join(command)}` failed (exit {result.returncode}): {errors[0]}")
+
+
+def fetch_prism(target: Path) -> None:
+    _run(["go", "install", f"{PRISM_PACKAGE}@{PRISM_VERSION}"], env={**os.environ, "GOBIN": str(target)})
+
+
+def fetch_flink_job_server(target: Path) -> None:
+    # --update-snapshots: Maven otherwise remembers a failed download and does not retry it for a day.
+    _run(["mvn", "--batch-mode", "--quiet", "--update-snapshots", "-Dstyle.color=never", f"{MAVEN_DEPENDENCY_PLUGIN}:copy", f"-Dartifact={FLINK_JOB_SERVER}",
+          f"-DoutputDirectory={target}", "-Dmdep.stripVersion=true"])
+    copied = target / f"beam-runners-flink-{FLINK_VERSION}-job-server.jar"
+    copied.rename(target / flink_jar_name())
+
+
+def flink_jar_name() -> str:
+    return f"beam-runners-flink-{FLINK_VERSION}-job-server-{apache_beam.__version__}.jar"
+
+
+ENGINES = {
+    "prism": Engine("prism", PRISM_VERSION, "prism", fetch_prism),
+    "flink": Engine("flink", f"{FLINK_VERSION}/beam-{apache_beam.__version__}", flink_jar_name(),
+                    fetch_flink_job_server),
+}
+
+
+def _folder(cache: Path, engine: Engine) -> Path:
+    return cache / engine.name / engine.version.replace("/", "-")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed(engine: Engine, cache: Path) -> Installed | None:
+    """The engine's file if it is in the cache and still matches its manifest."""
+    folder = _folder(cache, engine)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    path = folder / engine.filename
+    if manifest.get("version") != engine.version or not path.is_file():
+        return None
+    if manifest.get("sha256", {}).get(engine.filename) != _sha256(path):
+        return None
+    return Installed(engine.name, engine.version, path)
+
+
+def install(engine: Engine, cache: Path) -> tuple[Installed, bool]:
+    """Fetch `engine` unless a verified copy is cached; return it and whether it was fetched now."""
+    present = installed(engine, cache)
+    if present is not None:
+        return present, False
+    cache.mkdir(parents=True, exist_ok=True)
+    # The cache may sit inside a checkout: its binaries must never be committed.
+    (cache / ".gitignore").write_text("*\n", encoding="utf-8")
+    folder = _folder(cache, engine)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Fetch beside the final folder and swap it in whole, so a failed fetch leaves no half install.
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as staging:
+        staged = Path(staging) / "engine"
+        staged.mkdir()
+        engine.fetch(staged)
+        fetched = staged / engine.filename
+        if not fetched.is_file():
+            raise RunnerInstallError(f"fetching {engine.name} left no {engine.filename}")
+        manifest = {"engine": engine.name, "version": engine.version, "sha256": {engine.filename: _sha256(fetched)}}
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        staged.rename(folder)
+    return Installed(engine.name, engine.version, folder / engine.filename), True
+
+
+def _given(beam_args: Sequence[str], option: str) -> bool:
+    return any(arg == option or arg.startswith(option + "=") for arg in beam_args)
+
+
+def _runner(beam_args: Sequence[str]) -> str | None:
+    for index, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and index + 1 < len(beam_args):
+            return beam_args[index + 1]
+    return None
+
+
+def with_engine_options(beam_args: Sequence[str], cache: Path | None = None) -> list[str]:
+    """Beam options plus the cached engine's location for --runner=PrismRunner/FlinkRunner, where not given."""
+    args = list(beam_args)
+    runner = (_runner(args) or "").removesuffix("Runner").lower()
+    cache = cache or cache_dir()
+    if runner == "prism" and not _given(args, "--prism_location"):
+        prism = installed(ENGINES["prism"], cache)
+        if prism is not None:
+            args.append(f"--prism_location={prism.path}")
+    elif runner == "flink":
+        if not _given(args, "--flink_job_server_jar"):
+            flink = installed(ENGINES["flink"], cache)
+            if flink is not None:
+                args.append(f"--flink_job_server_jar={flink.path}")
+        if not _given(args, "--flink_version"):
+            args.append(f"--flink_version={FLINK_VERSION}")
+        if not _given(args, "--flink_master"):
+            args.append("--flink_master=[local]")
+    return args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=["list", "install"], default="list",
+                        help="list (default): what is installed; install: fetch engines")
+    parser.add_argument("engines", nargs="*", metavar="ENGINE",
+                        help=f"engines to install: {', '.join(ENGINES)} (default: all)")
+    parser.add_argument("--cache", metavar="DIR",
+                        help=f"engine cache folder (default ${CACHE_ENV}, else {default_cache()})")
+
+
+def run(args: argparse.Namespace) -> int:
+    cache = cache_dir(args.cache)
+    unknown = [name for name in args.engines if name not in ENGINES]
+    if unknown or (args.engines and args.action == "list"):
+        what = f"unknown engine: {unknown[0]}" if unknown else "engines are named only with install"
+        print(f"beamlytics runners: error: {what} (choose from {', '.join(ENGINES)})", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for engine in ENGINES.values():
+            found = installed(engine, cache)
+            print(f"{engine.name}\t{engine.version}\t{found.path if found else 'not installed'}")
+        print(f"cache: {cache}")
+        return 0
+    for name in args.engines or list(ENGINES):
+        try:
+            found, fetched = install(ENGINES[name], cache)
+        except RunnerInstallError as error:
+            print(f"beamlytics runners: error: {name}: {error}", file=sys.stderr)
+            return 2
+        print(f"{name}\t{found.version}\t{found.path}\t{'installed' if fetched else 'already installed, verified'}")
+    return 0
