@@ -29,8 +29,8 @@ MANIFEST = "manifest.json"
 # always speak the same protocol version.
 PRISM_VERSION = "v" + apache_beam.__version__
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
-# Flink 1.20 is the newest 1.x line Beam 2.77 publishes a job server for, and the one whose
-# configuration format (flink-conf.yaml) the 1.x documentation describes.
+# The job server of the SDK's own release (Beam guarantees no compatibility across releases), for
+# Flink 1.20: the newest 1.x line of the 1.19-2.2 that Beam 2.77 publishes job servers for.
 FLINK_VERSION = "1.20"
 FLINK_JOB_SERVER = f"org.apache.beam:beam-runners-flink-{FLINK_VERSION}-job-server:{apache_beam.__version__}"
 MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
