@@ -65,9 +65,9 @@ def test_a_damaged_or_outdated_install_is_fetched_again(tmp_path):
 def test_a_failed_fetch_leaves_no_install_behind(tmp_path):
     def failing(target):
         (target / "engine.bin").write_bytes(b"half")
-        raise runners.RunnerInstallError("`tool` failed (exit 1): no such artifact")
+        raise runners.EngineError("`tool` failed (exit 1): no such artifact")
 
-    with pytest.raises(runners.RunnerInstallError):
+    with pytest.raises(runners.EngineError):
         runners.install(fake_engine(failing), tmp_path)
     assert runners.installed(fake_engine(failing), tmp_path) is None
     assert [p.name for p in (tmp_path / "fake").iterdir()] == []
@@ -83,7 +83,7 @@ def test_a_cache_inside_a_checkout_is_ignored_by_git(tmp_path):
 
 def test_a_missing_tool_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(runners.RunnerInstallError, match="^mvn not found on PATH"):
+    with pytest.raises(runners.EngineError, match="^mvn not found on PATH"):
         runners.fetch_flink_job_server(tmp_path)
 
 
@@ -92,7 +92,7 @@ def test_a_failing_tool_is_reported_with_its_command_and_first_error(tmp_path, m
     tool.write_text("#!/bin/sh\necho 'go: downloading x'\necho 'go: module example: not found' >&2\nexit 1\n")
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(runners.RunnerInstallError) as raised:
+    with pytest.raises(runners.EngineError) as raised:
         runners.fetch_prism(tmp_path)
     assert str(raised.value) == (f"`go install {runners.PRISM_PACKAGE}@{runners.PRISM_VERSION}` failed (exit 1): "
                                  "go: module example: not found")
@@ -101,7 +101,7 @@ def test_a_failing_tool_is_reported_with_its_command_and_first_error(tmp_path, m
 def installed_cache(tmp_path):
     for engine in runners.ENGINES.values():
         folder = tmp_path / engine.name / engine.version.replace("/", "-")
-        folder.mkdir(parents=True)
+        (folder / engine.filename).parent.mkdir(parents=True)
         (folder / engine.filename).write_bytes(engine.name.encode())
         (folder / runners.MANIFEST).write_text(json.dumps(
             {"version": engine.version, "sha256": {engine.filename: hashlib.sha256(engine.name.encode()).hexdigest()}}))
@@ -147,7 +147,7 @@ def test_an_unknown_engine_is_one_line_and_exit_2(tmp_path):
     result = beamlytics("install", "spark", cache=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "beamlytics runners: error: unknown engine: spark (choose from prism, flink)")
+        "beamlytics runners: error: unknown engine: spark (choose from prism, flink, flink-cluster)")
     assert "Traceback" not in result.stderr
 
 
