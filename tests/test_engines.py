@@ -75,14 +75,21 @@ def require(engine):
 
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory):
-    """One local Flink cluster for the whole session, started on first use."""
-    started = []
+    """One local Flink cluster for the whole session, started on first use (and tried once)."""
+    started, failures = [], []
 
     def cluster():
+        if failures:
+            pytest.fail(failures[0])
         if not started:
             home = require("flink-cluster").path.parents[1]
-            started.append(runners.LocalFlinkCluster(home, tmp_path_factory.mktemp("flink")))
-            started[0].start()
+            local = runners.LocalFlinkCluster(home, tmp_path_factory.mktemp("flink"))
+            try:
+                local.start()  # stops what it started when it fails
+            except runners.EngineError as error:
+                failures.append(str(error))
+                raise
+            started.append(local)
         return started[0]
 
     yield cluster
