@@ -15,11 +15,16 @@ setup(
         "scipy>=1.10",
         "pandas>=2.0",
         "pyarrow>=14",
+        # Public Suffix List shipped inside the package: registered domains without a download.
+        "publicsuffixlist>=1.0",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.
         "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8"],
         "plot": ["matplotlib>=3.6"],
+        # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
+        "gcp": ["apache-beam[gcp]>=2.60"],
+        "aws": ["apache-beam[aws]>=2.60"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
     license="Apache-2.0",

@@ -44,6 +44,10 @@ DEFAULT_FEATURES = {
 }
 
 
+# How records are placed in windows (see transforms/windows.py); here so that the CLI needs no Beam.
+WINDOWINGS = ("key", "beam")
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """How records become endpoint-window features."""

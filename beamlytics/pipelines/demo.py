@@ -2,43 +2,43 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-import pyarrow.parquet as pq
-
-from beamlytics import synthetic
+from beamlytics.detectors.registry import DETECTORS
+from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-out", metavar="OUT",
                         help="folder for the generated logs (OUT/zeek) and the detection (OUT/detect)")
-    parser.add_argument("--detector", default="poisson",
+    parser.add_argument("--detector", default="poisson", choices=sorted(DETECTORS),
                         help="detector to run (default poisson: the burst is a change of request rate, "
                         "which the Poisson model judges against each host's own learned rate)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from beamlytics.pipelines import cli  # the demo drives the real command line
+    import pyarrow.parquet as pq
 
+    from beamlytics import synthetic
+    from beamlytics.pipelines import cli, outputs  # the demo drives the real command line
+    from beamlytics.report import folder
+
+    cli.check_output_folder(args.output)
     scenario = synthetic.Scenario()
     logs = os.path.join(args.output, "zeek")
-    synthetic.write_zeek_logs(logs, scenario)
+    # The demo regenerates what an earlier demo wrote; files it did not write are still refused.
+    with outputs.open_output(logs, "demo", True, [], []) as staging:
+        synthetic.write_zeek_logs(staging, scenario)
     print(f"wrote synthetic Zeek logs to {logs} (anomaly: {scenario.anomalous_client}, "
           f"minute {scenario.anomaly_start_minute} for {scenario.anomaly_minutes} minutes)")
     detect_out = os.path.join(args.output, "detect")
     status = cli.main(["detect", "--table", "dns", "--window", "60s", "--detector", args.detector,
-                       "--output", detect_out, logs])
+                       "--overwrite", "--output", detect_out, logs])
     if status:
         return status
     anomalies = pq.read_table(os.path.join(detect_out, "anomalies")).to_pylist()
-    print(f"\n{len(anomalies)} anomalous endpoint-windows:")
-    for row in anomalies[:20]:
-        evidence = json.loads(row["evidence"])
-        shown = ", ".join(f"{name} {value:.3g}" for name, value in evidence.items()
-                          if isinstance(value, float) and not name.startswith("Ra_"))
-        print(f"  {row['key']:<15} {row['window_start']:%Y-%m-%d %H:%M} {row['feature']:<16} "
-              f"value {row['value']:>8.2f} ({row['direction']})  evidence: {shown}")
+    print(f"HTML report: {os.path.join(detect_out, folder.REPORT_FILE)} (beamlytics show INCIDENT_ID "
+          f"{detect_out} prints an incident's records)")
     expected = set(scenario.anomaly_window_starts_us(60_000_000))
     found = {int(row["window_start"].timestamp()) * 1_000_000 for row in anomalies
              if row["key"] == scenario.anomalous_client}

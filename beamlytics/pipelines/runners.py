@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -24,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import apache_beam
-
+# Read from the installed distribution, not by importing Beam: `beamlytics --help` stays instant.
+BEAM_VERSION = importlib.metadata.version("apache-beam")
 CACHE_ENV = "BEAMLYTICS_RUNNERS"
 MANIFEST = "manifest.json"
 
 # Prism is built from the Go module of the very Beam release the Python SDK is, so the two
 # always speak the same protocol version.
-PRISM_VERSION = "v" + apache_beam.__version__
+PRISM_VERSION = "v" + BEAM_VERSION
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 # The job server of the SDK's own release (Beam guarantees no compatibility across releases), for
 # Flink 1.20: the newest 1.x line of the 1.19-2.2 that Beam 2.77 publishes job servers for.
 FLINK_VERSION = "1.20"
-FLINK_JOB_SERVER = f"org.apache.beam:beam-runners-flink-{FLINK_VERSION}-job-server:{apache_beam.__version__}"
+FLINK_JOB_SERVER = f"org.apache.beam:beam-runners-flink-{FLINK_VERSION}-job-server:{BEAM_VERSION}"
 MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 # Flink's own jars for a local cluster, as PyPI ships them to PyFlink; the newest 1.20 release.
 FLINK_RELEASE = "1.20.5"
@@ -115,12 +116,12 @@ def fetch_flink_cluster(target: Path) -> None:
 
 
 def flink_jar_name() -> str:
-    return f"beam-runners-flink-{FLINK_VERSION}-job-server-{apache_beam.__version__}.jar"
+    return f"beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}.jar"
 
 
 ENGINES = {
     "prism": Engine("prism", PRISM_VERSION, "prism", fetch_prism),
-    "flink": Engine("flink", f"{FLINK_VERSION}/beam-{apache_beam.__version__}", flink_jar_name(),
+    "flink": Engine("flink", f"{FLINK_VERSION}/beam-{BEAM_VERSION}", flink_jar_name(),
                     fetch_flink_job_server),
     "flink-cluster": Engine("flink-cluster", FLINK_RELEASE, f"lib/flink-dist-{FLINK_RELEASE}.jar", fetch_flink_cluster),
 }
@@ -301,7 +302,7 @@ def _runner(beam_args: Sequence[str]) -> str | None:
 def with_engine_options(beam_args: Sequence[str], cache: Path | None = None) -> list[str]:
     """Beam options plus the cached engine's location for --runner=PrismRunner/FlinkRunner, where not given."""
     args = list(beam_args)
-    runner = (_runner(args) or "").removesuffix("Runner").lower()
+    runner = (_runner(args) or "").lower().removesuffix("runner")
     cache = cache or cache_dir()
     if runner == "prism" and not _given(args, "--prism_location"):
         prism = installed(ENGINES["prism"], cache)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any, Tuple
 
 import apache_beam as beam
 from apache_beam import coders
@@ -130,7 +131,9 @@ class ScoreEndpoints(beam.PTransform):
                 lambda w: w._replace(train=True) if w.window_end <= train_until else w)
         return (
             windows
-            | "ByEndpoint" >> beam.Map(lambda w: (w.endpoint, w))
+            # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
+            # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
+            | "ByEndpoint" >> beam.Map(lambda w: (w.endpoint, w)).with_output_types(Tuple[str, Any])
             | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(self.config, self.streaming))
         )
 

@@ -19,10 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics import features
 from beamlytics.detectors.endpoint import EndpointWindow
-from beamlytics.features import WindowAggregate, WindowSpec
-
-WINDOWINGS = ("key", "beam")
-
+from beamlytics.features import WINDOWINGS, WindowAggregate, WindowSpec
 
 class MergeAggregates(beam.CombineFn):
     def create_accumulator(self) -> WindowAggregate:
