@@ -1,4 +1,4 @@
-"""The `beamlytics` command: parse, detect, evaluate, demo.
+"""The `beamlytics` command: parse, detect, evaluate, demo, runners.
 
 Options this command does not know are handed to Beam (`--runner`, `--direct_num_workers`,
 `--setup_file`, ...), after checking that Beam knows them: a mistyped option ends the run
@@ -31,7 +31,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, hunt, outputs, report
+from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
+    runners.add_arguments(commands.add_parser("runners", help="install and list the Prism and Flink engines"))
     report.add_commands(commands)
     return parser
 
@@ -440,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as done:  # --help, --version, or a mistake argparse told in one line
         return done.code if isinstance(done.code, int) else 2
+    if args.command in ("parse", "detect", "hunt"):
+        beam_args = runners.with_engine_options(beam_args)
     try:
         if args.command == "parse":
             return run_parse(args, beam_args)
@@ -453,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report.run(args)
         if args.command == "evaluate":
             return evaluate.run(args)
+        if args.command == "runners":
+            return runners.run(args)
         return demo.run(args)
     except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
