@@ -58,17 +58,14 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     found = anomalies(scores)
 
     shards = settings.shards
-    scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards)
-    found | "WriteAnomalies" >> WriteSortedParquet(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards)
-    (
-        windows
-        | "FeatureRows" >> beam.Map(features.feature_row)
-        | "WriteFeatures" >> WriteSortedParquet(
-            f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards)
-    )
+    scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")
+    found | "WriteAnomalies" >> WriteSortedParquet(
+        f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")
+    windows | "WriteFeatures" >> WriteSortedParquet(
+        f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key")
     counts = [
-        windows | "CountWindows" >> beam.Map(lambda _: ("windows", 1)),
-        found | "CountAnomalies" >> beam.Map(lambda _: ("anomalies", 1)),
+        windows | "CountWindows" >> beam.Map(lambda table: ("windows", table.num_rows)),
+        found | "CountAnomalies" >> beam.Map(lambda table: ("anomalies", table.num_rows)),
         count_untimed(read["records"], spec),
     ]
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
@@ -94,7 +91,7 @@ def _write_rejected_and_summary(read, output: str, extra: Mapping[str, Any], cou
 
 @dataclass
 class ReadBaseline(beam.PTransform):
-    """Features of an earlier run (its `features/` folder) → training `EndpointWindow`s."""
+    """Features of an earlier run (its `features/` folder) → tables of training windows."""
 
     directory: str
     spec: WindowSpec
@@ -106,8 +103,7 @@ class ReadBaseline(beam.PTransform):
         spec = self.spec
         return (
             pbegin
-            | "ReadFeatures" >> beam.io.ReadFromParquet(f"{self.directory.rstrip('/')}/*.parquet")
-            | "SameSeries" >> beam.Filter(lambda row: row["table"] == spec.table and row["key_kind"] == spec.key)
-            | "AsTraining" >> beam.Map(lambda row: features.window_from_row(row, spec)._replace(train=True))
+            | "ReadFeatures" >> beam.io.ReadFromParquetBatched(f"{self.directory.rstrip('/')}/*.parquet")
+            | "AsTraining" >> beam.Map(features.training_windows, spec)
         )
 

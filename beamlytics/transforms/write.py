@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from beamlytics import features
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -31,25 +32,33 @@ def write_file(path: str, data: bytes) -> str:
     return path
 
 
-def _shard_of(row: Mapping[str, Any], column: str, shards: int) -> int:
-    return zlib.crc32(repr(row[column]).encode("utf-8")) % shards if shards > 1 else 0
+def shard_pieces(element: pa.Table | Mapping[str, Any], column: str, shards: int):
+    """(shard, rows of `element` in it), by a stable hash of `column`: a table is cut, a dict row kept."""
+    if not isinstance(element, pa.Table):
+        yield features.stable_shard(element[column], shards), element
+    elif element.num_rows:
+        yield from features.split_table(element, features.endpoint_shards(element.column(column), shards)).items()
 
 
 @dataclass
 class WriteSortedParquet(beam.PTransform):
-    """Dict rows → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty."""
+    """Arrow tables (or dict rows) → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty.
+
+    Rows go to shards by a stable hash of `shard_column` (default: the first sort column).
+    """
 
     directory: str
     schema: pa.Schema
     sort_columns: Sequence[str]
     shards: int = 1
+    shard_column: str | None = None
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, rows):
-        shards, column = self.shards, self.sort_columns[0]
-        keyed = rows | "Shard" >> beam.Map(lambda row: (_shard_of(row, column, shards), row))
+        shards, column = self.shards, self.shard_column or self.sort_columns[0]
+        keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, column, shards)
         every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)])
         return (
             (keyed, every_shard)
@@ -58,8 +67,12 @@ class WriteSortedParquet(beam.PTransform):
             | "Write" >> beam.MapTuple(self._write_shard)
         )
 
-    def _write_shard(self, shard: int, rows) -> str:
-        table = pa.Table.from_pylist([row for row in rows if row is not None], schema=self.schema)
+    def _write_shard(self, shard: int, elements) -> str:
+        elements = [element for element in elements if element is not None]
+        tables = [pa.Table.from_arrays([table.column(name) for name in self.schema.names], schema=self.schema)
+                  for table in elements if isinstance(table, pa.Table)]
+        rows = [row for row in elements if not isinstance(row, pa.Table)]
+        table = pa.concat_tables([*tables, pa.Table.from_pylist(rows, schema=self.schema)]).combine_chunks()
         if table.num_rows:
             table = table.take(pc.sort_indices(table, [(name, "ascending") for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
