@@ -95,6 +95,37 @@ def endpoint_shards(keys: pa.Array | pa.ChunkedArray, shards: int) -> np.ndarray
 
 
 _WINDOW = ["key", "window_start"]
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+def pack(table: pa.Table) -> bytes:
+    """A table as LZ4-compressed Arrow IPC: a few times smaller than pickling it."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An Arrow table in transit between workers: compressed bytes, opened only where used.
+
+    Runners copy and regroup elements several times on the way through a shuffle; these
+    copies stay small and are never decompressed on the way.
+    """
+
+    data: bytes
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "Packed":
+        return cls(pack(table))
+
+    def table(self) -> pa.Table:
+        return unpack(self.data)
 
 
 @dataclass
@@ -113,6 +144,15 @@ class WindowPartials:
     distinct: dict[str, pa.Table]
     slots: pa.Table | None = None
 
+    def __getstate__(self) -> dict:
+        return {"measures": pack(self.measures), "distinct": {name: pack(t) for name, t in self.distinct.items()},
+                "slots": None if self.slots is None else pack(self.slots)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.measures = unpack(state["measures"])
+        self.distinct = {name: unpack(data) for name, data in state["distinct"].items()}
+        self.slots = None if state["slots"] is None else unpack(state["slots"])
+
 
 def _aggregate(table: pa.Table, keys: list[str], aggregations: Mapping[str, tuple[str, str, Any]]) -> pa.Table:
     """Group `table` by `keys`; output column name -> (input column, function, options)."""
@@ -122,7 +162,8 @@ def _aggregate(table: pa.Table, keys: list[str], aggregations: Mapping[str, tupl
     columns = {name: grouped.column(name) for name in keys}
     for name, (column, function, _) in aggregations.items():
         columns[name] = grouped.column(f"{column}_{function}")
-    return pa.table(columns)
+    # Acero's output chunks share buffers, and each chunk would pickle them whole.
+    return pa.table(columns).combine_chunks()
 
 
 def _remerge(column: str) -> tuple[str, str, None]:
@@ -206,13 +247,13 @@ def _named_tables(part: WindowPartials) -> Iterator[tuple[str, pa.Table]]:
 
 
 def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
+    """The rows of `table` by label. Each piece owns its buffers: a slice would pickle the whole table."""
     if table.num_rows == 0:
         return {}
     order = np.argsort(labels, kind="stable")
     ordered = labels[order]
     bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    taken = table.take(order)
-    return {int(ordered[lo]): taken.slice(lo, hi - lo)
+    return {int(ordered[lo]): table.take(order[lo:hi])
             for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)])}
 
 

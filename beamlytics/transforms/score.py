@@ -119,8 +119,14 @@ def mark_training(windows: pa.Table, train_until_us: int) -> pa.Table:
 
 
 def by_shard(windows: pa.Table, shards: int):
-    """(shard, the table's rows of that shard's endpoints)."""
-    return features.split_table(windows, features.endpoint_shards(windows.column("key"), shards)).items()
+    """(shard, the table's rows of that shard's endpoints, packed)."""
+    for shard, piece in features.split_table(windows, features.endpoint_shards(windows.column("key"), shards)).items():
+        yield shard, features.Packed.of(piece)
+
+
+def score_shard(shard_pieces, config: DetectorConfig) -> pa.Table:
+    _, pieces = shard_pieces
+    return score_table(pa.concat_tables([piece.table() for piece in pieces]), config)
 
 
 def by_endpoint(windows: pa.Table):
@@ -159,7 +165,7 @@ class ScoreEndpoints(beam.PTransform):
             windows
             | "ByShard" >> beam.FlatMap(by_shard, shards)
             | "Gather" >> beam.GroupByKey()
-            | "Score" >> beam.MapTuple(lambda _, tables: score_table(pa.concat_tables(tables), config))
+            | "Score" >> beam.Map(score_shard, config)
         )
 
 

@@ -32,12 +32,14 @@ def write_file(path: str, data: bytes) -> str:
     return path
 
 
-def shard_pieces(element: pa.Table | Mapping[str, Any], column: str, shards: int):
-    """(shard, rows of `element` in it), by a stable hash of `column`: a table is cut, a dict row kept."""
+def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, column: str, shards: int):
+    """(shard, rows of `element` in it), by a stable hash of `column`: a table is cut and packed, a dict row kept."""
     if not isinstance(element, pa.Table):
         yield features.stable_shard(element[column], shards), element
     elif element.num_rows:
-        yield from features.split_table(element, features.endpoint_shards(element.column(column), shards)).items()
+        table = pa.Table.from_arrays([element.column(name) for name in schema.names], schema=schema)
+        for shard, piece in features.split_table(table, features.endpoint_shards(table.column(column), shards)).items():
+            yield shard, features.Packed.of(piece)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class WriteSortedParquet(beam.PTransform):
 
     def expand(self, rows):
         shards, column = self.shards, self.shard_column or self.sort_columns[0]
-        keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, column, shards)
+        keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, self.schema, column, shards)
         every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)])
         return (
             (keyed, every_shard)
@@ -69,14 +71,13 @@ class WriteSortedParquet(beam.PTransform):
 
     def _write_shard(self, shard: int, elements) -> str:
         elements = [element for element in elements if element is not None]
-        tables = [pa.Table.from_arrays([table.column(name) for name in self.schema.names], schema=self.schema)
-                  for table in elements if isinstance(table, pa.Table)]
-        rows = [row for row in elements if not isinstance(row, pa.Table)]
-        table = pa.concat_tables([*tables, pa.Table.from_pylist(rows, schema=self.schema)]).combine_chunks()
+        rows = [row for row in elements if not isinstance(row, features.Packed)]
+        table = pa.concat_tables([*(element.table() for element in elements if isinstance(element, features.Packed)),
+                                  pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
             table = table.take(pc.sort_indices(table, [(name, "ascending") for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
-        return write_file(path, parquet_bytes(table))
+        return write_file(path, parquet_bytes(table.combine_chunks()))
 
 
 def batch_file_name(batch: pa.RecordBatch) -> str:
