@@ -20,6 +20,8 @@ setup(
         # Test oracles and plots: never imported by the library itself.
         "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8"],
         "plot": ["matplotlib>=3.6"],
+        # The reference script that benchmarks/bench_detect.py holds `detect` to.
+        "bench": ["polars>=1.0"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
     license="Apache-2.0",

@@ -169,8 +169,12 @@ def fit_cost_model(records: list[int], windows: list[int], seconds: list[float])
 
 
 def run() -> list[Result]:
+    with tempfile.TemporaryDirectory(prefix="bench-detect-") as work:
+        return _run(Path(work))
+
+
+def _run(work: Path) -> list[Result]:
     results, rows, model = [], [], {"records": [], "windows": [], "ours": [], "reference": []}
-    work = Path(tempfile.mkdtemp(prefix="bench-detect-"))
     for size in SIZES:
         inputs = generate_logs(CACHE / f"{size.records}-{size.hosts}", size.records, size.hosts)
         ours, theirs = [], []

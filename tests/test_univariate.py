@@ -134,9 +134,9 @@ def ragged_series(seed):
 def test_gaussian_lockstep_series_equal_window_by_window(discard):
     values, train, starts = ragged_series(seed=5)
     params = {"k": 2.0, "n_init": 4, "discard_anomalies": discard}
-    lockstep = Gaussian.score_series(params, values, train, starts)
-    one_by_one = super(Gaussian, Gaussian).score_series(params, values, train, starts)
+    lockstep = Gaussian.score_features(params, [values, values[::-1]], train, starts)
+    one_by_one = [Gaussian.score_series(params, column, train, starts) for column in (values, values[::-1])]
     assert lockstep == one_by_one
-    statuses = set(lockstep.status.to_pylist())
+    statuses = set(lockstep[0].status.to_pylist())
     assert statuses == {"anomaly", "normal", "calibrating", "missing"}
-    assert float("inf") in lockstep.score.to_pylist()
+    assert float("inf") in lockstep[0].score.to_pylist()

@@ -140,3 +140,9 @@ class Detector(ABC):
                 detector.fit(observations[first:judged])
             verdicts.extend(detector.observe(value) for value in observations[judged:end])
         return SeriesVerdicts.of(verdicts)
+
+    @classmethod
+    def score_features(cls, params: Mapping[str, Any], columns: Sequence[Sequence[Observation]], train: np.ndarray,
+                       starts: np.ndarray, population: Mapping[str, Any] | None = None) -> list[SeriesVerdicts]:
+        """`score_series` of each feature's column of observations (the same windows, series and training)."""
+        return [cls.score_series(params, observations, train, starts, population) for observations in columns]

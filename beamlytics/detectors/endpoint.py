@@ -132,7 +132,7 @@ def score_table(windows: pa.Table, config: DetectorConfig, population: Mapping[s
 
     Per endpoint, what `EndpointScorer` does: the training windows (`TRAIN_COLUMN`) calibrate
     first, oldest first, then the other windows are judged oldest first; one row per judged
-    window and feature. `population` goes to the detectors' `score_series` (issue 9).
+    window and feature. `population` goes to the detectors' `score_features` (issue 9).
     """
     ordered = windows.sort_by([*((name, "ascending") for name in _ENDPOINT), (TRAIN_COLUMN, "descending"),
                                ("window_start", "ascending")]).combine_chunks()
@@ -150,19 +150,21 @@ def score_table(windows: pa.Table, config: DetectorConfig, population: Mapping[s
 
     detector = config.detector_class
     params_json = config.params_json()
+    values = [pc.cast(ordered.column(feature), pa.float64()).to_numpy() for feature in config.features]
+    if detector.input_kind == "slots":
+        slots = [counts or [] for counts in ordered.column("slot_counts").to_pylist()]
+        observations = [slots] * len(config.features)
+    else:
+        observations = values
+    judged_values = [column[~train] for column in values]
+    size = judged.num_rows
     tables = []
-    for feature in config.features:
-        values = pc.cast(ordered.column(feature), pa.float64()).to_numpy()
-        if detector.input_kind == "slots":
-            observations = [slots or [] for slots in ordered.column("slot_counts").to_pylist()]
-        else:
-            observations = values
-        verdicts = detector.score_series(config.params, observations, train, starts, population)
-        size = judged.num_rows
+    for feature, value, verdicts in zip(config.features, judged_values,
+                                        detector.score_features(config.params, observations, train, starts, population)):
         columns = {
             **{name: judged.column(name) for name in (*_ENDPOINT, "window_start", "window_end", "records")},
             "feature": repeated(feature, size),
-            "value": pa.array(values[~train]),
+            "value": pa.array(value),
             "detector": repeated(config.name, size),
             "status": verdicts.status,
             "score": verdicts.score,

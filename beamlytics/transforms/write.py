@@ -61,7 +61,9 @@ class WriteSortedParquet(beam.PTransform):
     def expand(self, rows):
         shards, column = self.shards, self.shard_column or self.sort_columns[0]
         keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, self.schema, column, shards)
-        every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)])
+        # Not reshuffled: a handful of placeholders, and a reshuffle would add five stages per writer.
+        every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)],
+                                                                  reshuffle=False)
         return (
             (keyed, every_shard)
             | "Flatten" >> beam.Flatten()
