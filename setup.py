@@ -20,6 +20,9 @@ setup(
         # Test oracles and plots: never imported by the library itself.
         "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8"],
         "plot": ["matplotlib>=3.6"],
+        # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
+        "gcp": ["apache-beam[gcp]>=2.60"],
+        "aws": ["apache-beam[aws]>=2.60"],
         # The reference script that benchmarks/bench_detect.py holds `detect` to.
         "bench": ["polars>=1.0"],
     },

@@ -47,6 +47,10 @@ DEFAULT_FEATURES = {
 }
 
 
+# How records are placed in windows (see transforms/windows.py); here so that the CLI needs no Beam.
+WINDOWINGS = ("key", "beam")
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """How records become endpoint-window features."""
@@ -393,7 +397,8 @@ def window_features(batches: Iterable[pa.RecordBatch], spec: WindowSpec) -> pa.T
 
 def endpoint_windows(table: pa.Table) -> list[EndpointWindow]:
     """The rows of a table of endpoint-windows as `EndpointWindow`s, for window-by-window scoring."""
-    return [window_from_row(row)._replace(train=row.get(TRAIN_COLUMN, False)) for row in table.to_pylist()]
+    return [_window(row, FEATURES[row["table"]])._replace(train=row.get(TRAIN_COLUMN, False))
+            for row in table.to_pylist()]
 
 
 def feature_schema(table: str) -> pa.Schema:
@@ -418,18 +423,21 @@ def window_table_schema(table: str) -> pa.Schema:
     return feature_schema(table).append(pa.field(TRAIN_COLUMN, pa.bool_(), nullable=False))
 
 
-def training_windows(earlier: pa.Table, spec: WindowSpec) -> pa.Table:
-    """The rows of an earlier run's `features/` table that belong to `spec`'s series, as training windows."""
-    same_series = pc.and_(pc.equal(earlier.column("table"), spec.table), pc.equal(earlier.column("key_kind"), spec.key))
-    chosen = earlier.filter(same_series)
-    schema = window_table_schema(spec.table)
-    columns = [chosen.column(field.name) for field in schema if field.name != TRAIN_COLUMN]
-    return pa.Table.from_arrays([*columns, pa.chunked_array([np.ones(chosen.num_rows, dtype=bool)], pa.bool_())],
-                                schema=schema)
+def table_of_windows(windows: Sequence[EndpointWindow], table: str) -> pa.Table:
+    """`EndpointWindow`s as a table of endpoint-windows (the inverse of `endpoint_windows`)."""
+    rows = [{"table": w.table, "key_kind": w.key_kind, "key": w.key, "window_start": w.window_start,
+             "window_end": w.window_end, **w.features, "records": w.records,
+             "slot_counts": None if w.slot_counts is None else list(w.slot_counts), TRAIN_COLUMN: w.train}
+            for w in windows]
+    return pa.Table.from_pylist(rows, schema=window_table_schema(table))
 
 
-def window_from_row(row: dict) -> EndpointWindow:
+def window_from_row(row: dict, spec: WindowSpec) -> EndpointWindow:
     """One row of a features table as an `EndpointWindow`."""
+    return _window(row, FEATURES[spec.table])
+
+
+def _window(row: dict, feature_names: Sequence[str]) -> EndpointWindow:
     def micros(value) -> int:
         # Exact integer arithmetic: a float timestamp would lose microseconds.
         if isinstance(value, int):
@@ -444,6 +452,6 @@ def window_from_row(row: dict) -> EndpointWindow:
         window_start=micros(row["window_start"]),
         window_end=micros(row["window_end"]),
         records=int(row["records"]),
-        features={name: float(row[name]) for name in FEATURES[row["table"]]},
+        features={name: float(row[name]) for name in feature_names},
         slot_counts=tuple(slots) if slots is not None else None,
     )

@@ -7,15 +7,21 @@ not opened at all; records are filtered again by their own timestamps later, bec
 file named for one day can hold the first minutes of the next.
 
 Paths go through Beam's FileSystems so that the same run reads `gs://` or `s3://` inputs.
+Folders are searched without entering beamlytics output folders (a run must not read its
+own earlier Parquet back as logs); FIFOs, devices and dangling links found there stay in
+the list, to be dead-lettered when opened rather than block the run or vanish.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
+
+from beamlytics.pipelines.outputs import is_output_folder
 
 # Most specific first: a full date with separators, then compact YYYYMMDD in rotated names.
 _DAY_PATTERNS = (
@@ -72,8 +78,19 @@ def day_of_path(path: str) -> dt.date | None:
     return None
 
 
+@dataclass
+class Selection:
+    paths: list[str]  # sorted; special files and dangling links stay in, to be dead-lettered when opened
+    skipped_outputs: list[str]  # beamlytics output folders inside input folders, not read back as input
+
+
 def expand_inputs(patterns: list[str], days: DayRange = DayRange()) -> list[str]:
-    """Every file named by `patterns` (files, globs, folders searched recursively), sorted.
+    """Every file named by `patterns` (files, globs, folders searched recursively), sorted."""
+    return select_inputs(patterns, days).paths
+
+
+def select_inputs(patterns: list[str], days: DayRange = DayRange()) -> Selection:
+    """The files named by `patterns`, and the output folders their folders hold.
 
     A pattern that matches nothing is an error the user must hear about: a typo in a path
     must not turn into an empty, successful run.
@@ -81,24 +98,102 @@ def expand_inputs(patterns: list[str], days: DayRange = DayRange()) -> list[str]
     if not patterns:
         raise InputError("no input given")
     files: set[str] = set()
+    skipped: list[str] = []
     for pattern in patterns:
-        matched = _match(pattern)
-        if not matched:
-            raise InputError(f"no such file or folder: {pattern}")
-        files.update(matched)
+        files.update(_match(pattern, skipped))
     selected = []
     for path in sorted(files):
         day = day_of_path(path)
         if day is None or not days.bounded or days.contains(day):
             selected.append(path)
-    return selected
+    return Selection(selected, sorted(skipped))
 
 
-def _match(pattern: str) -> list[str]:
+def unreadable_reason(path: str) -> str | None:
+    """Why a local input cannot be opened as a file, if so: a FIFO would block the run forever."""
+    if "://" in path:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"dangling symbolic link to {os.readlink(path)}" if os.path.islink(path) else None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return "not a regular file: " + next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def _match(pattern: str, skipped: list[str]) -> list[str]:
     if _is_local_dir(pattern):
-        pattern = pattern.rstrip("/") + "/**"
+        found_outputs: list[str] = []
+        files = _walk(pattern.rstrip("/") or "/", found_outputs)
+        skipped.extend(found_outputs)
+        if not files:
+            also = f" (only beamlytics outputs, not read as input: {', '.join(found_outputs)})" if found_outputs else ""
+            raise InputError(f"folder {pattern} has no files{also}")
+        return files
     results = FileSystems.match([pattern])[0].metadata_list
-    return [meta.path for meta in results if not _is_local_dir(meta.path)]
+    if not results and "://" not in pattern and os.path.islink(pattern):
+        return [pattern]  # a dangling link: dead-lettered with its target when opened
+    if not results:
+        raise InputError(f"no such file or folder: {pattern}")
+    paths = [meta.path for meta in results if not _is_local_dir(meta.path)]
+    return paths if "://" in pattern else _outside_outputs(paths, pattern, skipped)
+
+
+def _outside_outputs(paths: list[str], pattern: str, skipped: list[str]) -> list[str]:
+    """The paths a local glob matched that are not inside an output folder below the glob's fixed part."""
+    fixed = []
+    for part in pattern.split(os.sep)[:-1]:
+        if re.search(r"[*?[]", part):
+            break
+        fixed.append(part)
+    base = os.sep.join(fixed) if fixed else "."
+    verdicts: dict[str, bool] = {}
+    kept = []
+    for path in paths:
+        relative = os.path.relpath(os.path.dirname(path), base)
+        folders = [] if relative == "." or relative.startswith("..") else relative.split(os.sep)
+        inside = False
+        for depth in range(1, len(folders) + 1):
+            folder = os.path.join(base, *folders[:depth])
+            if folder not in verdicts:
+                verdicts[folder] = is_output_folder(folder)
+                if verdicts[folder]:
+                    skipped.append(folder)
+            if verdicts[folder]:
+                inside = True
+                break
+        if not inside:
+            kept.append(path)
+    if paths and not kept:
+        raise InputError(f"{pattern} matches only files in beamlytics output folders, which are not read as input")
+    return kept
+
+
+def _walk(top: str, skipped: list[str]) -> list[str]:
+    """Files under a local folder, following links to folders once; output folders go to `skipped`."""
+    def unreadable(error: OSError) -> None:
+        raise InputError(f"cannot read folder {error.filename}: {error.strerror}")
+
+    files = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(top, onerror=unreadable, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        kept = []
+        for name in sorted(dirs):
+            if is_output_folder(os.path.join(root, name)):
+                skipped.append(os.path.join(root, name))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        files.extend(os.path.join(root, name) for name in names)
+    return files
 
 
 def _is_local_dir(path: str) -> bool:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beamlytics.parsers import bind, squid, tstat
-from beamlytics.parsers.base import Batch, Rejected
+from beamlytics.parsers.base import Batch, Read, Rejected
 
 SEEDS = {
     (squid, "access", "http"): [
@@ -44,6 +44,7 @@ def counted(case, data: bytes) -> None:
     dead = [item for item in items if isinstance(item, Rejected)]
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     assert units + len(dead) == lines
+    assert items[-1] == Read("fuzz", lines)
     assert all(1 <= item.position <= lines and item.reason for item in dead)
 
 

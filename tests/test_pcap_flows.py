@@ -40,8 +40,8 @@ def _ip(src: str, dst: str, proto: int, transport) -> dpkt.Packet:
 
 
 def tcp(src: str, sport: int, dst: str, dport: int, seq: int = 1, flags: int = ACK,
-        payload: bytes = b"") -> dpkt.Packet:
-    return _ip(src, dst, 6, dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, flags=flags, data=payload))
+        payload: bytes = b"", ack: int = 0) -> dpkt.Packet:
+    return _ip(src, dst, 6, dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, data=payload))
 
 
 def udp(src: str, sport: int, dst: str, dport: int, payload: bytes = b"") -> dpkt.Packet:
@@ -118,6 +118,67 @@ def test_tcp_connection_counts_each_way_with_ip_bytes_and_flags():
     assert row["tcp_flags"] == "FSPA"  # FIN, SYN, PSH, ACK in the documented bit order
     assert (row["time_start"], row["time_end"]) == (at(0.0), at(0.5))
     assert row["source_pos"] == 1 and row["name"] is None and row["name_source"] is None
+
+
+def handshake(port: int) -> list:
+    return [(0.0, tcp(C, port, S, 80, flags=SYN)), (0.1, tcp(S, 80, C, port, flags=SYN | ACK)),
+            (0.2, tcp(C, port, S, 80))]
+
+
+# Each history is a connection as Zeek's conn.log documents the state (doc/scripts/base/
+# protocols/conn/main.zeek.rst); the letters after the arrow say who sent what.
+CONN_STATES = {
+    "S0": [(0.0, tcp(C, 40100, S, 80, flags=SYN))],  # SYN, no reply
+    "REJ": [(0.0, tcp(C, 40101, S, 80, flags=SYN)), (0.1, tcp(S, 80, C, 40101, flags=RST | ACK))],
+    "S1": handshake(40102),
+    "SF": handshake(40103) + [(0.3, tcp(C, 40103, S, 80, flags=FIN | ACK)),
+                              (0.4, tcp(S, 80, C, 40103, flags=FIN | ACK))],
+    "S2": handshake(40104) + [(0.3, tcp(C, 40104, S, 80, flags=FIN | ACK))],
+    "S3": handshake(40105) + [(0.3, tcp(S, 80, C, 40105, flags=FIN | ACK))],
+    "RSTO": handshake(40106) + [(0.3, tcp(C, 40106, S, 80, flags=RST))],
+    "RSTR": handshake(40107) + [(0.3, tcp(S, 80, C, 40107, flags=RST))],
+    "RSTOS0": [(0.0, tcp(C, 40108, S, 80, flags=SYN)), (0.1, tcp(C, 40108, S, 80, flags=RST))],
+    "SH": [(0.0, tcp(C, 40109, S, 80, flags=SYN)), (0.1, tcp(C, 40109, S, 80, flags=FIN))],
+    "OTH": [(0.0, tcp(C, 40110, S, 80, payload=b"mid")), (0.1, tcp(S, 80, C, 40110, payload=b"stream"))],
+}
+
+
+@pytest.mark.parametrize("state", CONN_STATES)
+def test_tcp_conn_state_in_zeeks_vocabulary(state):
+    (row,) = run(pcap_flows.flows_from_packets, CONN_STATES[state])[0]
+    assert row["conn_state"] == state
+
+
+def test_conn_state_of_udp_and_icmp_as_zeek_gives_it():
+    rows, _, _ = run(pcap_flows.flows_from_packets, [
+        (0.0, udp(C, 5000, S, 53, b"q")), (0.1, udp(S, 53, C, 5000, b"r")),  # answered
+        (0.2, udp(C, 5001, S, 53, b"q")),  # never answered
+        (0.3, icmp_echo(C, S)), (0.4, icmp_echo(S, C, reply=True)),
+    ])
+    assert [(row["proto"], row["conn_state"]) for row in rows] == [("udp", "SF"), ("udp", "S0"), ("icmp", "OTH")]
+
+
+def test_conn_state_of_a_syn_scan_matches_the_replies_dpkt_sees():
+    """nmap's SYN scan: a port that answered RST is REJ, one that never answered is S0."""
+    path = shared_data("pcaps/attacks/ndpi_synscan.pcap")
+    replies: dict[tuple, int] = {}
+    with open(path, "rb") as stream:
+        for _, frame in dpkt.pcap.Reader(stream):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP):
+                segment = ip.data
+                forward = (ip.src, segment.sport, ip.dst, segment.dport)
+                backward = (ip.dst, segment.dport, ip.src, segment.sport)
+                if segment.flags & (SYN | ACK) == SYN:
+                    replies.setdefault(forward, 0)
+                elif backward in replies:
+                    replies[backward] |= segment.flags
+    expected = {"REJ": sum(flags & (SYN | RST) == RST for flags in replies.values()),
+                "S0": sum(flags == 0 for flags in replies.values())}
+    rows = capture_rows(pcap_flows.flows_from_packets, path)
+    states = [row["conn_state"] for row in rows if row["proto"] == "tcp"]
+    assert (states.count("REJ"), states.count("S0")) == (expected["REJ"], expected["S0"])
+    assert expected["S0"] > 1000 and expected["REJ"] > 0
 
 
 def test_flow_first_seen_on_syn_ack_belongs_to_the_syn_sender():

@@ -11,9 +11,9 @@ import dpkt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beamlytics.parsers import dns_wire
-from beamlytics.parsers.base import Rejected
-from beamlytics.parsers.packets import Packet, iter_packets
+from beamlytics.parsers import dns_wire, pcap
+from beamlytics.parsers.base import Read, Rejected
+from beamlytics.parsers.packets import Packet, PacketReader
 from beamlytics.parsers.pcap_dns import dns_from_packets
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -89,28 +89,39 @@ def _overwrite(seed: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 
 def _count(data: bytes) -> tuple[int, int, int]:
-    """(items from iter_packets, units + rejected from the dns table, Rejected from iter_packets)."""
-    items = list(iter_packets("fuzz", io.BytesIO(data)))
+    """(records the reader delivered, units the dns table accounts for, Rejected from the reader)."""
+    reader = PacketReader("fuzz", io.BytesIO(data))
+    items = list(reader)
     assert all(item is None or isinstance(item, (Packet, Rejected)) for item in items)
-    table_total = 0
-    for item in dns_from_packets("fuzz", iter(items), 4):
-        table_total += 1 if isinstance(item, Rejected) else item.units
-    return len(items), table_total, sum(isinstance(item, Rejected) for item in items)
+    # One item per delivered record, plus at most one rest-of-file dead letter (units 0).
+    rest = [item for item in items if isinstance(item, Rejected) and item.units == 0]
+    assert len(rest) <= 1 and len(items) - len(rest) == reader.delivered
+    table_total = sum(item.units for item in dns_from_packets("fuzz", iter(items), 4))
+    return reader.delivered, table_total, sum(isinstance(item, Rejected) for item in items)
 
 
 @FUZZ
 @given(st.one_of(st.binary(max_size=2048), _mutated(SEED_CAPTURE), _mutated(SEED_PCAPNG)))
 def test_captures_never_raise_and_every_record_counts_once(data):
-    items, table_total, _ = _count(data)
-    assert table_total == items
+    delivered, table_total, _ = _count(data)
+    assert table_total == delivered
+
+
+@FUZZ
+@given(st.one_of(_mutated(SEED_CAPTURE), _mutated(SEED_PCAPNG)))
+def test_every_table_ends_with_the_readers_count_and_accounts_for_it(data):
+    for table in ("dns", "http", "named_flows"):
+        *items, read = pcap.parse("fuzz", io.BytesIO(data), "pcap", table)
+        assert isinstance(read, Read) and not any(isinstance(item, Read) for item in items)
+        assert sum(item.units for item in items) == read.units
 
 
 @FUZZ
 @given(st.binary(max_size=512))
 def test_random_bytes_after_a_pcap_header(tail):
     header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    items, table_total, _ = _count(header + tail)
-    assert table_total == items
+    delivered, table_total, _ = _count(header + tail)
+    assert table_total == delivered
 
 
 @FUZZ

@@ -125,7 +125,9 @@ def test_parse_writes_the_table_and_dead_letters_what_it_cannot_read(zeek_logs, 
     summary = json.loads((out / "summary.json").read_text())
     records = pq.read_table(out / "dns")
     assert records.num_rows == summary["records"] == summary["parsed"] == data_lines(day / "dns.log")
-    assert summary["rejected"] == 1 and summary["read"] == summary["parsed"] + 1
+    # the unrecognised file is one dead letter for no units: nothing was read from it
+    assert summary["dead_letters"] == summary["rejected_files"] == 1 and summary["rejected"] == 0
+    assert summary["read"] == data_lines(day / "dns.log") and summary["unaccounted"] == 0
     [rejected] = rejected_rows(out)
     assert rejected["source_file"].endswith("notes.bin") and rejected["position"] == 0
     assert rejected["reason"] == "unrecognised format"
@@ -150,7 +152,7 @@ def test_day_range_selects_folders_and_record_times(tmp_path):
 def test_real_zeek_folder_runs_through_with_bad_files_dead_lettered(tmp_path):
     zeek = shared_data("logs/zeek")
     summary = detect(zeek, tmp_path, "--table", "http")
-    assert summary["read"] == summary["parsed"] + summary["rejected"]
+    assert summary["read"] == summary["parsed"] + summary["rejected"] and summary["unaccounted"] == 0
     reasons = {Path(row["source_file"]).name: row["reason"] for row in rejected_rows(tmp_path)}
     assert "http.log.corrupt.gz" in reasons
     assert summary["records"] > 0 and summary["windows"] > 0

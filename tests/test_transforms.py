@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from beamlytics import features, schemas, synthetic
+from beamlytics import baseline, features, schemas, synthetic
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointScorer
 from beamlytics.features import WindowSpec
 from beamlytics.transforms.score import ScoreEndpoints
@@ -170,7 +170,8 @@ def test_training_windows_calibrate_and_are_not_scored():
     config = DetectorConfig("gaussian", {"n_init": 3}, ("records",))
     first_key = windows.column("key")[0].as_py()
     own = windows.filter(pc.equal(windows.column("key"), first_key))
-    training = features.training_windows(own.slice(0, 10).drop_columns(["train"]), spec)
+    training = features.table_of_windows([w._replace(train=True) for w in features.endpoint_windows(own.slice(0, 10))],
+                                         "dns")
     rows = run_scores([training, own.slice(10)], config)
 
     scorer = EndpointScorer(config)
@@ -184,11 +185,10 @@ def test_feature_tables_round_trip_for_baselines():
     spec = WindowSpec("dns", "c_ip", MINUTE, slot_us=MINUTE // 4)
     windows = run_windows(to_batches(dns_frame(seed=6, rows=500)), spec, "key")
     written = windows.select(features.feature_schema("dns").names)
-    back = features.training_windows(written, spec)
+    back = features.table_of_windows(list(baseline.baseline_windows(written, spec, "mem")), "dns")
     assert back.column("train").to_pylist() == [True] * windows.num_rows
     assert back.drop_columns(["train"]).equals(written)
-    other_key = features.training_windows(written, WindowSpec("dns", "s_ip", MINUTE))
-    assert other_key.num_rows == 0
+    assert features.endpoint_windows(back) == [w._replace(train=True) for w in features.endpoint_windows(windows)]
 
 
 def test_readme_pipeline_and_plain_python_examples_agree(tmp_path, capsys):

@@ -140,3 +140,11 @@ def test_gaussian_lockstep_series_equal_window_by_window(discard):
     statuses = set(lockstep[0].status.to_pylist())
     assert statuses == {"anomaly", "normal", "calibrating", "missing"}
     assert float("inf") in lockstep[0].score.to_pylist()
+
+
+def test_no_detector_takes_a_population_model_yet():
+    values, train, starts = ragged_series(seed=6)
+    with pytest.raises(ValueError, match="gaussian detector takes no population model"):
+        Gaussian.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})
+    with pytest.raises(ValueError, match="iqr detector takes no population model"):
+        BoxPlot.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beamlytics.parsers import zeek
-from beamlytics.parsers.base import Batch, Rejected, open_input
+from beamlytics.parsers.base import Batch, Read, Rejected, open_input
 from tests.conftest import shared_data
 
 PROVENANCE = ("source_tool", "source_file", "source_pos")
@@ -57,11 +57,20 @@ def parse(data: bytes, kind: str = "dns", table: str | None = None, batch_rows: 
     """Rows (list of dicts), rejections and units of one parse."""
     table = table or {"conn": "named_flows"}.get(kind, kind)
     stream = stream if stream is not None else io.BytesIO(data)
-    batches, rejected = [], []
-    for item in zeek.parse("test.log", stream, kind, table, batch_rows=batch_rows):
-        (batches if isinstance(item, Batch) else rejected).append(item)
+    items = list(zeek.parse("test.log", stream, kind, table, batch_rows=batch_rows))
+    batches, rejected, read = split_items(items)
     rows = [row for batch in batches for row in batch.records.to_pylist()]
-    return rows, rejected, sum(batch.units for batch in batches)
+    units = sum(batch.units for batch in batches)
+    assert read == units + sum(item.units for item in rejected)  # the reader's count and the parser's agree
+    return rows, rejected, units
+
+
+def split_items(items: list) -> tuple[list[Batch], list[Rejected], int]:
+    """Batches, dead letters and the reader's `Read` count, which must come once, last."""
+    reads = [item for item in items if isinstance(item, Read)]
+    assert len(reads) == 1 and items[-1] is reads[0], reads
+    return ([item for item in items if isinstance(item, Batch)],
+            [item for item in items if isinstance(item, Rejected)], reads[0].units)
 
 
 def without_provenance(row: dict) -> dict:
@@ -283,7 +292,7 @@ def test_bad_lines_are_rejected_with_line_number_and_reason():
     assert reasons[5] == "no value for ts"
     assert reasons[6] == "carriage return inside a line"
     assert rejected[0].excerpt == "1521911720.9\tonly\tthree" and rejected[0].source_tool == "zeek"
-    assert units + len(rejected) == len(lines)
+    assert units + sum(item.units for item in rejected) == len(lines)
 
 
 def test_repeated_header_block_switches_layout_and_keeps_line_numbers():
@@ -316,8 +325,9 @@ def test_header_only_log_gives_nothing():
 
 def test_batches_hold_at_most_batch_rows():
     data = ZEEK6_HEADER + "".join(zeek6_dns_line(trans_id=str(i)) for i in range(25))
-    batches = [b for b in zeek.parse("t", io.BytesIO(data.encode()), "dns", "dns", batch_rows=10)]
-    assert all(isinstance(b, Batch) and 0 < b.records.num_rows <= 10 for b in batches)
+    batches, rejected, read = split_items(list(zeek.parse("t", io.BytesIO(data.encode()), "dns", "dns", batch_rows=10)))
+    assert rejected == [] and read == 25
+    assert all(0 < b.records.num_rows <= 10 for b in batches)
     trans_ids = [row["trans_id"] for b in batches for row in b.records.to_pylist()]
     assert trans_ids == list(range(25))
 
@@ -389,7 +399,7 @@ def test_bad_json_lines_are_rejected():
     assert rejected[0].reason.startswith("not JSON") and rejected[1].reason == "not a JSON object"
     assert "ts" in rejected[2].reason and "ts" in rejected[3].reason
     assert rejected[4].reason == "no value for ts"
-    assert units + len(rejected) == len(lines)
+    assert units + sum(item.units for item in rejected) == len(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,7 +611,7 @@ def test_fuzz_tsv_counts_always_add_up(lines):
     data = ZEEK6_HEADER + "".join(line + "\n" for line in lines)
     rows, rejected, units = parse(data.encode())
     assert units == len(rows)
-    assert units + len(rejected) == sum(1 for line in lines if not line.startswith("#"))
+    assert units + sum(item.units for item in rejected) == sum(1 for line in lines if not line.startswith("#"))
 
 
 @settings(max_examples=100, deadline=None)
@@ -611,7 +621,7 @@ def test_fuzz_json_counts_always_add_up(lines):
     data = '{"ts": 1.0, "uid": "C"}\n' + "".join(line + "\n" for line in lines)
     rows, rejected, units = parse(data.encode())
     assert units == len(rows)
-    assert units + len(rejected) == 1 + len(lines)
+    assert units + sum(item.units for item in rejected) == 1 + len(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -761,9 +771,7 @@ def parse_file(path, kind: str, table: str | None = None):
 
 
 def parse_table(path, kind: str) -> tuple[pa.Table, list[Rejected]]:
-    batches, rejected = [], []
-    for item in zeek.parse(path.name, io.BytesIO(read_bytes(path)), kind, kind):
-        (batches if isinstance(item, Batch) else rejected).append(item)
+    batches, rejected, _ = split_items(list(zeek.parse(path.name, io.BytesIO(read_bytes(path)), kind, kind)))
     return pa.Table.from_batches([b.records for b in batches]), rejected
 
 

@@ -24,6 +24,12 @@ delivered and the parser yields that count as a `Read` once, last. The pipeline 
 `read == parsed + rejected units` against it: a parser that drops or double-counts a unit
 shows up in the summary instead of vanishing.
 
+`formats.parse_source` wraps every parser: it re-checks the file's kind, validates each
+record (`validate`: time range, addresses, canonical address text) and lists at most a
+fixed number of dead letters per reason kind and file (`limits`). Options the line
+readers and that wrapper take: `max_line_bytes`, `max_decompression_ratio`, `time_range`
+("FROM..TO"), `dead_letters_per_reason`; BIND also takes `year` and `timezone`.
+
 Parsers import no Beam, so unit tests and other tools can call them directly.
 """
 from __future__ import annotations
@@ -44,6 +50,8 @@ BATCH_ROWS = 10_000
 # What a damaged compressed stream raises part-way through (zlib.error is not an OSError).
 STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
 EXCERPT_CHARS = 200
+HEAD_BYTES = 65536  # what the sniffers see of a file
+HEAD_STEP_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
     """Wrap `stream` in the decompressor its first bytes call for (gzip, bzip2, xz).
 
     Compression is recognised by content, not by name: rotated logs are often
-    compressed without a matching suffix.
+    compressed without a matching suffix. `limits.bounded_decompressed` adds a bomb limit.
     """
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
     head = buffered.peek(6)[:6]
@@ -163,12 +171,17 @@ def open_input(path: str, opener: Callable[[str], BinaryIO] | None = None) -> Bi
     return decompressed(raw)
 
 
-def read_head(stream: BinaryIO, size: int = 65536) -> bytes:
-    """First `size` decompressed bytes of a stream, or what could be read before an error."""
+def read_head(stream: BinaryIO, size: int = HEAD_BYTES) -> bytes:
+    """First `size` decompressed bytes of a stream, or what could be read before an error.
+
+    Read in small steps: a decompressor that breaks inside one read loses all that read
+    would have returned, and the head of a damaged file is what tells its format.
+    """
+    read = getattr(stream, "read1", None) or stream.read
     chunks, total = [], 0
     try:
         while total < size:
-            chunk = stream.read(size - total)
+            chunk = read(min(size - total, HEAD_STEP_BYTES))
             if not chunk:
                 break
             chunks.append(chunk)

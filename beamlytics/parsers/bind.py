@@ -14,9 +14,11 @@ absent (`print-time no`).
 
 Assumptions, since the log does not say:
 
-* Times without a zone are taken as UTC (run BIND with `print-time iso8601-utc` to be exact).
-* Syslog-style times have no year: it comes from the option `year` (default None, which leaves
-  `req_time` null rather than guessing from a clock or a file date).
+* Times without a zone are local times of the zone in the option `timezone` (an IANA name,
+  `--timezone`; default UTC). Run BIND with `print-time iso8601-utc` to be exact.
+* Syslog-style times have no year: it comes from the option `year` (`--year`; default None,
+  which leaves `req_time` null rather than guessing from a clock or a file date; the summary
+  counts such records as `records_without_time`).
 
 Field mapping: `c_ip`/`c_port` from `client IP#port`; `s_ip` from the address in parentheses
 after the flags (the local address the query arrived on); `query`, `req_class`, `req_type` as
@@ -40,13 +42,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
     blank_mask,
     broken_stream,
-    line_blocks,
+    line_reader,
     rejected_lines,
     zone_offset_us,
 )
@@ -75,9 +77,12 @@ _QUERY_PY = re.compile(QUERY)
 def sniff(name: str, head: bytes) -> str | None:
     """"queries" when query lines are found in the head (most lines, or any for a file named
     like a BIND log)."""
-    if b"\x00" in head[:4096] or head.startswith(b"#"):
+    if head.startswith(b"#"):
         return None
-    lines = [line for line in head.decode("utf-8", "replace").splitlines()[:200] if line.strip()]
+    text = head.decode("utf-8", "replace").splitlines()
+    if text and not head.endswith(b"\n"):
+        text = text[:-1]  # the head may end mid-line (a full head, or a file cut short)
+    lines = [line for line in text[:200] if line.strip()]
     queries = sum(1 for line in lines if _QUERY_PY.match(line))
     if queries and (queries * 2 > len(lines) or NAME_HINT.search(name)):
         return "queries"
@@ -95,12 +100,16 @@ def parse(
     if table != "dns":
         raise ValueError(f"BIND query logs feed 'dns', not {table!r}")
     year = (options or {}).get("year")
-    for block in line_blocks(stream):
-        yield from _parse_block(block, source, batch_rows, year)
+    timezone = (options or {}).get("timezone") or None
+    reader = line_reader(stream, options)
+    for block in reader:
+        yield from _parse_block(block, source, batch_rows, year, timezone)
         yield from broken_stream(block, FORMAT, source)
+    yield Read(source, reader.delivered)
 
 
-def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | None) -> Iterator[ParseItem]:
+def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | None,
+                 timezone: str | None) -> Iterator[ParseItem]:
     lines = block.lines
     match = pc.extract_regex(lines, QUERY)
     is_query = match.is_valid()
@@ -111,7 +120,7 @@ def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | Non
     foreign = pc.and_(pc.invert(fine), pc.invert(mentions_query))
 
     rows = match.filter(is_query)
-    columns = _dns_columns(rows, year)
+    columns = _dns_columns(rows, year, timezone)
     count = len(rows)
     positions = np.flatnonzero(is_query.to_numpy(zero_copy_only=False)) + block.first
     columns.update(source_tool=[FORMAT] * count, source_file=[source] * count, source_pos=pa.array(positions))
@@ -122,7 +131,7 @@ def _parse_block(block: LineBlock, source: str, batch_rows: int, year: int | Non
     yield from sorted(dead, key=lambda rejected: rejected.position)
 
 
-def _dns_columns(rows: pa.StructArray, year: int | None) -> dict[str, Any]:
+def _dns_columns(rows: pa.StructArray, year: int | None, timezone: str | None) -> dict[str, Any]:
     flags = rows.field("flags")
     has_flags = pc.not_equal(flags, "")
     letters = pc.replace_substring_regex(flags, r"E\(\d+\)", "E")  # the EDNS version is no flag
@@ -142,30 +151,38 @@ def _dns_columns(rows: pa.StructArray, year: int | None) -> dict[str, Any]:
         "req_class": rows.field("qclass"),
         "req_type": rows.field("qtype"),
         "flags": pc.if_else(has_flags, pc.utf8_trim(header_flags, " "), pa.scalar(None, pa.string())),
-        "req_time": _times(rows.field("prefix"), year),
+        "req_time": _times(rows.field("prefix"), year, timezone),
     }
 
 
-def _times(prefix: pa.Array, year: int | None) -> pa.Array:
+def _times(prefix: pa.Array, year: int | None, timezone: str | None) -> pa.Array:
     """Microseconds since the epoch from whichever time stamp starts the line, else null."""
     bind = pc.extract_regex(prefix, BIND_TIME)
     iso = pc.extract_regex(prefix, ISO_TIME)
+    iso_zone = iso.field("tz")
+    iso_local = _local_us(iso.field("when"), "%Y-%m-%dT%H:%M:%S", iso.field("frac"), timezone)
+    iso_zoned = pc.subtract(_local_us(iso.field("when"), "%Y-%m-%dT%H:%M:%S", iso.field("frac"), None),
+                            zone_offset_us(iso_zone))
     candidates = [
-        _local_us(bind.field("when"), "%d-%b-%Y %H:%M:%S", bind.field("frac")),
-        pc.subtract(_local_us(iso.field("when"), "%Y-%m-%dT%H:%M:%S", iso.field("frac")), zone_offset_us(iso.field("tz"))),
+        _local_us(bind.field("when"), "%d-%b-%Y %H:%M:%S", bind.field("frac"), timezone),
+        pc.if_else(pc.equal(iso_zone, ""), iso_local, iso_zoned),
     ]
     if year is not None:
         syslog = pc.extract_regex(prefix, SYSLOG_TIME)
         when = pc.binary_join_element_wise(
             str(int(year)), syslog.field("mon"), syslog.field("day"), syslog.field("hms"), " "
         )
-        candidates.append(_local_us(when, "%Y %b %d %H:%M:%S", syslog.field("frac")))
+        candidates.append(_local_us(when, "%Y %b %d %H:%M:%S", syslog.field("frac"), timezone))
     return pc.coalesce(*candidates)
 
 
-def _local_us(text: pa.Array, layout: str, fraction: pa.Array) -> pa.Array:
-    """Parse `text` with `layout` (null where it does not fit) and add the decimal fraction."""
-    whole = pc.cast(pc.strptime(text, format=layout, unit="us", error_is_null=True), pa.int64())
+def _local_us(text: pa.Array, layout: str, fraction: pa.Array, timezone: str | None) -> pa.Array:
+    """Parse `text` with `layout` (null where it does not fit) as a time in `timezone` (None: UTC)
+    and add the decimal fraction."""
+    whole = pc.strptime(text, format=layout, unit="us", error_is_null=True)
+    if timezone is not None:
+        # A local time that occurs twice (or never) at a DST change: the earlier reading.
+        whole = pc.assume_timezone(whole, timezone=timezone, ambiguous="earliest", nonexistent="earliest")
     fraction_us = pc.cast(pc.round(pc.multiply(
         pc.cast(pc.binary_join_element_wise("0", fraction, ""), pa.float64()), 1e6)), pa.int64())
-    return pc.add(whole, fraction_us)
+    return pc.add(pc.cast(whole, pa.int64()), fraction_us)

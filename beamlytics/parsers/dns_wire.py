@@ -9,13 +9,12 @@ Names and record data are rendered as tshark shows them, so results can be compa
 it field by field: names as dot-joined labels ("<Root>" for the root), printable ASCII as
 is and other bytes escaped like tshark's format_text (\\ooo octal for control bytes, UTF-8
 for the rest), TTLs unsigned. One deliberate difference: addresses are printed the way
-the packet layer prints them (`ipaddress` style), so that an AAAA answer and the
-c_ip/s_ip of a later flow compare equal as strings.
+the packet layer prints them (RFC 5952, `packets.address_text`), so that an AAAA answer
+and the c_ip/s_ip of a later flow compare equal as strings.
 """
 from __future__ import annotations
 
 import re
-import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -185,9 +184,7 @@ def render_rdata(message: bytes, position: int, length: int, rtype: int) -> str:
     and SRV, TXT strings joined by a space, RFC 3597 `\\# len hex` for everything else."""
     end = position + length
     data = message[position:end]
-    if rtype == 1 and length == 4:
-        return socket.inet_ntop(socket.AF_INET, data)
-    if rtype == 28 and length == 16:
+    if (rtype == 1 and length == 4) or (rtype == 28 and length == 16):
         return address_text(data)
     if rtype in (2, 5, 12, 39):  # NS, CNAME, PTR, DNAME
         return _names(message, position, end, 1)[0][0]

@@ -12,8 +12,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
 
-from beamlytics.parsers import bind, pcap, squid, tstat, zeek
-from beamlytics.parsers.base import BATCH_ROWS, STREAM_ERRORS, Batch, ParseItem, Rejected, decompressed, read_head
+from beamlytics.parsers import bind, limits, pcap, squid, tstat, validate, zeek
+from beamlytics.parsers.base import (
+    BATCH_ROWS, STREAM_ERRORS, Batch, ParseItem, Rejected, decompressed, excerpt, read_head,
+)
+from beamlytics.parsers.limits import DEAD_LETTERS_PER_REASON
 
 # Captures first: their magic numbers are unambiguous. Then the line formats, the ones
 # with self-describing headers before the ones recognised by the shape of a line.
@@ -39,7 +42,7 @@ PlannedSource = Union[Source, "zeek.NamedFlowGroup"]
 class Plan:
     sources: list  # of PlannedSource, in a deterministic order
     rejected: list[Rejected]  # files that could not be opened or recognised
-    skipped: list[str]  # recognised files that feed another table
+    skipped: dict[str, str]  # recognised files that feed another table, sorted by path -> why
 
 
 def tables_of(fmt: str) -> set[str]:
@@ -59,19 +62,19 @@ def identify(name: str, head: bytes, fmt: str = "auto") -> tuple[str, str] | Non
 def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Plan:
     sources: list = []
     rejected: list[Rejected] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     zeek_logs: list[tuple[str, str]] = []
     for path in paths:
         try:
             with open_stream(path) as raw:
                 head = read_head(decompressed(raw))
         except STREAM_ERRORS as error:
-            rejected.append(Rejected(path, 0, f"cannot open: {error}", source_tool=fmt))
+            rejected.append(Rejected(path, 0, f"cannot open: {error}", source_tool=fmt, units=0))
             continue
         identified = identify(os.path.basename(path), head, fmt)
         if identified is None:
             reason = "unrecognised format" if fmt == "auto" else f"not a {fmt} file"
-            rejected.append(Rejected(path, 0, reason, head[:200].decode("utf-8", "replace"), fmt))
+            rejected.append(Rejected(path, 0, reason, excerpt(head), fmt, units=0))
             continue
         file_format, kind = identified
         if file_format == "zeek" and table == "named_flows":
@@ -79,11 +82,14 @@ def plan(paths: list[str], table: str, fmt: str, open_stream: OpenStream) -> Pla
         elif table in FORMATS[file_format].TABLES.get(kind, ()):
             sources.append(Source(path, file_format, kind))
         else:
-            skipped.append(path)
+            feeds = sorted(FORMATS[file_format].TABLES.get(kind, ()))
+            skipped[path] = (f"{file_format} {kind} feeds {', '.join(feeds)}, not {table}" if feeds
+                             else f"{file_format} {kind} gives no {table} records")
     groups = zeek.named_flow_groups(zeek_logs) if zeek_logs else []
     grouped = {path for group in groups for path in _group_paths(group)}
-    skipped.extend(path for path, _ in zeek_logs if path not in grouped)
-    return Plan(sources + groups, rejected, sorted(skipped))
+    skipped.update((path, f"zeek {kind} log without the logs it names flows with")
+                   for path, kind in zeek_logs if path not in grouped)
+    return Plan(sources + groups, rejected, dict(sorted(skipped.items())))
 
 
 def _group_paths(group: "zeek.NamedFlowGroup") -> list[str]:
@@ -101,27 +107,52 @@ def parse_source(
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
 ) -> Iterator[ParseItem]:
-    """Parse one planned source; a parser that fails mid-file costs the rest of that file only."""
+    """Parse one planned source; a parser that fails mid-file costs the rest of that file only.
+
+    Every record is checked (`validate.checked`); dead letters beyond a per-file, per-reason
+    limit are counted in one dead letter instead of listed (`limits.DeadLetterLimit`).
+    """
+    options = options or {}
+    times = validate.time_range(options)
+    dead_letters = limits.DeadLetterLimit(int(options.get("dead_letters_per_reason") or DEAD_LETTERS_PER_REASON))
     if isinstance(source, Source):
         tool = source.format
         items = _parse_file(source, table, open_stream, batch_rows, options)
     else:
         tool = zeek.FORMAT
-        items = zeek.parse_named_flows(source, lambda path: decompressed(open_stream(path)), batch_rows)
+        items = zeek.parse_named_flows(source, lambda path: _decompressed(open_stream(path), options), batch_rows)
     try:
         for item in items:
-            if isinstance(item, Rejected) and not item.source_tool:
-                item = dataclasses.replace(item, source_tool=tool)
-            yield item
+            for checked in validate.checked(item, times) if isinstance(item, Batch) else (item,):
+                if isinstance(checked, Rejected):
+                    if not checked.source_tool:
+                        checked = dataclasses.replace(checked, source_tool=tool)
+                    if not dead_letters.admit(checked):
+                        continue
+                yield checked
     except Exception as error:  # a parser bug must not end the run: report it as this file's failure
-        yield Rejected(source_name(source), 0, f"parser failed: {type(error).__name__}: {error}", "", tool)
+        yield Rejected(source_name(source), 0, f"parser failed: {type(error).__name__}: {error}", "", tool, units=0)
+    yield from dead_letters.rest()
+
+
+def _decompressed(raw: BinaryIO, options: Mapping[str, Any]) -> BinaryIO:
+    return limits.bounded_decompressed(raw, float(options.get("max_decompression_ratio") or limits.MAX_DECOMPRESSION_RATIO))
 
 
 def _parse_file(source: Source, table: str, open_stream: OpenStream, batch_rows: int,
-                options: Mapping[str, Any] | None) -> Iterator[ParseItem]:
+                options: Mapping[str, Any]) -> Iterator[ParseItem]:
+    # The file may have been replaced since it was planned: parse it only as what it is now.
+    with open_stream(source.path) as raw:
+        head = read_head(decompressed(raw))
+    now = identify(os.path.basename(source.path), head, source.format)
+    if now != (source.format, source.kind):
+        found = f"a {now[0]} {now[1]} log" if now else "not recognised"
+        reason = f"file changed since it was planned as a {source.format} {source.kind} log: now {found}"
+        yield Rejected(source.path, 0, reason, excerpt(head), source.format, units=0)
+        return
     with open_stream(source.path) as raw:
         yield from FORMATS[source.format].parse(
-            source.path, decompressed(raw), source.kind, table, batch_rows=batch_rows, options=options
+            source.path, _decompressed(raw, options), source.kind, table, batch_rows=batch_rows, options=options
         )
 
 

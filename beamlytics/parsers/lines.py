@@ -16,8 +16,12 @@ from beamlytics import schemas
 from beamlytics.parsers.base import STREAM_ERRORS, Batch, Rejected, excerpt
 
 BLOCK_BYTES = 1 << 20
-# A "line" longer than this is not text from a logging tool: stop rather than buffer it all.
-MAX_LINE_BYTES = 16 << 20
+# A read step: a decompressor that breaks part-way loses at most the step it broke in.
+READ_BYTES = 64 << 10
+# A "line" longer than this is not text from a logging tool: it is rejected and reading
+# resumes after its newline, so one hostile line never costs memory or the rest of the file.
+MAX_LINE_BYTES = 1 << 20
+OVERSIZED_EXCERPT_BYTES = 800
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class LineBlock:
     first: int  # 1-based number of the first line in `lines`
     lines: pa.Array  # strings, line terminators removed
     error: str | None = None  # set on the last block when the stream broke after `lines`
+    oversized: tuple[tuple[int, bytes], ...] = ()  # (line number, first bytes) of lines too long, after `lines`
+    oversized_reason: str = ""
 
 
 def _split_lines(data: bytes) -> pa.Array:
@@ -40,29 +46,94 @@ def _split_lines(data: bytes) -> pa.Array:
     return pc.utf8_rtrim(lines, characters="\r\n")
 
 
-def line_blocks(stream: BinaryIO, block_bytes: int = BLOCK_BYTES) -> Iterator[LineBlock]:
-    """Read a text stream in blocks of whole lines; a last line without newline counts."""
-    number, carry = 1, b""
-    while True:
+class LineReader:
+    """Blocks of whole lines from a text stream, counting every line it delivers.
+
+    A last line without newline counts. A line longer than `max_line_bytes` is not held:
+    it is reported in `LineBlock.oversized` (and counted), and reading resumes after its
+    newline. When the stream breaks, the lines before the damage are delivered and the
+    last block carries the error.
+    """
+
+    def __init__(self, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES, block_bytes: int = BLOCK_BYTES):
+        self.stream = stream
+        self.max_line_bytes = max_line_bytes
+        self.block_bytes = block_bytes
+        self.delivered = 0  # lines handed out so far, oversized ones included
+        self._read = getattr(stream, "read1", None) or stream.read
+
+    def __iter__(self) -> Iterator[LineBlock]:
+        number, carry, skipping = 1, b"", None  # skipping: (line number, first bytes) of a line too long
+        while True:
+            data, ended, error = self._next_data(carry)
+            carry = b""
+            if skipping is not None:
+                newline = data.find(b"\n")
+                if newline < 0 and not ended and error is None:
+                    continue  # still inside the line too long: drop what was read
+                data = data[newline + 1:] if newline >= 0 else b""
+                yield self._block(number, None, [skipping])
+                number, skipping = number + 1, None
+            if ended or error is not None:
+                for block in self._blocks(number, data, final=True):
+                    number += len(block.lines) + len(block.oversized)
+                    yield block
+                if error is not None:
+                    yield LineBlock(number, pa.array([], pa.string()), f"input unreadable from here on: {error!r}")
+                return
+            end = data.rfind(b"\n") + 1
+            carry = data[end:]
+            for block in self._blocks(number, data[:end], final=False):
+                number += len(block.lines) + len(block.oversized)
+                yield block
+            if len(carry) > self.max_line_bytes:
+                skipping, carry = (number, carry[:OVERSIZED_EXCERPT_BYTES]), b""
+
+    def _next_data(self, carry: bytes) -> tuple[bytes, bool, BaseException | None]:
+        """`carry` and about a block more, read in steps: the bytes, whether the stream ended, its error."""
+        chunks, total = [carry], len(carry)
         try:
-            chunk = stream.read(block_bytes)
+            while total < self.block_bytes:
+                chunk = self._read(READ_BYTES)
+                if not chunk:
+                    return b"".join(chunks), True, None
+                chunks.append(chunk)
+                total += len(chunk)
         except STREAM_ERRORS as error:
-            yield LineBlock(number, pa.array([], pa.string()), f"input unreadable from here on: {error!r}")
+            return b"".join(chunks), True, error
+        return b"".join(chunks), False, None
+
+    def _blocks(self, number: int, data: bytes, final: bool) -> Iterator[LineBlock]:
+        """Whole lines of `data` as blocks, with the lines over the limit set apart."""
+        if not data:
             return
-        if not chunk:
-            break
-        data = carry + chunk
-        end = data.rfind(b"\n") + 1
-        carry = data[end:]
-        if len(carry) > MAX_LINE_BYTES:
-            yield LineBlock(number, pa.array([], pa.string()), "line longer than 16 MiB: not a text log")
+        if final and not data.endswith(b"\n"):
+            data += b"\n"
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        if not len(ends):
             return
-        if end:
-            lines = _split_lines(data[:end])
-            yield LineBlock(number, lines)
-            number += len(lines)
-    if carry:
-        yield LineBlock(number, _split_lines(carry + b"\n"))
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        too_long = np.flatnonzero(ends - starts > self.max_line_bytes)
+        first_line = 0
+        for index in too_long.tolist():
+            cut, resume = int(starts[index]), int(ends[index]) + 1
+            oversized = (number + index, data[cut: cut + OVERSIZED_EXCERPT_BYTES])
+            lines = _split_lines(data[int(starts[first_line]):cut]) if index > first_line else None
+            yield self._block(number + first_line, lines, [oversized])
+            first_line = index + 1
+        if first_line < len(ends):
+            yield self._block(number + first_line, _split_lines(data[int(starts[first_line]):]), [])
+
+    def _block(self, first: int, lines: pa.Array | None, oversized: list) -> LineBlock:
+        lines = pa.array([], pa.string()) if lines is None else lines
+        self.delivered += len(lines) + len(oversized)
+        reason = f"line longer than {self.max_line_bytes} bytes: skipped to its end" if oversized else ""
+        return LineBlock(first, lines, oversized=tuple(oversized), oversized_reason=reason)
+
+
+def line_reader(stream: BinaryIO, options: Mapping[str, Any] | None = None) -> LineReader:
+    """The `LineReader` for a parser, with the `max_line_bytes` option if given."""
+    return LineReader(stream, int((options or {}).get("max_line_bytes") or MAX_LINE_BYTES))
 
 
 def rejected_lines(block: LineBlock, mask: pa.Array, reason: str, tool: str, source: str) -> list[Rejected]:
@@ -73,10 +144,11 @@ def rejected_lines(block: LineBlock, mask: pa.Array, reason: str, tool: str, sou
 
 
 def broken_stream(block: LineBlock, tool: str, source: str) -> list[Rejected]:
-    """The dead letter for the unreadable rest of a file, if the stream broke."""
-    if block.error is None:
-        return []
-    return [Rejected(source, block.first + len(block.lines), block.error, "", tool)]
+    """The dead letters the reader itself found after `block`'s lines: lines too long, a broken stream."""
+    dead = [Rejected(source, position, block.oversized_reason, excerpt(head), tool) for position, head in block.oversized]
+    if block.error is not None:
+        dead.append(Rejected(source, block.first + len(block.lines), block.error, "", tool, units=0))
+    return dead
 
 
 def blank_mask(lines: pa.Array) -> pa.Array:

@@ -1,30 +1,36 @@
 """The packet layer: capture records in, decoded IP packets out.
 
-`iter_packets` reads a pcap or pcapng stream and yields exactly one item per capture
-record, so callers can keep the unit contract of `parsers.base` (read = parsed + rejected)
-without knowing anything about link layers:
+`PacketReader` (or `iter_packets`) reads a pcap or pcapng stream and yields exactly one
+item per capture record, so callers can keep the unit contract of `parsers.base` (read =
+parsed + rejected) without knowing anything about link layers:
 
 * a `Packet` (addresses, ports, TCP flags, transport payload),
-* a `Rejected` for a record that cannot be decoded, or for a file that ends mid-record,
+* a `Rejected` (units 1) for a record that cannot be decoded or whose header is absurd,
 * `None` for a well-formed frame that carries no IP datagram for us (ARP, LLDP, STP...)
-  or an IP fragment held until its datagram is complete.
+  or an IP fragment held until its datagram is complete;
+
+and, where the file cannot be read any further, one last `Rejected` with units 0 for
+the rest of it (cut short, broken compression) with the byte offset and the reason.
 
 The readers are our own (struct over the raw bytes) rather than dpkt's: they are faster,
 handle every pcapng interface's own link type and clock resolution, and turn every kind
-of damage into a `Rejected` instead of an exception.
+of damage into a `Rejected` instead of an exception. A record or block whose length
+fields lie costs that record only: the reader looks ahead (a bounded window, whatever the
+lengths claim) for the next plausible record header, or well-framed pcapng block, and
+goes on from there. Times outside 1970-9999 are rejected per packet.
 
 `TcpReassembler` turns TCP segments into in-order byte streams per direction, so that
 DNS-over-TCP and HTTP parsers see whole messages however the sender cut them.
 """
 from __future__ import annotations
 
-import ipaddress
+import re
 import socket
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from beamlytics.parsers.base import Rejected, excerpt
+from beamlytics.parsers.base import STREAM_ERRORS, Rejected, excerpt
 
 SOURCE_TOOL = "pcap"
 
@@ -33,7 +39,7 @@ SOURCE_TOOL = "pcap"
 class Packet:
     number: int  # 1-based record number in the capture file
     ts_us: int  # capture time, microseconds since the epoch (UTC)
-    src: str  # IP source as `ipaddress` prints it
+    src: str  # IP source as `address_text` prints it (RFC 5952 for IPv6)
     dst: str
     proto: int  # IP protocol after IPv6 extension headers
     sport: int  # 0 for protocols without ports
@@ -42,6 +48,7 @@ class Packet:
     tcp_seq: int  # 0 for non-TCP
     ip_bytes: int  # IP total length of the datagram as sent (header + payload)
     payload: bytes  # transport payload; the whole reassembled payload for fragments
+    tcp_ack: int = 0  # acknowledgement number; 0 for non-TCP
 
 
 class BadPacket(ValueError):
@@ -49,12 +56,20 @@ class BadPacket(ValueError):
 
 
 TCP, UDP = 6, 17
-FIN, SYN, RST = 1, 2, 4
+FIN, SYN, RST, ACK = 1, 2, 4, 16
 
 # Largest record we accept: libpcap's own limit (256 KiB) unless the file's snap length
 # says more, and never so much that a corrupt length field makes us allocate gigabytes.
 _MIN_RECORD_LIMIT = 262_144
 _MAX_RECORD_LIMIT = 16 << 20
+# Capture times we accept, in microseconds since the epoch: 1970 to the end of year 9999,
+# what every datetime library (and Arrow's conversion to Python) can represent.
+_MAX_TS_US = 253_402_300_800_000_000
+# How far past a damaged record we look for the next plausible one before giving up on the
+# rest of the file (smaller without a good record's time to go by: the scan is slower).
+_RESYNC_WINDOW = 4 << 20
+_BLIND_RESYNC_WINDOW = 64 << 10
+_READ_CHUNK = 1 << 20
 
 # ---------------------------------------------------------------------------------------
 # Capture file readers: yield (number, ts_us, linktype, frame) tuples or a Rejected.
@@ -67,51 +82,194 @@ _PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1),
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_BYTE_ORDER_MAGIC = {b"\x1a\x2b\x3c\x4d": ">", b"\x4d\x3c\x2b\x1a": "<"}
 # The upper bits of a pcap link type field carry FCS information (pcap-linktype(7)).
 _LINKTYPE_MASK = 0x03FF_FFFF
 
 
 def capture_format(head: bytes) -> str | None:
-    """"pcap" or "pcapng" when `head` starts like such a file, else None."""
+    """"pcap" or "pcapng" when `head` starts like such a file, else None.
+
+    A pcapng file cut short before its byte-order magic still counts: a capture that
+    breaks early is read (and its damage dead-lettered) as a capture, not dismissed as
+    an unknown format.
+    """
     if head[:4] in _PCAP_MAGIC:
         return "pcap"
-    if head[:4] == _PCAPNG_SHB and len(head) >= 12 and head[8:12] in (b"\x1a\x2b\x3c\x4d", b"\x4d\x3c\x2b\x1a"):
+    if head[:4] == _PCAPNG_SHB and (len(head) < 12 or head[8:12] in _BYTE_ORDER_MAGIC):
         return "pcapng"
     return None
 
 
-def _rejected(source: str, position: int, reason: str, raw: bytes = b"") -> Rejected:
-    return Rejected(source, position, reason, excerpt(raw.hex()) if raw else "", SOURCE_TOOL)
+def _rejected(source: str, position: int, reason: str, raw: bytes = b"", units: int = 1) -> Rejected:
+    return Rejected(source, position, reason, excerpt(raw.hex()) if raw else "", SOURCE_TOOL, units)
 
 
-def _read_pcap(source: str, stream: BinaryIO, head: bytes) -> Iterator[tuple | Rejected]:
-    endian, ns_per_tick = _PCAP_MAGIC[head[:4]]
-    header = head + stream.read(24 - len(head))
-    if len(header) < 24:
-        yield _rejected(source, 0, "truncated pcap file header", header)
+class _Input:
+    """A capture stream read in pieces, surviving a compressed stream that breaks.
+
+    `data[pos:]` are the bytes not consumed yet. `ensure(n)` reads until n of them are
+    there or the stream ends. A decompressor failing part-way (truncated gzip, corrupt
+    bzip2) ends the stream like EOF, keeping every byte it delivered, and `damage` says
+    what broke; `read1` takes what the decompressor has ready, so no decoded bytes sit in
+    a half-filled read when the error comes.
+    """
+
+    def __init__(self, stream: BinaryIO, head: bytes):
+        self._read = getattr(stream, "read1", stream.read)
+        self.data = head
+        self.pos = 0
+        self._base = 0  # file offset of data[0]
+        self.ended = False
+        self.damage = ""
+
+    @property
+    def offset(self) -> int:
+        return self._base + self.pos
+
+    @property
+    def available(self) -> int:
+        return len(self.data) - self.pos
+
+    def ensure(self, size: int) -> bool:
+        while len(self.data) - self.pos < size and not self.ended:
+            try:
+                chunk = self._read(max(_READ_CHUNK, size - self.available))
+            except STREAM_ERRORS as error:
+                self.damage = f"{type(error).__name__}: {error}"
+                chunk = b""
+            if not chunk:
+                self.ended = True
+                break
+            self._base += self.pos
+            self.data = self.data[self.pos :] + chunk
+            self.pos = 0
+        return len(self.data) - self.pos >= size
+
+    def rest_lost(self, source: str, position: int, what: str) -> Rejected | None:
+        """The dead letter for a stream that stopped inside `what` or broke; None at a clean end.
+
+        It stands for records the reader never delivered (units 0). A stream that broke
+        exactly between records is reported too: its rest is lost all the same.
+        """
+        if self.available:
+            reason = f"file ends inside {what} at byte {self.offset}"
+        elif self.damage:
+            reason = f"stream broken at byte {self.offset}"
+        else:
+            return None
+        if self.damage:
+            reason += f" ({self.damage})"
+        return _rejected(source, position, reason + ": rest of file unreadable", self.data[self.pos : self.pos + 64], 0)
+
+
+class _PcapLayout:
+    """The record header of one classic pcap file, and what a plausible one looks like."""
+
+    def __init__(self, endian: str, ns_per_tick: int, snaplen: int):
+        self.endian = endian
+        self.header = struct.Struct(endian + "IIII")
+        self.ticks_per_second = 1_000_000_000 // ns_per_tick
+        self.limit = min(max(snaplen, _MIN_RECORD_LIMIT), _MAX_RECORD_LIMIT)
+
+    def sane(self, data: bytes, at: int) -> bool:
+        _, fraction, caplen, length = self.header.unpack_from(data, at)
+        return caplen <= self.limit and caplen <= length and fraction < self.ticks_per_second
+
+    def trusted(self, stream: _Input, caplen: int) -> bool:
+        """Whether the record at `stream.pos` may be taken at its length: the record after it
+        starts with a sane header, or the file ends right after it."""
+        if stream.ensure(16 + caplen + 16):
+            return self.sane(stream.data, stream.pos + 16 + caplen)
+        return stream.available == 16 + caplen and not stream.damage
+
+    def plausible(self, data: bytes, at: int, near_seconds: int | None) -> bool:
+        """A record header at `at` that looks real: sane, within a day of the last good
+        record's time, and followed by another sane header (or the end of the data)."""
+        if at + 16 > len(data) or not self.sane(data, at):
+            return False
+        seconds, _, caplen, _ = self.header.unpack_from(data, at)
+        if near_seconds is not None and abs(seconds - near_seconds) > 86_400:
+            return False
+        after = at + 16 + caplen
+        return after + 16 > len(data) or self.sane(data, after)
+
+    def resync(self, stream: _Input, near_seconds: int | None) -> bool:
+        """Move `stream` to the next plausible record header after the bad one at its
+        position; False when none lies within the resync window."""
+        window = _RESYNC_WINDOW if near_seconds is not None else _BLIND_RESYNC_WINDOW
+        stream.ensure(window)
+        data, start = stream.data, stream.pos
+        end = min(len(data), start + window)
+        if near_seconds is None:
+            candidates: Iterator[int] = iter(range(start + 1, end - 15))
+        else:
+            candidates = self._same_day_candidates(data, start + 1, end, near_seconds)
+        for at in candidates:
+            if self.plausible(data, at, near_seconds):
+                stream.pos = at
+                return True
+        return False
+
+    def _same_day_candidates(self, data: bytes, start: int, end: int, near_seconds: int) -> Iterator[int]:
+        """Offsets, in order, whose seconds field shares its upper 16 bits with a time within a
+        day of `near_seconds`: a C-speed search instead of trying every byte."""
+        shift = 2 if self.endian == "<" else 0  # where the upper half sits in the field
+        highs = {((near_seconds + delta) >> 16) & 0xFFFF for delta in (-86_400, 0, 86_400)}
+        patterns = [struct.pack(self.endian + "H", high) for high in sorted(highs)]
+        found = {pattern: data.find(pattern, start + shift, end) for pattern in patterns}
+        while True:
+            live = [(index, pattern) for pattern, index in found.items() if index >= 0]
+            if not live:
+                return
+            index, pattern = min(live)
+            yield index - shift
+            found[pattern] = data.find(pattern, index + 1, end)
+
+
+def _read_pcap(source: str, stream: _Input) -> Iterator[tuple | Rejected]:
+    endian, ns_per_tick = _PCAP_MAGIC[stream.data[:4]]
+    if not stream.ensure(24):
+        yield stream.rest_lost(source, 0, "the pcap file header")
         return
-    snaplen, network = struct.unpack(endian + "16xII", header)
+    snaplen, network = struct.unpack_from(endian + "16xII", stream.data, stream.pos)
+    stream.pos += 24
+    layout = _PcapLayout(endian, ns_per_tick, snaplen)
     linktype = network & _LINKTYPE_MASK
-    limit = min(max(snaplen, _MIN_RECORD_LIMIT), _MAX_RECORD_LIMIT)
-    record_header = struct.Struct(endian + "IIII")
-    read = stream.read
+    header = layout.header
     number = 0
+    last_seconds: int | None = None
     while True:
-        raw = read(16)
-        if not raw:
+        if not stream.ensure(16):
+            lost = stream.rest_lost(source, number + 1, "a record header")
+            if lost is not None:
+                yield lost
+            return
+        seconds, fraction, caplen, length = header.unpack_from(stream.data, stream.pos)
+        problem = ""
+        if caplen > layout.limit:
+            problem = f"captured length {caplen} exceeds {layout.limit}"
+        elif (caplen > length or 0 < snaplen < caplen or fraction >= layout.ticks_per_second) and not layout.trusted(
+            stream, caplen
+        ):
+            problem = f"implausible record header (captured {caplen} of {length} bytes, snap length {snaplen})"
+        if problem:
+            at = stream.offset
+            raw = stream.data[stream.pos : stream.pos + 16]
+            if not layout.resync(stream, last_seconds):
+                yield _rejected(source, number + 1, f"{problem} at byte {at}: rest of file unreadable", raw, 0)
+                return
+            number += 1
+            yield _rejected(source, number, f"{problem} at byte {at}; resumed at byte {stream.offset}", raw)
+            continue
+        if not stream.ensure(16 + caplen):
+            yield stream.rest_lost(source, number + 1, f"record {number + 1} ({caplen} bytes)")
             return
         number += 1
-        if len(raw) < 16:
-            yield _rejected(source, number, "file ends inside a record header", raw)
-            return
-        seconds, fraction, caplen, _ = record_header.unpack(raw)
-        if caplen > limit:
-            yield _rejected(source, number, f"record length {caplen} exceeds {limit}: rest of file unreadable", raw)
-            return
-        frame = read(caplen)
-        if len(frame) < caplen:
-            yield _rejected(source, number, f"file ends inside record ({len(frame)} of {caplen} bytes)", frame)
-            return
+        start = stream.pos + 16
+        frame = stream.data[start : start + caplen]
+        stream.pos = start + caplen
+        last_seconds = seconds
         if ns_per_tick == 1:
             ts_us = seconds * 1_000_000 + fraction // 1000
         else:
@@ -156,47 +314,118 @@ def _options(endian: str, data: bytes) -> Iterator[tuple[int, bytes]]:
         position += 4 + (length + 3) // 4 * 4
 
 
-_BYTE_ORDER_MAGIC = {b"\x1a\x2b\x3c\x4d": ">", b"\x4d\x3c\x2b\x1a": "<"}
 _EPB, _SPB, _OBSOLETE_PB, _IDB = 6, 3, 2, 1
+_PACKET_BLOCKS = frozenset((_EPB, _SPB, _OBSOLETE_PB))
+# Block types a resynchronisation may land on (pcapng spec, section 11.1), SHB aside.
+_KNOWN_BLOCKS = (_IDB, _OBSOLETE_PB, _SPB, 4, 5, _EPB, 0xA, 0xBAD, 0x40000BAD)
 
 
-def _read_pcapng(source: str, stream: BinaryIO, head: bytes) -> Iterator[tuple | Rejected]:
-    read = stream.read
-    endian = "<"
+class _PcapngLayout:
+    """Block framing of a pcapng file: the current section's byte order, and resync."""
+
+    def __init__(self) -> None:
+        self.endian = "<"
+        self._patterns: dict[str, re.Pattern] = {}
+
+    def block_start(self, data: bytes, at: int) -> tuple[int, int, str] | None:
+        """(type, length, byte order) of a block header at `at`; None for a section header
+        without byte-order magic."""
+        if data[at : at + 4] == _PCAPNG_SHB:
+            endian = _BYTE_ORDER_MAGIC.get(data[at + 8 : at + 12])
+            if endian is None:
+                return None
+        else:
+            endian = self.endian
+        block_type, length = struct.unpack_from(endian + "II", data, at)
+        return block_type, length, endian
+
+    def whole_block(self, data: bytes, at: int) -> bool:
+        """Whether a well-framed block starts at `at`: its length is sane and repeated at its end."""
+        if at + 12 > len(data):
+            return False
+        start = self.block_start(data, at)
+        if start is None:
+            return False
+        _, length, endian = start
+        if length < 12 or length % 4 or length > _MAX_RECORD_LIMIT or at + length > len(data):
+            return False
+        return struct.unpack_from(endian + "I", data, at + length - 4)[0] == length
+
+    def resync(self, stream: _Input) -> bool:
+        """Move `stream` to the next well-framed block after the bad one at its position;
+        False when none is in the window. Any offset may do, not only multiples of 4: bytes
+        lost from the middle of a file shift everything after them."""
+        stream.ensure(_RESYNC_WINDOW)
+        data, start = stream.data, stream.pos
+        for match in self._pattern().finditer(data, start + 1, min(len(data), start + _RESYNC_WINDOW)):
+            at = match.start()
+            if self.whole_block(data, at):
+                stream.pos = at
+                return True
+        return False
+
+    def _pattern(self) -> re.Pattern:
+        pattern = self._patterns.get(self.endian)
+        if pattern is None:
+            types = [struct.pack(self.endian + "I", block_type) for block_type in _KNOWN_BLOCKS] + [_PCAPNG_SHB]
+            pattern = self._patterns[self.endian] = re.compile(b"|".join(re.escape(value) for value in types))
+        return pattern
+
+
+def _read_pcapng(source: str, stream: _Input) -> Iterator[tuple | Rejected]:
+    layout = _PcapngLayout()
     interfaces: list[_Interface] = []
     number = 0
     last_ts_us = 0
-    start = head  # the first block's first 12 bytes, read already to recognise the format
     while True:
-        start = start or read(8)
-        if not start:
+        if not stream.ensure(12):  # the smallest block: type, length and the length's copy
+            lost = stream.rest_lost(source, number + 1, "a block header")
+            if lost is not None:
+                yield lost
             return
-        if len(start) < 8:
-            yield _rejected(source, number + 1, "file ends inside a block header", start)
+        data, at = stream.data, stream.pos
+        start = layout.block_start(data, at)
+        problem, cut_short = "", False
+        block_type = length = 0
+        if start is None:
+            problem = "section header without byte-order magic"
+        else:
+            block_type, length, endian = start
+            if length < 12 or length % 4 or length > _MAX_RECORD_LIMIT:
+                problem = f"bad block length {length}"
+            elif not stream.ensure(length):
+                problem, cut_short = f"block length {length} runs past the end of the data", True
+            else:
+                data, at = stream.data, stream.pos
+                trailer = struct.unpack_from(endian + "I", data, at + length - 4)[0]
+                if trailer != length:
+                    problem = f"block length {length} differs from its copy {trailer} at the block's end"
+        if problem:
+            offset = stream.offset
+            raw = stream.data[stream.pos : stream.pos + 64]
+            if layout.resync(stream):
+                # A damaged packet block costs that packet; other blocks cost no packet we know of.
+                units = 1 if block_type in _PACKET_BLOCKS else 0
+                number += units
+                reason = f"{problem} at byte {offset}; resumed at byte {stream.offset}"
+                yield _rejected(source, number + 1 - units, reason, raw, units)
+                continue
+            if cut_short:
+                yield stream.rest_lost(source, number + 1, f"a block of {length} bytes")
+            else:
+                yield _rejected(source, number + 1, f"{problem} at byte {offset}: rest of file unreadable", raw, 0)
             return
-        if start[:4] == _PCAPNG_SHB:
-            start += read(12 - len(start))
-            if start[8:12] not in _BYTE_ORDER_MAGIC:
-                yield _rejected(source, number + 1, "section header without byte-order magic", start)
-                return
-            endian = _BYTE_ORDER_MAGIC[start[8:12]]
+        body = data[at + 8 : at + length - 4]
+        stream.pos = at + length
+        if block_type == 0x0A0D0D0A:
+            layout.endian = endian
             interfaces = []  # interface ids are numbered afresh in every section
-        block_type, block_length = struct.unpack_from(endian + "II", start)
-        if block_length < 12 or block_length % 4 or block_length > _MAX_RECORD_LIMIT:
-            yield _rejected(source, number + 1, f"bad block length {block_length}: rest of file unreadable", start)
-            return
-        rest = read(block_length - len(start))
-        if len(rest) < block_length - len(start):
-            yield _rejected(source, number + 1, "file ends inside a block", start + rest)
-            return
-        body = (start + rest)[8:-4]
-        start = b""
-        if block_type == _IDB:
+        elif block_type == _IDB:
             if len(body) < 8:
-                yield _rejected(source, number + 1, "interface description block too short", body)
-                return
+                yield _rejected(source, number + 1, "interface description block too short", body, 0)
+                continue
             interfaces.append(_interface(endian, body))
-        elif block_type in (_EPB, _SPB, _OBSOLETE_PB):
+        elif block_type in _PACKET_BLOCKS:
             number += 1
             record = _pcapng_record(source, number, endian, block_type, body, interfaces, last_ts_us)
             if not isinstance(record, Rejected):
@@ -231,6 +460,8 @@ def _pcapng_record(
     interface = interfaces[interface_id]
     ticks = (high << 32) | low
     ts_us = ticks * interface.numerator // interface.denominator + interface.offset_us
+    if not 0 <= ts_us < _MAX_TS_US:
+        return _rejected(source, number, f"timestamp {ts_us} µs lies outside years 1970-9999", body[:64])
     return number, ts_us, interface.linktype, body[20 : 20 + caplen]
 
 
@@ -319,17 +550,28 @@ def _by_version(frame: bytes, offset: int) -> tuple[int, int] | None:
 
 _address_cache: dict[bytes, str] = {}
 _ADDRESS_CACHE_SIZE = 65_536
+_TEN_ZEROS = bytes(10)
 
 
 def address_text(packed: bytes) -> str:
-    """IPv4/IPv6 address as `ipaddress` prints it (inet_ntop is ~10x faster; they differ
-    only for IPv6 addresses with an embedded IPv4 address, which go through `ipaddress`)."""
+    """IPv4 dotted quad, or IPv6 in RFC 5952's canonical form, the same on every Python.
+
+    inet_ntop gives that form for ordinary addresses. The ones with an embedded IPv4 address
+    are written here, because libc and `ipaddress` disagree on them (and `ipaddress` itself
+    changed in Python 3.13): IPv4-mapped `::ffff:0:0/96` as `::ffff:192.0.2.1` (RFC 5952
+    section 5), the deprecated IPv4-compatible `::/96` in plain hex, `::c000:201`.
+    """
     text = _address_cache.get(packed)
     if text is None:
         if len(packed) == 4:
             text = socket.inet_ntop(socket.AF_INET, packed)
-        elif packed[:10] == bytes(10) and packed[10:12] in (b"\0\0", b"\xff\xff"):
-            text = str(ipaddress.IPv6Address(packed))
+        elif packed[:10] != _TEN_ZEROS:
+            text = socket.inet_ntop(socket.AF_INET6, packed)
+        elif packed[10:12] == b"\xff\xff":
+            text = "::ffff:" + socket.inet_ntop(socket.AF_INET, packed[12:])
+        elif packed[10:12] == b"\0\0":
+            high, low = struct.unpack_from(">HH", packed, 12)
+            text = f"::{high:x}:{low:x}" if high else f"::{low:x}" if low else "::"
         else:
             text = socket.inet_ntop(socket.AF_INET6, packed)
         if len(_address_cache) >= _ADDRESS_CACHE_SIZE:
@@ -499,11 +741,11 @@ def _transport(number: int, ts_us: int, src: str, dst: str, proto: int, ip_bytes
     if proto == TCP:
         if len(data) < 20:
             raise BadPacket("truncated TCP header")
-        sport, dport, seq = struct.unpack_from(">HHI", data)
+        sport, dport, seq, ack = struct.unpack_from(">HHII", data)
         header_length = (data[12] >> 4) * 4
         if header_length < 20 or len(data) < header_length:
             raise BadPacket(f"bad TCP header length {header_length}")
-        return Packet(number, ts_us, src, dst, proto, sport, dport, data[13], seq, ip_bytes, data[header_length:])
+        return Packet(number, ts_us, src, dst, proto, sport, dport, data[13], seq, ip_bytes, data[header_length:], ack)
     if proto == UDP:
         if len(data) < 8:
             raise BadPacket("truncated UDP header")
@@ -514,30 +756,51 @@ def _transport(number: int, ts_us: int, src: str, dst: str, proto: int, ip_bytes
     return Packet(number, ts_us, src, dst, proto, 0, 0, 0, 0, ip_bytes, data)
 
 
-def iter_packets(source: str, stream: BinaryIO) -> Iterator[Packet | Rejected | None]:
+class PacketReader:
     """One Packet, Rejected or None per capture record of `stream` (see the module docstring).
 
-    A stream that is not a capture at all gives a single Rejected at position 0.
+    `delivered` counts the capture records handed out so far, well-formed or rejected one by
+    one; a rest-of-file Rejected (units 0) stands for records never delivered. It is the
+    reader's own count, which parsers report as `base.Read` so that the pipeline can check
+    that every record was accounted for once. A stream that is not a capture at all gives a
+    single Rejected at position 0.
     """
-    head = stream.read(12)
-    kind = capture_format(head)
-    if kind == "pcap":
-        records = _read_pcap(source, stream, head)
-    elif kind == "pcapng":
-        records = _read_pcapng(source, stream, head)
-    else:
-        yield _rejected(source, 0, "not a pcap or pcapng capture", head)
-        return
-    decoder = _Decoder()
-    for record in records:
-        if isinstance(record, Rejected):
-            yield record
-            continue
-        number, ts_us, linktype, frame = record
-        try:
-            yield decoder.decode(number, ts_us, linktype, frame)
-        except (BadPacket, struct.error) as error:
-            yield _rejected(source, number, str(error), frame[:64])
+
+    def __init__(self, source: str, stream: BinaryIO):
+        self.source = source
+        self.stream = stream
+        self.delivered = 0
+
+    def __iter__(self) -> Iterator[Packet | Rejected | None]:
+        source = self.source
+        stream = _Input(self.stream, b"")
+        stream.ensure(12)
+        kind = capture_format(stream.data[:12])
+        if kind == "pcap":
+            records = _read_pcap(source, stream)
+        elif kind == "pcapng":
+            records = _read_pcapng(source, stream)
+        else:
+            reason = stream.rest_lost(source, 0, "the file header") if stream.damage else None
+            yield reason or _rejected(source, 0, "not a pcap or pcapng capture", stream.data[:12], 0)
+            return
+        decoder = _Decoder()
+        for record in records:
+            if isinstance(record, Rejected):
+                self.delivered += record.units
+                yield record
+                continue
+            self.delivered += 1
+            number, ts_us, linktype, frame = record
+            try:
+                yield decoder.decode(number, ts_us, linktype, frame)
+            except (BadPacket, struct.error) as error:
+                yield _rejected(source, number, str(error), frame[:64])
+
+
+def iter_packets(source: str, stream: BinaryIO) -> Iterator[Packet | Rejected | None]:
+    """The items of a `PacketReader`, for callers that need no count."""
+    return iter(PacketReader(source, stream))
 
 
 # ---------------------------------------------------------------------------------------
@@ -552,6 +815,7 @@ class _Direction:
     next_seq: int  # sequence number of the next byte we can hand out
     waiting: dict  # seq -> data of segments that arrived ahead of a gap
     waiting_bytes: int = 0
+    acked: int | None = None  # highest acknowledgement the peer sent for this direction
 
 
 class TcpReassembler:
@@ -559,32 +823,48 @@ class TcpReassembler:
 
     `feed(packet)` returns the bytes of that packet's direction that became contiguous
     (possibly b""): retransmitted and overlapping bytes are delivered once, segments that
-    arrive early wait in a buffer of at most `max_waiting_bytes` per direction. When that
-    buffer overflows, the missing bytes are taken as lost and the stream resumes at the
-    earliest waiting segment (the parser above sees a jump, not a stall). A stream first
-    seen mid-connection starts at its first segment. FIN or RST ends a direction (RST both);
-    at most `max_streams` directions are tracked, the least recently started forgotten first.
+    arrive early wait in a buffer of at most `max_waiting_bytes` per direction.
+
+    Bytes the capture lost are skipped, like Zeek's content gaps, once it is clear they will
+    not come: when the peer has acknowledged data beyond the hole (the receiver got bytes
+    the capture missed), when the waiting buffer overflows, or when the direction ends
+    (FIN, RST) with data still waiting. The stream then resumes at the earliest waiting
+    segment; `gap` tells how many bytes were skipped before the data the last `feed` returned.
+
+    A stream first seen mid-connection starts at its first segment. FIN or RST ends a
+    direction (RST both); at most `max_streams` directions are tracked, the least recently
+    started forgotten first.
     """
 
     def __init__(self, max_waiting_bytes: int = 1 << 20, max_streams: int = 100_000):
         self.max_waiting_bytes = max_waiting_bytes
         self.max_streams = max_streams
         self._streams: dict[tuple, _Direction] = {}
+        self.gap = 0
 
     def feed(self, packet: Packet) -> bytes:
+        self.gap = 0
         key = (packet.src, packet.sport, packet.dst, packet.dport)
         flags = packet.tcp_flags
+        if flags & ACK:
+            self._note_ack(packet)
         direction = self._streams.get(key)
         if direction is None or flags & SYN:
             start = (packet.tcp_seq + 1) % _SEQ_SPACE if flags & SYN else packet.tcp_seq
             direction = self._start(key, start)
         data = self._accept(direction, packet.tcp_seq + (1 if flags & SYN else 0), packet.payload)
-        if flags & RST:
+        if flags & (FIN | RST):
+            if direction.waiting:
+                data += self._skip_all_holes(direction)
             self._streams.pop(key, None)
-            self._streams.pop((packet.dst, packet.dport, packet.src, packet.sport), None)
-        elif flags & FIN:
-            self._streams.pop(key, None)
+            if flags & RST:
+                self._streams.pop((packet.dst, packet.dport, packet.src, packet.sport), None)
         return data
+
+    def _note_ack(self, packet: Packet) -> None:
+        peer = self._streams.get((packet.dst, packet.dport, packet.src, packet.sport))
+        if peer is not None and (peer.acked is None or _seq_distance(peer.acked, packet.tcp_ack) > 0):
+            peer.acked = packet.tcp_ack
 
     def _start(self, key: tuple, next_seq: int) -> _Direction:
         self._streams.pop(key, None)
@@ -610,8 +890,23 @@ class TcpReassembler:
             direction.waiting_bytes += len(data) - len(direction.waiting.get(seq, b""))
             direction.waiting[seq] = data
         if direction.waiting_bytes > self.max_waiting_bytes:
-            # Give up on the gap: resume at the earliest segment that is waiting (the caller drains).
-            direction.next_seq = min(direction.waiting, key=lambda waiting: _seq_distance(direction.next_seq, waiting))
+            self._skip_to(direction, _earliest(direction))
+        elif direction.acked is not None and _seq_distance(direction.next_seq, direction.acked) > 0:
+            # The receiver has bytes the capture never showed: they are lost to us.
+            earliest = _earliest(direction)
+            self._skip_to(direction, direction.acked if _seq_distance(direction.acked, earliest) > 0 else earliest)
+
+    def _skip_to(self, direction: _Direction, seq: int) -> None:
+        self.gap += _seq_distance(direction.next_seq, seq)
+        direction.next_seq = seq
+
+    def _skip_all_holes(self, direction: _Direction) -> bytes:
+        """The direction ends: hand out everything still waiting, holes skipped."""
+        out = []
+        while direction.waiting:
+            self._skip_to(direction, _earliest(direction))
+            out.extend(self._drain(direction))
+        return b"".join(out)
 
     def _drain(self, direction: _Direction) -> list[bytes]:
         """Hand out waiting segments that the stream has now reached."""
@@ -630,6 +925,17 @@ class TcpReassembler:
                     direction.next_seq = (direction.next_seq + len(data) + ahead) % _SEQ_SPACE
                 progress = True
         return out
+
+
+def content_gap(source: str, packet: Packet, size: int, stream: str) -> Rejected:
+    """The dead letter for `size` bytes of `stream` that the capture lost before `packet`'s
+    data. Units 0: the packet itself was read fine and counts where it was used."""
+    return Rejected(source, packet.number, f"{stream}: content gap of {size} bytes", "", SOURCE_TOOL, 0)
+
+
+def _earliest(direction: _Direction) -> int:
+    """The waiting segment nearest ahead of where the stream stands."""
+    return min(direction.waiting, key=lambda seq: _seq_distance(direction.next_seq, seq))
 
 
 def _seq_distance(origin: int, seq: int) -> int:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from beamlytics import schemas
 from beamlytics.parsers import dns_wire
 from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected, RowBuffer, excerpt
-from beamlytics.parsers.packets import FIN, RST, SOURCE_TOOL, TCP, UDP, Packet, TcpReassembler
+from beamlytics.parsers.packets import FIN, RST, SOURCE_TOOL, SYN, TCP, UDP, Packet, TcpReassembler, content_gap
 
 DNS_PORTS = frozenset((53, 5353, 5355))
 DEFAULT_TIMEOUT_S = 30
@@ -66,6 +66,8 @@ def dns_from_packets(
         else:
             matcher.expire(item.ts_us)
             rejected = _handle_packet(source, item, matcher, payloads)
+            if payloads.gap:
+                yield content_gap(source, item, payloads.gap, "DNS over TCP stream (rest of it skipped)")
             if rejected is None:
                 rows.add_units()
             else:
@@ -100,13 +102,21 @@ def _handle_packet(source: str, packet: Packet, matcher: "_Matcher", payloads: "
 class DnsPayloads:
     """The raw DNS messages each packet completes: its payload for UDP on a DNS port; for
     TCP, whole messages cut from the reassembled stream at their 2-byte length prefixes
-    (RFC 1035 4.2.2), so a segment may complete none, one or several."""
+    (RFC 1035 4.2.2), so a segment may complete none, one or several.
+
+    After a content gap the length prefixes can no longer be found: that direction is
+    skipped until a new connection (SYN) starts on it, and `gap` tells the caller how many
+    bytes were lost before the packet just fed.
+    """
 
     def __init__(self) -> None:
         self.reassembler = TcpReassembler()
         self.buffers: dict[tuple, bytearray] = {}
+        self.lost: dict[tuple, None] = {}  # directions skipped since a content gap, oldest first
+        self.gap = 0
 
     def feed(self, packet: Packet) -> list[bytes]:
+        self.gap = 0
         if packet.sport not in DNS_PORTS and packet.dport not in DNS_PORTS:
             return []
         if packet.proto == UDP:
@@ -114,8 +124,21 @@ class DnsPayloads:
         if packet.proto != TCP:
             return []
         key = (packet.src, packet.sport, packet.dst, packet.dport)
+        data = self.reassembler.feed(packet)
+        if packet.tcp_flags & SYN:
+            self.lost.pop(key, None)
+        if self.reassembler.gap and key not in self.lost:
+            self.gap = self.reassembler.gap
+            self.lost[key] = None
+            self.buffers.pop(key, None)
+            if len(self.lost) > MAX_PENDING:
+                del self.lost[next(iter(self.lost))]
+        if key in self.lost:
+            if packet.tcp_flags & (FIN | RST):
+                del self.lost[key]
+            return []
         buffer = self.buffers.setdefault(key, bytearray())
-        buffer += self.reassembler.feed(packet)
+        buffer += data
         messages = []
         while len(buffer) >= 2:
             length = (buffer[0] << 8) | buffer[1]

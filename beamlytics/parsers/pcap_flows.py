@@ -11,6 +11,17 @@ after its first; TCP FIN/RST do not end a flow (nfstream does not either).
 `tcp_flags` lists the flags seen in either direction as letters in bit order:
 F (FIN) S (SYN) R (RST) P (PSH) A (ACK) U (URG) E (ECE) C (CWR), e.g. "FSPA".
 
+`conn_state` is Zeek's conn.log vocabulary, derived (`conn_state`) as Zeek's own
+`Conn::conn_state` does from each side's final TCP state, with the states read off the
+flags each side sent: RST -> reset, else FIN -> closed, else established once the SYN and
+the SYN+ACK were both seen, else SYN sent, else "partial" (traffic without a SYN) or
+inactive (sent nothing). Hence S0 (SYN, no reply), REJ (SYN answered by RST), S1
+(established, open), SF (established and closed by both), S2/S3 (one side closed),
+RSTO/RSTR (originator/responder reset an established or answered connection), RSTOS0,
+RSTRH, SH, SHR (half-open variants) and OTH (mid-stream). UDP is SF with traffic both
+ways, else S0; other protocols are OTH, as in Zeek. What packets cannot show (a SYN lost
+by the capture, a state Zeek infers from sequence numbers) is not guessed.
+
 A flow is named, in order of preference, by the server name of the TLS ClientHello that
 opens its client's stream ("sni"), by the Host header of its first HTTP request
 ("http_host"), or by the query whose DNS answer (seen earlier in the capture) gave the
@@ -54,12 +65,64 @@ def proto_name(proto: int) -> str:
     return _PROTO_NAMES.get(proto, str(proto))
 
 
+# Bits above the 8 TCP flags in a side's flag mask: it sent a packet, and one with payload.
+_SENT, _DATA = 0x100, 0x200
+_SENT_DATA = _SENT | _DATA
+_FIN, _RST, _ACK = 0x01, 0x04, 0x10
+# A side's final TCP state, as in Zeek's endpoint states.
+_INACTIVE, _PARTIAL, _SYN_SENT, _ESTABLISHED, _CLOSED, _RESET = range(6)
+
+
+def _endpoint_state(flags: int, handshake: bool) -> int:
+    if flags & _RST:
+        return _RESET
+    if flags & _FIN:
+        return _CLOSED
+    if handshake:
+        return _ESTABLISHED
+    if flags & _SYN:
+        return _SYN_SENT  # Zeek's SYN_SENT for the originator, SYN_ACK_SENT for the responder
+    return _PARTIAL if flags & _SENT else _INACTIVE
+
+
+def conn_state(proto: int, client_flags: int, server_flags: int) -> str:
+    """Zeek's conn_state from the flags each side sent (see the module docstring)."""
+    if proto == UDP:
+        return "SF" if server_flags & _SENT else "S0"
+    if proto != TCP:
+        return "OTH"
+    handshake = bool(client_flags & server_flags & _SYN)
+    orig, resp = _endpoint_state(client_flags, handshake), _endpoint_state(server_flags, handshake)
+    orig_inactive, resp_inactive = orig in (_INACTIVE, _PARTIAL), resp in (_INACTIVE, _PARTIAL)
+    if resp == _RESET:
+        no_data = not (client_flags | server_flags) & _DATA
+        if orig == _SYN_SENT or (orig == _RESET and no_data):
+            return "REJ"
+        return "RSTRH" if orig_inactive else "RSTR"
+    if orig == _RESET:
+        if not resp_inactive:
+            return "RSTO"
+        # Zeek's history ^S[^HAFGIQ]*R: a SYN, then a reset with no ACK, FIN or data between.
+        return "RSTOS0" if client_flags & _SYN and not client_flags & (_ACK | _FIN | _DATA) else "OTH"
+    if orig == _CLOSED and resp == _CLOSED:
+        return "SF"
+    if orig == _CLOSED:
+        return "SH" if resp_inactive else "S2"
+    if resp == _CLOSED:
+        return "SHR" if orig_inactive else "S3"
+    if orig == _SYN_SENT and resp == _INACTIVE:
+        return "S0"
+    if orig == _ESTABLISHED and resp == _ESTABLISHED:
+        return "S1"
+    return "OTH"
+
+
 class Flow:
     """Mutable state of one flow; slots keep the per-packet updates cheap."""
 
     __slots__ = (
         "c_ip", "c_port", "s_ip", "s_port", "proto", "first_number", "first_us", "last_us",
-        "c_pkt", "s_pkt", "c_bytes", "s_bytes", "flags", "name", "name_source", "dns_name",
+        "c_pkt", "s_pkt", "c_bytes", "s_bytes", "c_flags", "s_flags", "name", "name_source", "dns_name",
         "probe", "probe_packets", "keys",
     )
 
@@ -71,7 +134,8 @@ class Flow:
         self.proto = packet.proto
         self.first_number = packet.number
         self.first_us = self.last_us = packet.ts_us
-        self.c_pkt = self.s_pkt = self.c_bytes = self.s_bytes = self.flags = 0
+        self.c_pkt = self.s_pkt = self.c_bytes = self.s_bytes = 0
+        self.c_flags = self.s_flags = 0  # TCP flags each side sent, with _SENT and _DATA
         self.name = self.name_source = self.dns_name = None
         self.probe: bytes | None = b"" if packet.proto == TCP else None  # client stream bytes so far
         self.probe_packets = 0
@@ -85,7 +149,8 @@ class Flow:
             "c_ip": self.c_ip, "c_port": self.c_port, "s_ip": self.s_ip, "s_port": self.s_port,
             "proto": proto_name(self.proto), "name": name, "name_source": source,
             "c_pkt": self.c_pkt, "s_pkt": self.s_pkt, "c_bytes": self.c_bytes, "s_bytes": self.s_bytes,
-            "tcp_flags": _FLAG_TEXT[self.flags] if self.proto == TCP else None,
+            "tcp_flags": _FLAG_TEXT[(self.c_flags | self.s_flags) & 0xFF] if self.proto == TCP else None,
+            "conn_state": conn_state(self.proto, self.c_flags, self.s_flags),
             "time_start": self.first_us, "time_end": self.last_us,
         }
 
@@ -162,16 +227,18 @@ class FlowTable:
                 entry = None
         if entry is None:
             flow, from_client = self._new(packet, key)
+        sent = packet.tcp_flags | (_SENT_DATA if packet.payload else _SENT)
         if from_client:
             flow.c_pkt += 1
             flow.c_bytes += packet.ip_bytes
+            flow.c_flags |= sent
             # The SYN too, so that the reassembler knows where the client's stream starts.
             if flow.probe is not None and (packet.payload or packet.tcp_flags & _SYN):
                 self._probe(flow, packet)
         else:
             flow.s_pkt += 1
             flow.s_bytes += packet.ip_bytes
-        flow.flags |= packet.tcp_flags
+            flow.s_flags |= sent
         if ts > flow.last_us:
             flow.last_us = ts
         if packet.sport == _DNS_PORT and packet.proto == UDP and packet.payload:
@@ -191,6 +258,9 @@ class FlowTable:
     def _probe(self, flow: Flow, packet: Packet) -> None:
         """Look at the client's first stream bytes for a ClientHello or an HTTP request."""
         data = self.streams.feed(packet)
+        if self.streams.gap:
+            flow.probe = None  # the hello or request is cut by a hole: what it named so far stands
+            return
         if not data:
             return
         flow.probe += data

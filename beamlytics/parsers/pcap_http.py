@@ -11,7 +11,16 @@ is kept with the request columns null.
 A connection is HTTP when its client's first line is an HTTP request line; other TCP
 traffic (TLS, SSH, ...) is silently ignored. Bytes on an HTTP connection
 that do not parse give one `Rejected` (counted as the packet that brought them); that
-direction then skips data until a segment starts like a message again.
+direction then skips data up to the next line that starts like a message.
+
+Bytes the capture lost (a content gap, see `packets.TcpReassembler`) are handled like
+Zeek's HTTP analyzer does: a gap inside a body of known length, or of one read until
+close, is skipped as body bytes and the message stays whole (its body length counts
+them); a gap that swallows a message start costs that one
+message (its request is kept without response, or a response is kept without its lost
+request) and parsing resumes at the next start line after the hole. Each gap is a dead
+letter "HTTP server stream: content gap of N bytes" at the packet after it, with units 0: the packets
+themselves were read fine and count in the batches.
 """
 from __future__ import annotations
 
@@ -37,6 +46,9 @@ _REQUEST_LINE = re.compile(rb"([A-Z][A-Z_-]{0,31}) (\S+)(?: [^\r\n]*)? HTTP/\d\.
 _VERSIONLESS_REQUEST_LINE = re.compile(rb"([A-Z][A-Z_-]{0,31}) (/\S*)\Z")
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: .*)?\Z", re.S)
 _METHOD_PREFIX = re.compile(rb"[A-Z][A-Z_-]{0,31}( |\Z)")
+# Where a message may start again after garbage or a gap: a start line at a line start.
+_REQUEST_RESTART = re.compile(rb"(?:\A|\n)([A-Z][A-Z_-]{0,31} \S+ HTTP/\d\.\d\r?\n)")
+_RESPONSE_RESTART = re.compile(rb"(?:\A|\n)(HTTP/\d\.\d \d{3})")
 _CHUNK_SIZE = re.compile(rb"\s*([0-9A-Fa-f]{1,16})\s*(?:;.*)?\Z", re.S)
 
 _REQUEST_HEADERS = {
@@ -117,36 +129,57 @@ class MessageStream:
         self._start_packet = 0
         self._start_ts = 0
         self.messages = 0  # header blocks parsed so far
-        self.resyncing = False  # after garbage: skip data until some starts like a message
+        self.resyncing = False  # after garbage or a gap: skip data up to a start line
         self.failure: str | None = None  # why the last `feed` stopped at garbage
 
     def feed(self, data: bytes, packet: int, ts_us: int) -> list[Message]:
         """Consume `data`, returning the messages whose headers completed.
 
         At bytes that are not HTTP, `failure` says why; the stream then drops what it held
-        and skips whole pieces of data until one starts like a message (senders start
-        messages at segment boundaries). NotHttp is raised instead when the very first
-        request line is not one.
+        and skips data up to the next line that starts like a message. NotHttp is raised
+        instead when the very first request line is not one.
         """
         self.failure = None
         found: list[Message] = []
         if self.resyncing:
-            if not self._starts_message(data):
+            match = (_REQUEST_RESTART if self.is_request else _RESPONSE_RESTART).search(data)
+            if match is None:
                 return found
+            data = data[match.start(1) :]
             self.resyncing = False
         try:
             self._consume(data, packet, ts_us, found)
         except HttpError as error:
             self.failure = str(error)
-            self._buffer.clear()
-            self._current, self._mode, self._body_left = None, "headers", 0
-            self.resyncing = True
+            self._lose_place()
         return found
 
-    def _starts_message(self, data: bytes) -> bool:
-        if self.is_request:
-            return may_be_request_start(data)
-        return data.startswith(b"HTTP/1.")
+    def _lose_place(self) -> None:
+        self._buffer.clear()
+        self._current, self._mode, self._body_left = None, "headers", 0
+        self.resyncing = True
+
+    def skip_gap(self, size: int) -> bool:
+        """`size` bytes of this direction were lost; True when they held the start of a
+        message we will never see (its headers lost, wholly or in part)."""
+        if self.resyncing:
+            return False  # already looking for a start line: nothing more is known lost
+        mode = self._mode
+        if mode == "close":
+            self._current.body_len += size
+            return False
+        if mode in ("length", "chunk_data") and size < self._body_left:
+            self._current.body_len += size
+            self._body_left -= size
+            return False
+        lost_start = mode == "headers"
+        if mode == "length":
+            self._current.body_len += self._body_left
+            lost_start = size > self._body_left  # the rest of the hole was the next message's start
+        if self._current is not None:
+            self._current.complete = True  # what we saw of it is all we will see
+        self._lose_place()
+        return lost_start
 
     def _consume(self, data: bytes, packet: int, ts_us: int, found: list[Message]) -> None:
         if not self._buffer and self._mode == "headers":
@@ -337,7 +370,7 @@ class _Connection:
     server: tuple[str, int]
     requests: MessageStream
     responses: MessageStream
-    pending: list[Message] = field(default_factory=list)  # requests not yet paired
+    pending: list[Message | None] = field(default_factory=list)  # requests not yet paired; None: lost in a gap
     unanswered: list[Message] = field(default_factory=list)  # responses with headers, not yet emitted
     dead: bool = False  # not HTTP: ignore its bytes
 
@@ -396,6 +429,19 @@ class HttpTable:
             self._lose_oldest_response(connection)
         return Rejected(self.source, packet, f"HTTP: {stream.failure}", excerpt(data), SOURCE_TOOL)
 
+    def gap(self, connection: _Connection, from_client: bool, size: int, packet: packets.Packet) -> Rejected:
+        """`size` bytes of one direction were lost before `packet`'s data; the dead letter."""
+        stream = connection.requests if from_client else connection.responses
+        if stream.skip_gap(size):
+            if from_client:
+                # Its response will still come: it pairs with a request we know nothing of.
+                connection.pending.append(None)
+                stream.requests_sent.append(("", False))
+            else:
+                self._lose_oldest_response(connection)
+        self._emit_answered(connection)
+        return packets.content_gap(self.source, packet, size, f"HTTP {'client' if from_client else 'server'} stream")
+
     def _lose_oldest_response(self, connection: _Connection) -> None:
         """Garbage where a response should be (lost segments, capture started mid-body).
 
@@ -410,8 +456,7 @@ class HttpTable:
             if connection.responses.requests_sent:
                 connection.responses.requests_sent.pop(0)
         if request is not None or response is not None:
-            position = request.packet if request is not None else response.packet
-            self.buffer.append(position, **_row(connection, request, response))
+            self._append(connection, request, response)
 
     def _emit_answered(self, connection: _Connection) -> None:
         """Emit request/response pairs whose response is complete, in request order."""
@@ -420,8 +465,11 @@ class HttpTable:
             if response.status is not None and response.status < 200:  # interim 1xx answers do not end a request
                 continue
             request = connection.pending.pop(0) if connection.pending else None
-            self.buffer.append(request.packet if request else response.packet,
-                               **_row(connection, request, response))
+            self._append(connection, request, response)
+
+    def _append(self, connection: _Connection, request: Message | None, response: Message | None) -> None:
+        position = request.packet if request is not None else response.packet
+        self.buffer.append(position, **_row(connection, request, response))
 
     def flush_connection(self, connection: _Connection) -> None:
         """The connection is over: emit what is left, complete or not."""
@@ -430,7 +478,8 @@ class HttpTable:
             response.complete = True
         self._emit_answered(connection)
         for request in connection.pending:
-            self.buffer.append(request.packet, **_row(connection, request, None))
+            if request is not None:
+                self.buffer.append(request.packet, **_row(connection, request, None))
         connection.pending = []
 
     def flush_all(self) -> None:
@@ -464,14 +513,14 @@ def _connection_key(packet: packets.Packet) -> tuple:
     return (a, b) if a <= b else (b, a)
 
 
-def _on_packet(table: HttpTable, streams: packets.TcpReassembler, packet: packets.Packet) -> Rejected | None:
-    """Feed one TCP packet's new stream bytes to its connection's parser."""
+def _on_packet(table: HttpTable, streams: packets.TcpReassembler, packet: packets.Packet) -> list[Rejected]:
+    """Feed one TCP packet's new stream bytes to its connection's parser; its dead letters."""
     key = _connection_key(packet)
     connection = table.connections.get(key)
     if connection is not None and connection.dead:
-        return None
+        return []
     data = streams.feed(packet)
-    rejected = None
+    rejected = []
     if data:
         if connection is None:
             sender, receiver = (packet.src, packet.sport), (packet.dst, packet.dport)
@@ -479,7 +528,12 @@ def _on_packet(table: HttpTable, streams: packets.TcpReassembler, packet: packet
             client, server = (receiver, sender) if data.startswith(b"HTTP/") else (sender, receiver)
             connection = table.connection(key, client, server)
         from_client = (packet.src, packet.sport) == connection.client
-        rejected = table.feed(connection, from_client, data, packet.number, packet.ts_us)
+        # Only a connection known to speak HTTP (a request was read) has its holes reported.
+        if streams.gap and connection.requests.messages:
+            rejected.append(table.gap(connection, from_client, streams.gap, packet))
+        garbage = table.feed(connection, from_client, data, packet.number, packet.ts_us)
+        if garbage is not None:
+            rejected.append(garbage)
     if connection is not None and packet.tcp_flags & (packets.FIN | packets.RST):
         from_server = (packet.src, packet.sport) == connection.server
         if packet.tcp_flags & packets.RST or from_server:
@@ -510,21 +564,20 @@ def http_from_packets(
     """`http` batches from `packets.iter_packets` items; Rejected items pass through.
 
     A packet whose bytes break an HTTP connection is counted as that Rejected; every other
-    record counts once in some Batch's units.
+    record counts once in some Batch's units (content-gap dead letters carry no unit).
     """
     buffer = RowBuffer(TABLE, SOURCE_TOOL, source, batch_rows)
     table = HttpTable(buffer, source)
     streams = packets.TcpReassembler()
     for item in items:
         if item.__class__ is packets.Packet:
-            rejected = None
+            rejected: list[Rejected] | tuple = ()
             if item.proto == packets.TCP:
                 rejected = _on_packet(table, streams, item)
             elif item.proto == packets.UDP and item.payload:
                 _datagram_request(table, item)
-            if rejected is not None:
-                yield rejected
-            else:
+            yield from rejected
+            if not any(dead_letter.units for dead_letter in rejected):
                 buffer.add_units()
             batch = buffer.take()
             if batch is not None:

@@ -19,6 +19,9 @@ Field meanings, as Squid defines them:
 * `host`/`s_port`/`path` come from the URL: `s_port` is the explicit port or the scheme's
   default (http 80, https 443, ftp 21); a CONNECT URL `host:port` gives no path.
 * `status_code` 000 (no reply was received) becomes null, as does any `-` field.
+* `user` is `%un` (the authenticated or ident user; `-` is null); `cache_result` is the
+  result code before the slash (`TCP_MISS` of `TCP_MISS/200`), or of `%Ss:%Sh` on combined
+  lines that carry it.
 * `response_body_len` is `%<st`, the bytes Squid sent to the client (headers included).
 * `named_flows` gets one flow per request: client -> peer, named by the URL's host
   (`name_source = "squid_url"`), `s_bytes = %<st`, from `req_time` to `resp_time`.
@@ -35,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
     batches_of,
@@ -43,7 +46,7 @@ from beamlytics.parsers.lines import (
     broken_stream,
     epoch_us,
     ip_mask,
-    line_blocks,
+    line_reader,
     null_dash,
     rejected_lines,
     zone_offset_us,
@@ -76,11 +79,9 @@ NAME_HINT = re.compile(r"(access|squid)", re.IGNORECASE)
 def sniff(name: str, head: bytes) -> str | None:
     """"access" when most of the first lines are Squid native lines (or, for a file named
     like an access log, common/combined lines)."""
-    if b"\x00" in head[:4096]:
-        return None
     text = head.decode("utf-8", "replace").splitlines()
-    if len(head) == 65536 and text:
-        text = text[:-1]  # the head may end mid-line
+    if text and not head.endswith(b"\n"):
+        text = text[:-1]  # the head may end mid-line (a full head, or a file cut short)
     lines = [line for line in text[:50] if line.strip()]
     if not lines:
         return None
@@ -108,9 +109,11 @@ def parse(
 ) -> Iterator[ParseItem]:
     if table not in TABLES["access"]:
         raise ValueError(f"squid access logs feed {sorted(TABLES['access'])}, not {table!r}")
-    for block in line_blocks(stream):
+    reader = line_reader(stream, options)
+    for block in reader:
         yield from _parse_block(block, table, source, batch_rows)
         yield from broken_stream(block, FORMAT, source)
+    yield Read(source, reader.delivered)
 
 
 def _parse_block(block: LineBlock, table: str, source: str, batch_rows: int) -> Iterator[ParseItem]:
@@ -179,8 +182,11 @@ def _request_fields(match: pa.StructArray) -> dict[str, pa.Array]:
     default_port = pc.cast(_lookup(scheme, DEFAULT_PORTS), pa.string())
     status = pc.cast(match.field("status"), pa.int64())
     size = null_dash(match.field("bytes"))
+    code = match.field("code")
     return {
         "c_ip": match.field("client"),
+        "user": null_dash(match.field("user")),
+        "cache_result": pc.if_else(pc.equal(code, ""), pa.scalar(None, pa.string()), code),
         "method": null_dash(match.field("method")),
         "host": pc.if_else(pc.equal(host, ""), pa.scalar(None, pa.string()), host),
         "s_port": pc.cast(pc.coalesce(explicit_port, default_port), pa.int32()),
@@ -213,6 +219,8 @@ def _http_columns(fields: Mapping[str, pa.Array]) -> dict[str, Any]:
         "response_body_len": fields["bytes"],
         "req_time": fields["req_time"],
         "resp_time": fields["resp_time"],
+        "user": fields["user"],
+        "cache_result": fields["cache_result"],
     }
 
 

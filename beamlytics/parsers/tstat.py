@@ -49,15 +49,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Rejected, RowBuffer, excerpt
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read, Rejected, RowBuffer, excerpt
 from beamlytics.schemas import flags_string
 from beamlytics.parsers.lines import (
     LineBlock,
+    LineReader,
     batches_of,
     blank_mask,
     broken_stream,
     epoch_us,
-    line_blocks,
+    line_reader,
     null_dash,
     rejected_lines,
 )
@@ -95,8 +96,8 @@ def header_columns(line: str) -> dict[str, int] | None:
 
 
 def sniff(name: str, head: bytes) -> str | None:
-    if b"\x00" in head[:4096] or head.startswith(b"#separator"):
-        return None  # binary, or a Zeek log
+    if head.startswith(b"#separator"):
+        return None  # a Zeek log
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
     columns = header_columns(first)
     if columns:
@@ -120,19 +121,27 @@ def parse(
     if table not in TABLES.get(kind, ()):
         raise ValueError(f"tstat {kind!r} does not feed table {table!r}")
     pair_us = int(float((options or {}).get("pair_seconds", PAIR_SECONDS)) * 1e6)
+    reader = line_reader(stream, options)
     if kind in ("log_tcp_complete", "log_udp_complete"):
-        return _parse_flows(source, stream, kind, batch_rows)
-    if kind == "log_dns_complete":
-        return _parse_lines(source, stream, _DnsPairing(source, batch_rows, pair_us))
-    return _parse_lines(source, stream, _HttpPairing(source, batch_rows, pair_us))
+        items = _parse_flows(source, reader, kind, batch_rows)
+    elif kind == "log_dns_complete":
+        items = _parse_lines(source, reader, _DnsPairing(source, batch_rows, pair_us))
+    else:
+        items = _parse_lines(source, reader, _HttpPairing(source, batch_rows, pair_us))
+    return _then_read_count(items, source, reader)
+
+
+def _then_read_count(items: Iterator[ParseItem], source: str, reader: LineReader) -> Iterator[ParseItem]:
+    yield from items
+    yield Read(source, reader.delivered)
 
 
 # ----------------------------------------------------------------------------- flows
 
 
-def _parse_flows(source: str, stream: BinaryIO, kind: str, batch_rows: int) -> Iterator[ParseItem]:
+def _parse_flows(source: str, reader: LineReader, kind: str, batch_rows: int) -> Iterator[ParseItem]:
     columns: dict[str, int] | None = None
-    for block in line_blocks(stream):
+    for block in reader:
         starts = pc.starts_with(block.lines, "#").to_numpy(zero_copy_only=False)
         cuts = [0, *np.flatnonzero(starts).tolist(), len(block.lines)]
         for start, stop in zip(cuts, cuts[1:]):
@@ -277,9 +286,9 @@ def _ms_to_us(values: pa.Array) -> pa.Array:
 # ----------------------------------------------------------------------- dns and http
 
 
-def _parse_lines(source: str, stream: BinaryIO, pairing: "_Pairing") -> Iterator[ParseItem]:
+def _parse_lines(source: str, reader: LineReader, pairing: "_Pairing") -> Iterator[ParseItem]:
     """Feed every line to a stateful pairing; header and blank lines are units without rows."""
-    for block in line_blocks(stream):
+    for block in reader:
         for offset, line in enumerate(block.lines.to_pylist()):
             position = block.first + offset
             if not line.strip():

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
-from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected
+from beamlytics.parsers.base import BATCH_ROWS, Batch, Read, Rejected
 from beamlytics.parsers.zeek_reader import READ_ERRORS, SOURCE_TOOL, Records, read_log
 from beamlytics.parsers.zeek_tables import CONN_FIELDS, flow_batch, table_batches
 
@@ -69,7 +69,7 @@ def named_flow_groups(files: list[tuple[str, str]]) -> list[NamedFlowGroup]:
 
 def parse_named_flows(
     group: NamedFlowGroup, open_stream: Callable[[str], BinaryIO], batch_rows: int = BATCH_ROWS
-) -> Iterator[Batch | Rejected]:
+) -> Iterator[Batch | Rejected | Read]:
     """Named flows of a group's conn logs; `open_stream(path)` gives a decompressed stream
     (e.g. `base.open_input`).
 
@@ -81,7 +81,7 @@ def parse_named_flows(
     for kind, wanted in (("ssl", _SSL_FIELDS), ("http", _HTTP_FIELDS), ("dns", _DNS_FIELDS)):
         naming[kind] = []
         for item in _read_files(getattr(group, kind), open_stream, wanted):
-            if isinstance(item, Rejected):
+            if isinstance(item, (Rejected, Read)):
                 yield item
             else:
                 naming[kind].append(item)
@@ -99,12 +99,12 @@ def parse_named_flows(
 
 def _read_files(
     paths: Iterable[str], open_stream: Callable[[str], BinaryIO], wanted: Mapping[str, str]
-) -> Iterator[Records | Rejected]:
+) -> Iterator[Records | Rejected | Read]:
     for path in paths:
         try:
             stream = open_stream(path)
         except READ_ERRORS as error:
-            yield Rejected(path, 0, f"cannot open: {error}", "", SOURCE_TOOL)
+            yield Rejected(path, 0, f"cannot open: {error}", "", SOURCE_TOOL, units=0)
             continue
         with contextlib.closing(stream):
             yield from read_log(path, stream, wanted)

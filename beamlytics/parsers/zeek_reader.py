@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from beamlytics.parsers.base import Rejected, excerpt
+from beamlytics.parsers.base import Read, Rejected, excerpt
 from beamlytics.parsers.zeek_columns import (
     Bad,
     arrow_type,
@@ -47,6 +47,8 @@ ARROW_BLOCK_BYTES = 1 << 20
 # reads its raw stream in steps of that size, and a larger read1 would be one larger step.
 READ_BYTES = io.DEFAULT_BUFFER_SIZE
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+# Longer lines are rejected (a Zeek line is a record, never megabytes); a parser option raises it.
+MAX_LINE_BYTES = 1 << 20
 
 # Every Zeek record has its time; a row without one could not be placed in any window.
 REQUIRED_FIELDS = ("ts",)
@@ -110,25 +112,36 @@ class LineRun:
     is_header: bool  # one `#` line, or a run of data lines
 
 
-def line_runs(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
+def line_runs(source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LineRun | Rejected]:
     """Split a stream into `#` lines and runs of data lines, with their line numbers.
 
     If the stream breaks (corrupt or truncated compression), the whole lines read before
     the damage are still yielded, then one `Rejected` for the rest of the file.
     """
-    for block in _line_blocks(source, stream):
+    for block in _line_blocks(source, stream, max_line_bytes):
         if isinstance(block, Rejected):
             yield block
         else:
             yield from _split_header_lines(block)
 
 
-def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
-    """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off)."""
+def _line_blocks(source: str, stream: BinaryIO, max_line_bytes: int) -> Iterator[LineRun | Rejected]:
+    """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off).
+
+    A line that outgrows `max_line_bytes` while it is carried to the next block is rejected
+    and skipped to its newline: one endless line must not hold the memory or end the file.
+    """
     readinto = getattr(stream, "readinto1", None) or stream.readinto
     tail, line = b"", 1  # the unfinished line carried into the next block
+    skipping = False  # inside a line already rejected as too long
     while True:
         block, ended, error = _fill_block(readinto, tail)
+        if skipping:
+            newline = block.find(b"\n")
+            if newline < 0 and not ended and error is None:
+                continue
+            del block[: newline + 1 if newline >= 0 else len(block)]
+            skipping, line = False, line + 1
         if ended and error is None:
             if block:
                 block += b"" if block.endswith(b"\n") else b"\n"  # the last line may lack its newline
@@ -143,8 +156,12 @@ def _line_blocks(source: str, stream: BinaryIO) -> Iterator[LineRun | Rejected]:
             line += run.lines
         if error is not None:
             reason = f"input unreadable from line {line} on: {type(error).__name__}: {error}"
-            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
+            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL, units=0)
             return
+        if len(tail) > max_line_bytes:
+            reason = f"line longer than {max_line_bytes} bytes: skipped to its end"
+            yield Rejected(source, line, reason, excerpt(tail), SOURCE_TOOL)
+            tail, skipping = b"", True
 
 
 def _fill_block(
@@ -166,7 +183,8 @@ def _fill_block(
                     break
                 filled += count
         except READ_ERRORS as exc:
-            error = exc
+            # Its traceback would keep a view of `block` alive, and `block` is resized below.
+            error = exc.with_traceback(None)
     ended = filled < size
     del block[filled:]
     return block, ended, error
@@ -228,11 +246,16 @@ Explainer = Callable[[bytes], "str | None"]
 Salvager = Callable[[bytes, int], "tuple[pa.Table, list[int]] | None"]
 
 
+# Which lines of a run could be records at all (a vectorised first look): numpy bools per line.
+Screen = Callable[[bytes], np.ndarray]
+
+
 @dataclass(frozen=True)
 class Reader:
     read: Callable[[bytes], pa.Table]  # fast: fails, or miscounts, on any bad line
     explain: Explainer  # why one line is bad, when the reader's own message is not clear
     salvage: Salvager | None = None
+    screen: Screen | None = None
 
 
 @dataclass(frozen=True)
@@ -245,12 +268,14 @@ class CleanRows:
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError)
 
 
-def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows | Rejected]:
+def read_clean(source: str, run: LineRun, reader: Reader, screened: bool = False) -> Iterator[CleanRows | Rejected]:
     """The rows of `run` that Arrow reads, and a `Rejected` for each line it does not.
 
     A run is clean when the fast read returns exactly one row per line. Otherwise the
-    salvage read (if any) skips the bad lines in one pass; failing that, the run is halved
-    until the bad lines stand alone.
+    reader's screen sets apart the lines that cannot be records (wrong field count, empty)
+    without Python work per good line, so a flood of bad lines costs no memory per line;
+    then the salvage read (if any) skips the remaining bad lines in one pass; failing that,
+    the run is halved until the bad lines stand alone.
     """
     try:
         table = reader.read(run.data)
@@ -260,6 +285,15 @@ def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows 
         problem = f"reader returned {table.num_rows} rows for {run.lines} lines"
     except _READ_ERRORS as error:
         problem = f"unreadable: {error}"
+    if reader.screen is not None and not screened:
+        good = reader.screen(run.data)
+        if not good.all():
+            for piece in _set_apart(source, run, good, reader.explain, problem):
+                if isinstance(piece, Rejected):
+                    yield piece
+                else:
+                    yield from read_clean(source, piece, reader, screened=True)
+            return
     salvaged = reader.salvage(run.data, run.lines) if reader.salvage is not None else None
     if salvaged is not None:
         table, skipped = salvaged
@@ -276,10 +310,61 @@ def read_clean(source: str, run: LineRun, reader: Reader) -> Iterator[CleanRows 
         return
     half = run.lines // 2
     middle = _nth_line_end(run.data, half)
-    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), reader)
+    yield from read_clean(source, LineRun(run.data[:middle], run.first_line, half, False), reader, True)
     yield from read_clean(
-        source, LineRun(run.data[middle:], run.first_line + half, run.lines - half, False), reader
+        source, LineRun(run.data[middle:], run.first_line + half, run.lines - half, False), reader, True
     )
+
+
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start offset and newline offset of every line of `data` (which ends in a newline)."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)
+    return np.concatenate(([0], ends[:-1] + 1)), ends
+
+
+def _stretches(mask: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+    """(start, stop, value) of each stretch of equal values in `mask`."""
+    cuts = [0, *(np.flatnonzero(np.diff(mask.astype(np.int8))) + 1).tolist(), len(mask)]
+    for start, stop in zip(cuts, cuts[1:]):
+        yield start, stop, bool(mask[start])
+
+
+def _set_apart(
+    source: str, run: LineRun, good: np.ndarray, explain: Explainer, problem: str
+) -> Iterator[LineRun | Rejected]:
+    """Stretches of `good` lines as runs; a `Rejected` for each other line, one for a stretch of empty lines."""
+    starts, ends = _line_bounds(run.data)
+    for start, stop, is_good in _stretches(good):
+        if is_good:
+            data = run.data[int(starts[start]) : int(ends[stop - 1]) + 1]
+            yield LineRun(data, run.first_line + start, stop - start, is_header=False)
+            continue
+        empty = starts[start:stop] == ends[start:stop]
+        for first, last, is_empty in _stretches(empty):
+            position = run.first_line + start + first
+            if is_empty:
+                count = last - first
+                reason = "empty line" if count == 1 else f"empty lines: {count} from here on"
+                yield Rejected(source, position, reason, "", SOURCE_TOOL, units=count)
+                continue
+            for index in range(start + first, start + last):
+                line = bytes(run.data[int(starts[index]) : int(ends[index])])
+                yield Rejected(source, run.first_line + index, explain(line) or problem, excerpt(line), SOURCE_TOOL)
+
+
+def _json_screen(data: bytes) -> np.ndarray:
+    starts, ends = _line_bounds(data)
+    return ends > starts
+
+
+def _tsv_screen(separator: bytes, fields: int) -> Screen:
+    def screen(data: bytes) -> np.ndarray:
+        starts, ends = _line_bounds(data)
+        separators = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == separator[0])
+        counts = np.searchsorted(separators, ends) - np.searchsorted(separators, starts)
+        return (counts == fields - 1) & (ends > starts)
+
+    return screen
 
 
 def _lines_with_stray_cr(data: bytes) -> list[int]:
@@ -374,7 +459,7 @@ def tsv_reader(header: Header, wanted: Mapping[str, str]) -> Reader:
             indexes = sorted(split_by_cr + [int(kept[index]) for index in indexes])
         return table, indexes
 
-    return Reader(read, tsv_explainer(header), salvage)
+    return Reader(read, tsv_explainer(header), salvage, _tsv_screen(header.separator, len(fields)))
 
 
 def tsv_explainer(header: Header) -> Explainer:
@@ -417,25 +502,40 @@ def json_explainer(line: bytes) -> str | None:
     return None
 
 
-JSON_READER = Reader(json_reader, json_explainer)
+JSON_READER = Reader(json_reader, json_explainer, screen=_json_screen)
 
 # ---------------------------------------------------------------------------------------
 # Whole logs
 
 
-def read_log(source: str, stream: BinaryIO, wanted: Mapping[str, str]) -> Iterator[Records | Rejected]:
+def read_log(
+    source: str, stream: BinaryIO, wanted: Mapping[str, str], max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[Records | Rejected | Read]:
     """Read a Zeek TSV or JSON log: `Records` of the `wanted` fields (name -> Zeek type), and
-    a `Rejected` for every line that cannot be read. Every data line ends up in exactly one.
+    a `Rejected` for every line that cannot be read. Every data line ends up in exactly one;
+    a `Read` with the number of data lines (TSV) or lines (JSON) delivered comes last.
 
     A wanted field the log does not have comes out as a column of nulls.
     """
-    runs = line_runs(source, stream)
+    runs = line_runs(source, stream, max_line_bytes)
     first = next(runs, None)
     if first is None:
+        yield Read(source, 0)
         return
-    runs = itertools.chain([first], runs)
     is_json = isinstance(first, LineRun) and first.data.startswith(b"{")
-    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, runs, wanted)
+    delivered = 0
+
+    def counted() -> Iterator[LineRun | Rejected]:
+        nonlocal delivered
+        for run in itertools.chain([first], runs):
+            if isinstance(run, Rejected):
+                delivered += run.units  # a line too long is delivered, as a dead letter
+            elif is_json or not run.is_header:
+                delivered += run.lines
+            yield run
+
+    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, counted(), wanted)
+    yield Read(source, delivered)
 
 
 Converter = Callable[[pa.Array, str], "tuple[pa.Array, Bad]"]

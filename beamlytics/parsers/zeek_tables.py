@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
-from beamlytics.parsers.base import Batch, Rejected
+from beamlytics.parsers.base import Batch, Read, Rejected
 from beamlytics.parsers.zeek_columns import cast_lenient, list_offsets
 from beamlytics.parsers.zeek_reader import SOURCE_TOOL, Records
 
@@ -206,25 +206,25 @@ def flow_batch(source: str, records: Records, name: pa.Array, name_source: pa.Ar
 def table_batches(
     table: str,
     source: str,
-    items: Iterable[Records | Rejected],
+    items: Iterable[Records | Rejected | Read],
     convert: Callable[[str, Records], pa.RecordBatch],
     batch_rows: int,
-) -> Iterator[Batch | Rejected]:
+) -> Iterator[Batch | Rejected | Read]:
     """`Batch`es of `table` from what `read_log` yielded, converted by `convert`."""
-    converted = (item if isinstance(item, Rejected) else convert(source, item) for item in items)
+    converted = (item if isinstance(item, (Rejected, Read)) else convert(source, item) for item in items)
     return rebatch(table, converted, batch_rows)
 
 
 def rebatch(
-    table: str, items: Iterable[pa.RecordBatch | Rejected], batch_rows: int
-) -> Iterator[Batch | Rejected]:
+    table: str, items: Iterable[pa.RecordBatch | Rejected | Read], batch_rows: int
+) -> Iterator[Batch | Rejected | Read]:
     """`Batch`es of at most `batch_rows` rows, each row's line counting as one unit.
 
     Record batches are sliced, never concatenated (zero-copy); a block Arrow read is large
     except on the slow path, so few batches come out short. Rejections pass straight through.
     """
     for item in items:
-        if isinstance(item, Rejected):
+        if isinstance(item, (Rejected, Read)):
             yield item
             continue
         for start in range(0, item.num_rows, batch_rows):

@@ -2,52 +2,68 @@
 
 Options this command does not know are handed to Beam (`--runner`, `--direct_num_workers`,
 `--setup_file`, ...), after checking that Beam knows them: a mistyped option ends the run
-with one line, instead of being silently dropped.
+with one line, instead of being silently dropped. Every mistake a user can fix ends with
+one line on stderr and exit status 2.
+
+Beam is imported only once a pipeline is about to run: `--help`, `--version` and a
+mistyped option answer at once, without Beam's import-time chatter.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import inspect
+import json
+import logging
+import math
 import os
 import re
-import shutil
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from beamlytics import features, schemas
+from beamlytics import baseline, features, schemas, summary
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
-from beamlytics.inputs import DayRange, InputError, expand_inputs, parse_day
+from beamlytics.features import WINDOWINGS
 from beamlytics.parsers.formats import FORMATS, tables_of
-from beamlytics.pipelines import demo, evaluate
-from beamlytics.pipelines.detect import OUTPUTS, DetectSettings, ReadSettings, build_detect, build_parse
-from beamlytics.transforms.windows import WINDOWINGS
+from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
+from beamlytics.parsers.lines import MAX_LINE_BYTES
+from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
+from beamlytics.pipelines import demo, evaluate, outputs
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beamlytics.pipelines.detect import ReadSettings
 
 _UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-
-# Detector options: command-line name -> constructor parameter. Each applies only to the
-# detectors whose constructor takes that parameter.
-DETECTOR_OPTIONS = {
-    "k": ("k", float, "gaussian: width of the band in σ (3); iqr: fence distance in IQRs (1.5)"),
-    "n_init": ("n_init", int, "windows an endpoint needs before it is judged (calibration)"),
-    "history": ("history", int, "iqr: how many recent windows the quartiles come from"),
-    "q": ("q", float, "spot/dspot: risk, the probability of an anomaly per window (e.g. 1e-4)"),
-    "level": ("level", float, "spot/dspot: quantile where the tail starts (0.98)"),
-    "max_excess": ("max_excess", int, "spot/dspot: excesses kept to fit the tail (500)"),
-    "depth": ("depth", int, "dspot: windows in the moving average that removes drift (10)"),
-    "tails": ("tails", str, "spot/dspot: which tail raises alarms: up, down or both"),
-    "beta": ("beta", float, "poisson: η level where the score turns against health"),
-    "health_model": ("health_model", str, "poisson: sigmoid, logistic, exponential, recovery or kalman"),
-    "ra_threshold": ("ra_threshold", float, "poisson: anomaly when the endpoint's health Ra falls below this"),
-}
-
+# Record times end with year 9999 (what datetime and the parsers hold): a longer window has no meaning,
+# and window ends past it overflow 64-bit microseconds.
+MAX_DURATION_US = baseline.MAX_US
+# Filesystems the README advertises, the Beam extra that brings each, and a module that extra installs.
+FILESYSTEM_EXTRAS = {"gs": ("gcp", "google.cloud.storage"), "s3": ("aws", "boto3")}
+# Beam's import-time warning that is about Beam's optional BigQuery client, never about this run.
+_FOREIGN_WARNINGS = ("apitools not found",)
 
 class UsageError(Exception):
     """A mistake in the command line or its inputs, told to the user in one line."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that takes no abbreviations and reports a mistake in one line, exit status 2.
+
+    Abbreviations are off because options this parser does not know go to Beam: with them,
+    `--direct_num_worker=2` would be taken for `--direct_num_workers` by one parser and not the other.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def duration_us(text: str) -> int:
@@ -57,7 +73,37 @@ def duration_us(text: str) -> int:
     value = float(match[1]) * _UNITS_US[match[2] or "s"]
     if value <= 0 or value != int(value):
         raise argparse.ArgumentTypeError(f"not a positive whole number of microseconds: {text!r}")
+    if value > MAX_DURATION_US:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than record times reach "
+                                         f"(at most {MAX_DURATION_US // _UNITS_US['d']}d)")
     return int(value)
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+# Detector options: command-line name -> constructor parameter. Each applies only to the
+# detectors whose constructor takes that parameter.
+DETECTOR_OPTIONS = {
+    "k": ("k", finite_float, "gaussian: width of the band in σ (3); iqr: fence distance in IQRs (1.5)"),
+    "n_init": ("n_init", int, "windows an endpoint needs before it is judged (calibration)"),
+    "history": ("history", int, "iqr: how many recent windows the quartiles come from"),
+    "q": ("q", finite_float, "spot/dspot: risk, the probability of an anomaly per window (e.g. 1e-4)"),
+    "level": ("level", finite_float, "spot/dspot: quantile where the tail starts (0.98)"),
+    "max_excess": ("max_excess", int, "spot/dspot: excesses kept to fit the tail (500)"),
+    "depth": ("depth", int, "dspot: windows in the moving average that removes drift (10)"),
+    "tails": ("tails", str, "spot/dspot: which tail raises alarms: up, down or both"),
+    "beta": ("beta", finite_float, "poisson: η level where the score turns against health"),
+    "health_model": ("health_model", str, "poisson: sigmoid, logistic, exponential, recovery or kalman"),
+    "ra_threshold": ("ra_threshold", finite_float, "poisson: anomaly when the endpoint's health Ra falls below this"),
+}
 
 
 def timestamp_us(text: str) -> int:
@@ -78,13 +124,25 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, choices=sorted(schemas.TABLES),
                         help="the data table to build: dns, http or named_flows")
     parser.add_argument("--output", required=True, metavar="OUT",
-                        help="output folder (local or any Beam filesystem); earlier beamlytics outputs in it are replaced")
+                        help="output folder (local or any Beam filesystem): new, empty, or holding an earlier result")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier beamlytics result in OUT (never files beamlytics did not write)")
     parser.add_argument("--start-day", help="first day to read, YYYY-MM-DD (UTC): by dated folders/names and record times")
     parser.add_argument("--end-day", help="last day to read, YYYY-MM-DD, inclusive")
-    parser.add_argument("--active-timeout", type=float, default=1800.0, metavar="SECONDS",
+    parser.add_argument("--active-timeout", type=finite_float, default=1800.0, metavar="SECONDS",
                         help="captures → named_flows: a flow longer than this is split (1800)")
-    parser.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=finite_float, default=120.0, metavar="SECONDS",
                         help="captures → named_flows: a flow silent this long ends (120)")
+    parser.add_argument("--time-range", default=DEFAULT_TIME_RANGE, metavar="FROM..TO",
+                        help=f"records timed outside are rejected; years or YYYY-MM-DD, TO exclusive ({DEFAULT_TIME_RANGE})")
+    parser.add_argument("--year", type=int, help="year of log times that have none (BIND via syslog); else they stay untimed")
+    parser.add_argument("--timezone", metavar="ZONE",
+                        help="IANA zone of log times written without one (BIND), e.g. Europe/Paris (default UTC)")
+    parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
+                        help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
+    parser.add_argument("--max-decompression-ratio", type=float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
+                        help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
+    parser.add_argument("--quiet", action="store_true", help="no progress reports on stderr")
 
 
 def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,11 +170,12 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="beamlytics",
         description="Find anomalous hosts in network logs and packet captures with Apache Beam. "
         "Options not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     parse = commands.add_parser("parse", help="normalize inputs into a Parquet table",
                                 description="Read logs/captures into OUT/<table>/*.parquet, "
@@ -134,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("beamlytics")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from beamlytics import __version__
+
+        return __version__
+
+
 def detector_config(args: argparse.Namespace) -> DetectorConfig:
     cls = DETECTORS[args.detector]
     accepted = inspect.signature(cls).parameters
@@ -149,8 +217,11 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
         params["slot_seconds"] = args.slot / 1e6
     if cls.input_kind == "slots":
         chosen = ("records",)
-    elif args.features:
+    elif args.features is not None:
         chosen = tuple(name.strip() for name in args.features.split(",") if name.strip())
+        if not chosen:
+            raise UsageError(f"--features {args.features!r} names no feature; "
+                             f"choose from {', '.join(features.FEATURES[args.table])}")
     else:
         chosen = features.DEFAULT_FEATURES[args.table]
     unknown = [name for name in chosen if name not in features.FEATURES[args.table]]
@@ -164,8 +235,10 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam's own options, refusing anything Beam would silently ignore."""
-    checker = argparse.ArgumentParser(add_help=False)
+    """Beam's own options, refusing anything Beam would silently ignore or could not run."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    checker = _BeamOptionsCheck(add_help=False, allow_abbrev=False)
     for options_class in _all_subclasses(PipelineOptions):
         try:
             options_class._add_argparse_args(checker)
@@ -174,7 +247,58 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     _, unknown = checker.parse_known_args(list(beam_args))
     if unknown:
         raise UsageError(f"unrecognised option: {unknown[0]} (see beamlytics COMMAND --help)")
-    return PipelineOptions(list(beam_args))
+    # Worker processes (multi_processing, portable runners) log every step at INFO: keep their warnings only.
+    quiet_workers = [] if any(arg.startswith("--default_sdk_harness_log_level") for arg in beam_args) else [
+        "--default_sdk_harness_log_level=WARNING"]
+    options = PipelineOptions([*beam_args, *quiet_workers])
+    runner = options.view_as(StandardOptions).runner
+    if runner is not None:
+        # Only Beam's own runners, by name: a dotted path would import whatever module it names.
+        known = {path.rsplit(".", 1)[-1]: path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+        lowered = {name.lower(): name for name in known}
+        name = lowered.get(runner.lower()) or lowered.get(runner.lower() + "runner")
+        if name is None:
+            raise UsageError(f"unknown runner: {runner} (choose from {', '.join(sorted(known))})")
+        options.view_as(StandardOptions).runner = name
+    return options
+
+
+class _BeamOptionsCheck(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"Beam option {message}")
+
+
+def silence_foreign_warnings() -> None:
+    """Drop the warning Beam logs about its optional BigQuery client whenever it is imported."""
+    root = logging.getLogger()
+    if not any(isinstance(existing, _ForeignWarnings) for existing in root.filters):
+        root.addFilter(_ForeignWarnings())
+
+
+class _ForeignWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_FOREIGN_WARNINGS)
+
+
+def check_filesystem(path: str, role: str) -> None:
+    """A remote path needs Beam's filesystem for it, which comes with an extra: say which, before a traceback."""
+    if "://" not in path:
+        return
+    scheme = path.split("://", 1)[0].lower()
+    if scheme in FILESYSTEM_EXTRAS:
+        extra, module = FILESYSTEM_EXTRAS[scheme]
+        try:
+            installed = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing too
+            installed = False
+        if not installed:
+            raise UsageError(f"{role} {path}: {scheme}:// needs an extra: pip install 'beamlytics[{extra}]'")
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        raise UsageError(f"{role} {path}: no Beam filesystem reads {scheme}:// paths") from None
 
 
 def _all_subclasses(cls):
@@ -183,40 +307,54 @@ def _all_subclasses(cls):
         yield from _all_subclasses(subclass)
 
 
+def check_output_folder(output: str) -> None:
+    check_filesystem(output, "--output")
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output} is a file, not a folder")
+
+
 def _read_settings(args: argparse.Namespace) -> ReadSettings:
+    from beamlytics.inputs import DayRange, InputError, parse_day, select_inputs
+    from beamlytics.pipelines.detect import ReadSettings
+
+    for path in args.inputs:
+        check_filesystem(path, "input")
+    check_output_folder(args.output)
     try:
         days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
-        paths = expand_inputs(args.inputs, days)
+        if days.start and days.end and days.start > days.end:
+            raise UsageError(f"--start-day {days.start} is after --end-day {days.end}")
+        selection = select_inputs(args.inputs, days)
     except InputError as error:
         raise UsageError(str(error)) from None
+    for folder in selection.skipped_outputs:
+        print(f"beamlytics {args.command}: not reading {folder}: it is a beamlytics output folder", file=sys.stderr)
+    paths = selection.paths
     if args.format != "auto" and args.table not in tables_of(args.format):
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
-    options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout}
+    options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout,
+               "time_range": args.time_range, "year": args.year, "timezone": args.timezone,
+               "max_line_bytes": args.max_line_bytes, "max_decompression_ratio": args.max_decompression_ratio}
+    try:
+        check_read_options(options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return ReadSettings(paths, args.table, args.format, days, options)
 
 
-def _clear_outputs(output: str) -> None:
-    """Remove earlier beamlytics outputs only: other files in the folder are the user's."""
-    if "://" in output:
-        return
-    for name in OUTPUTS:
-        path = os.path.join(output, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.isfile(path):
-            os.remove(path)
-
-
 def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beamlytics.pipelines.detect import build_parse
+
     options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     settings = _read_settings(args)
-    _clear_outputs(args.output)
-    with beam.Pipeline(options=options) as pipeline:
-        build_parse(pipeline, settings, args.output.rstrip("/"))
+    with outputs.open_output(args.output, "parse", args.overwrite, args.inputs, settings.inputs) as staging:
+        _run(options, lambda pipeline: build_parse(pipeline, settings, staging), args.quiet)
     return _report(args.output)
 
 
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
+
     options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     read = _read_settings(args)
     config = detector_config(args)
@@ -227,27 +365,74 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         raise UsageError(str(error)) from None
     if args.shards < 1:
         raise UsageError("--shards must be at least 1")
-    if args.baseline and not os.path.isdir(args.baseline) and "://" not in args.baseline:
-        raise UsageError(f"no such baseline folder: {args.baseline}")
+    if args.baseline:
+        check_filesystem(args.baseline, "--baseline")
+        if "://" not in args.baseline and not os.path.isdir(args.baseline):
+            raise UsageError(f"no such baseline folder: {args.baseline}")
+        if not baseline_files(args.baseline):
+            raise UsageError(f"--baseline {args.baseline} holds no .parquet files: "
+                             "give the features/ folder of an earlier detect run")
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, args.shards)
-    _clear_outputs(args.output)
-    with beam.Pipeline(options=options) as pipeline:
-        build_detect(pipeline, settings, args.output.rstrip("/"))
+    with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
+                             read.inputs) as staging:
+        _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
     return _report(args.output)
 
 
+def _run(options: PipelineOptions, build: Callable, quiet: bool) -> None:
+    """Build the pipeline (`build` returns the read plan) and run it, reporting progress on stderr unless `quiet`."""
+    import apache_beam as beam
+
+    from beamlytics.pipelines.progress import ProgressReporter
+    from beamlytics.transforms import progress
+
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ImportError as error:  # e.g. the DataflowRunner without the Google Cloud extra
+        raise UsageError(f"{error} (pip install 'beamlytics[gcp]')") from None
+    except ValueError as error:  # the runner's own option checks, e.g. Dataflow without --project
+        raise UsageError(" ".join(str(error).split())) from None
+    total_files = len(build(pipeline).sources)
+    progress.reset_local_counts()
+    results = []
+    reporter = ProgressReporter(lambda: progress.merged_counts(results[0] if results else None), total_files)
+    if not quiet:
+        reporter.start()
+    try:
+        # The in-process DirectRunner returns from run() only when done; others return at once
+        # and their counters are polled until wait_until_finish returns.
+        results.append(pipeline.run())
+        results[0].wait_until_finish()
+    finally:
+        if not quiet:
+            reporter.stop()
+
+
 def _report(output: str) -> int:
+    """Print the summary; its notes, on stderr, say why a result is empty. Exit 1 when nothing could be read."""
+    from apache_beam.io.filesystems import FileSystems
+
     summary_path = f"{output.rstrip('/')}/summary.json"
-    if os.path.isfile(summary_path):
-        with open(summary_path, encoding="utf-8") as handle:
-            print(handle.read().strip())
+    if not FileSystems.exists(summary_path):
+        print(f"output written to {output}")
+        return 0
+    with FileSystems.open(summary_path) as handle:
+        text = handle.read().decode("utf-8")
+    print(text.strip())
     print(f"output written to {output}")
-    return 0
+    written = json.loads(text)
+    for note in written.get("notes", []):
+        print(f"beamlytics: {note}", file=sys.stderr)
+    return 1 if summary.all_rejected(written) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_foreign_warnings()
     parser = build_parser()
-    args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as done:  # --help, --version, or a mistake argparse told in one line
+        return done.code if isinstance(done.code, int) else 2
     try:
         if args.command == "parse":
             return run_parse(args, beam_args)
@@ -258,9 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return evaluate.run(args)
         return demo.run(args)
-    except UsageError as error:
+    except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # outside a pipeline, e.g. a folder that cannot be created: the user's to fix
+        print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"beamlytics {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

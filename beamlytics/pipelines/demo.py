@@ -5,30 +5,35 @@ import argparse
 import json
 import os
 
-import pyarrow.parquet as pq
-
-from beamlytics import synthetic
+from beamlytics.detectors.registry import DETECTORS
+from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-out", metavar="OUT",
                         help="folder for the generated logs (OUT/zeek) and the detection (OUT/detect)")
-    parser.add_argument("--detector", default="poisson",
+    parser.add_argument("--detector", default="poisson", choices=sorted(DETECTORS),
                         help="detector to run (default poisson: the burst is a change of request rate, "
                         "which the Poisson model judges against each host's own learned rate)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from beamlytics import synthetic
     from beamlytics.pipelines import cli  # the demo drives the real command line
 
+    cli.check_output_folder(args.output)
     scenario = synthetic.Scenario()
     logs = os.path.join(args.output, "zeek")
-    synthetic.write_zeek_logs(logs, scenario)
+    # The demo regenerates what an earlier demo wrote; files it did not write are still refused.
+    with outputs.open_output(logs, "demo", True, [], []) as staging:
+        synthetic.write_zeek_logs(staging, scenario)
     print(f"wrote synthetic Zeek logs to {logs} (anomaly: {scenario.anomalous_client}, "
           f"minute {scenario.anomaly_start_minute} for {scenario.anomaly_minutes} minutes)")
     detect_out = os.path.join(args.output, "detect")
     status = cli.main(["detect", "--table", "dns", "--window", "60s", "--detector", args.detector,
-                       "--output", detect_out, logs])
+                       "--overwrite", "--output", detect_out, logs])
     if status:
         return status
     anomalies = pq.read_table(os.path.join(detect_out, "anomalies")).to_pylist()

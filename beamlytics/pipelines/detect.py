@@ -5,17 +5,25 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
-from beamlytics import features, schemas
+from beamlytics import baseline, features, schemas
+from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.features import WindowSpec
 from beamlytics.inputs import DayRange
-from beamlytics.transforms.read import ReadRecords
+from beamlytics.parsers import formats
+from beamlytics.parsers.base import Rejected
+from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import ScoreEndpoints, anomalies
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
-from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary
+from beamlytics.transforms.progress import TallyCounts
+from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary, parquet_bytes, write_file
 
-OUTPUTS = ("anomalies", "features", "scores", "rejected", "summary.json", *schemas.TABLES)
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
 REJECTED_ORDER = ("source_file", "position", "reason", "excerpt", "source_tool")
 
@@ -40,20 +48,42 @@ class DetectSettings:
     shards: int = 1
 
 
-def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> None:
-    read = pipeline | "Read" >> _read(settings)
-    read["records"] | "WriteRecords" >> WriteBatches(f"{output}/{settings.table}")
-    _write_rejected_and_summary(read, output, {"table": settings.table}, [])
+def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> formats.Plan:
+    """Wire the parse pipeline; returns what reading will do (files to parse, skipped, rejected)."""
+    reader = _read(settings)
+    read = pipeline | "Read" >> reader
+    directory = f"{output}/{settings.table}"
+    read["records"] | "WriteRecords" >> WriteBatches(directory)
+    (
+        read["records"]
+        | "RowCounts" >> beam.Map(lambda batch: batch.num_rows)
+        | "Rows" >> beam.CombineGlobally(sum)
+        | "WriteEmptyTable" >> beam.FlatMap(_write_empty_table, directory, settings.table)
+    )
+    _write_rejected_and_summary(read, output, {"table": settings.table, "skipped": reader.plan.skipped}, [])
+    return reader.plan
 
 
-def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str) -> None:
-    read = pipeline | "Read" >> _read(settings.read)
+def _write_empty_table(rows: int, directory: str, table: str) -> list[str]:
+    """An empty table is still a table: a reader of `directory` finds its schema, not a missing folder."""
+    if rows:
+        return []
+    return [write_file(f"{directory}/empty.parquet", parquet_bytes(schemas.TABLES[table].empty_table()))]
+
+
+def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str) -> formats.Plan:
+    """Wire the detect pipeline; returns what reading will do (files to parse, skipped, rejected)."""
+    reader = _read(settings.read)
+    read = pipeline | "Read" >> reader
     spec = settings.spec
     windows = read["records"] | "Windows" >> WindowFeatures(spec, settings.windowing)
-    to_score = windows
+    to_score, rejected, counts = windows, [read["rejected"]], []
     if settings.baseline:
-        baseline = pipeline | "Baseline" >> ReadBaseline(settings.baseline, spec)
-        to_score = (windows, baseline) | "WithBaseline" >> beam.Flatten()
+        calibration = pipeline | "Baseline" >> ReadBaseline(settings.baseline, spec)
+        to_score = (windows, calibration.windows) | "WithBaseline" >> beam.Flatten()
+        rejected.append(calibration[REJECTED_TAG])
+        counts.append(calibration[REJECTED_TAG]
+                      | "CountBaselineRejected" >> beam.Map(lambda _: ("baseline_rejected", 1)))
     scores = to_score | "Score" >> ScoreEndpoints(settings.detector, settings.train_until_us)
     found = anomalies(scores)
 
@@ -63,14 +93,29 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
         f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")
     windows | "WriteFeatures" >> WriteSortedParquet(
         f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key")
-    counts = [
-        windows | "CountWindows" >> beam.Map(lambda table: ("windows", table.num_rows)),
-        found | "CountAnomalies" >> beam.Map(lambda table: ("anomalies", table.num_rows)),
+    counts += [
+        _tallied(windows, "Windows", lambda table: [("windows", table.num_rows)]),
+        _tallied(found, "Anomalies", lambda table: [("anomalies", table.num_rows)]),
+        _tallied(scores, "Scores", _score_counts),
         count_untimed(read["records"], spec),
     ]
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
-             "detector": settings.detector.name}
-    _write_rejected_and_summary(read, output, extra, counts, ("windows", "anomalies", "untimed"))
+             "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
+             "skipped": reader.plan.skipped}
+    _write_rejected_and_summary(read, output, extra, counts,
+                                ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected"),
+                                rejected)
+    return reader.plan
+
+
+def _tallied(elements, name: str, to_counts):
+    """(name, n) pairs for the summary, tallied where they arise: progress reports see them live."""
+    return elements | f"Count{name}" >> beam.FlatMap(to_counts) | f"Tally{name}" >> TallyCounts()
+
+
+def _score_counts(scores: pa.Table) -> list[tuple[str, int]]:
+    calibrating = pc.sum(pc.cast(pc.equal(scores.column("status"), Status.CALIBRATING), pa.int64())).as_py() or 0
+    return [("scores", scores.num_rows), ("calibrating", calibrating)]
 
 
 def _read(settings: ReadSettings) -> ReadRecords:
@@ -78,8 +123,13 @@ def _read(settings: ReadSettings) -> ReadRecords:
 
 
 def _write_rejected_and_summary(read, output: str, extra: Mapping[str, Any], counts: list,
-                                zero_counts: Sequence[str] = ()) -> None:
-    read["rejected"] | "WriteRejected" >> WriteSortedParquet(f"{output}/rejected", schemas.REJECTED, REJECTED_ORDER)
+                                zero_counts: Sequence[str] = (), rejected: Sequence = ()) -> None:
+    all_rejected = tuple(rejected) or (read["rejected"],)
+    (
+        all_rejected
+        | "AllRejected" >> beam.Flatten()
+        | "WriteRejected" >> WriteSortedParquet(f"{output}/rejected", schemas.REJECTED, REJECTED_ORDER)
+    )
     pipeline = read["counts"].pipeline
     zeros = pipeline | "ZeroCounts" >> beam.Create([(name, 0) for name in zero_counts])
     (
@@ -89,9 +139,33 @@ def _write_rejected_and_summary(read, output: str, extra: Mapping[str, Any], cou
     )
 
 
+def baseline_files(directory: str) -> list[str]:
+    """The Parquet files of a features/ folder, on any Beam filesystem, sorted."""
+    matched = FileSystems.match([f"{directory.rstrip('/')}/*.parquet"])[0].metadata_list
+    return sorted(meta.path for meta in matched)
+
+
+def _baseline_file(path: str, spec: WindowSpec):
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            table = pq.read_table(pa.BufferReader(handle.read()))
+    except (OSError, pa.ArrowException) as error:
+        items = [Rejected(path, 0, f"cannot read as Parquet: {error}", source_tool=baseline.SOURCE_TOOL)]
+    else:
+        items = baseline.baseline_windows(table, spec, path)
+    windows = []
+    for item in items:
+        if isinstance(item, Rejected):
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
+        else:
+            windows.append(item)
+    if windows:
+        yield features.table_of_windows(windows, spec.table)
+
+
 @dataclass
 class ReadBaseline(beam.PTransform):
-    """Features of an earlier run (its `features/` folder) → tables of training windows."""
+    """Features of an earlier run (its `features/` folder) → tables of training windows, and rejected rows."""
 
     directory: str
     spec: WindowSpec
@@ -100,10 +174,8 @@ class ReadBaseline(beam.PTransform):
         super().__init__()
 
     def expand(self, pbegin):
-        spec = self.spec
         return (
             pbegin
-            | "ReadFeatures" >> beam.io.ReadFromParquetBatched(f"{self.directory.rstrip('/')}/*.parquet")
-            | "AsTraining" >> beam.Map(features.training_windows, spec)
+            | "Files" >> beam.Create(baseline_files(self.directory))
+            | "AsTraining" >> beam.FlatMap(_baseline_file, self.spec).with_outputs(REJECTED_TAG, main="windows")
         )
-

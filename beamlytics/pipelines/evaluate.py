@@ -9,11 +9,13 @@ OUT/results.png.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
-from beamlytics import evaluation
-from beamlytics.pipelines import cli
+from beamlytics import schemas
+from beamlytics.parsers.formats import FORMATS
+from beamlytics.pipelines import cli, outputs
 
 DEFAULT_WINDOWS = "30s,40s,50s"
 DEFAULT_BETAS = "0,0.3,0.5,0.7,1"
@@ -24,53 +26,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True,
                         help="CSV or Parquet with key, is_anomaly and window_start (per window) or time (per record)")
     parser.add_argument("--output", required=True, metavar="OUT", help="folder for runs/, results.csv, results.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier evaluate result in OUT (never files beamlytics did not write)")
     parser.add_argument("--scores", nargs="+", metavar="RUN_DIR",
                         help="evaluate these earlier detect outputs instead of running the detection")
-    parser.add_argument("--format", default="auto", help="input format, as for detect (auto)")
-    parser.add_argument("--table", help="data table to build from the inputs: dns, http or named_flows")
-    parser.add_argument("--key", default="c_ip", help="the endpoint, as for detect (c_ip)")
+    parser.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)],
+                        help="input format, as for detect (auto)")
+    parser.add_argument("--table", choices=sorted(schemas.TABLES),
+                        help="data table to build from the inputs: dns, http or named_flows")
+    parser.add_argument("--key", default="c_ip", choices=["c_ip", "s_ip", "name"],
+                        help="the endpoint, as for detect (c_ip)")
     parser.add_argument("--windows", default=DEFAULT_WINDOWS, help=f"window lengths of the grid ({DEFAULT_WINDOWS})")
     parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"β values of the grid ({DEFAULT_BETAS})")
     parser.add_argument("--slot", default="1s", help="slot length (1s)")
     parser.add_argument("--health-model", help="detector's health model (its default: sigmoid)")
-    parser.add_argument("--ra-threshold", type=float, help="detector's Ra alarm level (its default: 0.7)")
-    parser.add_argument("--eta-threshold", type=float,
+    parser.add_argument("--ra-threshold", type=cli.finite_float, help="detector's Ra alarm level (its default: 0.7)")
+    parser.add_argument("--eta-threshold", type=cli.finite_float,
                         help="η counts as positive above this (default: the run's β; with --scores 0.3)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from beamlytics import evaluation  # pandas: only when evaluating, not for `beamlytics --help`
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise cli.UsageError("evaluate draws results.png with matplotlib: pip install 'beamlytics[plot]'")
+    cli.check_output_folder(args.output)
+    for path in args.scores or ():
+        if not os.path.exists(path):
+            raise cli.UsageError(f"--scores {path}: no such run folder")
+    read = [*args.inputs, args.labels, *(args.scores or [])]
     try:
+        grid = None if args.scores else _grid(args)  # bad grid values are told before any file is touched
         labels = evaluation.read_labels(args.labels)
-        rows = []
-        for name, window_seconds, beta, scores_dir in _scored_runs(args):
-            joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
-            cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
-            for row in evaluation.evaluate(joined, cut):
-                rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
-                             "unscored_positives": unscored, **row})
+        # The grid's runs and the report are one result: all of it appears in OUT, or none.
+        with outputs.open_output(args.output, "evaluate", args.overwrite, read,
+                                 [path for path in read if os.path.isfile(path)]) as staging:
+            rows = []
+            for name, window_seconds, beta, scores_dir in _scored_runs(args, grid, staging):
+                joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
+                cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
+                for row in evaluation.evaluate(joined, cut):
+                    rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
+                                 "unscored_positives": unscored, **row})
+            results = evaluation.results_table(rows)
+            print(evaluation.format_results(results))
+            evaluation.write_report(results, staging)
     except (OSError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"beamlytics evaluate: error: {error}", file=sys.stderr)
         return 2
-    results = evaluation.results_table(rows)
-    print(evaluation.format_results(results))
-    csv_path, png_path = evaluation.write_report(results, args.output)
-    print(f"results written to {csv_path} and {png_path}")
+    folder = args.output.rstrip("/")
+    print(f"results written to {folder}/results.csv and {folder}/results.png")
     return 0
 
 
-def _scored_runs(args: argparse.Namespace) -> list[tuple[str, float | None, float | None, str]]:
-    """(name, window seconds, β, scores folder) of every run to evaluate."""
-    if args.scores:
-        return [(path, None, None, path) for path in args.scores]
+def _grid(args: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
+    """The window lengths (text → seconds) and β values of the grid, checked."""
     if not args.inputs or not args.table:
         raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
     windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
-    betas = [float(value) for value in _split(args.betas)]
+    betas = [cli.finite_float(value) for value in _split(args.betas)]
+    if not windows or not betas:
+        raise ValueError("--windows and --betas each need at least one value")
+    return windows, betas
+
+
+def _scored_runs(args: argparse.Namespace, grid: tuple[dict[str, float], list[float]] | None,
+                 output: str) -> list[tuple[str, float | None, float | None, str]]:
+    """(name, window seconds, β, scores folder) of every run to evaluate."""
+    if grid is None:
+        return [(path, None, None, path) for path in args.scores]
+    from beamlytics.inputs import expand_inputs
+
+    expand_inputs(args.inputs)  # a missing input is told once, not once per run of the grid
+    windows, betas = grid
     runs = []
     for window, window_seconds in windows.items():
         for beta in betas:
             name = f"window={window} beta={beta:g}"
-            out = os.path.join(args.output, "runs", f"w{window}_b{beta:g}")
+            out = os.path.join(output, "runs", f"w{window}_b{beta:g}")
             if cli.main(_detect_argv(args, window, beta, out)) != 0:
                 raise ValueError(f"the detection failed for {name}")
             runs.append((name, window_seconds, beta, out))

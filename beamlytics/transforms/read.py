@@ -15,16 +15,21 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import schemas
-from beamlytics.inputs import DayRange
-from beamlytics.parsers import formats
-from beamlytics.parsers.base import BATCH_ROWS, Rejected
+from beamlytics.inputs import DayRange, unreadable_reason
+from beamlytics.parsers import formats, limits
+from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
+from beamlytics.transforms.progress import TallyCounts
 
 REJECTED_TAG = "rejected"
 COUNTS_TAG = "counts"
+REJECTED_BY_REASON = "rejected_by_reason/"  # count names that WriteSummary gathers into one mapping
 
 
 def open_stream(path: str) -> BinaryIO:
     """Raw bytes of a file on any Beam filesystem; decompression is decided by content later."""
+    reason = unreadable_reason(path)
+    if reason:
+        raise OSError(reason)
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
@@ -49,13 +54,23 @@ class _ParseSource(beam.DoFn):
         self.options = dict(options)
 
     def process(self, source):
+        units, read = 0, None  # what the parser accounted for, and what its reader says it delivered
         for item in formats.parse_source(source, self.table, open_stream, self.batch_rows, self.options):
-            if isinstance(item, Rejected):
-                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
-                yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("rejected", 1))
+            if isinstance(item, Read):
+                read = (read or 0) + item.units
                 continue
+            if isinstance(item, Rejected):
+                units += item.units
+                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
+                for name, count in rejection_counts(item):
+                    yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, count))
+                continue
+            units += item.units
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("parsed", item.units))
             records = item.records
+            untimed = records.column(schemas.EVENT_TIME_COLUMN[self.table]).null_count
+            if untimed:
+                yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("records_without_time", untimed))
             if self.days.bounded and records.num_rows:
                 kept = in_day_range(records, self.table, self.days)
                 yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("out_of_day_range", records.num_rows - kept.num_rows))
@@ -63,6 +78,20 @@ class _ParseSource(beam.DoFn):
             if records.num_rows:
                 yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("records", records.num_rows))
                 yield records
+        if read is None:  # a reader that does not count (or a parser that failed): nothing to check against
+            yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("sources_without_read_count", 1))
+            read = units
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("read", read))
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
+
+
+def rejection_counts(rejected: Rejected) -> list[tuple[str, int]]:
+    """The summary counts of one dead letter: units rejected, by reason kind, and the row itself."""
+    counts = [("dead_letters", 1), ("rejected", rejected.units),
+              (f"{REJECTED_BY_REASON}{limits.reason_kind(rejected.reason)}", rejected.units)]
+    if rejected.units == 0:
+        counts.append(("rejected_files", 1))
+    return counts
 
 
 @dataclass
@@ -71,7 +100,8 @@ class ReadRecords(beam.PTransform):
 
     `paths` are files (see `inputs.expand_inputs` for folders, globs and day ranges).
     Every file is sniffed once while the pipeline is built, so `format="auto"` mixes tools
-    freely; files of another table are skipped, unreadable ones are dead-lettered.
+    freely; files of another table are skipped, unreadable ones are dead-lettered. After
+    expansion `plan` holds what was decided, for the summary to name the skipped files.
     """
 
     paths: Sequence[str]
@@ -85,7 +115,7 @@ class ReadRecords(beam.PTransform):
         super().__init__()
 
     def expand(self, pbegin):
-        plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
+        plan = self.plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
         parsed = (
             pbegin
             | "Sources" >> beam.Create(plan.sources)
@@ -94,10 +124,12 @@ class ReadRecords(beam.PTransform):
             .with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
         )
         unreadable = pbegin | "Unreadable" >> beam.Create([item.as_row() for item in plan.rejected])
-        planning_counts = [("rejected", len(plan.rejected)), ("files", len(plan.sources)),
-                           ("skipped_files", len(plan.skipped)), ("parsed", 0), ("records", 0)]
+        planning_counts = [("files", len(plan.sources)), ("skipped_files", len(plan.skipped)), ("parsed", 0),
+                           ("records", 0), ("read", 0), ("rejected", 0), ("dead_letters", 0),
+                           ("records_without_time", 0), ("files_read", 0)]
+        planning_counts += [pair for item in plan.rejected for pair in rejection_counts(item)]
         counts = (
-            parsed[COUNTS_TAG],
+            parsed[COUNTS_TAG] | "Progress" >> TallyCounts(),  # here, not after the Flatten: live while parsing
             pbegin | "PlanCounts" >> beam.Create(planning_counts),
         ) | "AllCounts" >> beam.Flatten()
         rejected = (parsed[REJECTED_TAG], unreadable) | "AllRejected" >> beam.Flatten()

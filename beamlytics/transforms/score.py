@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -158,7 +159,9 @@ class ScoreEndpoints(beam.PTransform):
         if self.streaming:
             return (
                 windows
-                | "ByEndpoint" >> beam.FlatMap(by_endpoint)
+                # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
+                # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
+                | "ByEndpoint" >> beam.FlatMap(by_endpoint).with_output_types(Tuple[str, Any])
                 | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config))
             )
         return (

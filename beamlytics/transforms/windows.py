@@ -23,9 +23,8 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics import features
-from beamlytics.features import WindowPartials, WindowSpec
+from beamlytics.features import WINDOWINGS, WindowPartials, WindowSpec
 
-WINDOWINGS = ("key", "beam")
 # Shards of endpoints: units of parallel merging and scoring. More than a local run has
 # workers; each costs only a few elements per input batch.
 DEFAULT_SHARDS = 8

@@ -1,0 +1,116 @@
+"""Long captures for honest capture benchmarks, and timing of reference tools as commands.
+
+A reference tool run as a command (tshark, nfstream in its own Python) pays a start-up
+(process, libraries, dissector tables) on every run. On the shared captures, a few
+thousand packets long, that start-up is most of the tool's time and the ratio says
+nothing about per-packet cost. So the benchmarks repeat a real capture back to back,
+each copy shifted in time, until the reference's start-up (measured on a one-packet
+capture) is under 5 % of its run, and report per-packet cost at two lengths: a cost that
+stays flat as the capture doubles is what a long capture will cost.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+STARTUP_SHARE = 0.05  # the most of a reference run its start-up may take
+# Seconds between one copy's last packet and the next copy's first: past every idle and
+# DNS timeout, so a copy's flows and queries never merge with the previous copy's.
+COPY_SPACING_S = 600
+MAX_COPIES = 256
+
+
+def _records(raw: bytes) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """(file header, [(seconds, microseconds, rest of record)]) of a little-endian µs pcap."""
+    if raw[:4] != b"\xd4\xc3\xb2\xa1":
+        raise ValueError("a little-endian microsecond pcap is needed as the benchmark seed")
+    records, offset = [], 24
+    while offset + 16 <= len(raw):
+        seconds, micros, caplen = struct.unpack_from("<III", raw, offset)
+        records.append((seconds, micros, raw[offset + 8 : offset + 16 + caplen]))
+        offset += 16 + caplen
+    return raw[:24], records
+
+
+def read_seed(path: Path) -> bytes:
+    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as stream:
+        return stream.read()
+
+
+def write_copies(seed: bytes, copies: int, out: Path) -> int:
+    """Write `copies` copies of the pcap `seed` one after the other to `out`; records written."""
+    header, records = _records(seed)
+    span = records[-1][0] - records[0][0] + 1 + COPY_SPACING_S
+    with open(out, "wb") as sink:
+        sink.write(header)
+        for copy in range(copies):
+            shift = copy * span
+            for seconds, micros, rest in records:
+                sink.write(struct.pack("<II", seconds + shift, micros))
+                sink.write(rest)
+    return copies * len(records)
+
+
+def command_seconds(command: Sequence[str]) -> float:
+    """Wall time of one run of a command, its output discarded."""
+    start = time.perf_counter()
+    subprocess.run(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+@dataclass
+class Length:
+    """One capture length measured: packets, our seconds, the reference's seconds."""
+
+    packets: int
+    ours_s: float
+    reference_s: float
+
+    def line(self, startup_s: float) -> str:
+        return (f"  {self.packets:>10,} packets: ours {self.ours_s * 1e6 / self.packets:6.2f} µs/packet, "
+                f"reference {self.reference_s * 1e6 / self.packets:6.2f} µs/packet "
+                f"(start-up {startup_s / self.reference_s:.1%} of its run), "
+                f"ratio {self.reference_s / self.ours_s:.2f}x")
+
+
+def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
+                    reference: Callable[[Path], Sequence[str]]) -> tuple[float, list[Length]]:
+    """The reference's start-up, and both tools at two lengths (n and 2n copies of `seed`),
+    n grown until start-up is under `STARTUP_SHARE` of the reference's run (or n reaches
+    `MAX_COPIES`; the printed share then shows it)."""
+    one, path = folder / "one.pcap", folder / "long.pcap"
+    header, records = _records(seed)
+    one.write_bytes(header + struct.pack("<II", records[0][0], records[0][1]) + records[0][2])
+    startup = min(command_seconds(reference(one)) for _ in range(3))
+
+    def measure(copies: int) -> Length:
+        packets = write_copies(seed, copies, path)
+        start = time.perf_counter()
+        ours(path)
+        ours_s = time.perf_counter() - start
+        return Length(packets, ours_s, command_seconds(reference(path)))
+
+    copies = 1
+    first = measure(copies)
+    while startup / first.reference_s >= STARTUP_SHARE and copies < MAX_COPIES:
+        work = max(first.reference_s - startup, 1e-3)
+        # A tenth more than the estimate asks for: per-copy cost is noisy on a busy machine.
+        wanted = math.ceil(1.1 * copies * startup * (1 - STARTUP_SHARE) / STARTUP_SHARE / work)
+        copies = min(MAX_COPIES, max(copies + 1, wanted))
+        first = measure(copies)
+    lengths = [first, measure(2 * copies)]
+    path.unlink()
+    return startup, lengths
+
+
+def tshark_command() -> str | None:
+    """tshark from PATH, or the one BEAMLYTICS_TSHARK names (e.g. unpacked into a cache dir)."""
+    return os.environ.get("BEAMLYTICS_TSHARK") or shutil.which("tshark")
