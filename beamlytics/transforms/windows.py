@@ -7,8 +7,8 @@ one object per endpoint-window.
 
 Two ways to place records in windows, with identical results (tests check it):
 - `windowing="key"` (default): the window start is a column of the partials, grouped per
-  shard in the global window. On the local FnApiRunner this is an order of magnitude faster
-  than Beam windows for many small windows (see docs/benchmarks.md).
+  shard in the global window. On the local FnApiRunner this was 3.1x faster than Beam
+  windows with 93 k endpoint-windows (docs/benchmarks.md).
 - `windowing="beam"`: partials cut per window too, `WindowInto(FixedWindows)` and a combine
   per shard and window: what an unbounded source wants, where watermarks and triggers decide
   when a window is complete. The tables come out in the global window.
