@@ -15,6 +15,8 @@ setup(
         "scipy>=1.10",
         "pandas>=2.0",
         "pyarrow>=14",
+        # Public Suffix List shipped inside the package: registered domains without a download.
+        "publicsuffixlist>=1.0",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.

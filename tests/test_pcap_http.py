@@ -177,6 +177,20 @@ def test_gap_inside_a_sized_body_keeps_the_response_whole():
     assert [(r.units, r.reason) for r in rejected] == [(0, "HTTP server stream: content gap of 1000 bytes")]
 
 
+def test_hole_from_a_body_into_the_next_response_ends_one_and_costs_the_other():
+    frames = conversation([b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n"], [],
+                          server_fin=False)
+    first, second, third = sized(200, bytes(100)), sized(404, b"gone"), sized(201, b"made")
+    both = first + second
+    # The hole runs from the middle of the first body through the second response's headers.
+    pieces = [both[: len(first) - 40], both[len(first) - 40 : len(first) + 30], both[len(first) + 30 :], third]
+    frames += segments_with_one_lost(server, 500, pieces, 1, 1.0, lambda t, seq, ack: client(t, 154, ack=ack))
+    rows, _, rejected = http(frames)
+    assert [(r["path"], r["status_code"], r["response_body_len"]) for r in rows] == [
+        ("/1", 200, 100), ("/2", None, None), ("/3", 201, 4)]
+    assert [r.reason for r in rejected] == ["HTTP server stream: content gap of 70 bytes"]
+
+
 def test_lost_request_leaves_its_response_without_request():
     requests = [b"GET /a HTTP/1.1\r\n\r\n", b"GET /b HTTP/1.1\r\n\r\n", b"GET /c HTTP/1.1\r\n\r\n"]
     frames = [client(0.0, 99, flags=SYN), server(0.01, 499, flags=SYN | ACK)]

@@ -1,10 +1,11 @@
 """IP addresses as text, one canonical way on every Python version.
 
 `ipaddress` prints IPv4-mapped IPv6 addresses as `::ffff:102:304` up to Python 3.12 and as
-`::ffff:1.2.3.4` from 3.13; endpoint keys must not change with the interpreter, so mapped
-addresses are always written `::ffff:1.2.3.4` (RFC 5952 section 5), other IPv6 addresses
-in RFC 5952 compressed lower case, IPv4 as a plain dotted quad. A zone (`fe80::1%eth0`) is
-kept.
+`::ffff:1.2.3.4` from 3.13; endpoint keys must not change with the interpreter. Text from
+logs is therefore parsed by `ipaddress` (which validates it) and written by the same
+formatter the capture reader uses for packed addresses (`packets.address_text`: RFC 5952,
+mapped addresses as `::ffff:1.2.3.4`), so a log and a capture of the same traffic give the
+same keys. A zone (`fe80::1%eth0`) is kept.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import ipaddress
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from beamlytics.parsers.packets import address_text
 
 # An IPv4 address already in canonical form: most values, kept without any Python work.
 _CANONICAL_IPV4 = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
@@ -23,10 +26,8 @@ def canonical_address(text: str) -> str | None:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        zone = f"%{address.scope_id}" if address.scope_id else ""
-        return f"::ffff:{address.ipv4_mapped}{zone}"
-    return str(address)
+    zone = f"%{address.scope_id}" if isinstance(address, ipaddress.IPv6Address) and address.scope_id else ""
+    return address_text(address.packed) + zone
 
 
 def normalise_addresses(values: pa.Array) -> tuple[pa.Array, pa.Array]:

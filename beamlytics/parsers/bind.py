@@ -80,7 +80,7 @@ def sniff(name: str, head: bytes) -> str | None:
     if head.startswith(b"#"):
         return None
     text = head.decode("utf-8", "replace").splitlines()
-    if text and not head.endswith(b"\n"):
+    if len(text) > 1 and not head.endswith(b"\n"):
         text = text[:-1]  # the head may end mid-line (a full head, or a file cut short)
     lines = [line for line in text[:200] if line.strip()]
     queries = sum(1 for line in lines if _QUERY_PY.match(line))

@@ -120,7 +120,9 @@ def parse_source(
         items = _parse_file(source, table, open_stream, batch_rows, options)
     else:
         tool = zeek.FORMAT
-        items = zeek.parse_named_flows(source, lambda path: _decompressed(open_stream(path), options), batch_rows)
+        max_line_bytes = int(options.get("max_line_bytes") or zeek.MAX_LINE_BYTES)
+        items = zeek.parse_named_flows(source, lambda path: _decompressed(open_stream(path), options), batch_rows,
+                                       max_line_bytes)
     try:
         for item in items:
             for checked in validate.checked(item, times) if isinstance(item, Batch) else (item,):

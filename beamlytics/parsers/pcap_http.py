@@ -19,8 +19,8 @@ close, is skipped as body bytes and the message stays whole (its body length cou
 them); a gap that swallows a message start costs that one
 message (its request is kept without response, or a response is kept without its lost
 request) and parsing resumes at the next start line after the hole. Each gap is a dead
-letter "HTTP server stream: content gap of N bytes" at the packet after it, with units 0: the packets
-themselves were read fine and count in the batches.
+letter "HTTP server stream: content gap of N bytes" (or client) at the packet after it,
+with units 0: the packets themselves were read fine and count in the batches.
 """
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ class _Connection:
     server: tuple[str, int]
     requests: MessageStream
     responses: MessageStream
-    pending: list[Message | None] = field(default_factory=list)  # requests not yet paired; None: lost in a gap
+    pending: list[Message | None] = field(default_factory=list)  # requests not yet paired (None: lost in a gap)
     unanswered: list[Message] = field(default_factory=list)  # responses with headers, not yet emitted
     dead: bool = False  # not HTTP: ignore its bytes
 
@@ -432,14 +432,15 @@ class HttpTable:
     def gap(self, connection: _Connection, from_client: bool, size: int, packet: packets.Packet) -> Rejected:
         """`size` bytes of one direction were lost before `packet`'s data; the dead letter."""
         stream = connection.requests if from_client else connection.responses
-        if stream.skip_gap(size):
+        lost_start = stream.skip_gap(size)
+        self._emit_answered(connection)  # a body the hole ended first: its message is done
+        if lost_start:
             if from_client:
                 # Its response will still come: it pairs with a request we know nothing of.
                 connection.pending.append(None)
                 stream.requests_sent.append(("", False))
             else:
                 self._lose_oldest_response(connection)
-        self._emit_answered(connection)
         return packets.content_gap(self.source, packet, size, f"HTTP {'client' if from_client else 'server'} stream")
 
     def _lose_oldest_response(self, connection: _Connection) -> None:

@@ -80,7 +80,7 @@ def sniff(name: str, head: bytes) -> str | None:
     """"access" when most of the first lines are Squid native lines (or, for a file named
     like an access log, common/combined lines)."""
     text = head.decode("utf-8", "replace").splitlines()
-    if text and not head.endswith(b"\n"):
+    if len(text) > 1 and not head.endswith(b"\n"):
         text = text[:-1]  # the head may end mid-line (a full head, or a file cut short)
     lines = [line for line in text[:50] if line.strip()]
     if not lines:

@@ -88,6 +88,9 @@ def checked(batch: Batch, times: TimeRange) -> Iterator[Batch | Rejected]:
     for index, field in enumerate(records.schema):
         if pa.types.is_timestamp(field.type):
             micros = pc.cast(records.column(index), pa.int64())
+            bounds = pc.min_max(micros)
+            if bounds["min"].as_py() is None or times.start_us <= bounds["min"].as_py() <= bounds["max"].as_py() < times.end_us:
+                continue  # the whole column is in range: no mask needed
             outside = pc.or_(pc.less(micros, times.start_us), pc.greater_equal(micros, times.end_us))
             for row in _rows(outside):
                 reasons.setdefault(row, f"{field.name} {micros[row].as_py()} us outside the accepted time range "
@@ -97,13 +100,14 @@ def checked(batch: Batch, times: TimeRange) -> Iterator[Batch | Rejected]:
         if name not in columns:
             continue
         logged = columns[name]
-        normalised, invalid = normalise_addresses(logged)
+        columns[name], invalid = normalise_addresses(logged)
+        if not pc.any(invalid).as_py():
+            continue
         if name == "c_ip":
             by_name = pc.and_(_matches(logged, _HOSTNAME), pc.invert(_matches(logged, _NUMERIC)))
             by_name = pc.and_(by_name, pc.is_in(records.column("source_tool"), pa.array(sorted(HOSTNAME_CLIENTS))))
             invalid = pc.and_(invalid, pc.invert(by_name))
-            normalised = pc.if_else(by_name, logged, normalised)
-        columns[name] = normalised
+            columns[name] = pc.if_else(by_name, logged, columns[name])
         for row in _rows(invalid):
             reasons.setdefault(row, f"{name} is not an IP address: {logged[row].as_py()!r}")
     records = pa.RecordBatch.from_arrays(list(columns.values()), schema=records.schema)

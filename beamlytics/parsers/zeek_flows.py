@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.parsers.base import BATCH_ROWS, Batch, Read, Rejected
-from beamlytics.parsers.zeek_reader import READ_ERRORS, SOURCE_TOOL, Records, read_log
+from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, READ_ERRORS, SOURCE_TOOL, Records, read_log
 from beamlytics.parsers.zeek_tables import CONN_FIELDS, flow_batch, table_batches
 
 GROUP_KINDS = ("conn", "ssl", "http", "dns")
@@ -68,7 +68,8 @@ def named_flow_groups(files: list[tuple[str, str]]) -> list[NamedFlowGroup]:
 
 
 def parse_named_flows(
-    group: NamedFlowGroup, open_stream: Callable[[str], BinaryIO], batch_rows: int = BATCH_ROWS
+    group: NamedFlowGroup, open_stream: Callable[[str], BinaryIO], batch_rows: int = BATCH_ROWS,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[Batch | Rejected | Read]:
     """Named flows of a group's conn logs; `open_stream(path)` gives a decompressed stream
     (e.g. `base.open_input`).
@@ -80,7 +81,7 @@ def parse_named_flows(
     naming: dict[str, list[Records]] = {}
     for kind, wanted in (("ssl", _SSL_FIELDS), ("http", _HTTP_FIELDS), ("dns", _DNS_FIELDS)):
         naming[kind] = []
-        for item in _read_files(getattr(group, kind), open_stream, wanted):
+        for item in _read_files(getattr(group, kind), open_stream, wanted, max_line_bytes):
             if isinstance(item, (Rejected, Read)):
                 yield item
             else:
@@ -93,12 +94,12 @@ def parse_named_flows(
     )
     for path in group.conn:
         yield from table_batches(
-            "named_flows", path, _read_files((path,), open_stream, CONN_FIELDS), namer.name, batch_rows
+            "named_flows", path, _read_files((path,), open_stream, CONN_FIELDS, max_line_bytes), namer.name, batch_rows
         )
 
 
 def _read_files(
-    paths: Iterable[str], open_stream: Callable[[str], BinaryIO], wanted: Mapping[str, str]
+    paths: Iterable[str], open_stream: Callable[[str], BinaryIO], wanted: Mapping[str, str], max_line_bytes: int
 ) -> Iterator[Records | Rejected | Read]:
     for path in paths:
         try:
@@ -107,7 +108,7 @@ def _read_files(
             yield Rejected(path, 0, f"cannot open: {error}", "", SOURCE_TOOL, units=0)
             continue
         with contextlib.closing(stream):
-            yield from read_log(path, stream, wanted)
+            yield from read_log(path, stream, wanted, max_line_bytes)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, outputs
+from beamlytics.pipelines import demo, evaluate, hunt, outputs, report
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -186,10 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OUT/rejected/ and OUT/summary.json.")
     _add_read_arguments(detect)
     _add_detect_arguments(detect)
+    hunting = commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
+                                  "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
+                                  "OUT/summary.json.")
+    _add_read_arguments(hunting)
+    hunt.add_arguments(hunting, duration_us)
     evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of the Poisson score against labels")
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
+    report.add_commands(commands)
     return parser
 
 
@@ -376,6 +382,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
                              read.inputs) as staging:
         _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
+        report.finish_detect(staging, read.inputs, read.format, read.parser_options)
     return _report(args.output)
 
 
@@ -438,8 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_parse(args, beam_args)
         if args.command == "detect":
             return run_detect(args, beam_args)
+        if args.command == "hunt":
+            return hunt.run(args, beam_args)
         if beam_args:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
+        if args.command in report.COMMANDS:
+            return report.run(args)
         if args.command == "evaluate":
             return evaluate.run(args)
         return demo.run(args)

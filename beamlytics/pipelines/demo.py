@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from beamlytics.detectors.registry import DETECTORS
@@ -21,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from beamlytics import synthetic
-    from beamlytics.pipelines import cli  # the demo drives the real command line
+    from beamlytics.pipelines import cli, outputs  # the demo drives the real command line
+    from beamlytics.report import folder
 
     cli.check_output_folder(args.output)
     scenario = synthetic.Scenario()
@@ -37,13 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if status:
         return status
     anomalies = pq.read_table(os.path.join(detect_out, "anomalies")).to_pylist()
-    print(f"\n{len(anomalies)} anomalous endpoint-windows:")
-    for row in anomalies[:20]:
-        evidence = json.loads(row["evidence"])
-        shown = ", ".join(f"{name} {value:.3g}" for name, value in evidence.items()
-                          if isinstance(value, float) and not name.startswith("Ra_"))
-        print(f"  {row['key']:<15} {row['window_start']:%Y-%m-%d %H:%M} {row['feature']:<16} "
-              f"value {row['value']:>8.2f} ({row['direction']})  evidence: {shown}")
+    print(f"HTML report: {os.path.join(detect_out, folder.REPORT_FILE)} (beamlytics show INCIDENT_ID "
+          f"{detect_out} prints an incident's records)")
     expected = set(scenario.anomaly_window_starts_us(60_000_000))
     found = {int(row["window_start"].timestamp()) * 1_000_000 for row in anomalies
              if row["key"] == scenario.anomalous_client}

@@ -140,6 +140,57 @@ ANOMALIES = pa.schema(
     ]
 )
 
+# One value among an incident's records and how often it occurs: records for a peer, name or
+# port; distinct names under it for a domain.
+_VALUE_COUNT = pa.struct([pa.field("value", pa.string()), pa.field("count", pa.int64())])
+
+# One row per incident: consecutive or overlapping anomalous windows of one endpoint.
+INCIDENTS = pa.schema(
+    [
+        pa.field("incident_id", pa.string(), nullable=False),  # hash of table|key_kind|key|start
+        pa.field("rank", pa.int64(), nullable=False),  # 1 = highest peak score
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("key_kind", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("start", TIMESTAMP, nullable=False),  # start of the first anomalous window
+        pa.field("end", TIMESTAMP, nullable=False),  # end of the last one
+        pa.field("windows", pa.int64(), nullable=False),  # anomalous windows merged
+        pa.field("window_seconds", pa.float64(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("peak_score", pa.float64()),  # in the detector's own scale
+        pa.field("peak_feature", pa.string(), nullable=False),
+        pa.field("peak_window_start", TIMESTAMP, nullable=False),
+        pa.field("features_fired", pa.list_(pa.string()), nullable=False),
+        # Per feature: the most extreme window value in the incident, the usual value, and the limit
+        # it crossed in the feature's units (null for a detector whose limit is on its own score).
+        pa.field("measures", pa.list_(pa.struct([
+            pa.field("feature", pa.string()),
+            pa.field("fired", pa.bool_()),
+            pa.field("peak", pa.float64()),
+            pa.field("usual", pa.float64()),
+            pa.field("threshold", pa.float64()),
+        ])), nullable=False),
+        pa.field("usual_from", pa.string(), nullable=False),  # own history | population median | none
+        pa.field("records", pa.int64()),  # records of the endpoint in [start, end); null if unreadable
+        pa.field("distinct_peers", pa.int64()),
+        pa.field("distinct_names", pa.int64()),
+        # False when more distinct values came than are tracked: the distinct counts are lower bounds.
+        pa.field("distinct_exact", pa.bool_()),
+        pa.field("top_peers", pa.list_(_VALUE_COUNT)),
+        pa.field("top_names", pa.list_(_VALUE_COUNT)),
+        pa.field("top_ports", pa.list_(_VALUE_COUNT)),
+        pa.field("top_domains", pa.list_(_VALUE_COUNT)),  # parent domains (last two labels) of the names
+        # Where the records are: per source file, the first and last position and how many.
+        pa.field("record_files", pa.list_(pa.struct([
+            pa.field("source_file", pa.string()),
+            pa.field("first_pos", pa.int64()),
+            pa.field("last_pos", pa.int64()),
+            pa.field("records", pa.int64()),
+        ]))),
+        pa.field("evidence", pa.string(), nullable=False),  # what happened and why, in words
+    ]
+)
+
 FLAG_ORDER = ("QR", "AA", "TC", "RD", "RA", "Z", "AD", "CD")
 
 # RFC 1035 / IANA DNS parameters, so every source renders codes the same way.

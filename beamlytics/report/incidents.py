@@ -1,0 +1,377 @@
+"""Incidents: runs of anomalous windows of one endpoint, with what explains them. No Beam.
+
+`detect` judges every (endpoint, window, feature) on its own; an analyst wants "this host,
+from 02:30 to 02:35, did this". Consecutive or overlapping anomalous windows of one endpoint
+merge into one incident; its measures say how far the windows went from what the endpoint
+usually does (its own earlier normal windows, or the population for a host never seen
+before), and one pass over its records gives the peers, names and ports involved and where
+in the input files the records are.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamlytics import features, schemas
+from beamlytics.parsers.base import Batch
+from beamlytics.parsers.formats import parse_paths
+from beamlytics.report import words
+
+TOP = 10  # peers, names and ports kept per incident
+TRACKED_VALUES = 100_000  # distinct peers/names/ports counted exactly per incident
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Parquet key-value metadata of the incidents file: how to read the records again.
+INPUTS_METADATA = b"beamlytics.inputs"
+
+
+def micros(value: Any) -> int:
+    """µs since the epoch of an Arrow timestamp as Python gives it (datetime) or an int."""
+    if isinstance(value, int):
+        return value
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def incident_id(table: str, key_kind: str, key: str, start_us: int) -> str:
+    return hashlib.sha1(f"{table}|{key_kind}|{key}|{start_us}".encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Span:
+    """Anomalous windows of one endpoint that touch or overlap: one incident."""
+
+    table: str
+    key_kind: str
+    key: str
+    start_us: int
+    end_us: int
+    rows: list[Mapping[str, Any]] = field(default_factory=list)  # its anomaly rows
+
+    @property
+    def endpoint(self) -> tuple[str, str, str]:
+        return self.table, self.key_kind, self.key
+
+    @property
+    def incident_id(self) -> str:
+        return incident_id(self.table, self.key_kind, self.key, self.start_us)
+
+    @property
+    def window_starts(self) -> list[int]:
+        return sorted({micros(row["window_start"]) for row in self.rows})
+
+    def peak(self) -> Mapping[str, Any]:
+        """The anomaly row with the highest score (a missing score counts lowest); ties: earliest, by feature."""
+        return min(self.rows, key=lambda row: (-_score(row), micros(row["window_start"]), row["feature"]))
+
+
+def _score(row: Mapping[str, Any]) -> float:
+    score = row.get("score")
+    return -math.inf if score is None or not math.isfinite(score) else float(score)
+
+
+def merge_windows(anomaly_rows: Iterable[Mapping[str, Any]]) -> list[Span]:
+    """Anomaly rows (`schemas.ANOMALIES`) → spans, ordered by endpoint and start, whatever the input order.
+
+    A window that starts at or before the end of the span so far joins it: adjacent windows
+    (start == previous end) and overlapping ones (sliding or mixed lengths) both merge; a gap of
+    even one normal window starts a new incident.
+    """
+    ordered = sorted(anomaly_rows, key=lambda row: (
+        row["table"], row["key_kind"], row["key"], micros(row["window_start"]), micros(row["window_end"]),
+        row["feature"]))
+    spans: list[Span] = []
+    for row in ordered:
+        start, end = micros(row["window_start"]), micros(row["window_end"])
+        endpoint = (row["table"], row["key_kind"], row["key"])
+        current = spans[-1] if spans else None
+        if current is not None and current.endpoint == endpoint and start <= current.end_us:
+            current.end_us = max(current.end_us, end)
+            current.rows.append(row)
+        else:
+            spans.append(Span(*endpoint, start, end, [row]))
+    return spans
+
+
+@dataclass(frozen=True)
+class Measure:
+    feature: str
+    fired: bool
+    peak: float | None
+    usual: float | None
+    threshold: float | None
+
+
+def measures(span: Span, feature_rows: Sequence[Mapping[str, Any]], usual: Mapping[str, float],
+             names: Sequence[str]) -> list[Measure]:
+    """Per feature: the most extreme value of the span's windows (lowest for a feature that fired low)."""
+    fired: dict[str, Mapping[str, Any]] = {}
+    for row in span.rows:
+        best = fired.get(row["feature"])
+        if best is None or _score(row) > _score(best):
+            fired[row["feature"]] = row
+    inside = [row for row in feature_rows if span.start_us <= micros(row["window_start"]) < span.end_us]
+    result = []
+    for name in names:
+        values = [float(row[name]) for row in inside if row.get(name) is not None]
+        if not values:  # features/ lacks the window: fall back on the anomaly rows' own values
+            values = [float(row["value"]) for row in span.rows if row["feature"] == name]
+        low = name in fired and fired[name]["direction"] == "down"
+        peak = (min(values) if low else max(values)) if values else None
+        in_value_units = name in fired and fired[name]["detector"] in words.LIMIT_IN_VALUE_UNITS
+        threshold = fired[name]["threshold"] if in_value_units else None
+        result.append(Measure(name, name in fired, peak, usual.get(name), threshold))
+    return result
+
+
+class UsualValues:
+    """What an endpoint usually does: medians of its earlier windows that were not anomalous.
+
+    An endpoint with no earlier normal window (a new host, or one anomalous from its first
+    window) is compared with the median of all endpoints' normal windows instead. Only the
+    incidents' endpoints become Python rows; the population stays in Arrow/numpy columns.
+    """
+
+    def __init__(self, feature_table: pa.Table, anomalous: set[tuple[str, str, str, int]], names: Sequence[str]):
+        self.names = list(names)
+        keys = pa.array(sorted({key for _, _, key, _ in anomalous}), pa.string())
+        involved = pc.fill_null(pc.is_in(feature_table.column("key"), value_set=keys), False)
+        self.rows: dict[tuple[str, str, str], list[dict]] = collections.defaultdict(list)
+        for row in feature_table.filter(involved).to_pylist():
+            self.rows[(row["table"], row["key_kind"], row["key"])].append(row)
+        for rows in self.rows.values():
+            rows.sort(key=lambda row: micros(row["window_start"]))
+        normal_rows = [row for endpoint, rows in self.rows.items() for row in rows
+                       if (*endpoint, micros(row["window_start"])) not in anomalous]
+        uninvolved = feature_table.filter(pc.invert(involved))
+        self.population = {}
+        for name in self.names:
+            values = np.concatenate([
+                uninvolved.column(name).to_numpy(zero_copy_only=False).astype(float),
+                np.array([math.nan if row[name] is None else float(row[name]) for row in normal_rows], dtype=float),
+            ])
+            values = values[~np.isnan(values)]
+            if values.size:
+                self.population[name] = float(np.median(values))
+        self.anomalous = anomalous
+
+    def before(self, endpoint: tuple[str, str, str], start_us: int) -> tuple[dict[str, float], str]:
+        """(medians, where they come from) for the endpoint's normal windows before `start_us`."""
+        earlier = [row for row in self.rows.get(endpoint, ()) if micros(row["window_start"]) < start_us
+                   and (*endpoint, micros(row["window_start"])) not in self.anomalous]
+        if earlier:
+            medians = {}
+            for name in self.names:
+                values = [float(row[name]) for row in earlier if row[name] is not None]
+                if values:
+                    medians[name] = float(np.median(values))
+            return medians, "own history"
+        if self.population:
+            return dict(self.population), "population median"
+        return {}, "none"
+
+
+class BoundedCounter(collections.Counter):
+    """A Counter that stops taking new values at `TRACKED_VALUES`: a tunnel of millions of random
+    names must not take the memory with it. Values already seen keep being counted, so the top
+    values stay right; distinct counts become lower bounds (`full` says so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.full = False
+
+    def add(self, values: Iterable) -> None:
+        for value in values:
+            if value is None:
+                continue
+            if value in self or len(self) < TRACKED_VALUES:
+                self[value] += 1
+            else:
+                self.full = True
+
+
+@dataclass
+class RecordTally:
+    """What one pass over an incident's records found."""
+
+    records: int = 0
+    peers: BoundedCounter = field(default_factory=BoundedCounter)
+    names: BoundedCounter = field(default_factory=BoundedCounter)
+    ports: BoundedCounter = field(default_factory=BoundedCounter)
+    files: dict[str, list[int]] = field(default_factory=dict)  # source_file -> [first, last, records]
+
+    def add(self, peers: list, names: list, ports: list, sources: list, positions: list) -> None:
+        self.records += len(sources)
+        self.peers.add(peers)
+        self.names.add(names)
+        self.ports.add(str(value) for value in ports if value is not None)
+        for source, position in zip(sources, positions):
+            entry = self.files.get(source)
+            if entry is None:
+                self.files[source] = [position, position, 1]
+            else:
+                entry[0], entry[1], entry[2] = min(entry[0], position), max(entry[1], position), entry[2] + 1
+
+
+def _top(counter: collections.Counter) -> list[dict[str, Any]]:
+    ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:TOP]
+    return [{"value": value, "count": count} for value, count in ranked]
+
+
+def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
+                 spans: Sequence[Span]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(index of span, the batch's records that belong to it), for the spans the batch touches."""
+    keys = batch.column(spec.key_column)
+    wanted = pa.array(sorted({span.key for span in spans}), pa.string())
+    candidates = batch.filter(pc.fill_null(pc.is_in(keys, value_set=wanted), False))
+    if candidates.num_rows == 0:
+        return
+    keys = candidates.column(spec.key_column)
+    times = pc.cast(candidates.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64())
+    present = set(pc.unique(keys).to_pylist())
+    for index, span in enumerate(spans):
+        if span.key not in present:
+            continue
+        inside = pc.and_(pc.greater_equal(times, span.start_us), pc.less(times, span.end_us))
+        chosen = candidates.filter(pc.fill_null(pc.and_(pc.equal(keys, span.key), inside), False))
+        if chosen.num_rows:
+            yield index, chosen
+
+
+def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
+                  spans: Sequence[Span]) -> list[RecordTally]:
+    """One pass over the records: each span's peers, names, ports and record positions."""
+    tallies = [RecordTally() for _ in spans]
+    name_column = features.NAME_COLUMN[spec.table]
+    for batch in batches:
+        for index, chosen in span_records(batch, spec, spans):
+            tallies[index].add(
+                chosen.column(spec.peer_column).to_pylist(),
+                chosen.column(name_column).to_pylist(),
+                chosen.column("s_port").to_pylist(),
+                chosen.column("source_file").to_pylist(),
+                chosen.column("source_pos").to_pylist(),
+            )
+    return tallies
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """How `detect` read its records, so that incidents can be traced back to them."""
+
+    paths: tuple[str, ...]
+    format: str = "auto"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"paths": list(self.paths), "format": self.format, "options": dict(self.options)},
+                          sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Inputs":
+        loaded = json.loads(data)
+        return cls(tuple(loaded["paths"]), loaded["format"], loaded["options"])
+
+    @property
+    def local(self) -> bool:
+        """Whether the records can be read again here: `parse_paths` opens local files only."""
+        return not any("://" in path for path in self.paths)
+
+    def record_batches(self, table: str, paths: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The parsed records of `paths` (default: all inputs); what cannot be parsed is in OUT/rejected already."""
+        chosen = list(self.paths if paths is None else paths)
+        for item in parse_paths(chosen, table, self.format, self.options):
+            if isinstance(item, Batch) and item.records.num_rows:
+                yield item.records
+
+    def files_for(self, source_files: Iterable[str]) -> list[str]:
+        """Inputs needed to parse `source_files` again: the files and, for Zeek flows named by their
+        sibling ssl/http/dns logs, the other inputs of the same folders."""
+        folders = {os.path.dirname(path) for path in source_files}
+        return [path for path in self.paths if os.path.dirname(path) in folders]
+
+
+def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_seconds: float,
+                    batches: Iterable[pa.RecordBatch] | None) -> pa.Table:
+    """`schemas.INCIDENTS` rows, ranked by peak score; `batches` None when the records cannot be read."""
+    spans = merge_windows(anomaly_table.to_pylist())
+    if not spans:
+        return schemas.INCIDENTS.empty_table()
+    table = spans[0].table
+    spec = features.WindowSpec(table, spans[0].key_kind)
+    names = list(features.FEATURES[table])
+    anomalous = {(*span.endpoint, start) for span in spans for start in span.window_starts}
+    usual = UsualValues(feature_table, anomalous, names)
+    tallies = tally_records(batches, spec, spans) if batches is not None else None
+
+    rows = []
+    for index, span in enumerate(spans):
+        medians, usual_from = usual.before(span.endpoint, span.start_us)
+        span_measures = measures(span, usual.rows.get(span.endpoint, []), medians, names)
+        tally = tallies[index] if tallies is not None else None
+        peak = span.peak()
+        row = {
+            "incident_id": span.incident_id,
+            "table": span.table, "key_kind": span.key_kind, "key": span.key,
+            "start": span.start_us, "end": span.end_us,
+            "windows": len(span.window_starts),
+            "window_seconds": window_seconds,
+            "detector": peak["detector"],
+            "peak_score": peak["score"],
+            "peak_feature": peak["feature"],
+            "peak_window_start": micros(peak["window_start"]),
+            "features_fired": sorted({row["feature"] for row in span.rows}),
+            "measures": [vars(measure) for measure in span_measures],
+            "usual_from": usual_from,
+            **_tally_columns(tally, span),
+        }
+        row["evidence"] = words.incident_evidence(row, peak)
+        rows.append(row)
+    rows.sort(key=lambda row: (-_score({"score": row["peak_score"]}), row["key"], row["start"], row["incident_id"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return pa.Table.from_pylist(rows, schema=schemas.INCIDENTS)
+
+
+def _tally_columns(tally: RecordTally | None, span: Span) -> dict[str, Any]:
+    if tally is None:
+        return {"records": None, "distinct_peers": None, "distinct_names": None, "distinct_exact": None,
+                "top_peers": None,
+                "top_names": None, "top_ports": None, "top_domains": None, "record_files": None}
+    return {
+        "records": tally.records,
+        "distinct_peers": len(tally.peers),
+        "distinct_names": len(tally.names),
+        "distinct_exact": not (tally.peers.full or tally.names.full or tally.ports.full),
+        "top_peers": _top(tally.peers),
+        "top_names": _top(tally.names),
+        "top_ports": _top(tally.ports),
+        "top_domains": _top(collections.Counter(words.parent_domain(name) for name in tally.names)),
+        "record_files": [{"source_file": path, "first_pos": first, "last_pos": last, "records": count}
+                         for path, (first, last, count) in sorted(tally.files.items())],
+    }
+
+
+def incident_records(incident: Mapping[str, Any], inputs: Inputs) -> pa.Table:
+    """The parsed records behind one incident, in file and position order."""
+    spec = features.WindowSpec(incident["table"], incident["key_kind"])
+    span = Span(incident["table"], incident["key_kind"], incident["key"], micros(incident["start"]),
+                micros(incident["end"]))
+    recorded = incident.get("record_files") or []
+    ranges = {entry["source_file"]: (entry["first_pos"], entry["last_pos"]) for entry in recorded}
+    paths = inputs.files_for(ranges) if recorded else list(inputs.paths)
+    chosen = []
+    for batch in inputs.record_batches(spec.table, paths):
+        chosen.extend(records for _, records in span_records(batch, spec, [span]))
+    if not chosen:
+        return schemas.TABLES[spec.table].empty_table()
+    records = pa.Table.from_batches(chosen)
+    return records.take(pc.sort_indices(records, [("source_file", "ascending"), ("source_pos", "ascending")]))

@@ -1,0 +1,246 @@
+"""Incidents: merging anomalous windows, usual values, the records behind them."""
+import hashlib
+import json
+import random
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beamlytics import features, schemas, synthetic
+from beamlytics.pipelines import cli
+from beamlytics.report import incidents
+from beamlytics.transforms.write import parquet_bytes
+
+MINUTE = 60_000_000
+T0 = 1_714_521_600_000_000  # 2024-05-01T00:00:00Z
+
+
+def anomaly(key, start_minute, feature="records", minutes=1, score=1.0, value=10.0, direction="up",
+            threshold=5.0, detector="gaussian", start_us=None):
+    start = T0 + start_minute * MINUTE if start_us is None else start_us
+    return {"table": "dns", "key_kind": "c_ip", "key": key, "feature": feature, "window_start": start,
+            "window_end": start + minutes * MINUTE, "value": value, "detector": detector, "status": "anomaly",
+            "score": score, "threshold": threshold, "direction": direction,
+            "evidence": json.dumps({"mean": 2.0, "std": 1.0, "n": 30}), "params": '{"k": 3.0}', "records": int(value)}
+
+
+def spans_of(rows):
+    return [(span.key, (span.start_us - T0) // MINUTE, (span.end_us - T0) // MINUTE, len(span.rows))
+            for span in incidents.merge_windows(rows)]
+
+
+def test_adjacent_windows_merge_and_a_gap_splits():
+    rows = [anomaly("10.0.0.1", minute) for minute in (0, 1, 2, 4, 5)]
+    assert spans_of(rows) == [("10.0.0.1", 0, 3, 3), ("10.0.0.1", 4, 6, 2)]
+
+
+def test_overlapping_windows_merge():
+    # Sliding 2-minute windows every 30 s overlap; a window starting at the end of the last one still joins.
+    starts = [T0, T0 + MINUTE // 2, T0 + 2 * MINUTE + MINUTE // 2]
+    rows = [anomaly("10.0.0.1", 0, minutes=2, start_us=start) for start in starts]
+    spans = incidents.merge_windows(rows)
+    assert [(s.start_us, s.end_us) for s in spans] == [(T0, T0 + 4 * MINUTE + MINUTE // 2)]
+
+
+def test_several_features_of_one_window_are_one_incident_of_one_window():
+    rows = [anomaly("10.0.0.1", 3, feature) for feature in ("records", "distinct_names", "nxdomain_ratio")]
+    [span] = incidents.merge_windows(rows)
+    assert span.window_starts == [T0 + 3 * MINUTE]
+    assert len(span.rows) == 3
+
+
+def test_endpoints_never_merge_even_when_their_windows_interleave():
+    rows = [anomaly("10.0.0.1", 0), anomaly("10.0.0.2", 1), anomaly("10.0.0.1", 1), anomaly("10.0.0.2", 2)]
+    assert spans_of(rows) == [("10.0.0.1", 0, 2, 2), ("10.0.0.2", 1, 3, 2)]
+
+
+def test_shuffled_input_gives_the_same_incidents():
+    rows = [anomaly(f"10.0.0.{host}", minute, feature)
+            for host in range(1, 5) for minute in (0, 1, 3, 7, 8, 9) for feature in ("records", "distinct_names")]
+    reference = [(s.incident_id, s.start_us, s.end_us, [r["feature"] for r in s.rows])
+                 for s in incidents.merge_windows(rows)]
+    for seed in range(5):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        assert [(s.incident_id, s.start_us, s.end_us, [r["feature"] for r in s.rows])
+                for s in incidents.merge_windows(shuffled)] == reference
+    assert len(reference) == 4 * 3  # per host: minutes 0-1, 3, 7-9
+
+
+def test_incident_id_is_a_hash_of_the_endpoint_and_start():
+    [span] = incidents.merge_windows([anomaly("10.0.0.9", 2)])
+    start = T0 + 2 * MINUTE
+    assert span.incident_id == hashlib.sha1(f"dns|c_ip|10.0.0.9|{start}".encode()).hexdigest()[:16]
+
+
+def test_peak_is_the_highest_score_and_a_missing_score_ranks_last():
+    rows = [anomaly("h", 0, score=None), anomaly("h", 1, score=2.5), anomaly("h", 2, score=2.5, feature="a")]
+    [span] = incidents.merge_windows(rows)
+    peak = span.peak()
+    assert (peak["window_start"], peak["score"]) == (T0 + MINUTE, 2.5)  # ties: the earliest window
+
+
+def feature_table(rows):
+    """features/ rows for dns: (key, minute, records, distinct_names)."""
+    names = features.FEATURES["dns"]
+    full = []
+    for key, minute, records, distinct in rows:
+        row = {"table": "dns", "key_kind": "c_ip", "key": key, "window_start": T0 + minute * MINUTE,
+               "window_end": T0 + (minute + 1) * MINUTE, "records": records, "slot_counts": None}
+        row.update({name: 0.0 for name in names if name != "records"})
+        row["distinct_names"] = float(distinct)
+        full.append(row)
+    return pa.Table.from_pylist(full, schema=features.feature_schema("dns"))
+
+
+def test_usual_is_the_median_of_the_endpoints_earlier_normal_windows():
+    table = feature_table([("a", 0, 2, 1), ("a", 1, 4, 3), ("a", 2, 9, 5), ("a", 3, 100, 90), ("a", 4, 1, 1),
+                           ("b", 0, 20, 20), ("b", 1, 30, 30)])
+    anomalous = {("dns", "c_ip", "a", T0 + 2 * MINUTE), ("dns", "c_ip", "a", T0 + 3 * MINUTE)}
+    usual = incidents.UsualValues(table, anomalous, ["records", "distinct_names"])
+    medians, source = usual.before(("dns", "c_ip", "a"), T0 + 3 * MINUTE)
+    # Earlier normal windows of a: minutes 0 and 1 (minute 2 was anomalous, minute 4 is later).
+    assert (medians, source) == ({"records": 3.0, "distinct_names": 2.0}, "own history")
+
+
+def test_a_new_host_is_compared_with_the_population_median():
+    table = feature_table([("a", 0, 2, 1), ("a", 1, 4, 3), ("b", 0, 20, 20), ("new", 5, 500, 400)])
+    usual = incidents.UsualValues(table, {("dns", "c_ip", "new", T0 + 5 * MINUTE)}, ["records", "distinct_names"])
+    medians, source = usual.before(("dns", "c_ip", "new"), T0 + 5 * MINUTE)
+    assert (medians, source) == ({"records": 4.0, "distinct_names": 3.0}, "population median")
+
+
+def test_measures_take_the_most_extreme_window_in_the_fired_direction():
+    rows = feature_table([("a", 0, 3, 2), ("a", 1, 50, 40), ("a", 2, 70, 30), ("a", 3, 1, 1)]).to_pylist()
+    [span] = incidents.merge_windows([anomaly("a", 1), anomaly("a", 2, "distinct_names", direction="down",
+                                                                threshold=35.0)])
+    result = {m.feature: m for m in incidents.measures(span, rows, {"records": 3.0}, ["records", "distinct_names"])}
+    assert (result["records"].peak, result["records"].usual, result["records"].fired) == (70.0, 3.0, True)
+    assert (result["distinct_names"].peak, result["distinct_names"].threshold) == (30.0, 35.0)
+
+
+def dns_batch(rows):
+    """(c_ip, s_ip, query, minute offset in seconds, file, position) → a dns batch."""
+    columns = {
+        "c_ip": [r[0] for r in rows], "s_ip": [r[1] for r in rows], "query": [r[2] for r in rows],
+        "s_port": [53] * len(rows), "req_time": [T0 + int(r[3] * 1e6) for r in rows],
+        "source_tool": ["zeek"] * len(rows), "source_file": [r[4] for r in rows], "source_pos": [r[5] for r in rows],
+    }
+    return schemas.batch_from_columns(schemas.DNS, columns, len(rows))
+
+
+def test_tally_keeps_only_the_endpoints_records_inside_the_incident():
+    spans = incidents.merge_windows([anomaly("a", 1), anomaly("b", 1)])
+    batch = dns_batch([
+        ("a", "r1", "x.evil.test", 59, "f1", 1),  # before the incident
+        ("a", "r1", "y.evil.test", 60, "f1", 2),
+        ("a", "r2", "y.evil.test", 90, "f1", 5),
+        ("c", "r1", "z.evil.test", 90, "f1", 6),  # another host
+        ("a", "r1", "w.evil.test", 119, "f2", 7),
+        ("a", "r1", "v.evil.test", 120, "f2", 9),  # after the incident
+        ("b", "r3", "ok.test", 100, "f1", 8),
+    ])
+    tally_a, tally_b = incidents.tally_records([batch], features.WindowSpec("dns"), spans)
+    assert tally_a.records == 3
+    assert incidents._top(tally_a.peers) == [{"value": "r1", "count": 2}, {"value": "r2", "count": 1}]
+    assert tally_a.files == {"f1": [2, 5, 2], "f2": [7, 7, 1]}
+    assert (tally_b.records, tally_b.files) == (1, {"f1": [8, 8, 1]})
+
+
+def anomaly_table(rows):
+    return pa.Table.from_pylist(rows, schema=schemas.ANOMALIES)
+
+
+def test_incidents_are_ranked_by_peak_score_and_written_identically_whatever_the_order():
+    rows = [anomaly("a", 1, score=2.0), anomaly("a", 2, score=9.0), anomaly("b", 1, score=5.0)]
+    table = feature_table([("a", 0, 2, 2), ("a", 1, 10, 8), ("a", 2, 12, 9), ("b", 0, 3, 3), ("b", 1, 10, 10)])
+    first = incidents.build_incidents(anomaly_table(rows), table, 60.0, None)
+    assert first.column("key").to_pylist() == ["a", "b"]
+    assert first.column("rank").to_pylist() == [1, 2]
+    assert first.column("peak_score").to_pylist() == [9.0, 5.0]
+    again = incidents.build_incidents(anomaly_table(rows[::-1]), table.take([4, 2, 0, 1, 3]), 60.0, None)
+    assert parquet_bytes(again) == parquet_bytes(first)
+
+
+SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", anomaly_start_minute=40,
+                              anomaly_minutes=3)
+
+
+def detect_synthetic(tmp_path_factory, detector, extra_lines=None):
+    """Synthetic Zeek logs of SCENARIO (plus `extra_lines`: name -> text beside them), detected: (logs, out)."""
+    logs = tmp_path_factory.mktemp("zeek")
+    synthetic.write_zeek_logs(str(logs), SCENARIO)
+    for name, text in (extra_lines or {}).items():
+        (logs / SCENARIO.day.isoformat() / name).write_text(text)
+    out = tmp_path_factory.mktemp("out")
+    assert cli.main(["detect", "--table", "dns", "--detector", detector, "--output", str(out), str(logs)]) == 0
+    return logs, out
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory):
+    return detect_synthetic(tmp_path_factory, "poisson")
+
+
+def raw_dns_lines(path, client, start_us, end_us):
+    """Line numbers of `client`'s queries in [start, end), read straight from the Zeek TSV."""
+    found = []
+    for number, line in enumerate(open(path, encoding="utf-8"), 1):
+        if line.startswith("#"):
+            continue
+        fields = line.rstrip("\n").split("\t")
+        micros = int(fields[0].replace(".", ""))
+        if fields[2] == client and start_us <= micros < end_us:
+            found.append((number, fields[9]))
+    return found
+
+
+def test_detect_writes_one_incident_for_the_burst_pointing_at_its_lines(detected):
+    logs, out = detected
+    [incident] = pq.read_table(out / "incidents").to_pylist()
+    burst = SCENARIO.anomaly_window_starts_us(MINUTE)
+    assert incident["key"] == SCENARIO.anomalous_client
+    assert incidents.micros(incident["start"]) == burst[0]
+    assert incidents.micros(incident["end"]) == burst[-1] + MINUTE
+    dns_log = logs / SCENARIO.day.isoformat() / "dns.log"
+    lines = raw_dns_lines(dns_log, SCENARIO.anomalous_client, burst[0], burst[-1] + MINUTE)
+    assert incident["records"] == len(lines)
+    assert incident["record_files"] == [{"source_file": str(dns_log), "first_pos": lines[0][0],
+                                         "last_pos": lines[-1][0], "records": len(lines)}]
+    assert incident["distinct_names"] == len({name for _, name in lines})
+    tunnel = sum(name.endswith(SCENARIO.tunnel_domain) for _, name in set(lines))
+    assert incident["top_domains"][0] == {"value": "example.net", "count": tunnel}
+    records = incidents.incident_records(incident, incidents.Inputs((str(dns_log),)))
+    assert list(zip(records.column("source_pos").to_pylist(), records.column("query").to_pylist())) == lines
+
+
+def test_incidents_record_the_inputs_for_show(detected):
+    logs, out = detected
+    metadata = pq.read_schema(next((out / "incidents").glob("*.parquet"))).metadata
+    inputs = incidents.Inputs.from_json(metadata[incidents.INPUTS_METADATA])
+    assert set(inputs.paths) == {str(path) for path in (logs / SCENARIO.day.isoformat()).iterdir()}
+    assert inputs.format == "auto"
+
+
+def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(monkeypatch):
+    monkeypatch.setattr(incidents, "TRACKED_VALUES", 3)
+    spans = incidents.merge_windows([anomaly("a", 0)])
+    batch = dns_batch([("a", "r1", name, second, "f", second + 1)
+                       for second, name in enumerate(["n1", "n2", "n1", "n3", "n4", "n5", "n1"])])
+    [tally] = incidents.tally_records([batch], features.WindowSpec("dns"), spans)
+    assert dict(tally.names) == {"n1": 3, "n2": 1, "n3": 1}  # n4, n5 came after the bound
+    assert tally.names.full and not tally.peers.full
+    assert tally.records == 7
+    row = incidents._tally_columns(tally, spans[0])
+    assert (row["distinct_names"], row["distinct_exact"]) == (3, False)
+
+
+def test_remote_inputs_are_not_read_again_and_records_stay_unknown(detected, tmp_path):
+    from beamlytics.report import folder
+
+    out = shutil.copytree(detected[1], tmp_path / "out")  # the module's run stays as it was
+    found = folder.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
+    assert found.column("records").to_pylist() == [None]
+    assert found.column("record_files").to_pylist() == [None]
