@@ -1,22 +1,25 @@
 """Per endpoint-window features, computed from Arrow batches without Beam.
 
-A batch of records becomes a handful of partial aggregates, one per (endpoint, window)
-that it touches; partials from different batches merge associatively, so a runner can
-combine them in any order and on any worker and still get the same features. The Beam
-transforms in `transforms.windows` only move these partials around.
+A batch of records becomes partial aggregates (Arrow tables, one group-by per batch) of the
+endpoint-windows it touches; partials from different batches merge associatively, so a
+runner can combine them in any order and on any worker and still get the same features.
+Partials are cut by a stable hash of the endpoint into shards; a merged shard becomes one
+Arrow table of window features. The Beam transforms in `transforms.windows` only move
+these tables around.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Iterator
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
-from beamlytics.detectors.endpoint import EndpointWindow
+from beamlytics.detectors.endpoint import TRAIN_COLUMN, EndpointWindow, repeated
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -81,27 +84,189 @@ class WindowSpec:
         return self.window_us // self.slot_us if self.slot_us else 0
 
 
+def stable_shard(value: Any, shards: int) -> int:
+    """The shard of a value: the same on every run, process and machine (unlike `hash`)."""
+    return zlib.crc32(repr(value).encode("utf-8")) % shards if shards > 1 else 0
+
+
+def endpoint_shards(keys: pa.Array | pa.ChunkedArray, shards: int) -> np.ndarray:
+    """`stable_shard` of every key, hashing each distinct key once."""
+    if shards <= 1:
+        return np.zeros(len(keys), dtype=np.int64)
+    unique = pc.unique(keys)
+    of_unique = np.fromiter((stable_shard(key, shards) for key in unique.to_pylist()), np.int64, len(unique))
+    return of_unique[pc.index_in(keys, value_set=unique).to_numpy(zero_copy_only=False)]
+
+
+_WINDOW = ["key", "window_start"]
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+def pack(table: pa.Table) -> bytes:
+    """A table as LZ4-compressed Arrow IPC: a few times smaller than pickling it."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An Arrow table in transit between workers: compressed bytes, opened only where used.
+
+    Runners copy and regroup elements several times on the way through a shuffle; these
+    copies stay small and are never decompressed on the way.
+    """
+
+    data: bytes
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "Packed":
+        return cls(pack(table))
+
+    def table(self) -> pa.Table:
+        return unpack(self.data)
+
+
 @dataclass
-class WindowAggregate:
-    """Mergeable partial state of one endpoint-window."""
+class WindowPartials:
+    """Mergeable partial features of many endpoint-windows, as Arrow tables.
 
-    records: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    maxima: dict[str, float] = field(default_factory=dict)
-    distinct: dict[str, set] = field(default_factory=dict)
-    slot_counts: dict[int, int] = field(default_factory=dict)
+    Every table has `key` and `window_start` (µs) columns. Merging any grouping of partials
+    in any order gives the same merged values: integer sums, maxima and sets of values.
+    - `measures`: one row per endpoint-window: `records`, `sum_*`, `max_*`.
+    - `distinct`: per counted column, one row per distinct (endpoint, window, value), so
+      distinct counts stay exact without a Python set per window.
+    - `slots`: (endpoint, window, slot, records), when per-slot counts are wanted.
+    """
 
-    def merge(self, other: "WindowAggregate") -> "WindowAggregate":
-        self.records += other.records
-        for name, value in other.sums.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        for name, value in other.maxima.items():
-            self.maxima[name] = max(self.maxima.get(name, value), value)
-        for name, values in other.distinct.items():
-            self.distinct.setdefault(name, set()).update(values)
-        for slot, count in other.slot_counts.items():
-            self.slot_counts[slot] = self.slot_counts.get(slot, 0) + count
-        return self
+    measures: pa.Table
+    distinct: dict[str, pa.Table]
+    slots: pa.Table | None = None
+
+    def __getstate__(self) -> dict:
+        return {"measures": pack(self.measures), "distinct": {name: pack(t) for name, t in self.distinct.items()},
+                "slots": None if self.slots is None else pack(self.slots)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.measures = unpack(state["measures"])
+        self.distinct = {name: unpack(data) for name, data in state["distinct"].items()}
+        self.slots = None if state["slots"] is None else unpack(state["slots"])
+
+
+def _aggregate(table: pa.Table, keys: list[str], aggregations: Mapping[str, tuple[str, str, Any]]) -> pa.Table:
+    """Group `table` by `keys`; output column name -> (input column, function, options)."""
+    grouped = table.group_by(keys, use_threads=False).aggregate(
+        [(column, function, options) if options else (column, function)
+         for column, function, options in aggregations.values()])
+    columns = {name: grouped.column(name) for name in keys}
+    for name, (column, function, _) in aggregations.items():
+        columns[name] = grouped.column(f"{column}_{function}")
+    # Acero's output chunks share buffers, and each chunk would pickle them whole.
+    return pa.table(columns).combine_chunks()
+
+
+def _remerge(column: str) -> tuple[str, str, None]:
+    return column, "max" if column.startswith("max_") else "sum", None
+
+
+def _distinct_rows(table: pa.Table) -> pa.Table:
+    return _aggregate(table, [*_WINDOW, "value"], {})
+
+
+def partial_windows(batch: pa.RecordBatch, spec: WindowSpec) -> WindowPartials | None:
+    """Partial features of every endpoint-window that `batch` touches; None if it touches none.
+
+    Records without an event time or without an endpoint key cannot be placed in a window
+    and are left out here; `untimed_records` counts them for the run summary.
+    """
+    batch = batch.filter(_placeable(batch, spec))
+    if batch.num_rows == 0:
+        return None
+    times = pc.cast(batch.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64()).to_numpy()
+    starts = window_starts(times, spec.window_us)
+    window = {"key": batch.column(spec.key_column), "window_start": pa.array(starts)}
+
+    sums, maxima = _table_measures(spec.table, batch)
+    columns = dict(window)
+    aggregations = {"records": ("key", "count", pc.CountOptions(mode="all"))}
+    for prefix, function, measures in (("sum", "sum", sums), ("max", "max", maxima)):
+        for name, values in measures.items():
+            columns[f"{prefix}_{name}"] = values
+            aggregations[f"{prefix}_{name}"] = (f"{prefix}_{name}", function, None)
+    measured = _aggregate(pa.table(columns), _WINDOW, aggregations)
+
+    distinct = {}
+    for name, column in _distinct_columns(spec).items():
+        values = pa.table({**window, "value": batch.column(column)})
+        distinct[name] = _distinct_rows(values.filter(pc.is_valid(values.column("value"))))
+
+    slots = None
+    if spec.slot_us:
+        slot_table = pa.table({**window, "slot": pa.array((times - starts) // spec.slot_us)})
+        slots = _aggregate(slot_table, [*_WINDOW, "slot"], {"records": ("slot", "count", None)})
+    return WindowPartials(measured, distinct, slots)
+
+
+def merge_partials(parts: Sequence[WindowPartials]) -> WindowPartials:
+    """One partial with one row per endpoint-window (per value, per slot) of all `parts`."""
+    if len(parts) == 1:
+        return parts[0]
+    measures = pa.concat_tables([part.measures for part in parts])
+    merged = _aggregate(measures, _WINDOW, {name: _remerge(name) for name in measures.column_names[2:]})
+    distinct = {name: _distinct_rows(pa.concat_tables([part.distinct[name] for part in parts]))
+                for name in parts[0].distinct}
+    slots = None
+    if parts[0].slots is not None:
+        slots = _aggregate(pa.concat_tables([part.slots for part in parts]), [*_WINDOW, "slot"],
+                           {"records": ("records", "sum", None)})
+    return WindowPartials(merged, distinct, slots)
+
+
+def split_partials(part: WindowPartials, label_of: Callable[[pa.Table], np.ndarray]) -> dict[int, WindowPartials]:
+    """`part` cut by the label `label_of` gives each row (a shard, a window start), rows kept whole."""
+    pieces = {name: split_table(table, label_of(table)) for name, table in _named_tables(part)}
+    split = {}
+    for label in pieces["measures"]:
+        def piece(name: str, table: pa.Table) -> pa.Table:
+            return pieces[name].get(label, table.slice(0, 0))
+        split[label] = WindowPartials(
+            piece("measures", part.measures),
+            {name: piece(f"distinct_{name}", table) for name, table in part.distinct.items()},
+            None if part.slots is None else piece("slots", part.slots),
+        )
+    return split
+
+
+def _named_tables(part: WindowPartials) -> Iterator[tuple[str, pa.Table]]:
+    yield "measures", part.measures
+    for name, table in part.distinct.items():
+        yield f"distinct_{name}", table
+    if part.slots is not None:
+        yield "slots", part.slots
+
+
+def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
+    """The rows of `table` by label. Each piece owns its buffers: a slice would pickle the whole table."""
+    if table.num_rows == 0:
+        return {}
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    return {int(ordered[lo]): table.take(order[lo:hi])
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)])}
+
+
+def shard_labels(shards: int) -> Callable[[pa.Table], np.ndarray]:
+    return lambda table: endpoint_shards(table.column("key"), shards)
+
+
+def window_labels(table: pa.Table) -> np.ndarray:
+    return table.column("window_start").to_numpy()
 
 
 def _table_measures(table: str, batch: pa.RecordBatch) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
@@ -138,59 +303,6 @@ def window_starts(times_us: np.ndarray, window_us: int) -> np.ndarray:
     return times_us - np.mod(times_us, window_us)
 
 
-def partial_aggregates(batch: pa.RecordBatch, spec: WindowSpec) -> Iterator[tuple[str, int, WindowAggregate]]:
-    """(endpoint, window start µs, partial aggregate) for every endpoint-window in `batch`.
-
-    Records without an event time or without an endpoint key cannot be placed in a window
-    and are left out here; `untimed_records` counts them for the run summary.
-    """
-    batch = batch.filter(_placeable(batch, spec))
-    if batch.num_rows == 0:
-        return
-    times = pc.cast(batch.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64()).to_numpy()
-    starts = window_starts(times, spec.window_us)
-
-    sums, maxima = _table_measures(spec.table, batch)
-    distinct = _distinct_columns(spec)
-    columns = {"key": batch.column(spec.key_column), "window_start": pa.array(starts)}
-    aggregations = [("key", "count", pc.CountOptions(mode="all"))]
-    for name, values in sums.items():
-        columns[f"sum_{name}"] = values
-        aggregations.append((f"sum_{name}", "sum"))
-    for name, values in maxima.items():
-        columns[f"max_{name}"] = values
-        aggregations.append((f"max_{name}", "max"))
-    for name, column in distinct.items():
-        columns[f"distinct_{name}"] = batch.column(column)
-        aggregations.append((f"distinct_{name}", "distinct", pc.CountOptions(mode="only_valid")))
-    grouped = pa.table(columns).group_by(["key", "window_start"], use_threads=False).aggregate(aggregations)
-
-    slot_counts = _slot_counts(batch, spec, times, starts) if spec.slot_us else {}
-    for row in grouped.to_pylist():
-        key, start = row["key"], row["window_start"]
-        yield key, start, WindowAggregate(
-            records=row["key_count"],
-            sums={name: float(row[f"sum_{name}_sum"] or 0) for name in sums},
-            maxima={name: float(row[f"max_{name}_max"] or 0) for name in maxima},
-            distinct={name: set(row[f"distinct_{name}_distinct"]) for name in distinct},
-            slot_counts=slot_counts.get((key, start), {}),
-        )
-
-
-def _slot_counts(batch: pa.RecordBatch, spec: WindowSpec, times: np.ndarray, starts: np.ndarray) -> dict:
-    slots = (times - starts) // spec.slot_us
-    grouped = (
-        pa.table({"key": batch.column(spec.key_column), "window_start": pa.array(starts), "slot": pa.array(slots)})
-        .group_by(["key", "window_start", "slot"], use_threads=False)
-        .aggregate([("slot", "count")])
-    )
-    counts: dict[tuple[str, int], dict[int, int]] = {}
-    for key, start, slot, count in zip(*(grouped.column(name).to_pylist()
-                                         for name in ("key", "window_start", "slot", "slot_count"))):
-        counts.setdefault((key, start), {})[slot] = count
-    return counts
-
-
 def _placeable(batch: pa.RecordBatch, spec: WindowSpec) -> pa.Array:
     """Records with both an event time and an endpoint key: only those have a window."""
     time_column = schemas.EVENT_TIME_COLUMN[spec.table]
@@ -203,32 +315,90 @@ def untimed_records(batch: pa.RecordBatch, spec: WindowSpec) -> int:
     return batch.num_rows - pc.sum(pc.cast(_placeable(batch, spec), pa.int64())).as_py()
 
 
-def finalize(aggregate: WindowAggregate, spec: WindowSpec) -> dict[str, float]:
-    """The feature values of one endpoint-window, named as in `FEATURES[spec.table]`."""
-    records = aggregate.records
-    values = {"records": float(records)}
-    for name, members in aggregate.distinct.items():
-        values[f"distinct_{name}"] = float(len(members))
+def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
+    """The features of every endpoint-window in a merged `part`, sorted by (key, window start).
+
+    Columns as `window_table_schema(spec.table)`; integer sums become floats only here, so
+    the values do not depend on how the records were split into batches.
+    """
+    measures = part.measures.sort_by([("key", "ascending"), ("window_start", "ascending")])
+    count = measures.num_rows
+    records = measures.column("records").to_numpy().astype(np.float64)
+
+    def measured(name: str) -> np.ndarray:
+        if name not in measures.column_names:
+            return np.zeros(count)
+        return pc.fill_null(measures.column(name), 0).to_numpy().astype(np.float64)
+
+    row_of = pa.table({"key": measures.column("key"), "window_start": measures.column("window_start"),
+                       "row": pa.array(np.arange(count))})
+    values = {"records": records}
+    for name, pairs in part.distinct.items():
+        counts = _aggregate(pairs, _WINDOW, {"distinct": ("value", "count", None)})
+        rows, distinct = _aligned(row_of, counts, "distinct")
+        values[f"distinct_{name}"] = np.zeros(count)
+        values[f"distinct_{name}"][rows] = distinct
     if spec.table == "dns":
-        values["nxdomain_ratio"] = aggregate.sums.get("nxdomain", 0.0) / records
-        values["unanswered_ratio"] = aggregate.sums.get("unanswered", 0.0) / records
-        values["max_query_length"] = aggregate.maxima.get("max_query_length", 0.0)
+        values["nxdomain_ratio"] = measured("sum_nxdomain") / records
+        values["unanswered_ratio"] = measured("sum_unanswered") / records
+        values["max_query_length"] = measured("max_max_query_length")
     elif spec.table == "http":
-        values["error_ratio"] = aggregate.sums.get("errors", 0.0) / records
-        values["request_bytes"] = aggregate.sums.get("request_bytes", 0.0)
-        values["response_bytes"] = aggregate.sums.get("response_bytes", 0.0)
+        values["error_ratio"] = measured("sum_errors") / records
+        values["request_bytes"] = measured("sum_request_bytes")
+        values["response_bytes"] = measured("sum_response_bytes")
     else:
         for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes"):
-            values[name] = aggregate.sums.get(name, 0.0)
-    return {name: values[name] for name in FEATURES[spec.table]}
+            values[name] = measured(f"sum_{name}")
+
+    starts = measures.column("window_start")
+    schema = window_table_schema(spec.table)
+    columns = {
+        "table": repeated(spec.table, count),
+        "key_kind": repeated(spec.key, count),
+        "key": measures.column("key"),
+        "window_start": pc.cast(starts, schemas.TIMESTAMP),
+        "window_end": pc.cast(pc.add(starts, spec.window_us), schemas.TIMESTAMP),
+        "records": measures.column("records"),
+        **{name: pa.array(values[name]) for name in FEATURES[spec.table] if name != "records"},
+        "slot_counts": _slot_lists(part.slots, row_of, spec) if spec.slot_us else pa.nulls(count, pa.list_(pa.int64())),
+        TRAIN_COLUMN: pa.array(np.zeros(count, dtype=bool)),
+    }
+    return pa.Table.from_arrays([pa.chunked_array(_chunks(columns[field.name]), field.type) for field in schema],
+                                schema=schema)
 
 
-def slot_vector(aggregate: WindowAggregate, spec: WindowSpec) -> list[int]:
-    """Record counts per slot of the window, zeros included (what rate models need)."""
-    vector = [0] * spec.slots
-    for slot, count in aggregate.slot_counts.items():
-        vector[slot] = count
-    return vector
+def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _aligned(row_of: pa.Table, values: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers in `row_of` and the matching `values[column]`, matched on (key, window start)."""
+    joined = row_of.join(values, keys=_WINDOW, join_type="inner", use_threads=False)
+    return joined.column("row").to_numpy(), joined.column(column).to_numpy()
+
+
+def _slot_lists(slots: pa.Table, row_of: pa.Table, spec: WindowSpec) -> pa.Array:
+    """Record counts per slot of each window, zeros included (what rate models need)."""
+    joined = row_of.join(slots, keys=_WINDOW, join_type="inner", use_threads=False)
+    flat = np.zeros(row_of.num_rows * spec.slots, dtype=np.int64)
+    flat[joined.column("row").to_numpy() * spec.slots + joined.column("slot").to_numpy()] = \
+        joined.column("records").to_numpy()
+    offsets = np.arange(0, flat.size + 1, spec.slots, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def window_features(batches: Iterable[pa.RecordBatch], spec: WindowSpec) -> pa.Table:
+    """Without Beam: the features of every endpoint-window in `batches` (what `WindowFeatures` gives)."""
+    parts = [part for part in (partial_windows(batch, spec) for batch in batches) if part is not None]
+    if not parts:
+        return window_table_schema(spec.table).empty_table()
+    return window_table(merge_partials(parts), spec)
+
+
+def endpoint_windows(table: pa.Table) -> list[EndpointWindow]:
+    """The rows of a table of endpoint-windows as `EndpointWindow`s, for window-by-window scoring."""
+    return [_window(row, FEATURES[row["table"]])._replace(train=row.get(TRAIN_COLUMN, False))
+            for row in table.to_pylist()]
 
 
 def feature_schema(table: str) -> pa.Schema:
@@ -248,21 +418,26 @@ def feature_schema(table: str) -> pa.Schema:
     )
 
 
-def feature_row(window: EndpointWindow) -> dict:
-    return {
-        "table": window.table,
-        "key_kind": window.key_kind,
-        "key": window.key,
-        "window_start": window.window_start,
-        "window_end": window.window_end,
-        **window.features,
-        "records": window.records,
-        "slot_counts": list(window.slot_counts) if window.slot_counts is not None else None,
-    }
+def window_table_schema(table: str) -> pa.Schema:
+    """What `WindowFeatures` emits: the `features/` columns and whether the window is for training."""
+    return feature_schema(table).append(pa.field(TRAIN_COLUMN, pa.bool_(), nullable=False))
+
+
+def table_of_windows(windows: Sequence[EndpointWindow], table: str) -> pa.Table:
+    """`EndpointWindow`s as a table of endpoint-windows (the inverse of `endpoint_windows`)."""
+    rows = [{"table": w.table, "key_kind": w.key_kind, "key": w.key, "window_start": w.window_start,
+             "window_end": w.window_end, **w.features, "records": w.records,
+             "slot_counts": None if w.slot_counts is None else list(w.slot_counts), TRAIN_COLUMN: w.train}
+            for w in windows]
+    return pa.Table.from_pylist(rows, schema=window_table_schema(table))
 
 
 def window_from_row(row: dict, spec: WindowSpec) -> EndpointWindow:
-    """The inverse of `feature_row`, for calibrating on an earlier run's features."""
+    """One row of a features table as an `EndpointWindow`."""
+    return _window(row, FEATURES[spec.table])
+
+
+def _window(row: dict, feature_names: Sequence[str]) -> EndpointWindow:
     def micros(value) -> int:
         # Exact integer arithmetic: a float timestamp would lose microseconds.
         if isinstance(value, int):
@@ -277,6 +452,6 @@ def window_from_row(row: dict, spec: WindowSpec) -> EndpointWindow:
         window_start=micros(row["window_start"]),
         window_end=micros(row["window_end"]),
         records=int(row["records"]),
-        features={name: float(row[name]) for name in FEATURES[spec.table]},
+        features={name: float(row[name]) for name in feature_names},
         slot_counts=tuple(slots) if slots is not None else None,
     )

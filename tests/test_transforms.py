@@ -1,13 +1,14 @@
 """Windowing and per-endpoint scoring transforms, on batches built in the test."""
-import random
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from beamlytics import features, schemas
+from beamlytics import baseline, features, schemas, synthetic
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointScorer
 from beamlytics.features import WindowSpec
 from beamlytics.transforms.score import ScoreEndpoints
@@ -54,15 +55,20 @@ def reference_features(frame, window_us):
     })
 
 
-def run_windows(batches, spec, windowing):
-    return collect(lambda pipeline: pipeline | beam.Create(batches) | WindowFeatures(spec, windowing))
+def run_windows(batches, spec, windowing, shards=3):
+    tables = collect(lambda pipeline: pipeline | beam.Create(batches) | WindowFeatures(spec, windowing, shards))
+    return sorted_windows(pa.concat_tables(tables))
+
+
+def sorted_windows(table):
+    return table.sort_by([("key", "ascending"), ("window_start", "ascending")])
 
 
 @pytest.mark.parametrize("windowing", ["key", "beam"])
 def test_window_features_match_pandas(windowing):
     frame = dns_frame()
     spec = WindowSpec("dns", "c_ip", 5 * MINUTE)
-    windows = run_windows(to_batches(frame), spec, windowing)
+    windows = features.endpoint_windows(run_windows(to_batches(frame), spec, windowing))
     expected = reference_features(frame, 5 * MINUTE)
     assert len(windows) == len(expected)
     for window in windows:
@@ -76,58 +82,125 @@ def test_window_features_match_pandas(windowing):
 def test_both_windowings_give_the_same_windows_with_slots():
     frame = dns_frame(seed=9)
     spec = WindowSpec("dns", "name", MINUTE, slot_us=10_000_000)
-    by_key = sorted(run_windows(to_batches(frame), spec, "key"))
-    by_beam = sorted(run_windows(to_batches(frame), spec, "beam"))
-    assert by_key == by_beam
-    for window in by_key:
-        assert sum(window.slot_counts) == window.records and len(window.slot_counts) == 6
+    by_key = run_windows(to_batches(frame), spec, "key")
+    assert by_key.equals(run_windows(to_batches(frame), spec, "beam"))
+    frame = frame.assign(window=frame.req_time - frame.req_time % MINUTE,
+                         slot=(frame.req_time % MINUTE) // 10_000_000)
+    expected = frame.groupby(["query", "window", "slot"]).size()
+    for window in features.endpoint_windows(by_key):
+        assert len(window.slot_counts) == 6
+        for slot, count in enumerate(window.slot_counts):
+            assert count == expected.get((window.key, window.window_start, slot), 0)
 
 
-def run_scores(windows, config, streaming=False):
-    collected = collect(lambda pipeline: pipeline | beam.Create(windows) | ScoreEndpoints(config, streaming=streaming))
-    return sorted(collected, key=lambda row: (row["key"], row["window_start"], row["feature"]))
+def test_features_without_beam_are_the_pipelines_whatever_the_batching_and_sharding():
+    frame = dns_frame(seed=11)
+    spec = WindowSpec("dns", "c_ip", MINUTE, slot_us=15_000_000)
+    in_pipeline = run_windows(to_batches(frame), spec, "key", shards=5)
+    shuffled = frame.sample(frac=1.0, random_state=2).reset_index(drop=True)
+    plain = features.window_features(to_batches(shuffled, size=97), spec)
+    assert plain.equals(in_pipeline)
+    assert run_windows(to_batches(frame, size=3000), spec, "key", shards=1).equals(in_pipeline)
+
+
+def windows_in_pieces(table, seed):
+    """The rows of `table` cut into shuffled pieces: windows in any arrival order and grouping."""
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    shuffled = table.take(order)
+    return [shuffled.slice(start, 37) for start in range(0, table.num_rows, 37)]
+
+
+def run_scores(tables, config, streaming=False, train_until_us=None):
+    collected = collect(lambda pipeline: pipeline | beam.Create(tables)
+                        | ScoreEndpoints(config, train_until_us, streaming=streaming))
+    return sorted(pa.concat_tables(collected).to_pylist(), key=score_order)
+
+
+def score_order(row):
+    return row["key"], row["window_start"], row["feature"]
+
+
+def scored_one_by_one(windows, config, training=()):
+    """The reference: each endpoint's windows scored one by one, oldest first, by `EndpointScorer`."""
+    rows = []
+    for key in sorted({w.key for w in windows}):
+        scorer = EndpointScorer(config)
+        baseline = [w for w in training if w.key == key]
+        if baseline:
+            scorer.fit(baseline)
+        for window in sorted((w for w in windows if w.key == key), key=lambda w: w.window_start):
+            rows.extend(scorer.score(window))
+    return sorted(pa.Table.from_pylist(rows, schema=schemas.ANOMALIES).to_pylist(), key=score_order)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_scoring_is_in_event_time_order_whatever_the_arrival_order(streaming):
+@pytest.mark.parametrize("detector, params", [
+    ("gaussian", {"k": 2.0, "n_init": 5}),
+    ("gaussian", {"k": 2.0, "n_init": 5, "discard_anomalies": False}),
+    ("iqr", {"k": 1.0, "n_init": 5}),
+])
+def test_scoring_is_in_event_time_order_whatever_the_arrival_order(streaming, detector, params):
     frame = dns_frame(seed=4, rows=6000)
     spec = WindowSpec("dns", "c_ip", MINUTE)
     windows = run_windows(to_batches(frame), spec, "key")
-    config = DetectorConfig("gaussian", {"k": 2.0, "n_init": 5}, ("records", "nxdomain_ratio"))
-
-    # The reference: each endpoint's windows scored one by one, oldest first, without Beam.
-    expected = []
-    for key in sorted({w.key for w in windows}):
-        scorer = EndpointScorer(config)
-        for window in sorted((w for w in windows if w.key == key), key=lambda w: w.window_start):
-            expected.extend(scorer.score(window))
-    expected.sort(key=lambda row: (row["key"], row["window_start"], row["feature"]))
-
-    shuffled = list(windows)
-    random.Random(1).shuffle(shuffled)
-    assert run_scores(shuffled, config, streaming) == expected
+    config = DetectorConfig(detector, params, ("records", "nxdomain_ratio"))
+    expected = scored_one_by_one(features.endpoint_windows(windows), config)
+    assert run_scores(windows_in_pieces(windows, seed=1), config, streaming) == expected
     assert any(row["status"] == "anomaly" for row in expected)  # the comparison covered anomalies too
+
+
+@pytest.mark.parametrize("detector, params", [("spot", {"n_init": 20, "q": 1e-2}), ("dspot", {"n_init": 20, "depth": 5}),
+                                              ("poisson", {"slot_seconds": 5.0})])
+def test_every_detector_scores_a_table_as_window_by_window(detector, params):
+    spec = WindowSpec("dns", "c_ip", MINUTE, slot_us=5_000_000)
+    windows = run_windows(to_batches(dns_frame(seed=8, rows=9000)), spec, "key")
+    chosen = ("records",) if detector == "poisson" else ("records", "distinct_names")
+    config = DetectorConfig(detector, params, chosen)
+    training_until = windows.column("window_start")[0].value + 20 * MINUTE
+    early = [w for w in features.endpoint_windows(windows) if w.window_end <= training_until]
+    later = [w for w in features.endpoint_windows(windows) if w.window_end > training_until]
+    expected = scored_one_by_one(later, config, early)
+    assert run_scores(windows_in_pieces(windows, seed=2), config, train_until_us=training_until) == expected
+    assert {row["status"] for row in expected} - {"calibrating"}  # beyond calibration
 
 
 def test_training_windows_calibrate_and_are_not_scored():
     spec = WindowSpec("dns", "c_ip", MINUTE)
     windows = run_windows(to_batches(dns_frame(seed=5)), spec, "key")
     config = DetectorConfig("gaussian", {"n_init": 3}, ("records",))
-    first_key = min(w.key for w in windows)
-    own = sorted((w for w in windows if w.key == first_key), key=lambda w: w.window_start)
-    training, judged = own[:10], own[10:]
-    rows = run_scores([w._replace(train=True) for w in training] + judged, config)
+    first_key = windows.column("key")[0].as_py()
+    own = windows.filter(pc.equal(windows.column("key"), first_key))
+    training = features.table_of_windows([w._replace(train=True) for w in features.endpoint_windows(own.slice(0, 10))],
+                                         "dns")
+    rows = run_scores([training, own.slice(10)], config)
 
     scorer = EndpointScorer(config)
-    scorer.fit(training)
-    assert rows == [row for window in judged for row in scorer.score(window)]
-    assert all(row["status"] != "calibrating" for row in rows)
+    scorer.fit(features.endpoint_windows(training))
+    reference = [row for window in features.endpoint_windows(own.slice(10)) for row in scorer.score(window)]
+    assert rows == sorted(pa.Table.from_pylist(reference, schema=schemas.ANOMALIES).to_pylist(), key=score_order)
+    assert rows and all(row["status"] != "calibrating" for row in rows)
 
 
-def test_feature_rows_round_trip_for_baselines():
+def test_feature_tables_round_trip_for_baselines():
     spec = WindowSpec("dns", "c_ip", MINUTE, slot_us=MINUTE // 4)
     windows = run_windows(to_batches(dns_frame(seed=6, rows=500)), spec, "key")
-    table = pa.Table.from_pylist([features.feature_row(w) for w in windows],
-                                                    schema=features.feature_schema("dns"))
-    back = [features.window_from_row(row, spec) for row in table.to_pylist()]
-    assert sorted(back) == sorted(windows)
+    written = windows.select(features.feature_schema("dns").names)
+    back = features.table_of_windows(list(baseline.baseline_windows(written, spec, "mem")), "dns")
+    assert back.column("train").to_pylist() == [True] * windows.num_rows
+    assert back.drop_columns(["train"]).equals(written)
+    assert features.endpoint_windows(back) == [w._replace(train=True) for w in features.endpoint_windows(windows)]
+
+
+def test_readme_pipeline_and_plain_python_examples_agree(tmp_path, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## In your own pipeline"):readme.index("## Runners")]
+    in_pipeline, plain = [block.split("\n", 1)[1] for block in section.split("```")[1::2]]
+    logs = tmp_path / "zeek"
+    synthetic.write_zeek_logs(str(logs), synthetic.Scenario(hours=1, clients=5, anomalous_client="10.0.0.3",
+                                                            anomaly_start_minute=40, anomaly_minutes=5))
+    names = {}
+    exec(in_pipeline.replace("demo-out/zeek", str(logs)), names)
+    printed = sorted(capsys.readouterr().out.splitlines())
+    exec(plain.replace("demo-out/zeek", str(logs)), names)
+    found = names["scores"].filter(pc.equal(names["scores"].column("status"), "anomaly")).to_pylist()
+    assert printed and printed == sorted(f"{r['key']} {r['window_start']} {r['feature']} {r['value']}" for r in found)

@@ -110,3 +110,41 @@ def test_fit_is_learning_without_judging():
     fitted.fit([1.0, 2.0, 3.0, float("nan")])
     assert fitted.observe(2.5).status == Status.NORMAL
     assert fitted.n == 4
+
+
+def ragged_series(seed):
+    """Series of many lengths with spikes both ways, flat stretches, NaNs and leading training entries."""
+    rng = np.random.default_rng(seed)
+    values, train, starts = [], [], []
+    for length in rng.integers(1, 60, size=40):
+        starts.append(len(values))
+        series = rng.normal(10.0, 2.0, size=length)
+        series[rng.random(length) < 0.05] *= rng.choice([-4.0, 6.0])
+        if rng.random() < 0.2:
+            series[:] = 3.0  # flat: σ = 0, so every departure scores inf
+            series[-1] = 4.0
+        series[rng.random(length) < 0.03] = np.nan
+        values.extend(series)
+        training = int(rng.integers(0, length // 2 + 1))
+        train.extend([True] * training + [False] * (length - training))
+    return np.array(values), np.array(train), np.array(starts)
+
+
+@pytest.mark.parametrize("discard", [True, False])
+def test_gaussian_lockstep_series_equal_window_by_window(discard):
+    values, train, starts = ragged_series(seed=5)
+    params = {"k": 2.0, "n_init": 4, "discard_anomalies": discard}
+    lockstep = Gaussian.score_features(params, [values, values[::-1]], train, starts)
+    one_by_one = [Gaussian.score_series(params, column, train, starts) for column in (values, values[::-1])]
+    assert lockstep == one_by_one
+    statuses = set(lockstep[0].status.to_pylist())
+    assert statuses == {"anomaly", "normal", "calibrating", "missing"}
+    assert float("inf") in lockstep[0].score.to_pylist()
+
+
+def test_no_detector_takes_a_population_model_yet():
+    values, train, starts = ragged_series(seed=6)
+    with pytest.raises(ValueError, match="gaussian detector takes no population model"):
+        Gaussian.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})
+    with pytest.raises(ValueError, match="iqr detector takes no population model"):
+        BoxPlot.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})

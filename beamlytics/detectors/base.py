@@ -11,7 +11,10 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence, Union
+from typing import Any, ClassVar, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
 
 Observation = Union[float, Sequence[float]]
 
@@ -38,6 +41,33 @@ class Verdict:
 
     def evidence_json(self) -> str:
         return json.dumps(_json_safe(self.evidence), sort_keys=True, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class SeriesVerdicts:
+    """Verdicts of many windows as Arrow columns, one entry per judged window."""
+
+    status: pa.Array
+    score: pa.Array
+    threshold: pa.Array
+    direction: pa.Array
+    evidence: pa.Array  # JSON text, as `Verdict.evidence_json`
+
+    @classmethod
+    def of(cls, verdicts: Iterable[Verdict]) -> "SeriesVerdicts":
+        verdicts = list(verdicts)
+        return cls(
+            pa.array([v.status for v in verdicts], pa.string()),
+            pa.array([v.score for v in verdicts], pa.float64()),
+            pa.array([v.threshold for v in verdicts], pa.float64()),
+            pa.array([v.direction for v in verdicts], pa.string()),
+            pa.array([v.evidence_json() for v in verdicts], pa.string()),
+        )
+
+
+def json_number(value: float) -> str:
+    """A float as `Verdict.evidence_json` writes it (non-finite values as strings)."""
+    return repr(value) if math.isfinite(value) else f'"{value!r}"'
 
 
 def _json_safe(value: Any) -> Any:
@@ -85,3 +115,34 @@ class Detector(ABC):
 
     def params_json(self) -> str:
         return json.dumps(_json_safe(self.params()), sort_keys=True)
+
+    @classmethod
+    def score_series(cls, params: Mapping[str, Any], observations: Sequence[Observation], train: np.ndarray,
+                     starts: np.ndarray, population: Mapping[str, Any] | None = None) -> SeriesVerdicts:
+        """Many series at once: series i is `observations[starts[i]:starts[i + 1]]`, in event-time order.
+
+        Each series' `train` entries come first: they calibrate a fresh detector (`fit`) and get no
+        verdict; the others are judged one by one (`observe`). Returns the verdicts of the judged
+        entries, in order. Subclasses vectorise this where their math allows, with identical results.
+        `population` is reserved for a model fitted over all endpoints of the same kind (issue 9):
+        no detector takes one yet.
+        """
+        if population is not None:
+            raise ValueError(f"the {cls.name} detector takes no population model")
+        bounds = [*starts.tolist(), len(observations)]
+        verdicts = []
+        for first, end in zip(bounds[:-1], bounds[1:]):
+            detector = cls(**params)
+            judged = first
+            while judged < end and train[judged]:
+                judged += 1
+            if judged > first:
+                detector.fit(observations[first:judged])
+            verdicts.extend(detector.observe(value) for value in observations[judged:end])
+        return SeriesVerdicts.of(verdicts)
+
+    @classmethod
+    def score_features(cls, params: Mapping[str, Any], columns: Sequence[Sequence[Observation]], train: np.ndarray,
+                       starts: np.ndarray, population: Mapping[str, Any] | None = None) -> list[SeriesVerdicts]:
+        """`score_series` of each feature's column of observations (the same windows, series and training)."""
+        return [cls.score_series(params, observations, train, starts, population) for observations in columns]

@@ -1,16 +1,26 @@
-"""Hosting detectors for one endpoint: one detector per scored feature, state as plain data.
+"""Hosting detectors for endpoints: one detector per scored feature, state as plain data.
 
-The Beam DoFn that keys by endpoint keeps only `EndpointScorer.state()` in Beam state and
-hands windows here in event-time order; everything that decides a score lives here, where
-tests reach it without a pipeline.
+Two equivalent ways in, both without Beam:
+- `score_table`: a whole table of endpoint-windows (a shard of endpoints), every endpoint's
+  series judged in event-time order through the detectors' batch API. The batch pipeline.
+- `EndpointScorer`: one endpoint, window by window; the streaming DoFn keeps only its
+  `state()` in Beam state.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamlytics import schemas
 from beamlytics.detectors.base import Detector, Verdict
 from beamlytics.detectors.registry import DETECTORS
+
+# In tables of endpoint-windows: true for windows that calibrate detectors and are not judged.
+TRAIN_COLUMN = "train"
 
 
 class EndpointWindow(NamedTuple):
@@ -107,3 +117,66 @@ class EndpointScorer:
             "params": self.params_json,
             "records": window.records,
         }
+
+
+def repeated(value: str, count: int) -> pa.Array:
+    """A string column holding `value` `count` times."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(count, dtype=np.int32)), [value]).cast(pa.string())
+
+
+_ENDPOINT = ("table", "key_kind", "key")
+
+
+def score_table(windows: pa.Table, config: DetectorConfig, population: Mapping[str, Any] | None = None) -> pa.Table:
+    """Every endpoint of a table of endpoint-windows, scored: `schemas.ANOMALIES` rows.
+
+    Per endpoint, what `EndpointScorer` does: the training windows (`TRAIN_COLUMN`) calibrate
+    first, oldest first, then the other windows are judged oldest first; one row per judged
+    window and feature. `population` goes to the detectors' `score_features` (issue 9).
+    """
+    ordered = windows.sort_by([*((name, "ascending") for name in _ENDPOINT), (TRAIN_COLUMN, "descending"),
+                               ("window_start", "ascending")]).combine_chunks()
+    count = ordered.num_rows
+    if count == 0:
+        return schemas.ANOMALIES.empty_table()
+    first_of_endpoint = np.zeros(count, dtype=bool)
+    first_of_endpoint[0] = True
+    for name in _ENDPOINT:
+        column = ordered.column(name)
+        first_of_endpoint[1:] |= pc.not_equal(column.slice(1), column.slice(0, count - 1)).to_numpy()
+    starts = np.flatnonzero(first_of_endpoint)
+    train = ordered.column(TRAIN_COLUMN).to_numpy()
+    judged = ordered.filter(pc.invert(ordered.column(TRAIN_COLUMN)))
+
+    detector = config.detector_class
+    params_json = config.params_json()
+    values = [pc.cast(ordered.column(feature), pa.float64()).to_numpy() for feature in config.features]
+    if detector.input_kind == "slots":
+        slots = [counts or [] for counts in ordered.column("slot_counts").to_pylist()]
+        observations = [slots] * len(config.features)
+    else:
+        observations = values
+    judged_values = [column[~train] for column in values]
+    size = judged.num_rows
+    tables = []
+    for feature, value, verdicts in zip(config.features, judged_values,
+                                        detector.score_features(config.params, observations, train, starts, population)):
+        columns = {
+            **{name: judged.column(name) for name in (*_ENDPOINT, "window_start", "window_end", "records")},
+            "feature": repeated(feature, size),
+            "value": pa.array(value),
+            "detector": repeated(config.name, size),
+            "status": verdicts.status,
+            "score": verdicts.score,
+            "threshold": verdicts.threshold,
+            "direction": verdicts.direction,
+            "evidence": verdicts.evidence,
+            "params": repeated(params_json, size),
+        }
+        tables.append(pa.table([_one_chunk(columns[field.name]) for field in schemas.ANOMALIES],
+                               schema=schemas.ANOMALIES))
+    return pa.concat_tables(tables)
+
+
+def _one_chunk(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

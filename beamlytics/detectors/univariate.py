@@ -10,8 +10,9 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-from beamlytics.detectors.base import Detector, Observation, Status, Verdict
+from beamlytics.detectors.base import Detector, Observation, SeriesVerdicts, Status, Verdict, json_number
 
 
 class _OnlineRule(Detector):
@@ -94,10 +95,114 @@ class Gaussian(_OnlineRule):
         return {**self.params(), "n": self.n, "mean": self.mean, "m2": self.m2}
 
     @classmethod
+    def score_features(cls, params, columns, train, starts, population=None) -> list[SeriesVerdicts]:
+        """`Detector.score_features` with every series of every feature stepped in lockstep by numpy.
+
+        Step t updates the t-th window of all series still running, with the same float
+        operations in the same order as `observe`, so verdicts and evidence are bit-identical.
+        """
+        if population is not None:
+            return super().score_features(params, columns, train, starts, population)
+        rule = cls(**params)
+        values = np.column_stack([np.asarray(column, dtype=np.float64) for column in columns])  # windows x features
+        train = np.asarray(train, dtype=bool)
+        lengths = np.diff(np.append(starts, len(values)))
+        by_length = np.argsort(-lengths, kind="stable")  # the series still running at step t are a prefix
+        firsts, lengths = np.asarray(starts)[by_length], lengths[by_length]
+        n = np.zeros((len(firsts), values.shape[1]), dtype=np.int64)
+        mean = np.zeros(n.shape)
+        m2 = np.zeros(n.shape)
+        verdicts = _LockstepVerdicts(values.shape)
+        running = len(firsts)
+        for step in range(int(lengths[0]) if running else 0):
+            while lengths[running - 1] <= step:
+                running -= 1
+            at = firsts[:running] + step
+            x = values[at]
+            seen = ~np.isnan(x)
+            judging = ~train[at][:, None]
+            calibrating = judging & seen & (n[:running] < rule.n_init)
+            learn = (seen & ~judging) | calibrating
+            rows, features = np.nonzero(judging & seen & ~calibrating)
+            if rows.size:
+                anomalous = verdicts.judge(rule, at[rows], features, x[rows, features], n[rows, features],
+                                           mean[rows, features], m2[rows, features])
+                accepted = ~anomalous if rule.discard_anomalies else slice(None)
+                learn[rows[accepted], features[accepted]] = True
+            rows, features = np.nonzero(learn)
+            n[rows, features] += 1
+            delta = x[rows, features] - mean[rows, features]
+            mean[rows, features] += delta / n[rows, features]
+            m2[rows, features] += delta * (x[rows, features] - mean[rows, features])
+            rows, features = np.nonzero(calibrating)
+            verdicts.status[at[rows], features] = _CALIBRATING
+            verdicts.n[at[rows], features] = n[rows, features]
+        return [verdicts.columns(~train, feature) for feature in range(values.shape[1])]
+
+    @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> "Gaussian":
         detector = cls(state["k"], state["n_init"], state["discard_anomalies"])
         detector.n, detector.mean, detector.m2 = int(state["n"]), float(state["mean"]), float(state["m2"])
         return detector
+
+
+_MISSING, _CALIBRATING, _NORMAL, _ANOMALY = range(4)
+_STATUS_NAMES = pa.array([Status.MISSING, Status.CALIBRATING, Status.NORMAL, Status.ANOMALY])
+_DIRECTION_NAMES = pa.array([None, "up", "down"], pa.string())
+
+
+class _LockstepVerdicts:
+    """What `Gaussian.score_features` found for each (window, feature), as arrays filled step by step.
+
+    Windows never reached stay MISSING: NaN values, and training windows (dropped at the end).
+    """
+
+    def __init__(self, shape: tuple[int, int]):
+        self.status = np.full(shape, _MISSING, dtype=np.int8)
+        self.direction = np.zeros(shape, dtype=np.int8)
+        self.score = np.zeros(shape)
+        self.threshold = np.full(shape, np.nan)
+        self.n = np.zeros(shape, dtype=np.int64)  # history while calibrating, n of the evidence after
+        self.mean = np.zeros(shape)
+        self.std = np.zeros(shape)
+
+    def judge(self, rule: "Gaussian", at, features, x, n, mean, m2) -> np.ndarray:
+        """Record the verdicts of values `x` (windows `at`, features `features`) against their series'
+        states; True where anomalous."""
+        std = np.sqrt(m2 / (n - 1))
+        spread = rule.k * std
+        low, high = mean - spread, mean + spread
+        up, down = x > high, x < low
+        down &= ~up
+        anomalous = up | down
+        outer = np.where(up, x, low)
+        inner = np.where(up, high, x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(std > 0, (np.abs(outer - inner) + spread) / std, np.inf)
+        self.status[at, features] = np.where(anomalous, _ANOMALY, _NORMAL)
+        self.direction[at, features] = np.where(up, 1, np.where(down, 2, 0))
+        self.score[at, features] = np.where(anomalous, score, 0.0)
+        self.threshold[at, features] = np.where(up, high, np.where(down, low, np.nan))
+        self.n[at, features], self.mean[at, features], self.std[at, features] = n, mean, std
+        return anomalous
+
+    def columns(self, keep: np.ndarray, feature: int) -> SeriesVerdicts:
+        status = self.status[keep, feature]
+        limited = status >= _NORMAL
+        evidence = [
+            f'{{"mean": {json_number(mean)}, "n": {n}, "std": {json_number(std)}}}' if code >= _NORMAL
+            else f'{{"history": {n}}}' if code == _CALIBRATING else "{}"
+            for code, n, mean, std in zip(status.tolist(), self.n[keep, feature].tolist(),
+                                          self.mean[keep, feature].tolist(), self.std[keep, feature].tolist())
+        ]
+        threshold = self.threshold[keep, feature]
+        return SeriesVerdicts(
+            status=_STATUS_NAMES.take(pa.array(status)),
+            score=pa.array(self.score[keep, feature], mask=~limited),
+            threshold=pa.array(threshold, mask=np.isnan(threshold)),
+            direction=_DIRECTION_NAMES.take(pa.array(self.direction[keep, feature])),
+            evidence=pa.array(evidence, pa.string()),
+        )
 
 
 class BoxPlot(_OnlineRule):

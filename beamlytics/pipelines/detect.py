@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -87,17 +88,14 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     found = anomalies(scores)
 
     shards = settings.shards
-    scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards)
-    found | "WriteAnomalies" >> WriteSortedParquet(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards)
-    (
-        windows
-        | "FeatureRows" >> beam.Map(features.feature_row)
-        | "WriteFeatures" >> WriteSortedParquet(
-            f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards)
-    )
+    scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")
+    found | "WriteAnomalies" >> WriteSortedParquet(
+        f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")
+    windows | "WriteFeatures" >> WriteSortedParquet(
+        f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key")
     counts += [
-        _tallied(windows, "Windows", lambda _: [("windows", 1)]),
-        _tallied(found, "Anomalies", lambda _: [("anomalies", 1)]),
+        _tallied(windows, "Windows", lambda table: [("windows", table.num_rows)]),
+        _tallied(found, "Anomalies", lambda table: [("anomalies", table.num_rows)]),
         _tallied(scores, "Scores", _score_counts),
         count_untimed(read["records"], spec),
     ]
@@ -115,10 +113,9 @@ def _tallied(elements, name: str, to_counts):
     return elements | f"Count{name}" >> beam.FlatMap(to_counts) | f"Tally{name}" >> TallyCounts()
 
 
-def _score_counts(row: dict) -> list[tuple[str, int]]:
-    if row["status"] == Status.CALIBRATING:
-        return [("scores", 1), ("calibrating", 1)]
-    return [("scores", 1)]
+def _score_counts(scores: pa.Table) -> list[tuple[str, int]]:
+    calibrating = pc.sum(pc.cast(pc.equal(scores.column("status"), Status.CALIBRATING), pa.int64())).as_py() or 0
+    return [("scores", scores.num_rows), ("calibrating", calibrating)]
 
 
 def _read(settings: ReadSettings) -> ReadRecords:
@@ -156,16 +153,19 @@ def _baseline_file(path: str, spec: WindowSpec):
         items = [Rejected(path, 0, f"cannot read as Parquet: {error}", source_tool=baseline.SOURCE_TOOL)]
     else:
         items = baseline.baseline_windows(table, spec, path)
+    windows = []
     for item in items:
         if isinstance(item, Rejected):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
         else:
-            yield item
+            windows.append(item)
+    if windows:
+        yield features.table_of_windows(windows, spec.table)
 
 
 @dataclass
 class ReadBaseline(beam.PTransform):
-    """Features of an earlier run (its `features/` folder) → training `EndpointWindow`s, and rejected rows."""
+    """Features of an earlier run (its `features/` folder) → tables of training windows, and rejected rows."""
 
     directory: str
     spec: WindowSpec

@@ -1,15 +1,16 @@
-"""Per-endpoint stateful scoring, in event-time order, whatever order windows arrive in.
+"""Per-endpoint scoring in event-time order, whatever order windows arrive in.
 
-Each endpoint's windows wait in a bag until the watermark passes their end; an event-time
-timer then scores the due ones oldest first. The detectors' state is plain data (JSON), so
-runners can checkpoint it and it reads the same on every runner.
-
-Two timer policies, with identical results:
-- `streaming=False` (bounded input): one timer per endpoint at the end of time. The
-  watermark reaches it once all input is in, and the endpoint's windows are sorted and
-  scored in one pass. A timer per window would re-read the whole bag at every firing.
-- `streaming=True`: the timer follows the earliest waiting window, so windows are scored
-  as soon as the watermark passes them, as an unbounded source needs.
+Input and output are Arrow tables: endpoint-window features in, score rows
+(`schemas.ANOMALIES` columns) out. Two paths, with identical results (tests check it):
+- `streaming=False` (bounded input): the tables are cut by a stable hash of the endpoint
+  into shards, each shard is gathered and `endpoint.score_table` scores all its endpoints
+  at once. Nothing waits in Beam state: on bounded input every window would wait until the
+  end anyway, which is the same as grouping by endpoint and scoring the sorted series.
+- `streaming=True` (unbounded input): one element per endpoint-window, keyed by endpoint,
+  into a stateful DoFn. Each endpoint's windows wait in a bag until the watermark passes
+  their end; an event-time timer that follows the earliest waiting window then scores the
+  due ones oldest first. The detectors' state is plain data (JSON), so runners can
+  checkpoint it and it reads the same on every runner.
 """
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ from dataclasses import dataclass
 from typing import Any, Tuple
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import coders
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from beamlytics import features, schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.endpoint import DetectorConfig, EndpointScorer
-
-END_OF_TIME_US = GlobalWindow().max_timestamp().micros
+from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, score_table
+from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
 class JsonCoder(coders.Coder):
@@ -50,9 +53,8 @@ class _ScoreInEventTimeOrder(beam.DoFn):
     NEXT_FLUSH = ReadModifyWriteStateSpec("next_flush", coders.VarIntCoder())
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: DetectorConfig, streaming: bool):
+    def __init__(self, config: DetectorConfig):
         self.config = config
-        self.streaming = streaming
 
     def process(
         self,
@@ -67,7 +69,7 @@ class _ScoreInEventTimeOrder(beam.DoFn):
             training.add(window)
             return
         pending.add(window)
-        due_at = window.window_end if self.streaming else END_OF_TIME_US
+        due_at = window.window_end
         scheduled = next_flush.read()
         # Setting a timer costs more than the rest of this method: move it only when needed.
         if scheduled is None or due_at < scheduled:
@@ -94,8 +96,9 @@ class _ScoreInEventTimeOrder(beam.DoFn):
         if baseline:
             scorer.fit(baseline)
             training.clear()
-        for window in due:
-            yield from scorer.score(window)
+        rows = [row for window in due for row in scorer.score(window)]
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=schemas.ANOMALIES)
         detectors.write(scorer.state())
 
         pending.clear()
@@ -109,35 +112,67 @@ class _ScoreInEventTimeOrder(beam.DoFn):
             next_flush.clear()
 
 
+def mark_training(windows: pa.Table, train_until_us: int) -> pa.Table:
+    """Windows ending by `train_until_us` become training windows."""
+    early = pc.less_equal(windows.column("window_end"), pa.scalar(train_until_us, schemas.TIMESTAMP))
+    column = windows.schema.get_field_index(TRAIN_COLUMN)
+    return windows.set_column(column, windows.schema.field(column), pc.or_(windows.column(TRAIN_COLUMN), early))
+
+
+def by_shard(windows: pa.Table, shards: int):
+    """(shard, the table's rows of that shard's endpoints, packed)."""
+    for shard, piece in features.split_table(windows, features.endpoint_shards(windows.column("key"), shards)).items():
+        yield shard, features.Packed.of(piece)
+
+
+def score_shard(shard_pieces, config: DetectorConfig) -> pa.Table:
+    _, pieces = shard_pieces
+    return score_table(pa.concat_tables([piece.table() for piece in pieces]), config)
+
+
+def by_endpoint(windows: pa.Table):
+    """(endpoint, window) for each row, stamped with the window's start."""
+    for window in features.endpoint_windows(windows):
+        yield TimestampedValue((window.endpoint, window), Timestamp(micros=window.window_start))
+
+
 @dataclass
 class ScoreEndpoints(beam.PTransform):
-    """`EndpointWindow`s → one score row per (endpoint, window, feature) (`schemas.ANOMALIES` columns).
+    """Tables of endpoint-window features → tables of score rows, one per (endpoint, window, feature).
 
-    Windows flagged `train=True` (a baseline from an earlier run, or windows ending by
+    Windows marked for training (a baseline from an earlier run, or windows ending by
     `train_until_us`) calibrate the endpoint's detectors and are not judged.
     """
 
     config: DetectorConfig
     train_until_us: int | None = None
     streaming: bool = False
+    shards: int = DEFAULT_SHARDS
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, windows):
-        train_until = self.train_until_us
-        if train_until is not None:
-            windows = windows | "TrainingPeriod" >> beam.Map(
-                lambda w: w._replace(train=True) if w.window_end <= train_until else w)
+        config, shards = self.config, self.shards
+        if self.train_until_us is not None:
+            windows = windows | "TrainingPeriod" >> beam.Map(mark_training, self.train_until_us)
+        if self.streaming:
+            return (
+                windows
+                # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
+                # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
+                | "ByEndpoint" >> beam.FlatMap(by_endpoint).with_output_types(Tuple[str, Any])
+                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config))
+            )
         return (
             windows
-            # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
-            # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
-            | "ByEndpoint" >> beam.Map(lambda w: (w.endpoint, w)).with_output_types(Tuple[str, Any])
-            | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(self.config, self.streaming))
+            | "ByShard" >> beam.FlatMap(by_shard, shards)
+            | "Gather" >> beam.GroupByKey()
+            | "Score" >> beam.Map(score_shard, config)
         )
 
 
 def anomalies(scores):
-    return scores | "Anomalies" >> beam.Filter(lambda row: row["status"] == Status.ANOMALY)
-
+    """The anomalous rows of each score table."""
+    return scores | "Anomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
+                                                                                 Status.ANOMALY)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beamlytics import features
 from beamlytics.summary import explain
 
 
@@ -33,26 +33,38 @@ def write_file(path: str, data: bytes) -> str:
     return path
 
 
-def _shard_of(row: Mapping[str, Any], column: str, shards: int) -> int:
-    return zlib.crc32(repr(row[column]).encode("utf-8")) % shards if shards > 1 else 0
+def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, column: str, shards: int):
+    """(shard, rows of `element` in it), by a stable hash of `column`: a table is cut and packed, a dict row kept."""
+    if not isinstance(element, pa.Table):
+        yield features.stable_shard(element[column], shards), element
+    elif element.num_rows:
+        table = pa.Table.from_arrays([element.column(name) for name in schema.names], schema=schema)
+        for shard, piece in features.split_table(table, features.endpoint_shards(table.column(column), shards)).items():
+            yield shard, features.Packed.of(piece)
 
 
 @dataclass
 class WriteSortedParquet(beam.PTransform):
-    """Dict rows → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty."""
+    """Arrow tables (or dict rows) → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty.
+
+    Rows go to shards by a stable hash of `shard_column` (default: the first sort column).
+    """
 
     directory: str
     schema: pa.Schema
     sort_columns: Sequence[str]
     shards: int = 1
+    shard_column: str | None = None
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, rows):
-        shards, column = self.shards, self.sort_columns[0]
-        keyed = rows | "Shard" >> beam.Map(lambda row: (_shard_of(row, column, shards), row))
-        every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)])
+        shards, column = self.shards, self.shard_column or self.sort_columns[0]
+        keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, self.schema, column, shards)
+        # Not reshuffled: a handful of placeholders, and a reshuffle would add five stages per writer.
+        every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)],
+                                                                  reshuffle=False)
         return (
             (keyed, every_shard)
             | "Flatten" >> beam.Flatten()
@@ -60,12 +72,15 @@ class WriteSortedParquet(beam.PTransform):
             | "Write" >> beam.MapTuple(self._write_shard)
         )
 
-    def _write_shard(self, shard: int, rows) -> str:
-        table = pa.Table.from_pylist([row for row in rows if row is not None], schema=self.schema)
+    def _write_shard(self, shard: int, elements) -> str:
+        elements = [element for element in elements if element is not None]
+        rows = [row for row in elements if not isinstance(row, features.Packed)]
+        table = pa.concat_tables([*(element.table() for element in elements if isinstance(element, features.Packed)),
+                                  pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
             table = table.take(pc.sort_indices(table, [(name, "ascending") for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
-        return write_file(path, parquet_bytes(table))
+        return write_file(path, parquet_bytes(table.combine_chunks()))
 
 
 def batch_file_name(batch: pa.RecordBatch) -> str:
