@@ -296,15 +296,16 @@ def local_output(folder: str, command: str, overwrite: bool = False) -> Iterator
         recover(folder)
         earlier = check_contents(folder, overwrite)
         staging = os.path.join(folder, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
-        os.mkdir(staging)
-        with open(os.path.join(staging, RUN_MARKER), "w", encoding="utf-8") as handle:
-            handle.write(f"{command} pid {os.getpid()} on {socket.gethostname()}\n")
-        try:
+        try:  # from before the folder exists: a Ctrl-C just after it is made must remove it too
+            os.mkdir(staging)
+            with open(os.path.join(staging, RUN_MARKER), "w", encoding="utf-8") as handle:
+                handle.write(f"{command} pid {os.getpid()} on {socket.gethostname()}\n")
             yield staging
             with _interrupts_ignored():
                 install(folder, staging, command, earlier)
         except BaseException:
-            roll_back(folder, staging)
+            if os.path.isdir(staging):
+                roll_back(folder, staging)
             raise
     finally:
         release_lock(folder, fd)
