@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamlytics.pipelines.outputs import is_output_folder
+from beamlytics.pipelines.outputs import is_bookkeeping, is_output_folder
 
 # Most specific first: a full date with separators, then compact YYYYMMDD in rotated names.
 _DAY_PATTERNS = (
@@ -187,12 +187,16 @@ def _walk(top: str, skipped: list[str]) -> list[str]:
         seen.add((status.st_dev, status.st_ino))
         kept = []
         for name in sorted(dirs):
+            if is_bookkeeping(name):
+                continue
             if is_output_folder(os.path.join(root, name)):
                 skipped.append(os.path.join(root, name))
             else:
                 kept.append(name)
         dirs[:] = kept
-        files.extend(os.path.join(root, name) for name in names)
+        # A folder named as input may itself be an earlier result (the demo's logs): its data is
+        # read, its manifest and lock are not.
+        files.extend(os.path.join(root, name) for name in names if not is_bookkeeping(name))
     return files
 
 

@@ -217,6 +217,17 @@ def test_an_output_folder_inside_an_input_folder_is_not_read_back(tmp_path, smal
     assert "matches only files in beamlytics output folders" in line
 
 
+def test_an_earlier_result_read_as_input_gives_its_data_not_its_bookkeeping(tmp_path, capsys):
+    # The demo writes its logs as a result of its own (manifest and all), then detects on that folder.
+    assert run("demo", "--output", str(tmp_path / "demo"))[0] == 0
+    assert (tmp_path / "demo" / "zeek" / outputs.MANIFEST).is_file()
+    summary = json.loads((tmp_path / "demo" / "detect" / "summary.json").read_text())
+    # The manifest is beamlytics' own: neither parsed nor rejected as an unrecognised log.
+    assert summary.get("rejected_files", 0) == 0 and summary["dead_letters"] == 0
+    assert set(summary["skipped"]) == {str(tmp_path / "demo" / "zeek" / "2024-05-01" / name)
+                                       for name in ("conn.log", "ssl.log")}
+
+
 def test_inputs_empty_folder_fifo_and_dangling_link(tmp_path, small_log, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

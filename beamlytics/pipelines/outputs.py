@@ -46,6 +46,11 @@ _HASH_CHUNK = 1 << 20
 _MOVE_IT = "move it away or choose another --output folder"
 
 
+def is_bookkeeping(name: str) -> bool:
+    """A file or folder name that beamlytics keeps for itself in an output folder: never an input."""
+    return name in _INTERNAL or name.startswith(STAGING_PREFIX)
+
+
 class OutputError(Exception):
     """An output folder this run must not write into, told to the user in one line."""
 
