@@ -188,12 +188,16 @@ class BoundedCounter(collections.Counter):
         super().__init__()
         self.full = False
 
-    def add(self, values: Iterable) -> None:
-        for value in values:
-            if value is None:
-                continue
+    def add(self, values: pa.Array) -> None:
+        """Count `values` (nulls left out): Python work per distinct value, not per record.
+
+        `value_counts` lists values in order of first appearance, so the values let in before
+        the counter is full are the ones a record-by-record count would let in.
+        """
+        counted = pc.value_counts(pc.drop_null(values))
+        for value, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
             if value in self or len(self) < TRACKED_VALUES:
-                self[value] += 1
+                self[value] += count
             else:
                 self.full = True
 
@@ -208,17 +212,20 @@ class RecordTally:
     ports: BoundedCounter = field(default_factory=BoundedCounter)
     files: dict[str, list[int]] = field(default_factory=dict)  # source_file -> [first, last, records]
 
-    def add(self, peers: list, names: list, ports: list, sources: list, positions: list) -> None:
-        self.records += len(sources)
-        self.peers.add(peers)
-        self.names.add(names)
-        self.ports.add(str(value) for value in ports if value is not None)
-        for source, position in zip(sources, positions):
+    def add(self, records: pa.RecordBatch, peer_column: str, name_column: str) -> None:
+        self.records += records.num_rows
+        self.peers.add(records.column(peer_column))
+        self.names.add(records.column(name_column))
+        self.ports.add(pc.cast(records.column("s_port"), pa.string()))
+        per_file = pa.table({"file": records.column("source_file"), "pos": records.column("source_pos")}).group_by(
+            "file", use_threads=False).aggregate([("pos", "min"), ("pos", "max"), ("pos", "count")])
+        for source, first, last, count in zip(*(per_file.column(name).to_pylist()
+                                                for name in ("file", "pos_min", "pos_max", "pos_count"))):
             entry = self.files.get(source)
             if entry is None:
-                self.files[source] = [position, position, 1]
+                self.files[source] = [first, last, count]
             else:
-                entry[0], entry[1], entry[2] = min(entry[0], position), max(entry[1], position), entry[2] + 1
+                entry[0], entry[1], entry[2] = min(entry[0], first), max(entry[1], last), entry[2] + count
 
 
 def _top(counter: collections.Counter) -> list[dict[str, Any]]:
@@ -253,13 +260,7 @@ def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
     name_column = features.NAME_COLUMN[spec.table]
     for batch in batches:
         for index, chosen in span_records(batch, spec, spans):
-            tallies[index].add(
-                chosen.column(spec.peer_column).to_pylist(),
-                chosen.column(name_column).to_pylist(),
-                chosen.column("s_port").to_pylist(),
-                chosen.column("source_file").to_pylist(),
-                chosen.column("source_pos").to_pylist(),
-            )
+            tallies[index].add(chosen, spec.peer_column, name_column)
     return tallies
 
 
