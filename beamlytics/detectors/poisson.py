@@ -25,7 +25,6 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy.special import gammaln
 
 from beamlytics.detectors.base import Detector, Status, Verdict
 from beamlytics.detectors.health import HEALTH_MODELS, HealthModel, health_model_from_dict, make_health_model
@@ -60,6 +59,8 @@ def poisson_distribution(lam: float, max_count: int) -> np.ndarray:
         distribution = np.zeros(max_count + 1)
         distribution[0] = 1.0
         return distribution
+    from scipy.special import gammaln  # here, not at the top: scipy (and the pandas it imports) cost `--help` 0.4 s
+
     k = np.arange(max_count + 1, dtype=np.float64)
     log_weights = k * math.log(lam) - gammaln(k + 1.0)
     weights = np.exp(log_weights - log_weights.max())
