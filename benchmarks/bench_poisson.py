@@ -12,19 +12,16 @@ Measured A B A B in one process, each timing the faster of its runs:
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from scipy.stats import poisson
 
-from benchmarks.common import Result
+from benchmarks.common import Result, alternating
 from beamlytics.detectors.poisson import PoissonDetector, score_windows
 
 WINDOWS = 20_000
 SLOTS = 30
 SERIES_LENGTH = 100  # windows per endpoint in the detector pass
 BETA = 0.3
-ROUNDS = 2
 
 
 def batch_numpy_eta(counts: np.ndarray, lam: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,17 +54,6 @@ def windows(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     rates = np.repeat(rng.choice([0.5, 3.0, 20.0], size=WINDOWS // SERIES_LENGTH), SERIES_LENGTH)
     return rng.poisson(rates[:, None], (WINDOWS, SLOTS)), rates
-
-
-def alternating(ours, reference, rounds: int = ROUNDS) -> tuple[float, float]:
-    """Fastest seconds of each, timed A B A B so both see the same machine load."""
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for index, function in enumerate((ours, reference)):
-            start = time.perf_counter()
-            function()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best[0], best[1]
 
 
 def run() -> list[Result]:
