@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, EndpointWindow, repeated
 from beamlytics.hunts.dns import _name_measures as subdomain_measures
+from beamlytics.hunts.flows import failed_attempts
 from beamlytics.schemas import domains
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -60,10 +61,6 @@ DEFAULT_FEATURES = {
     "named_flows": ("records", "distinct_peers", "distinct_ports", "failed_ratio", "c_bytes", "active_seconds"),
 }
 
-# Zeek conn_state values of a connection that never carried a conversation: no reply (S0), refused (REJ),
-# reset (RSTO/RSTR and their half-open forms) or half-open (SH/SHR). OTH is failed only for TCP: there it
-# is mid-stream traffic without a handshake, for other protocols it is simply "not TCP or UDP".
-FAILED_STATES = ("S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR")
 # Query types that carry the most payload per answer, or ask for everything: tunnels and amplification.
 PAYLOAD_QUERY_TYPES = ("TXT", "NULL", "ANY")
 # A flow is active in at most this many windows after its first (a day of 60 s windows): bounds the rows
@@ -389,7 +386,7 @@ def _table_measures(table: str, batch: pa.RecordBatch, names: tuple[pa.Array, pa
     else:
         durations = flow_durations(batch)
         sums = {name: batch.column(name) for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes")}
-        sums.update(failed=_flag(failed_flows(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations)
+        sums.update(failed=_flag(failed_attempts(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations)
         maxima = {"duration_us": durations}
     return sums, maxima
 
@@ -406,13 +403,6 @@ def _any_zero(lists: pa.Array) -> pa.Array:
     flags = np.zeros(len(lists), np.int64)
     flags[parents.to_numpy()] = 1
     return pa.array(flags)
-
-
-def failed_flows(batch: pa.RecordBatch) -> pa.Array:
-    """Whether each flow failed: a conn_state in FAILED_STATES, or OTH on TCP; null where unknown."""
-    state = batch.column("conn_state")
-    mid_stream = pc.and_(pc.equal(state, "OTH"), pc.equal(batch.column("proto"), "tcp"))
-    return pc.or_(pc.is_in(state, pa.array(FAILED_STATES)), mid_stream)
 
 
 def flow_durations(batch: pa.RecordBatch) -> pa.Array:
