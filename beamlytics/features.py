@@ -260,9 +260,9 @@ def _active_spans(batch: pa.RecordBatch, keys: pa.Array, starts_us: np.ndarray, 
     start) it is active only in its start window, for no time. A window where only a flow that
     began earlier is open gets a row with no records: the endpoint is active there too.
     """
-    ends = pc.cast(batch.column("time_end"), pa.int64())
-    ends = np.maximum(pc.fill_null(ends, pa.scalar(0, pa.int64())).to_numpy(), starts_us)
-    ends = np.where(pc.is_valid(batch.column("time_end")).to_numpy(zero_copy_only=False), ends, starts_us)
+    column = batch.column("time_end")
+    ends = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy()
+    ends = np.where(pc.is_valid(column).to_numpy(zero_copy_only=False), np.maximum(ends, starts_us), starts_us)
     first = window_starts(starts_us, window_us)
     last = window_starts(np.where(ends > starts_us, ends - 1, starts_us), window_us)
     spanned = np.minimum((last - first) // window_us + 1, MAX_SPAN_WINDOWS)

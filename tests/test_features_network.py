@@ -17,6 +17,7 @@ from beamlytics.parsers.base import Rejected
 from beamlytics.parsers.formats import Batch, parse_paths
 from beamlytics.pipelines import cli
 from tests.conftest import shared_data
+from tests.test_transforms import run_windows
 
 SECOND = 1_000_000
 MINUTE = 60 * SECOND
@@ -259,6 +260,14 @@ def test_features_are_the_same_however_records_are_batched_and_ordered(table):
     halves = [features.merge_partials(parts[:5]), features.merge_partials(parts[5:])]
     assert features.window_table(features.merge_partials(halves[::-1]), spec).equals(whole)
     assert features.window_features(pieces, spec).equals(whole)
+
+
+@pytest.mark.parametrize("windowing", ["key", "beam"])
+def test_long_flows_span_windows_the_same_in_a_pipeline(windowing):
+    rows = random_rows("named_flows", seed=3, count=600)
+    spec = WindowSpec("named_flows", "c_ip")
+    batches = [batch_of(schemas.NAMED_FLOWS, rows[start:start + 150]) for start in range(0, len(rows), 150)]
+    assert run_windows(batches, spec, windowing).equals(features.window_features(batches, spec))
 
 
 # ------------------------------------------------------------------ real logs, against the tools' own fields
