@@ -20,7 +20,7 @@ from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, Header, LineRun, LogS
 
 # Bytes per range: big enough that a range's fixed cost (one more open, one seek, the index
 # pass at memory speed) is noise beside parsing it, small enough that a 5 GB log spreads wide.
-SPLIT_BYTES = 64 << 20
+SPLIT_BYTES = 32 << 20
 SPLITTABLE_FORMATS = ("zeek",)
 _SCAN_BYTES = 1 << 20
 # The `#` lines that change a Zeek header other than `#separator` (which starts a new one).

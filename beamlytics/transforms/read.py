@@ -124,7 +124,6 @@ class ReadRecords(beam.PTransform):
     days: DayRange = DayRange()
     parser_options: Mapping[str, Any] = field(default_factory=dict)
     batch_rows: int = BATCH_ROWS
-    split_bytes: int = splits.SPLIT_BYTES
 
     def __post_init__(self):
         super().__init__()
@@ -132,8 +131,9 @@ class ReadRecords(beam.PTransform):
     def expand(self, pbegin):
         plan = self.plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
         whole, split = [], []
+        split_bytes = int(self.parser_options.get("split_bytes") or splits.SPLIT_BYTES)
         for source in plan.sources:
-            pieces = (splits.splits_into(source, open_stream, file_size(source.path), self.split_bytes)
+            pieces = (splits.splits_into(source, open_stream, file_size(source.path), split_bytes)
                       if isinstance(source, formats.Source) else [])
             if pieces:
                 split.append((source, pieces))
