@@ -86,7 +86,7 @@ class _ParseSource(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
 
 
-def index_range(source_piece, max_line_bytes: int):
+def indexed_range(source_piece, max_line_bytes: int):
     """(path, range index, its `splits.RangeIndex`)."""
     _, piece = source_piece
     return piece.path, piece.index, splits.index_of(piece, open_stream, max_line_bytes)
@@ -166,7 +166,7 @@ class ReadRecords(beam.PTransform):
         indexes = (
             pbegin
             | "Ranges" >> beam.Create([(source, piece) for source, pieces in split for piece in pieces])
-            | "Index" >> beam.Map(index_range, max_line_bytes)
+            | "Index" >> beam.Map(indexed_range, max_line_bytes)
         )
         return (
             pbegin
