@@ -29,6 +29,8 @@ setup(
         # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
         "gcp": ["apache-beam[gcp]>=2.60"],
         "aws": ["apache-beam[aws]>=2.60"],
+        # The notebook's tools that benchmarks/compare_daily_series.py sets beside `series`.
+        "series-oracles": ["prophet>=1.1", "luminol>=0.4"],
         # The reference script that benchmarks/bench_detect.py holds `detect` to.
         "bench": ["polars>=1.0"],
     },
