@@ -26,10 +26,14 @@ def heavy_tailed_series(size: int = 400, seed: int = 7) -> list[float]:
 
 
 def run_detection(values: list[float], detector) -> list[tuple[int, float | None, float | None, int | None]]:
-    """(position, score, threshold, label) per element, in position order."""
+    """(position, score, threshold, label) per element, in position order.
+
+    Beam's models see elements in arrival order: the Create is not reshuffled so that order is the series'
+    (on a distributed runner it need not be, the difference the guide describes).
+    """
     def build(pipeline):
         rows = [beam.Row(t=t, x=v) for t, v in enumerate(values)]
-        return (pipeline | beam.Create(rows) | AnomalyDetection(detector)
+        return (pipeline | beam.Create(rows, reshuffle=False) | AnomalyDetection(detector)
                 | beam.Map(lambda result: (result.example.t, result.predictions[0].score,
                                            result.predictions[0].threshold, result.predictions[0].label)))
     return sorted(collect(build))
