@@ -126,3 +126,11 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     assert cli.main(["series", str(source), "--output", str(tmp_path / "o"), "--shesd-max-anoms", "0.6"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "no column" in errors[0] and "below 0.5" in errors[1]
+
+
+def test_stray_date_refused_not_allocated(tmp_path, capsys):
+    source = tmp_path / "counts.csv"
+    hosts = "".join(f"2006-07-01,{h},1\n" for h in range(20))
+    source.write_text("date,l_ipn,f\n0001-01-01,1,1\n9999-12-31,1,1\n" + hosts)
+    assert cli.main(["series", str(source), "--output", str(tmp_path / "o")]) == 2
+    assert "host-days" in capsys.readouterr().err

@@ -18,7 +18,8 @@ from beamlytics.pipelines import cli, outputs
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="CSV of counts per day and host (and peer), with a header")
-    parser.add_argument("--output", required=True, metavar="OUT", help="folder for flags.parquet, rejected/, series.png")
+    parser.add_argument("--output", required=True, metavar="OUT",
+                        help="folder for flags.parquet, rejected/, series.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier series result in OUT (never files beamlytics did not write)")
     parser.add_argument("--day-column", default="date", help="column of the day, YYYY-MM-DD (date)")

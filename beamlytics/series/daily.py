@@ -37,6 +37,9 @@ WEEKLY_FOURIER_ORDER = 3
 DETECTOR_NAMES = ("spot", "shesd", "band")
 MAX_FIELD_CHARS = 4096  # a longer field is damage, not a count: rejected rather than held in memory
 _EXCERPT_CHARS = 200
+# Every host gets a value for every day of the file's range: a bound on hosts × days keeps one stray
+# date (year 1 or 9999) or millions of hosts from filling memory.
+MAX_HOST_DAYS = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -128,8 +131,13 @@ def build_series(totals: dict[tuple[str, np.datetime64], float]) -> list[DailySe
     if not totals:
         return []
     all_days = [day for _, day in totals]
-    days = np.arange(min(all_days), max(all_days) + np.timedelta64(1, "D"), dtype="datetime64[D]")
+    first, last = min(all_days), max(all_days)
     hosts = sorted({host for host, _ in totals}, key=_host_order)
+    span = int((last - first) // np.timedelta64(1, "D")) + 1
+    if span * len(hosts) > MAX_HOST_DAYS:
+        raise ValueError(f"{len(hosts)} hosts × {span} days ({first} to {last}) is more than {MAX_HOST_DAYS:,} "
+                         "host-days: check the dates, or split the file")
+    days = np.arange(first, last + np.timedelta64(1, "D"), dtype="datetime64[D]")
     counts = {host: np.zeros(days.size) for host in hosts}
     for (host, day), total in totals.items():
         counts[host][int((day - days[0]) // np.timedelta64(1, "D"))] = total
