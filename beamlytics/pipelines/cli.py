@@ -31,7 +31,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners
+from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners, series
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
     runners.add_arguments(commands.add_parser("runners", help="install and list the Prism and Flink engines"))
+    series.add_arguments(commands.add_parser("series", help="per-host daily series from aggregate counts: SPOT, "
+                                             "S-H-ESD and a weekly forecast band"))
     report.add_commands(commands)
     return parser
 
@@ -467,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate.run(args)
         if args.command == "runners":
             return runners.run(args)
+        if args.command == "series":
+            return series.run(args)
         return demo.run(args)
     except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
