@@ -25,8 +25,8 @@ setup(
         # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
         "gcp": ["apache-beam[gcp]>=2.60"],
         "aws": ["apache-beam[aws]>=2.60"],
-        # The reference script that benchmarks/bench_detect.py holds `detect` to.
-        "bench": ["polars>=1.0"],
+        # The reference script that benchmarks/bench_detect.py holds `detect` to; the attack benchmark's baseline.
+        "bench": ["polars>=1.0", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
     license="Apache-2.0",
