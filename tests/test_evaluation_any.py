@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from beamlytics import evaluation
+from tests.test_evaluation import burst_logs
 
 T0 = pd.Timestamp("2024-05-01T00:00:00Z")
 MINUTE = pd.Timedelta(minutes=1)
@@ -86,15 +87,9 @@ def test_evaluate_hunts_per_key_hand_worked():
 
 
 def test_cli_evaluates_another_detector_on_generated_logs(tmp_path, capsys):
-    from beamlytics import synthetic
     from beamlytics.pipelines import cli
 
-    scenario = synthetic.Scenario(hours=1, clients=5, queries_per_minute=30, anomalous_client="10.0.0.3",
-                                  anomaly_start_minute=30, anomaly_minutes=3)
-    dns_log = f"{synthetic.write_zeek_logs(str(tmp_path / 'logs'), scenario)}/dns.log"
-    fields = [line.rstrip("\n").split("\t") for line in open(dns_log) if not line.startswith("#")]
-    pd.DataFrame({"key": [row[2] for row in fields], "time": [float(row[0]) for row in fields],
-                  "is_anomaly": [row[15] == "NXDOMAIN" for row in fields]}).to_csv(tmp_path / "labels.csv", index=False)
+    scenario, dns_log = burst_logs(tmp_path)
     out = tmp_path / "eval"
     assert cli.main(["evaluate", "--labels", str(tmp_path / "labels.csv"), "--output", str(out), "--table", "dns",
                      "--format", "zeek", "--detector", "gaussian", "--windows", "60s", dns_log]) == 0
