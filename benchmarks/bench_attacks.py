@@ -190,7 +190,7 @@ def measure(detectors: tuple[str | None, ...]) -> list[Line]:
             alarmed = set(attack_metrics.window_scores(read_output(str(Path(work) / f"alone-{table}"), "anomalies"))["key"])
             newcomer = embed.new_address(background)
             for case in (case for case in CASES if case.table == table):
-                attack = embed.parse_table([str(DATA_DIR / case.path)], table).table
+                attack = embed.fields_like(embed.parse_table([str(DATA_DIR / case.path)], table).table, background)
                 host = embed.clean_history_host(background, table, attack_start(background, attack, table),
                                                 WINDOW_US, alarmed)
                 for placement, target in (("host", host), ("new", newcomer)):

@@ -6,6 +6,7 @@ written back as Zeek JSON logs, so `beamlytics detect` reads it exactly as it re
 
 - Times: every attack time moves by one whole-microsecond offset, so the attack's first
   record lands `offset` after the background's first record; gaps inside the attack stay.
+- Fields: what the background never sets is unset in the attack too (`fields_like`).
 - Addresses: the attacker becomes `target` (a background host, or a new address); every
   other attack address becomes an address of 198.18.0.0/15 (RFC 2544's benchmarking range,
   absent from the background), numbered in sorted order, so victims never merge with
@@ -83,6 +84,18 @@ def remap_addresses(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
         values = [None if value is None else mapping[value] for value in table[column].to_pylist()]
         table = table.set_column(index, table.schema.field(index), pa.array(values, pa.string()))
     return table
+
+
+def fields_like(attack: pa.Table, background: pa.Table) -> pa.Table:
+    """The attack with every field the background never sets made null too.
+
+    A field known only for the attacker (bytes, packets, connection state, when the
+    background's flows come from ssl.log) would be a giveaway no real network offers.
+    """
+    for index, field in enumerate(attack.schema):
+        if background[field.name].null_count == background.num_rows and attack[field.name].null_count < attack.num_rows:
+            attack = attack.set_column(index, field, pa.nulls(attack.num_rows, field.type))
+    return attack
 
 
 def place_attack(attack: pa.Table, kind: str, attacker: str, target: str, start_us: int) -> pa.Table:

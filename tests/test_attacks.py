@@ -154,3 +154,12 @@ def test_isolation_forest_ranks_an_obvious_outlier_first():
     assert attack_metrics.host_rank(scored, "odd") == 1
     again, _ = attack_metrics.isolation_forest_scores(features)
     assert again.equals(alarms)
+
+
+def test_fields_like_unsets_what_the_background_never_sets():
+    background = _dns([{"c_ip": "b", "s_ip": "r", "req_time": T0, "trans_id": None}])
+    attack = _dns([{"c_ip": "a", "s_ip": "r", "req_time": T0, "trans_id": 5},
+                   {"c_ip": "a", "s_ip": "r", "req_time": T0, "trans_id": 6}])
+    like = embed.fields_like(attack, background)
+    assert like["trans_id"].to_pylist() == [None, None]
+    assert like["c_ip"].to_pylist() == ["a", "a"] and like["query"].to_pylist() == ["example.org"] * 2
