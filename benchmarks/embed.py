@@ -87,7 +87,8 @@ def remap_addresses(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
 
 
 def fields_like(attack: pa.Table, background: pa.Table) -> pa.Table:
-    """The attack with every field the background never sets made null too.
+    """The attack with every field the background never sets made null too, and no flow
+    length where the background's flows have none.
 
     A field known only for the attacker (bytes, packets, connection state, when the
     background's flows come from ssl.log) would be a giveaway no real network offers.
@@ -95,6 +96,9 @@ def fields_like(attack: pa.Table, background: pa.Table) -> pa.Table:
     for index, field in enumerate(attack.schema):
         if background[field.name].null_count == background.num_rows and attack[field.name].null_count < attack.num_rows:
             attack = attack.set_column(index, field, pa.nulls(attack.num_rows, field.type))
+    if "time_end" in attack.column_names and pc.all(pc.equal(background["time_end"], background["time_start"])).as_py():
+        # Flows of unknown length end where they start: the attack's lengths are unknown too.
+        attack = attack.set_column(attack.schema.get_field_index("time_end"), "time_end", attack["time_start"])
     return attack
 
 

@@ -163,3 +163,14 @@ def test_fields_like_unsets_what_the_background_never_sets():
     like = embed.fields_like(attack, background)
     assert like["trans_id"].to_pylist() == [None, None]
     assert like["c_ip"].to_pylist() == ["a", "a"] and like["query"].to_pylist() == ["example.org"] * 2
+
+
+def test_fields_like_drops_flow_lengths_the_background_does_not_have():
+    def flows(rows):
+        return pa.Table.from_pylist([{"c_ip": "h", "s_ip": "r", "proto": "tcp", "source_tool": "zeek", "source_file": "x",
+                                      "source_pos": 1, **row} for row in rows], schema=schemas.NAMED_FLOWS)
+    background = flows([{"time_start": T0, "time_end": T0}])
+    attack = flows([{"time_start": T0, "time_end": T0 + dt.timedelta(seconds=64)}])
+    assert embed.fields_like(attack, background)["time_end"].to_pylist() == [T0]
+    with_lengths = flows([{"time_start": T0, "time_end": T0 + dt.timedelta(seconds=1)}])
+    assert embed.fields_like(attack, with_lengths)["time_end"].to_pylist() == [T0 + dt.timedelta(seconds=64)]
