@@ -31,8 +31,8 @@ setup(
         "aws": ["apache-beam[aws]>=2.60"],
         # The notebook's tools that benchmarks/compare_daily_series.py sets beside `series`.
         "series-oracles": ["prophet>=1.1", "luminol>=0.4"],
-        # The reference script that benchmarks/bench_detect.py holds `detect` to.
-        "bench": ["polars>=1.0"],
+        # The reference script that benchmarks/bench_detect.py holds `detect` to; the attack benchmark's baseline.
+        "bench": ["polars>=1.0", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
     license="Apache-2.0",

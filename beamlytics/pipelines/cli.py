@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "OUT/summary.json.")
     _add_read_arguments(hunting)
     hunt.add_arguments(hunting, duration_us)
-    evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of the Poisson score against labels")
+    evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of a detector or a hunt against labels")
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
