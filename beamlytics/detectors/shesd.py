@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 MAD_TO_SIGMA = 1.4826  # 1 / Φ⁻¹(3/4): the MAD of normal data times this is σ
 MEAN_DEVIATION_TO_SIGMA = math.sqrt(math.pi / 2.0)  # E|X - μ| = σ·√(2/π) for normal data
@@ -137,6 +136,8 @@ def esd_outliers(values: np.ndarray, alpha: float, hybrid: bool, max_outliers: i
     remaining = np.asarray(values, dtype=np.float64).copy()
     index = np.arange(remaining.size)
     n = remaining.size
+    from scipy import stats  # here, not at the top: `beamlytics --help` imports this package and must stay instant
+
     removed: list[int] = []
     outliers = 0
     one_tail = direction != "both"
