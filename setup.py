@@ -20,8 +20,10 @@ setup(
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.
-        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8"],
+        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8", "kafka-python>=2.2"],
         "plot": ["matplotlib>=3.6"],
+        # `detect --follow` on Kafka topics.
+        "live": ["kafka-python>=2.2"],
         # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
         "gcp": ["apache-beam[gcp]>=2.60"],
         "aws": ["apache-beam[aws]>=2.60"],
