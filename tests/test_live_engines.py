@@ -63,7 +63,8 @@ def as_json(path: Path) -> list[bytes]:
             if value == "-":
                 continue
             if kind.startswith(("vector", "set")):
-                record[name] = [] if value == "(empty)" else value.split(",")
+                inner = _NUMERIC.get(kind.split("[", 1)[1].rstrip("]"), str)
+                record[name] = [] if value == "(empty)" else [inner(item) for item in value.split(",")]
             elif kind == "bool":
                 record[name] = value == "T"
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from beamlytics.live.chunks import Chunk
@@ -36,14 +36,14 @@ def _kind_of_record(value: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class KafkaSpec:
     """Where to read: brokers, topics, and where a run without positions starts."""
 
     bootstrap: str
     topics: tuple[str, ...]
     start: str = "earliest"
-    client_options: dict = field(default_factory=dict)
+    client_options: tuple[tuple[str, object], ...] = ()  # (name, value) of kafka-python consumer settings
 
 
 class KafkaFollower:
@@ -59,7 +59,7 @@ class KafkaFollower:
         # No group: partitions are assigned by us and positions kept by us (in the restriction), so a
         # consumer group's rebalancing can never move a position behind the pipeline's back.
         self.consumer = KafkaConsumer(bootstrap_servers=spec.bootstrap, enable_auto_commit=False, group_id=None,
-                                      max_poll_records=poll_records, **spec.client_options)
+                                      max_poll_records=poll_records, **dict(spec.client_options))
         self._assigned: set[str] = set()
 
     def state(self) -> dict:
@@ -114,6 +114,15 @@ class KafkaFollower:
             if fetched[partition]:
                 self.positions[f"{partition.topic}/{partition.partition}"] = fetched[partition][-1].offset + 1
         return chunks, rejected
+
+    def caught_up(self) -> bool:
+        """Whether every partition has been read to its end offset."""
+        from kafka import TopicPartition
+
+        self._assign()
+        partitions = [TopicPartition(*name.rsplit("/", 1)[0:1], int(name.rsplit("/", 1)[1])) for name in self._assigned]
+        ends = self.consumer.end_offsets(partitions)
+        return all(self.positions[f"{p.topic}/{p.partition}"] >= ends[p] for p in partitions)
 
     def close(self) -> None:
         self.consumer.close()

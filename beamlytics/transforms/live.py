@@ -5,7 +5,8 @@ offsets) and the event clock: each poll claims the state after it, and between p
 checkpoints (`defer_remainder`), so the runner holds the position, not the worker. The
 watermark is the event clock's (newest record time minus the allowed lateness); records older
 than it go to the dead letters. When its drain file appears (the input is complete), the DoFn
-ends its restriction: the watermark jumps to the end of time and every open window closes.
+ends its restriction as soon as it has caught up (a poll finds nothing new): the watermark jumps
+to the end of time and every open window closes.
 """
 from __future__ import annotations
 
@@ -157,8 +158,10 @@ class _Follow(beam.DoFn):
         position = tracker.current_restriction()
         clock = EventClock(source.allowed_lateness_us, position.newest_us)
         follower = self._follower(source, position.state)
-        stopping = source.draining()
+        draining = source.draining()
         chunks, rejected = follower.poll()
+        # A drained source ends once a poll after the drain file appeared finds nothing new: caught up.
+        stopping = draining and not chunks and not rejected and follower.caught_up()
         stamp = Timestamp(micros=clock.watermark_us or 0)
         batches, read, late = [], 0, 0
         for chunk in chunks:
