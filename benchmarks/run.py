@@ -8,23 +8,31 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
-    bench_detect, bench_hostile, bench_logs, bench_pcap_dns, bench_pcap_flows, bench_poisson, bench_spot, bench_zeek,
+    bench_detect, bench_hostile, bench_logs, bench_pcap_dns, bench_pcap_flows, bench_poisson, bench_soak, bench_spot,
+    bench_zeek,
 )
 
 BENCHMARKS = {
     "zeek": bench_zeek, "logs": bench_logs, "pcap_dns": bench_pcap_dns, "pcap_flows": bench_pcap_flows,
     "spot": bench_spot, "poisson": bench_poisson, "detect": bench_detect, "hostile": bench_hostile,
+    "soak": bench_soak,
 }
 
 
 def main(names: list[str]) -> int:
+    minutes = None
+    if "--minutes" in names:  # soak's length: `python -m benchmarks.run soak --minutes 30`
+        at = names.index("--minutes")
+        minutes = float(names[at + 1])
+        names = names[:at] + names[at + 2:]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     for name in names or BENCHMARKS:
         print(f"== {name}", flush=True)
-        for result in BENCHMARKS[name].run():
+        runs = BENCHMARKS[name].run(minutes) if name == "soak" and minutes else BENCHMARKS[name].run()
+        for result in runs:
             print(result.line(), flush=True)
     return 0
 
