@@ -137,3 +137,33 @@ def test_a_pane_is_written_once_atomically_and_named_by_its_content(tmp_path):
     assert path == again and os.listdir(tmp_path) == [os.path.basename(path)]
     assert pq.read_table(path).column("key").to_pylist() == ["a", "b"]
     assert write_pane(table.slice(0, 0), str(tmp_path), ("key",), "0001") is None
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--table", "named_flows", "LOGS"], "--follow builds the dns and http tables"),
+    (["--table", "dns", "LOGS", "kafka://localhost:9092/zeek"], "either folders or Kafka topics, not both"),
+    (["--table", "dns", "kafka://localhost:9092/"], "no topic in kafka://localhost:9092/"),
+    (["--table", "dns", "--allowed-lateness", "soon", "LOGS"], "not a duration: 'soon'"),
+    (["--table", "dns", "--baseline", "x", "LOGS"], "--follow does not take --baseline"),
+])
+def test_follow_mistakes_end_with_one_line_and_exit_2(arguments, message, tmp_path, capsys):
+    from beamlytics.pipelines import cli
+
+    (tmp_path / "logs").mkdir()
+    arguments = [str(tmp_path / "logs") if item == "LOGS" else item for item in arguments]
+    assert cli.main(["detect", "--follow", "--output", str(tmp_path / "out"), *arguments]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0] and not (tmp_path / "out").exists()
+
+
+def test_a_live_run_refuses_a_folder_holding_another_commands_result(tmp_path):
+    from beamlytics.pipelines import outputs
+    from beamlytics.pipelines.live import prepare_folder
+
+    (tmp_path / outputs.MANIFEST).write_bytes(outputs.Manifest("detect", ()).to_bytes())
+    with pytest.raises(outputs.OutputError, match="holds the result of beamlytics detect"):
+        prepare_folder(str(tmp_path))
+    (tmp_path / outputs.MANIFEST).unlink()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(outputs.OutputError, match="did not write \\(notes.txt\\)"):
+        prepare_folder(str(tmp_path))

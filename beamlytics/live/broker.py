@@ -5,22 +5,15 @@ is both controller and broker, listening on free ports of localhost only.
 """
 from __future__ import annotations
 
+import base64
 import shutil
-import socket
 import subprocess
 import time
 import uuid
-import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beamlytics.pipelines.runners import ENGINES, EngineError, cache_dir, installed
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
+from beamlytics.pipelines.runners import ENGINES, EngineError, _free_port, cache_dir, installed
 
 
 def kafka_libs() -> Path | None:

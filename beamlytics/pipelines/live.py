@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 import apache_beam as beam
 import pyarrow as pa
 
-from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.features import WindowSpec
 from beamlytics.live import panes
@@ -91,7 +90,6 @@ def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> 
     )
     (
         followed[live.REJECTED_TAG]
-        | "RejectedTables" >> beam.Map(lambda row: pa.Table.from_pylist([row], schema=schemas.REJECTED))
         | "WriteRejectedPanes" >> beam.Map(_rejected_pane, os.path.join(output, "rejected"))
     )
 

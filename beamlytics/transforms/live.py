@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import coders
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
@@ -23,6 +24,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from beamlytics import schemas
 from beamlytics.live.chunks import parse_chunk
 from beamlytics.live.clock import EventClock
 from beamlytics.live.follow import FolderFollower
@@ -183,8 +185,9 @@ class _Follow(beam.DoFn):
         self._followers[source] = (state, follower)
         for batch in batches:
             yield TimestampedValue(batch, stamp)
-        for item in rejected:
-            yield beam.pvalue.TaggedOutput(REJECTED_TAG, TimestampedValue(item.as_row(), stamp))
+        if rejected:  # one table per poll: a flood of bad lines is a few files, not one per line
+            table = pa.Table.from_pylist([item.as_row() for item in rejected], schema=schemas.REJECTED)
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, TimestampedValue(table, stamp))
         for name, count in (("read", read), ("rejected", len(rejected)), ("late", late)):
             if count:
                 yield beam.pvalue.TaggedOutput(COUNTS_TAG, TimestampedValue((name, count), stamp))
@@ -197,7 +200,7 @@ class _Follow(beam.DoFn):
 
 @dataclass
 class FollowSource(beam.PTransform):
-    """A live source → record batches (main), dead-letter rows (`rejected`), (name, n) counts (`counts`)."""
+    """A live source → record batches (main), tables of dead letters (`rejected`), (name, n) counts (`counts`)."""
 
     source: LiveSource
 
