@@ -10,11 +10,11 @@ from beamlytics.live.chunks import Chunk, parse_chunk
 from beamlytics.live.clock import EventClock
 from beamlytics.live.follow import FolderFollower
 from beamlytics.live.panes import write_pane
-from beamlytics.parsers import zeek
 from beamlytics.parsers.base import Batch, Rejected
 
 HEADER = (b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n"
-          b"#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\tqtype_name\trcode_name\n"
+          b"#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\tqtype_name"
+          b"\trcode_name\n"
           b"#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tcount\tstring\tstring\tstring\n")
 
 

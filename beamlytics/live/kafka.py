@@ -120,7 +120,8 @@ class KafkaFollower:
         from kafka import TopicPartition
 
         self._assign()
-        partitions = [TopicPartition(*name.rsplit("/", 1)[0:1], int(name.rsplit("/", 1)[1])) for name in self._assigned]
+        partitions = [TopicPartition(topic, int(number))
+                      for topic, number in (name.rsplit("/", 1) for name in sorted(self._assigned))]
         ends = self.consumer.end_offsets(partitions)
         return all(self.positions[f"{p.topic}/{p.partition}"] >= ends[p] for p in partitions)
 

@@ -32,7 +32,9 @@ from urllib.parse import urlsplit
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.features import WindowSpec
 from beamlytics.live import panes
@@ -86,7 +88,7 @@ def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> 
     scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
     (
         anomalies(scores)
-        | "WriteAnomalyPanes" >> beam.Map(_anomaly_pane, os.path.join(output, "anomalies"))
+        | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
     )
     (
         followed[live.REJECTED_TAG]
@@ -94,9 +96,15 @@ def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> 
     )
 
 
-def _anomaly_pane(table: pa.Table, directory: str) -> str | None:
-    start = table.column("window_start")[0].value if table.num_rows else 0
-    return panes.write_pane(table, directory, SCORE_ORDER, f"{start:020d}")
+def _anomaly_pane(table: pa.Table, directory: str) -> list[str]:
+    """One file per endpoint-window: a timer may judge several windows at once, and how many depends on when
+    the watermark moved; per window, the file's bytes (hence its name) are the same on every run."""
+    written = []
+    for start in sorted(pc.unique(table.column("window_start")).to_pylist()):
+        window = table.filter(pc.equal(table.column("window_start"), pa.scalar(start, schemas.TIMESTAMP)))
+        label = f"{window.column('window_start')[0].value:020d}"
+        written.append(panes.write_pane(window, directory, SCORE_ORDER, label))
+    return written
 
 
 def _rejected_pane(table: pa.Table, directory: str) -> str | None:
