@@ -31,6 +31,7 @@ from typing import Sequence
 from urllib.parse import urlsplit
 
 import apache_beam as beam
+import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -172,7 +173,10 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
             if STOP.is_set():
                 # Every pane of a closed window is written in one atomic step, so cancelling between
                 # them loses none: what is not written yet is computed again by the next run.
-                result.cancel()
+                try:
+                    result.cancel()
+                except (ValueError, grpc.RpcError):
+                    pass  # the job service went first (Ctrl-C reached the whole process group): it is over
                 _finished(result, 120.0, stopping=True)
                 break
             summary = refresh(folder, extra, running=True)
@@ -196,7 +200,8 @@ def _finished(result, seconds: float, stopping: bool = False) -> bool:
     while time.monotonic() < deadline and (stopping or not STOP.is_set()):
         state = result.state
         if PipelineState.is_terminal(state):
-            if state not in (PipelineState.DONE, PipelineState.CANCELLED):
+            # After our own cancel the runner may call the run failed: its workers lost their channel.
+            if not stopping and state not in (PipelineState.DONE, PipelineState.CANCELLED):
                 raise RuntimeError(f"the live pipeline ended {state}")
             return True
         time.sleep(0.2)
