@@ -198,7 +198,12 @@ def _finished(result, seconds: float, stopping: bool = False) -> bool:
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and (stopping or not STOP.is_set()):
-        state = result.state
+        try:
+            state = result.state
+        except (ValueError, grpc.RpcError):
+            if stopping:
+                return True  # the job service is gone after our cancel: the run is over
+            raise
         if PipelineState.is_terminal(state):
             # After our own cancel the runner may call the run failed: its workers lost their channel.
             if not stopping and state not in (PipelineState.DONE, PipelineState.CANCELLED):
