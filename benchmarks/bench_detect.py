@@ -178,15 +178,16 @@ def _run(work: Path) -> list[Result]:
     for size in SIZES:
         inputs = generate_logs(CACHE / f"{size.records}-{size.hosts}", size.records, size.hosts)
         ours, theirs = [], []
+        outputs = work / inputs.name  # beamlytics refuses to write over an earlier result: one folder per size
         for attempt in range(2):  # A B A B: both see the same machine load
-            ours.append(_ours(inputs, work / f"ours-{attempt}"))
-            theirs.append(_reference(inputs, work / f"reference-{attempt}"))
-        if not same_results(work / "ours-0", work / "reference-0"):
+            ours.append(_ours(inputs, outputs / f"ours-{attempt}"))
+            theirs.append(_reference(inputs, outputs / f"reference-{attempt}"))
+        if not same_results(outputs / "ours-0", outputs / "reference-0"):
             raise RuntimeError(f"{size.label}: beamlytics and the reference disagree on features or verdicts")
-        windows = json.loads((work / "ours-0" / "summary.json").read_text())["windows"]
+        windows = json.loads((outputs / "ours-0" / "summary.json").read_text())["windows"]
         (our_seconds, our_rss), (their_seconds, their_rss) = min(ours), min(theirs)
         stages = stage_seconds(inputs)
-        reference_stages = json.loads((work / "reference-0" / "timings.json").read_text())
+        reference_stages = json.loads((outputs / "reference-0" / "timings.json").read_text())
         rows.append((size, windows, our_seconds, their_seconds, max(r for _, r in ours), max(r for _, r in theirs),
                      stages, reference_stages))
         for name, value in (("records", size.records), ("windows", windows), ("ours", our_seconds),

@@ -143,10 +143,9 @@ def test_generated_stream_with_injected_bursts(tmp_path):
     assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_grid_runs_the_detection_and_evaluates_earlier_runs(tmp_path, capsys):
-    """`beamlytics evaluate` end to end on generated Zeek logs with a known NXDOMAIN burst."""
+def burst_logs(tmp_path):
+    """Generated Zeek logs with a known NXDOMAIN burst and tmp_path/labels.csv per record: (scenario, dns.log)."""
     from beamlytics import synthetic
-    from beamlytics.pipelines import cli
 
     scenario = synthetic.Scenario(hours=1, clients=5, queries_per_minute=30, anomalous_client="10.0.0.3",
                                   anomaly_start_minute=30, anomaly_minutes=3)
@@ -155,7 +154,14 @@ def test_cli_grid_runs_the_detection_and_evaluates_earlier_runs(tmp_path, capsys
     # The burst's queries are exactly the ones that failed (NXDOMAIN).
     pd.DataFrame({"key": [row[2] for row in fields], "time": [float(row[0]) for row in fields],
                   "is_anomaly": [row[15] == "NXDOMAIN" for row in fields]}).to_csv(tmp_path / "labels.csv", index=False)
+    return scenario, dns_log
 
+
+def test_cli_grid_runs_the_detection_and_evaluates_earlier_runs(tmp_path, capsys):
+    """`beamlytics evaluate` end to end on generated Zeek logs with a known NXDOMAIN burst."""
+    from beamlytics.pipelines import cli
+
+    scenario, dns_log = burst_logs(tmp_path)
     out = tmp_path / "eval"
     common = ["evaluate", "--labels", str(tmp_path / "labels.csv"), "--output", str(out)]
     assert cli.main([*common, "--table", "dns", "--format", "zeek", "--windows", "30s", "--betas", "0.3",

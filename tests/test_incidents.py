@@ -244,3 +244,24 @@ def test_remote_inputs_are_not_read_again_and_records_stay_unknown(detected, tmp
     found = folder.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
     assert found.column("records").to_pylist() == [None]
     assert found.column("record_files").to_pylist() == [None]
+
+
+def test_span_records_are_each_spans_records_in_batch_order():
+    # Unsorted times, untimed and keyless records, spans that overlap and spans on absent keys.
+    rng = random.Random(5)
+    keys = [rng.choice(["a", "b", "c", None]) for _ in range(400)]
+    times = [None if rng.random() < 0.05 else T0 + rng.randrange(30 * MINUTE) for _ in range(400)]
+    batch = pa.record_batch({"c_ip": pa.array(keys, pa.string()), "req_time": pa.array(times, schemas.TIMESTAMP),
+                             "row": pa.array(range(400))})
+    spans = [incidents.Span("dns", "c_ip", key, T0 + first * MINUTE, T0 + end * MINUTE)
+             for key, first, end in [("a", 0, 5), ("b", 3, 9), ("a", 4, 30), ("z", 0, 30), ("c", 29, 31), ("c", 40, 41)]]
+    spec = features.WindowSpec("dns", "c_ip", MINUTE)
+    got = {index: records.column("row").to_pylist() for index, records in incidents.span_records(batch, spec, spans)}
+    expected = {}
+    for index, span in enumerate(spans):
+        rows = [row for row, (key, time) in enumerate(zip(keys, times))
+                if key == span.key and time is not None and span.start_us <= time < span.end_us]
+        if rows:
+            expected[index] = rows
+    assert got == expected
+    assert sorted(expected) == [0, 1, 2, 4]

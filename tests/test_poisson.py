@@ -12,7 +12,9 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy, poisson
 
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.poisson import PoissonDetector, analyze_window
+from beamlytics.detectors import poisson as poisson_module
+from beamlytics.detectors.base import SeriesVerdicts
+from beamlytics.detectors.poisson import PoissonDetector, analyze_window, score_windows
 
 KEYS = ["D", "Delta", "Z", "eta", "C2", "fD", "fDelta", "fZ"]
 
@@ -207,3 +209,53 @@ def test_injected_burst_is_flagged_in_its_windows_and_not_elsewhere():
     assert all(set(BURST[1:]) <= set(flagged) for flagged in runs)
     assert sum(BURST[0] in flagged for flagged in runs) >= 15
     assert sum(BURST[-1] + 1 in flagged for flagged in runs) <= 6
+
+
+# --- many windows at once ---------------------------------------------------------------
+
+
+def test_batch_scores_are_each_window_scored_alone_bit_for_bit(monkeypatch):
+    # Rates from silent to large, and one window with a huge count that pads any batch it joins.
+    rng = np.random.default_rng(3)
+    lam = np.array([0.0, 0.4, 2.5, 20.0, 800.0, 3.0, 1.0])
+    counts = np.stack([rng.poisson(rate, 30) for rate in lam])
+    counts[5, 7] = 5000
+    for cells in (poisson_module.BATCH_CELLS, 200):  # one batch; then batches split by histogram width
+        monkeypatch.setattr(poisson_module, "BATCH_CELLS", cells)
+        batch = score_windows(counts, lam, 0.3, 30)
+        for row, rate in enumerate(lam):
+            alone = analyze_window(counts[row], rate, 0.3, 30)
+            assert {name: batch[name][row] for name in KEYS} == alone
+            assert_scores_match(alone, reference_window_score(counts[row], rate, 0.3, 30))
+
+
+def series_one_by_one(params, observations, train, starts):
+    """What the batch path must equal: one detector per series, fit on its training windows, then observe."""
+    verdicts = []
+    for first, end in zip(starts, [*starts[1:], len(observations)]):
+        detector = PoissonDetector(**params)
+        judged = first
+        while judged < end and train[judged]:
+            judged += 1
+        if judged > first:
+            detector.fit(observations[first:judged])
+        verdicts.extend(detector.observe(window) for window in observations[judged:end])
+    return SeriesVerdicts.of(verdicts)
+
+
+@pytest.mark.parametrize("params", [{}, {"n_init": 2, "health_model": "kalman"}, {"beta": 0.2, "health_model": "recovery", "ra_threshold": 0.95}])
+def test_series_scored_in_lockstep_equal_each_series_observed_alone(params):
+    rng = np.random.default_rng(11)
+    observations, train, starts = [], [], []
+    for series, length in enumerate([25, 1, 9, 2, 40, 3]):  # uneven lengths; series 3 is training only
+        starts.append(len(observations))
+        rate = [0.0, 0.5, 3.0, 1.0, 8.0, 2.0][series]
+        for index in range(length):
+            burst = 6 if 15 <= index < 19 else 1
+            observations.append([] if index == 8 else list(rng.poisson(rate * burst, 20 if series != 2 else 7)))
+            train.append(series == 3 or (series == 4 and index < 6))
+    train, starts = np.array(train), np.array(starts)
+    got = PoissonDetector.score_series(params, observations, train, starts)
+    expected = series_one_by_one(params, observations, train, starts)
+    assert got == expected
+    assert "anomaly" in got.status.to_pylist()

@@ -4,9 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.univariate import BoxPlot, Gaussian
+from beamlytics.detectors.univariate import BoxPlot, Gaussian, _percentile
 
 
 def reference_gaussian(series, k, n_init):
@@ -148,3 +150,31 @@ def test_no_detector_takes_a_population_model_yet():
         Gaussian.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})
     with pytest.raises(ValueError, match="iqr detector takes no population model"):
         BoxPlot.score_features({"n_init": 4}, [values], train, starts, population={"pooled": []})
+
+
+# --- the boxplot's quartiles without numpy ------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(allow_nan=False, width=64), st.integers(-5, 5).map(float)),
+                       min_size=2, max_size=60),
+       fraction=st.sampled_from([0.25, 0.75]))
+def test_quartile_is_numpys_percentile_bit_for_bit(values, fraction):
+    expected = np.percentile(values, 100 * fraction)
+    got = _percentile(sorted(values), fraction)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_boxplot_evidence_is_numpys_through_a_sliding_history():
+    """Each verdict's quartiles equal np.percentile of the last `history` accepted values, as plain numbers."""
+    rng = np.random.default_rng(4)
+    series = np.round(rng.gamma(2.0, 3.0, 600), 1).tolist() + [90.0, 95.0]  # ties, then two outliers
+    detector, accepted = BoxPlot(k=1.5, n_init=10, history=50), []
+    for value in series:
+        verdict = detector.observe(value)
+        if verdict.status != Status.CALIBRATING:
+            q1, q3 = np.percentile(accepted[-50:], [25.0, 75.0])
+            assert json.loads(verdict.evidence_json()) == {"q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(accepted[-50:])}
+        if verdict.status != Status.ANOMALY:
+            accepted.append(value)
+    assert verdict.status == Status.ANOMALY

@@ -72,6 +72,13 @@ def json_number(value: float) -> str:
 
 def _json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: render them as strings so evidence stays valid JSON."""
+    kind = type(value)  # exact built-in types first: the abstract checks below cost most of an evidence row
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if kind is int or kind is str or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, Mapping):
@@ -132,14 +139,22 @@ class Detector(ABC):
         bounds = [*starts.tolist(), len(observations)]
         verdicts = []
         for first, end in zip(bounds[:-1], bounds[1:]):
-            detector = cls(**params)
-            judged = first
-            while judged < end and train[judged]:
-                judged += 1
-            if judged > first:
-                detector.fit(observations[first:judged])
+            detector, judged, _ = cls._calibrated(params, observations, train, first, end)
             verdicts.extend(detector.observe(value) for value in observations[judged:end])
         return SeriesVerdicts.of(verdicts)
+
+    @classmethod
+    def _calibrated(cls, params: Mapping[str, Any], observations: Sequence[Observation], train: np.ndarray,
+                    first: int, end: int) -> tuple["Detector", int, int]:
+        """A fresh detector fitted on the leading `train` entries of `observations[first:end]`, the
+        position of the first entry to judge, and `end`."""
+        detector = cls(**params)
+        judged = first
+        while judged < end and train[judged]:
+            judged += 1
+        if judged > first:
+            detector.fit(observations[first:judged])
+        return detector, judged, end
 
     @classmethod
     def score_features(cls, params: Mapping[str, Any], columns: Sequence[Sequence[Observation]], train: np.ndarray,

@@ -25,9 +25,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy.special import gammaln
 
-from beamlytics.detectors.base import Detector, Status, Verdict
+from beamlytics.detectors.base import Detector, SeriesVerdicts, Status, Verdict
 from beamlytics.detectors.health import HEALTH_MODELS, HealthModel, health_model_from_dict, make_health_model
 
 # Added to both distributions before renormalising, as in the seed notebook, so that the
@@ -56,24 +55,12 @@ def poisson_distribution(lam: float, max_count: int) -> np.ndarray:
     Works in log space and drops the constant e^−λ (it cancels in the normalisation), so a
     large λ does not underflow to an all-zero vector.
     """
-    if lam == 0:
-        distribution = np.zeros(max_count + 1)
-        distribution[0] = 1.0
-        return distribution
-    k = np.arange(max_count + 1, dtype=np.float64)
-    log_weights = k * math.log(lam) - gammaln(k + 1.0)
-    weights = np.exp(log_weights - log_weights.max())
-    return weights / weights.sum()
+    return _poisson_rows(np.array([float(lam)]), np.array([max_count]), max_count + 1)[0]
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen–Shannon divergence in nats of two distributions, each smoothed and renormalised."""
-    p = p + SMOOTHING
-    p /= p.sum()
-    q = q + SMOOTHING
-    q /= q.sum()
-    m = 0.5 * (p + q)
-    return float(0.5 * np.dot(p, np.log(p / m)) + 0.5 * np.dot(q, np.log(q / m)))
+    return float(_js_rows(np.atleast_2d(p), np.atleast_2d(q), np.ones((1, np.size(p)), dtype=bool))[0])
 
 
 def analyze_window(
@@ -93,33 +80,99 @@ def analyze_window(
 
 
 def _score_counts(counts: np.ndarray, lam: float, beta: float, slots: float) -> dict[str, float]:
-    max_count = max(int(counts.max()), int(3 * lam) + 5)
-    histogram = np.bincount(counts, minlength=max_count + 1) / counts.size
-    divergence = js_divergence(histogram, poisson_distribution(lam, max_count))
+    scores = score_windows(counts[None, :], np.array([lam]), beta, slots)
+    return {name: float(column[0]) for name, column in scores.items()}
+
+
+SCORE_NAMES = ("D", "Delta", "Z", "eta", "C2", "fD", "fDelta", "fZ")
+
+
+# Cells (windows × histogram bins) scored at once: one window with a huge count must not pad a whole batch.
+BATCH_CELLS = 1 << 21
+
+
+def score_windows(counts: np.ndarray, lam: np.ndarray, beta: float, slots: float) -> dict[str, np.ndarray]:
+    """`analyze_window` of many windows at once: row i of `counts` (windows × slots, non-negative
+    int64) against λ = `lam[i]`, every window over `slots` slots. Returns one array per score.
+
+    Rows are padded to the widest histogram of their batch, and every sum runs left to right over
+    a row (`np.cumsum`), so padding adds exact zeros at the end: a window's scores are the same
+    bits whatever else is in the batch, and the same as `analyze_window` gives it alone. Batches
+    group windows of similar histogram width, `BATCH_CELLS` cells at most (a window alone if wider).
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    max_count = np.maximum(counts.max(axis=1), (3 * lam).astype(np.int64) + 5)
+    if counts.shape[0] * (int(max_count.max()) + 1) <= BATCH_CELLS:
+        return _score_batch(counts, lam, max_count, beta, slots)
+    order = np.argsort(max_count, kind="stable")
+    scores = {name: np.empty(counts.shape[0]) for name in SCORE_NAMES}
+    first = 0
+    while first < order.size:
+        # widths grow along `order`: the batch's last row is its widest
+        end = first + 1
+        while end < order.size and (end + 1 - first) * (int(max_count[order[end]]) + 1) <= BATCH_CELLS:
+            end += 1
+        rows = order[first:end]
+        for name, column in _score_batch(counts[rows], lam[rows], max_count[rows], beta, slots).items():
+            scores[name][rows] = column
+        first = end
+    return scores
+
+
+def _score_batch(counts: np.ndarray, lam: np.ndarray, max_count: np.ndarray, beta: float,
+                 slots: float) -> dict[str, np.ndarray]:
+    width = int(max_count.max()) + 1
+    rows = np.arange(counts.shape[0])
+    histogram = np.bincount((counts + (rows * width)[:, None]).ravel(), minlength=rows.size * width)
+    histogram = histogram.reshape(rows.size, width) / counts.shape[1]
+    in_range = np.arange(width)[None, :] <= max_count[:, None]
+    divergence = _js_rows(histogram, _poisson_rows(lam, max_count, width), in_range)
 
     # Mean and spread from the histogram just built: cheaper than passes over the slots.
-    values = np.arange(max_count + 1, dtype=np.float64)
-    mean = float(np.dot(values, histogram))
-    std = math.sqrt(float(np.dot((values - mean) ** 2, histogram)))
-    rate_floor = max(lam, 1.0)  # λ = 0 (or below one per slot) must not divide by ~0
+    values = np.arange(width, dtype=np.float64)
+    mean = _row_sums(values * histogram)
+    std = np.sqrt(_row_sums((values - mean[:, None]) ** 2 * histogram))
+    rate_floor = np.maximum(lam, 1.0)  # λ = 0 (or below one per slot) must not divide by ~0
     delta = (mean - lam) / rate_floor
-    z = (mean - lam) / math.sqrt(rate_floor / slots)
+    z = (mean - lam) / np.sqrt(rate_floor / slots)
 
-    two_variance = 2.0 * max(1.0, std) ** 2
-    f_d = math.exp(-divergence**2 / two_variance)
-    f_delta = math.exp(-(delta**2) / two_variance)
-    f_z = math.exp(-(z**2) / two_variance)
+    two_variance = 2.0 * np.maximum(1.0, std) ** 2
+    f_d = np.exp(-(divergence**2) / two_variance)
+    f_delta = np.exp(-(delta**2) / two_variance)
+    f_z = np.exp(-(z**2) / two_variance)
     eta = ((1.0 - f_d) + (1.0 - f_delta) + (1.0 - f_z)) / 3.0
-    return {
-        "D": divergence,
-        "Delta": delta,
-        "Z": z,
-        "eta": eta,
-        "C2": -math.tanh(2.0 * (eta - beta)),
-        "fD": f_d,
-        "fDelta": f_delta,
-        "fZ": f_z,
-    }
+    return dict(zip(SCORE_NAMES, (divergence, delta, z, eta, -np.tanh(2.0 * (eta - beta)), f_d, f_delta, f_z)))
+
+
+def _row_sums(matrix: np.ndarray) -> np.ndarray:
+    """Each row summed strictly left to right: trailing zeros cannot change the bits."""
+    return np.cumsum(matrix, axis=1)[:, -1]
+
+
+def _poisson_rows(lam: np.ndarray, max_count: np.ndarray, width: int) -> np.ndarray:
+    """Row i: the Poisson(λ_i) pmf over 0..max_count[i], normalised on that range, zeros after."""
+    from scipy.special import gammaln  # here, not at the top: scipy (and the pandas it imports) cost `--help` 0.4 s
+
+    k = np.arange(width, dtype=np.float64)
+    in_range = k[None, :] <= max_count[:, None]
+    silent = lam == 0  # all mass at 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_weights = k[None, :] * np.log(np.where(silent, 1.0, lam))[:, None] - gammaln(k + 1.0)[None, :]
+    log_weights = np.where(in_range, log_weights, -np.inf)
+    weights = np.exp(log_weights - log_weights.max(axis=1, keepdims=True))
+    weights[silent] = k == 0
+    return weights / _row_sums(weights)[:, None]
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray, in_range: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon divergence in nats of each row pair, smoothed and renormalised over the row's range."""
+    p = np.where(in_range, p + SMOOTHING, 0.0)
+    p /= _row_sums(p)[:, None]
+    q = np.where(in_range, q + SMOOTHING, 0.0)
+    q /= _row_sums(q)[:, None]
+    m = np.where(in_range, 0.5 * (p + q), 1.0)
+    return 0.5 * _row_sums(p * np.log(np.where(in_range, p / m, 1.0))) + \
+        0.5 * _row_sums(q * np.log(np.where(in_range, q / m, 1.0)))
 
 
 class PoissonDetector(Detector):
@@ -252,10 +305,14 @@ class PoissonDetector(Detector):
             return Verdict(Status.MISSING)
         counts = _slot_counts(value)
         lam = self.rate
-        scores = _score_counts(counts, lam, self.beta, counts.size) if lam is not None else None
+        return self._judge(counts, lam, _score_counts(counts, lam, self.beta, counts.size) if lam is not None else None)
+
+    def _judge(self, counts: np.ndarray, lam: float | None, scores: Mapping[str, float] | None) -> Verdict:
+        """The verdict on a window already scored against λ (None before any window was learned), and learning."""
+        mean = float(counts.mean())
         if not self.baseline and self.windows_learned < self.n_init:
             self._learn(counts)
-            evidence = self._evidence(counts, lam, scores) if scores else {"windows": self.windows_learned}
+            evidence = self._evidence(mean, lam, scores) if scores else {"windows": self.windows_learned}
             return Verdict(Status.CALIBRATING, scores["eta"] if scores else None, self.ra_threshold, None, evidence)
 
         for model in self.health.values():
@@ -263,14 +320,52 @@ class PoissonDetector(Detector):
         if not self.baseline and scores["eta"] < self.learn_below:
             self._learn(counts)
         status = Status.ANOMALY if self.health[self.health_model].ra < self.ra_threshold else Status.NORMAL
-        direction = _direction(float(counts.mean()), lam)
-        return Verdict(status, scores["eta"], self.ra_threshold, direction, self._evidence(counts, lam, scores))
+        evidence = self._evidence(mean, lam, scores)
+        return Verdict(status, scores["eta"], self.ra_threshold, _direction(mean, lam), evidence)
 
-    def _evidence(self, counts: np.ndarray, lam: float, scores: Mapping[str, float]) -> dict[str, float]:
+    @classmethod
+    def score_series(cls, params, observations, train, starts, population=None) -> SeriesVerdicts:
+        """`Detector.score_series` with the t-th windows of all series scored in one `score_windows` call.
+
+        λ and health stay per series and move window by window exactly as in `observe`; only the
+        scoring of a window against its series' λ is batched, with the same bits (see `score_windows`).
+        """
+        if population is not None:
+            return super().score_series(params, observations, train, starts, population)
+        series = [cls._calibrated(params, observations, train, first, end)
+                  for first, end in zip(starts.tolist(), [*starts.tolist()[1:], len(observations)])]
+        verdicts: dict[int, Verdict] = {}
+        running = [index for index, (_, judged, end) in enumerate(series) if judged < end]
+        step = 0
+        while running:
+            by_size: dict[int, list[tuple[PoissonDetector, int, np.ndarray]]] = {}
+            for index in running:
+                detector, judged, _ = series[index]
+                at = judged + step
+                if len(observations[at]) == 0:
+                    verdicts[at] = Verdict(Status.MISSING)
+                    continue
+                counts = _slot_counts(observations[at])
+                if detector.rate is None:
+                    verdicts[at] = detector._judge(counts, None, None)
+                    continue
+                by_size.setdefault(counts.size, []).append((detector, at, counts))
+            for size, windows in by_size.items():
+                rates = [detector.rate for detector, _, _ in windows]
+                scores = score_windows(np.stack([counts for _, _, counts in windows]), np.array(rates),
+                                       windows[0][0].beta, size)
+                rows = zip(*(scores[name].tolist() for name in SCORE_NAMES))
+                for (detector, at, counts), lam, row in zip(windows, rates, rows):
+                    verdicts[at] = detector._judge(counts, lam, dict(zip(SCORE_NAMES, row)))
+            step += 1
+            running = [index for index in running if series[index][1] + step < series[index][2]]
+        return SeriesVerdicts.of(verdicts[at] for at in sorted(verdicts))
+
+    def _evidence(self, mean: float, lam: float, scores: Mapping[str, float]) -> dict[str, float]:
         health = {f"Ra_{name}": model.ra for name, model in self.health.items()}
         return {
             "lambda": lam,
-            "mean": float(counts.mean()),
+            "mean": mean,
             **scores,
             "Ra": self.health[self.health_model].ra,
             **health,

@@ -6,6 +6,7 @@ by window against the windows before it, so a detection needs no second pass and
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Mapping, Sequence
 
@@ -147,8 +148,9 @@ class Gaussian(_OnlineRule):
 
 
 _MISSING, _CALIBRATING, _NORMAL, _ANOMALY = range(4)
-_STATUS_NAMES = pa.array([Status.MISSING, Status.CALIBRATING, Status.NORMAL, Status.ANOMALY])
-_DIRECTION_NAMES = pa.array([None, "up", "down"], pa.string())
+# Plain lists, made Arrow per call: a module-level `pa.array` imports pandas, 0.25 s of every `--help`.
+_STATUS_NAMES = [Status.MISSING, Status.CALIBRATING, Status.NORMAL, Status.ANOMALY]
+_DIRECTION_NAMES = [None, "up", "down"]
 
 
 class _LockstepVerdicts:
@@ -197,10 +199,10 @@ class _LockstepVerdicts:
         ]
         threshold = self.threshold[keep, feature]
         return SeriesVerdicts(
-            status=_STATUS_NAMES.take(pa.array(status)),
+            status=pa.array(_STATUS_NAMES, pa.string()).take(pa.array(status)),
             score=pa.array(self.score[keep, feature], mask=~limited),
             threshold=pa.array(threshold, mask=np.isnan(threshold)),
-            direction=_DIRECTION_NAMES.take(pa.array(self.direction[keep, feature])),
+            direction=pa.array(_DIRECTION_NAMES, pa.string()).take(pa.array(self.direction[keep, feature])),
             evidence=pa.array(evidence, pa.string()),
         )
 
@@ -219,7 +221,8 @@ class BoxPlot(_OnlineRule):
             raise ValueError("history must be at least n_init")
         self.k = float(k)
         self.history = int(history)
-        self.values: list[float] = []
+        self.values: list[float] = []  # oldest first: what leaves the history next
+        self._ordered: list[float] = []  # the same values sorted, for the quartiles
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "n_init": self.n_init, "history": self.history,
@@ -230,19 +233,24 @@ class BoxPlot(_OnlineRule):
 
     def _learn(self, value: float) -> None:
         self.values.append(value)
+        bisect.insort(self._ordered, value)
         if len(self.values) > self.history:
+            del self._ordered[bisect.bisect_left(self._ordered, self.values[0])]
             del self.values[0]
 
+    def _quartiles(self) -> tuple[float, float]:
+        return _percentile(self._ordered, 0.25), _percentile(self._ordered, 0.75)
+
     def _limits(self) -> tuple[float, float, dict[str, Any]]:
-        q1, q3 = np.percentile(self.values, [25.0, 75.0])
-        iqr = float(q3 - q1)
-        evidence = {"q1": float(q1), "q3": float(q3), "iqr": iqr, "n": len(self.values)}
-        return float(q1) - self.k * iqr, float(q3) + self.k * iqr, evidence
+        q1, q3 = self._quartiles()
+        iqr = q3 - q1
+        evidence = {"q1": q1, "q3": q3, "iqr": iqr, "n": len(self.values)}
+        return q1 - self.k * iqr, q3 + self.k * iqr, evidence
 
     def _score(self, outer: float, inner: float) -> float:
         """Distance beyond the crossed fence, in IQRs."""
-        q1, q3 = np.percentile(self.values, [25.0, 75.0])
-        iqr = float(q3 - q1)
+        q1, q3 = self._quartiles()
+        iqr = q3 - q1
         return (outer - inner) / iqr if iqr > 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,4 +260,18 @@ class BoxPlot(_OnlineRule):
     def from_dict(cls, state: Mapping[str, Any]) -> "BoxPlot":
         detector = cls(state["k"], state["n_init"], state["history"], state["discard_anomalies"])
         detector.values = [float(v) for v in state["values"]]
+        detector._ordered = sorted(detector.values)
         return detector
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """`np.percentile(values, 100 * fraction)` (its default, linear method) of the sorted `values`,
+    with numpy's own float operations in its order, so the same bits at a fraction of the cost."""
+    position = (len(ordered) - 1) * fraction
+    below = math.floor(position)
+    gamma = position - below
+    low, high = ordered[below], ordered[min(below + 1, len(ordered) - 1)]
+    difference = high - low
+    if gamma >= 0.5:  # numpy interpolates from the nearer end
+        return high - difference * (1 - gamma)
+    return low + difference * gamma

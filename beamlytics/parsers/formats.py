@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
 
-from beamlytics.parsers import bind, limits, pcap, squid, tstat, validate, zeek
+from beamlytics.parsers import bind, limits, pcap, splits, squid, tstat, validate, zeek
 from beamlytics.parsers.base import (
     BATCH_ROWS, STREAM_ERRORS, Batch, ParseItem, Rejected, decompressed, excerpt, read_head,
 )
@@ -35,7 +35,7 @@ class Source:
     kind: str
 
 
-PlannedSource = Union[Source, "zeek.NamedFlowGroup"]
+PlannedSource = Union[Source, "zeek.NamedFlowGroup", "splits.SourceRange"]
 
 
 @dataclass
@@ -97,6 +97,8 @@ def _group_paths(group: "zeek.NamedFlowGroup") -> list[str]:
 
 
 def source_name(source: PlannedSource) -> str:
+    if isinstance(source, splits.SourceRange):
+        return source.source.path
     return source.path if isinstance(source, Source) else _group_paths(source)[0]
 
 
@@ -115,8 +117,8 @@ def parse_source(
     options = options or {}
     times = validate.time_range(options)
     dead_letters = limits.DeadLetterLimit(int(options.get("dead_letters_per_reason") or DEAD_LETTERS_PER_REASON))
-    if isinstance(source, Source):
-        tool = source.format
+    if isinstance(source, (Source, splits.SourceRange)):
+        tool = source_format(source)
         items = _parse_file(source, table, open_stream, batch_rows, options)
     else:
         tool = zeek.FORMAT
@@ -141,8 +143,13 @@ def _decompressed(raw: BinaryIO, options: Mapping[str, Any]) -> BinaryIO:
     return limits.bounded_decompressed(raw, float(options.get("max_decompression_ratio") or limits.MAX_DECOMPRESSION_RATIO))
 
 
-def _parse_file(source: Source, table: str, open_stream: OpenStream, batch_rows: int,
+def source_format(source: Source | splits.SourceRange) -> str:
+    return source.source.format if isinstance(source, splits.SourceRange) else source.format
+
+
+def _parse_file(planned: Source | splits.SourceRange, table: str, open_stream: OpenStream, batch_rows: int,
                 options: Mapping[str, Any]) -> Iterator[ParseItem]:
+    source = planned.source if isinstance(planned, splits.SourceRange) else planned
     # The file may have been replaced since it was planned: parse it only as what it is now.
     with open_stream(source.path) as raw:
         head = read_head(decompressed(raw))
@@ -152,10 +159,14 @@ def _parse_file(source: Source, table: str, open_stream: OpenStream, batch_rows:
         reason = f"file changed since it was planned as a {source.format} {source.kind} log: now {found}"
         yield Rejected(source.path, 0, reason, excerpt(head), source.format, units=0)
         return
+    parse = FORMATS[source.format].parse
     with open_stream(source.path) as raw:
-        yield from FORMATS[source.format].parse(
-            source.path, _decompressed(raw, options), source.kind, table, batch_rows=batch_rows, options=options
-        )
+        if isinstance(planned, splits.SourceRange):  # planned as uncompressed: read as bytes from the range on
+            yield from parse(source.path, splits.open_range(raw, planned.range), source.kind, table,
+                             batch_rows=batch_rows, options=options, start=planned.start)
+            return
+        yield from parse(source.path, _decompressed(raw, options), source.kind, table, batch_rows=batch_rows,
+                         options=options)
 
 
 def parse_paths(paths: list[str], table: str, fmt: str = "auto",

@@ -32,7 +32,7 @@ at the end of the capture (sorted by first packet), so the output order is deter
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from beamlytics.parsers import dns_wire, pcap_http, tls
 from beamlytics.parsers.base import BATCH_ROWS, Batch, Rejected, RowBuffer
@@ -123,7 +123,7 @@ class Flow:
     __slots__ = (
         "c_ip", "c_port", "s_ip", "s_port", "proto", "first_number", "first_us", "last_us",
         "c_pkt", "s_pkt", "c_bytes", "s_bytes", "c_flags", "s_flags", "name", "name_source", "dns_name",
-        "probe", "probe_packets", "keys",
+        "probe", "probe_packets", "keys", "metrics",
     )
 
     def __init__(self, packet: Packet, client_sent: bool):
@@ -140,6 +140,7 @@ class Flow:
         self.probe: bytes | None = b"" if packet.proto == TCP else None  # client stream bytes so far
         self.probe_packets = 0
         self.keys: tuple = ()
+        self.metrics: list | None = None  # per-flow state of FlowTable.metrics, in their order
 
     def row(self) -> dict[str, Any]:
         name, source = self.name, self.name_source
@@ -202,7 +203,8 @@ class DnsNames:
 class FlowTable:
     """Bidirectional flows keyed by both directions' 5-tuples, with nfstream's timeouts."""
 
-    def __init__(self, active_timeout: float, idle_timeout: float):
+    def __init__(self, active_timeout: float, idle_timeout: float, metrics: Sequence[Any] = ()):
+        self.metrics = tuple(metrics)  # flow_stats.FlowMetric objects, told of every packet of every flow
         self.active_us = int(active_timeout * 1_000_000)
         self.idle_us = int(idle_timeout * 1_000_000)
         # An expiry sweep every quarter idle timeout bounds memory without scanning per packet.
@@ -227,6 +229,11 @@ class FlowTable:
                 entry = None
         if entry is None:
             flow, from_client = self._new(packet, key)
+            if self.metrics:
+                flow.metrics = [metric.on_init(packet, from_client) for metric in self.metrics]
+        elif self.metrics:
+            for metric, state in zip(self.metrics, flow.metrics):
+                metric.on_update(state, packet, from_client)
         sent = packet.tcp_flags | (_SENT_DATA if packet.payload else _SENT)
         if from_client:
             flow.c_pkt += 1
@@ -303,12 +310,31 @@ def flows_from_packets(
 
     Options: `active_timeout` and `idle_timeout` in seconds (nfstream's defaults).
     """
+    buffer = RowBuffer(TABLE, SOURCE_TOOL, source, batch_rows)
+    for item in expired_flows(items, flow_table(options)):
+        if item.__class__ is list:
+            yield from _emit(buffer, item)
+        elif item.__class__ is int:
+            buffer.add_units(item)
+        else:
+            yield item
+    last = buffer.flush()
+    if last is not None:
+        yield last
+
+
+def flow_table(options: Mapping[str, Any] | None, metrics: Sequence[Any] = ()) -> FlowTable:
     options = options or {}
-    table = FlowTable(
+    return FlowTable(
         float(options.get("active_timeout", DEFAULT_ACTIVE_TIMEOUT)),
         float(options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
+        metrics,
     )
-    buffer = RowBuffer(TABLE, SOURCE_TOOL, source, batch_rows)
+
+
+def expired_flows(items: Iterable[Packet | Rejected | None], table: FlowTable) -> Iterator[list[Flow] | int | Rejected]:
+    """The flows of `items` as they end (lists, in emission order), each list preceded by the count
+    of input units read up to it; Rejected items pass through. The end of input ends every flow."""
     expired: list[Flow] = []
     units = 0
     for item in items:
@@ -316,19 +342,17 @@ def flows_from_packets(
             units += 1
             table.add(item, expired)
             if expired:
-                buffer.add_units(units)
+                yield units
                 units = 0
-                yield from _emit(buffer, expired)
+                yield expired
+                expired = []
         elif item is None:  # non-IP frame or fragment held for reassembly: read fine, no flow
             units += 1
         else:
             yield item
-    buffer.add_units(units)
+    yield units
     expired.extend(table.drain())
-    yield from _emit(buffer, expired)
-    last = buffer.flush()
-    if last is not None:
-        yield last
+    yield expired
 
 
 def _emit(buffer: RowBuffer, expired: list[Flow]) -> Iterator[Batch]:
@@ -337,4 +361,3 @@ def _emit(buffer: RowBuffer, expired: list[Flow]) -> Iterator[Batch]:
         batch = buffer.take()
         if batch is not None:
             yield batch
-    expired.clear()

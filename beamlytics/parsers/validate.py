@@ -70,6 +70,8 @@ def check_read_options(options: Mapping[str, Any]) -> None:
             raise ValueError(f"unknown time zone {options['timezone']!r}: use an IANA name such as Europe/Paris") from None
     if options.get("max_line_bytes") is not None and int(options["max_line_bytes"]) < 1:
         raise ValueError("--max-line-bytes must be at least 1")
+    if options.get("split_bytes") is not None and int(options["split_bytes"]) < 1:
+        raise ValueError("--split-bytes must be at least 1")
     if options.get("max_decompression_ratio") is not None and float(options["max_decompression_ratio"]) <= 1:
         raise ValueError("--max-decompression-ratio must be above 1")
 

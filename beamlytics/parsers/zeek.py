@@ -22,7 +22,7 @@ from beamlytics.parsers.zeek_flows import (  # noqa: F401  (public API of this f
     named_flow_groups,
     parse_named_flows,
 )
-from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, Header, apply_header_line, read_log
+from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, Header, LogStart, apply_header_line, read_log
 from beamlytics.parsers.zeek_tables import (
     CONN_FIELDS,
     DNS_FIELDS,
@@ -107,8 +107,10 @@ def parse(
     table: str,
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
+    start: LogStart = LogStart(),
 ) -> Iterator[Batch | Rejected | Read]:
-    """Rows of `table` from one decompressed Zeek log of `kind`; option `max_line_bytes` caps a line.
+    """Rows of `table` from one decompressed Zeek log of `kind` (or a range of it, from `start`);
+    option `max_line_bytes` caps a line.
 
     A conn.log on its own gives flows without names: name them with `named_flow_groups`
     and `parse_named_flows`, which read the ssl/http/dns logs beside it.
@@ -122,4 +124,4 @@ def parse(
     else:
         fields, convert = HTTP_FIELDS, http_batch
     max_line_bytes = int((options or {}).get("max_line_bytes") or MAX_LINE_BYTES)
-    yield from table_batches(table, source, read_log(source, stream, fields, max_line_bytes), convert, batch_rows)
+    yield from table_batches(table, source, read_log(source, stream, fields, max_line_bytes, start), convert, batch_rows)

@@ -70,6 +70,15 @@ class Header:
 
 
 @dataclass(frozen=True)
+class LogStart:
+    """Where reading begins: the first line's number, the header in force, whether the log is JSON (None: as it looks)."""
+
+    first_line: int = 1
+    header: Header = Header()
+    is_json: bool | None = None
+
+
+@dataclass(frozen=True)
 class Records:
     """Clean rows of one stretch of a log: Zeek field name -> canonical column."""
 
@@ -112,27 +121,29 @@ class LineRun:
     is_header: bool  # one `#` line, or a run of data lines
 
 
-def line_runs(source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LineRun | Rejected]:
-    """Split a stream into `#` lines and runs of data lines, with their line numbers.
+def line_runs(
+    source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES, first_line: int = 1
+) -> Iterator[LineRun | Rejected]:
+    """Split a stream into `#` lines and runs of data lines, with their line numbers (the first is `first_line`).
 
     If the stream breaks (corrupt or truncated compression), the whole lines read before
     the damage are still yielded, then one `Rejected` for the rest of the file.
     """
-    for block in _line_blocks(source, stream, max_line_bytes):
+    for block in _line_blocks(source, stream, max_line_bytes, first_line):
         if isinstance(block, Rejected):
             yield block
         else:
             yield from _split_header_lines(block)
 
 
-def _line_blocks(source: str, stream: BinaryIO, max_line_bytes: int) -> Iterator[LineRun | Rejected]:
+def _line_blocks(source: str, stream: BinaryIO, max_line_bytes: int, first_line: int) -> Iterator[LineRun | Rejected]:
     """Blocks of about BLOCK_BYTES of whole lines (as data runs, `#` lines not yet split off).
 
     A line that outgrows `max_line_bytes` while it is carried to the next block is rejected
     and skipped to its newline: one endless line must not hold the memory or end the file.
     """
     readinto = getattr(stream, "readinto1", None) or stream.readinto
-    tail, line = b"", 1  # the unfinished line carried into the next block
+    tail, line = b"", first_line  # the unfinished line carried into the next block
     skipping = False  # inside a line already rejected as too long
     while True:
         block, ended, error = _fill_block(readinto, tail)
@@ -509,20 +520,28 @@ JSON_READER = Reader(json_reader, json_explainer, screen=_json_screen)
 
 
 def read_log(
-    source: str, stream: BinaryIO, wanted: Mapping[str, str], max_line_bytes: int = MAX_LINE_BYTES
+    source: str,
+    stream: BinaryIO,
+    wanted: Mapping[str, str],
+    max_line_bytes: int = MAX_LINE_BYTES,
+    start: LogStart = LogStart(),
 ) -> Iterator[Records | Rejected | Read]:
     """Read a Zeek TSV or JSON log: `Records` of the `wanted` fields (name -> Zeek type), and
     a `Rejected` for every line that cannot be read. Every data line ends up in exactly one;
     a `Read` with the number of data lines (TSV) or lines (JSON) delivered comes last.
 
-    A wanted field the log does not have comes out as a column of nulls.
+    A wanted field the log does not have comes out as a column of nulls. A stream that is
+    a range of a log (`splits`) gives `start`: its first line's number, the header in force
+    there and whether the log is JSON, which the head of the log decided.
     """
-    runs = line_runs(source, stream, max_line_bytes)
+    runs = line_runs(source, stream, max_line_bytes, start.first_line)
     first = next(runs, None)
     if first is None:
         yield Read(source, 0)
         return
-    is_json = isinstance(first, LineRun) and first.data.startswith(b"{")
+    is_json = start.is_json
+    if is_json is None:
+        is_json = isinstance(first, LineRun) and first.data.startswith(b"{")
     delivered = 0
 
     def counted() -> Iterator[LineRun | Rejected]:
@@ -534,7 +553,10 @@ def read_log(
                 delivered += run.lines
             yield run
 
-    yield from (_read_json_runs if is_json else _read_tsv_runs)(source, counted(), wanted)
+    if is_json:
+        yield from _read_json_runs(source, counted(), wanted)
+    else:
+        yield from _read_tsv_runs(source, counted(), wanted, start.header)
     yield Read(source, delivered)
 
 
@@ -542,9 +564,8 @@ Converter = Callable[[pa.Array, str], "tuple[pa.Array, Bad]"]
 
 
 def _read_tsv_runs(
-    source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str]
+    source: str, runs: Iterable[LineRun | Rejected], wanted: Mapping[str, str], header: Header
 ) -> Iterator[Records | Rejected]:
-    header = Header()
     reader: Reader | None = None
     for run in runs:
         if isinstance(run, Rejected):

@@ -32,7 +32,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners
+from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners, series
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -141,6 +141,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
                         help="IANA zone of log times written without one (BIND), e.g. Europe/Paris (default UTC)")
     parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
                         help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
+    parser.add_argument("--split-bytes", type=int, metavar="BYTES",
+                        help="uncompressed Zeek logs bigger than this are read in ranges of about this size, "
+                        "in parallel (32 MiB)")
     parser.add_argument("--max-decompression-ratio", type=finite_float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
                         help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
     parser.add_argument("--quiet", action="store_true", help="no progress reports on stderr")
@@ -165,7 +168,8 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibrate on the features/ folder of an earlier run (e.g. a normal day)")
     parser.add_argument("--train-until", type=timestamp_us, metavar="TIMESTAMP",
                         help="windows ending by this UTC time calibrate the detectors and are not judged")
-    parser.add_argument("--shards", type=int, default=1, help="Parquet files per output folder (1)")
+    parser.add_argument("--shards", type=int, help="Parquet files per output folder (default: one per 16 MiB of "
+                        "input, at most 64; the rows are the same whatever the count)")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
     for option, (_, kind, text) in DETECTOR_OPTIONS.items():
         group.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=text)
@@ -194,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "OUT/summary.json.")
     _add_read_arguments(hunting)
     hunt.add_arguments(hunting, duration_us)
-    evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of the Poisson score against labels")
+    evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of a detector or a hunt against labels")
     evaluate.add_arguments(evaluation)
     demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
     demo.add_arguments(demonstration)
     runners.add_arguments(commands.add_parser("runners", help="install and list the Prism and Flink engines"))
+    series.add_arguments(commands.add_parser("series", help="per-host daily series from aggregate counts: SPOT, "
+                                             "S-H-ESD and a weekly forecast band"))
     report.add_commands(commands)
     return parser
 
@@ -344,7 +350,8 @@ def _read_settings(args: argparse.Namespace) -> ReadSettings:
         raise UsageError(f"{args.format} inputs do not give a {args.table} table")
     options = {"active_timeout": args.active_timeout, "idle_timeout": args.idle_timeout,
                "time_range": args.time_range, "year": args.year, "timezone": args.timezone,
-               "max_line_bytes": args.max_line_bytes, "max_decompression_ratio": args.max_decompression_ratio}
+               "max_line_bytes": args.max_line_bytes, "max_decompression_ratio": args.max_decompression_ratio,
+               "split_bytes": args.split_bytes}
     try:
         check_read_options(options)
     except ValueError as error:
@@ -363,7 +370,9 @@ def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beamlytics.inputs import total_bytes
     from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
+    from beamlytics.transforms.write import default_shards
 
     if args.follow:
         from beamlytics.pipelines.live import run_follow
@@ -377,7 +386,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                                    args.slot if config.detector_class.input_kind == "slots" else None)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if args.shards < 1:
+    if args.shards is not None and args.shards < 1:
         raise UsageError("--shards must be at least 1")
     if args.baseline:
         check_filesystem(args.baseline, "--baseline")
@@ -386,7 +395,8 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         if not baseline_files(args.baseline):
             raise UsageError(f"--baseline {args.baseline} holds no .parquet files: "
                              "give the features/ folder of an earlier detect run")
-    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, args.shards)
+    shards = args.shards or default_shards(total_bytes(read.inputs))
+    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards)
     with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
                              read.inputs) as staging:
         _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
@@ -465,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate.run(args)
         if args.command == "runners":
             return runners.run(args)
+        if args.command == "series":
+            return series.run(args)
         return demo.run(args)
     except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)

@@ -1,10 +1,12 @@
-"""`beamlytics evaluate`: the Poisson detector's precision, recall, F1 and ROC AUC on labelled data.
+"""`beamlytics evaluate`: a detector's or a hunt's precision, recall, F1 and ROC AUC on labelled data.
 
-Either runs `beamlytics detect --detector poisson` for every cell of a grid of window
-lengths and β (default the seed notebook's: 30/40/50 s × β ∈ {0, .3, .5, .7, 1}), each into
-OUT/runs/<cell>/, or evaluates earlier runs given with `--scores`. Then prints, for η and for
-each health model's Ra, the confusion matrix and metrics, and writes OUT/results.csv and
-OUT/results.png.
+Either runs `beamlytics detect --detector D` for every cell of a grid (Poisson: window
+lengths × β, default the seed notebook's 30/40/50 s × β ∈ {0, .3, .5, .7, 1}; any other
+detector: window lengths), each into OUT/runs/<cell>/, or evaluates earlier runs given with
+`--scores` (detect) or `--findings` (hunt). Then prints, for the Poisson detector η and each
+health model's Ra, for another detector its anomalies per endpoint-window, for a hunt its
+findings per key, the confusion matrix and metrics, warns on stderr about labels that match
+nothing scored, and writes OUT/results.csv and OUT/results.png.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace an earlier evaluate result in OUT (never files beamlytics did not write)")
     parser.add_argument("--scores", nargs="+", metavar="RUN_DIR",
                         help="evaluate these earlier detect outputs instead of running the detection")
+    parser.add_argument("--findings", nargs="+", metavar="RUN_DIR",
+                        help="evaluate these earlier `beamlytics hunt` outputs, per key (labels' key: src, or the domain)")
+    parser.add_argument("--detector", default="poisson", choices=["dspot", "gaussian", "iqr", "poisson", "spot"],
+                        help="detector to run or whose --scores to judge (poisson)")
     parser.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)],
                         help="input format, as for detect (auto)")
     parser.add_argument("--table", choices=sorted(schemas.TABLES),
@@ -51,23 +57,19 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("matplotlib") is None:
         raise cli.UsageError("evaluate draws results.png with matplotlib: pip install 'beamlytics[plot]'")
     cli.check_output_folder(args.output)
-    for path in args.scores or ():
-        if not os.path.exists(path):
-            raise cli.UsageError(f"--scores {path}: no such run folder")
-    read = [*args.inputs, args.labels, *(args.scores or [])]
+    for option, paths in (("--scores", args.scores), ("--findings", args.findings)):
+        for path in paths or ():
+            if not os.path.exists(path):
+                raise cli.UsageError(f"{option} {path}: no such run folder")
+    earlier = [*(args.scores or []), *(args.findings or [])]
+    read = [*args.inputs, args.labels, *earlier]
     try:
-        grid = None if args.scores else _grid(args)  # bad grid values are told before any file is touched
+        grid = None if earlier else _grid(args)  # bad grid values are told before any file is touched
         labels = evaluation.read_labels(args.labels)
         # The grid's runs and the report are one result: all of it appears in OUT, or none.
         with outputs.open_output(args.output, "evaluate", args.overwrite, read,
                                  [path for path in read if os.path.isfile(path)]) as staging:
-            rows = []
-            for name, window_seconds, beta, scores_dir in _scored_runs(args, grid, staging):
-                joined, unscored = evaluation.join_labels(evaluation.read_scores([scores_dir]), labels)
-                cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
-                for row in evaluation.evaluate(joined, cut):
-                    rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
-                                 "unscored_positives": unscored, **row})
+            rows = _hunt_rows(args.findings, labels) if args.findings else _detector_rows(args, grid, staging, labels)
             results = evaluation.results_table(rows)
             print(evaluation.format_results(results))
             evaluation.write_report(results, staging)
@@ -79,12 +81,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detector_rows(args: argparse.Namespace, grid: tuple[dict[str, float], list[float]] | None, staging: str,
+                   labels) -> list[dict]:
+    from beamlytics import evaluation
+
+    rows = []
+    for name, window_seconds, beta, scores_dir in _scored_runs(args, grid, staging):
+        scores = evaluation.read_scores([scores_dir])
+        if args.detector != "poisson":
+            metrics, warnings = evaluation.evaluate_detector(scores, labels)
+            _warn(name, warnings)
+            rows.append({"run": name, "window_seconds": window_seconds, "score": args.detector, **metrics})
+            continue
+        joined, unscored = evaluation.join_labels(scores, labels)
+        cut = args.eta_threshold if args.eta_threshold is not None else (0.3 if beta is None else beta)
+        for row in evaluation.evaluate(joined, cut):
+            rows.append({"run": name, "window_seconds": window_seconds, "beta": beta,
+                         "unscored_positives": unscored, **row})
+    return rows
+
+
+def _hunt_rows(runs: list[str], labels) -> list[dict]:
+    from beamlytics import evaluation
+
+    rows = []
+    for run_dir in runs:
+        findings = evaluation.read_findings([run_dir])
+        keys = set(findings["src"].fillna(findings["dst"]).dropna())
+        hunt_rows, warnings = evaluation.evaluate_hunts(findings, labels, sorted(keys))
+        _warn(run_dir, warnings)
+        rows += [{"run": run_dir, "score": f"hunt {row.pop('hunt')}", **row} for row in hunt_rows]
+    return rows
+
+
+def _warn(run: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"beamlytics evaluate: warning: {run}: {warning}", file=sys.stderr)
+
+
 def _grid(args: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
     """The window lengths (text → seconds) and β values of the grid, checked."""
     if not args.inputs or not args.table:
         raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
     windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
-    betas = [cli.finite_float(value) for value in _split(args.betas)]
+    # β is the Poisson detector's alone: another detector's grid is its window lengths.
+    betas = [cli.finite_float(value) for value in _split(args.betas)] if args.detector == "poisson" else [None]
     if not windows or not betas:
         raise ValueError("--windows and --betas each need at least one value")
     return windows, betas
@@ -102,17 +143,20 @@ def _scored_runs(args: argparse.Namespace, grid: tuple[dict[str, float], list[fl
     runs = []
     for window, window_seconds in windows.items():
         for beta in betas:
-            name = f"window={window} beta={beta:g}"
-            out = os.path.join(output, "runs", f"w{window}_b{beta:g}")
+            name = f"window={window}" + ("" if beta is None else f" beta={beta:g}")
+            out = os.path.join(output, "runs", f"w{window}" + ("" if beta is None else f"_b{beta:g}"))
             if cli.main(_detect_argv(args, window, beta, out)) != 0:
                 raise ValueError(f"the detection failed for {name}")
             runs.append((name, window_seconds, beta, out))
     return runs
 
 
-def _detect_argv(args: argparse.Namespace, window: str, beta: float, out: str) -> list[str]:
+def _detect_argv(args: argparse.Namespace, window: str, beta: float | None, out: str) -> list[str]:
     argv = ["detect", "--format", args.format, "--table", args.table, "--key", args.key, "--window", window,
-            "--slot", args.slot, "--detector", "poisson", "--beta", str(beta), "--output", out]
+            "--detector", args.detector, "--output", out]
+    if args.detector != "poisson":
+        return [*argv, *args.inputs]
+    argv += ["--slot", args.slot, "--beta", str(beta)]
     if args.health_model:
         argv += ["--health-model", args.health_model]
     if args.ra_threshold is not None:

@@ -9,6 +9,7 @@ in the input files the records are.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import datetime as dt
 import hashlib
@@ -149,6 +150,9 @@ class UsualValues:
             self.rows[(row["table"], row["key_kind"], row["key"])].append(row)
         for rows in self.rows.values():
             rows.sort(key=lambda row: micros(row["window_start"]))
+        # Window starts of each endpoint's rows, in their order: a span finds its windows by bisection
+        # instead of scanning every window of its endpoint (quadratic in an endpoint's incidents).
+        self.starts = {endpoint: [micros(row["window_start"]) for row in rows] for endpoint, rows in self.rows.items()}
         normal_rows = [row for endpoint, rows in self.rows.items() for row in rows
                        if (*endpoint, micros(row["window_start"])) not in anomalous]
         uninvolved = feature_table.filter(pc.invert(involved))
@@ -163,10 +167,17 @@ class UsualValues:
                 self.population[name] = float(np.median(values))
         self.anomalous = anomalous
 
+    def rows_between(self, endpoint: tuple[str, str, str], start_us: int, end_us: int) -> list[dict]:
+        """The endpoint's feature rows with start_us <= window start < end_us, oldest first."""
+        starts = self.starts.get(endpoint, [])
+        return self.rows.get(endpoint, [])[bisect.bisect_left(starts, start_us):bisect.bisect_left(starts, end_us)]
+
     def before(self, endpoint: tuple[str, str, str], start_us: int) -> tuple[dict[str, float], str]:
         """(medians, where they come from) for the endpoint's normal windows before `start_us`."""
-        earlier = [row for row in self.rows.get(endpoint, ()) if micros(row["window_start"]) < start_us
-                   and (*endpoint, micros(row["window_start"])) not in self.anomalous]
+        starts = self.starts.get(endpoint, [])
+        before = bisect.bisect_left(starts, start_us)
+        earlier = [row for row, start in zip(self.rows[endpoint][:before], starts[:before])
+                   if (*endpoint, start) not in self.anomalous] if before else []
         if earlier:
             medians = {}
             for name in self.names:
@@ -243,14 +254,22 @@ def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
     if candidates.num_rows == 0:
         return
     times = pc.cast(candidates.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64())
-    present = set(pc.unique(keys).to_pylist())
+    # Rows ordered by (key, time) once; each span is then two bisections, not a pass over the batch.
+    timed = np.flatnonzero(times.is_valid().to_numpy(zero_copy_only=False))
+    encoded = pc.dictionary_encode(keys.take(pa.array(timed)))
+    codes = encoded.indices.to_numpy()
+    code_of = {key: code for code, key in enumerate(encoded.dictionary.to_pylist())}
+    times_of_timed = times.take(pa.array(timed)).to_numpy()
+    order = np.lexsort((times_of_timed, codes))
+    sorted_codes, sorted_times = codes[order], times_of_timed[order]
     for index, span in enumerate(spans):
-        if span.key not in present:
+        code = code_of.get(span.key)
+        if code is None:
             continue
-        inside = pc.and_(pc.greater_equal(times, span.start_us), pc.less(times, span.end_us))
-        chosen = candidates.filter(pc.fill_null(pc.and_(pc.equal(keys, span.key), inside), False))
-        if chosen.num_rows:
-            yield index, chosen
+        first, end = np.searchsorted(sorted_codes, [code, code + 1])
+        low, high = first + np.searchsorted(sorted_times[first:end], [span.start_us, span.end_us])
+        if high > low:
+            yield index, candidates.take(pa.array(timed[np.sort(order[low:high])]))
 
 
 def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
@@ -316,7 +335,7 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
     rows = []
     for index, span in enumerate(spans):
         medians, usual_from = usual.before(span.endpoint, span.start_us)
-        span_measures = measures(span, usual.rows.get(span.endpoint, []), medians, names)
+        span_measures = measures(span, usual.rows_between(span.endpoint, span.start_us, span.end_us), medians, names)
         tally = tallies[index] if tallies is not None else None
         peak = span.peak()
         row = {

@@ -15,8 +15,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import schemas
-from beamlytics.inputs import DayRange, unreadable_reason
-from beamlytics.parsers import formats, limits
+from beamlytics.inputs import DayRange, file_size, unreadable_reason
+from beamlytics.parsers import formats, limits, splits
 from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
 from beamlytics.transforms.progress import TallyCounts
 
@@ -82,7 +82,21 @@ class _ParseSource(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("sources_without_read_count", 1))
             read = units
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("read", read))
-        yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
+        if not isinstance(source, splits.SourceRange) or source.range.index == 0:  # a file counts once
+            yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
+
+
+def indexed_range(source_piece, max_line_bytes: int):
+    """(path, range index, its `splits.RangeIndex`)."""
+    _, piece = source_piece
+    return piece.path, piece.index, splits.index_of(piece, open_stream, max_line_bytes)
+
+
+def ranges_with_starts(source_pieces, indexes, max_line_bytes: int) -> list[splits.SourceRange]:
+    """A split source's ranges, each with where it starts, from the indexes of every split file."""
+    source, pieces = source_pieces
+    own = {index: found for path, index, found in indexes if path == source.path}
+    return splits.starts_of(source, pieces, own, open_stream, max_line_bytes)
 
 
 def rejection_counts(rejected: Rejected) -> list[tuple[str, int]]:
@@ -116,9 +130,20 @@ class ReadRecords(beam.PTransform):
 
     def expand(self, pbegin):
         plan = self.plan = formats.plan(list(self.paths), self.table, self.format, open_stream)
+        whole, split = [], []
+        split_bytes = int(self.parser_options.get("split_bytes") or splits.SPLIT_BYTES)
+        for source in plan.sources:
+            pieces = (splits.splits_into(source, open_stream, file_size(source.path), split_bytes)
+                      if isinstance(source, formats.Source) else [])
+            if pieces:
+                split.append((source, pieces))
+            else:
+                whole.append(source)
+        sources = pbegin | "Sources" >> beam.Create(whole)
+        if split:  # wired only when a file is big enough: small runs keep their few stages
+            sources = (sources, self._ranges(pbegin, split)) | "WithRanges" >> beam.Flatten()
         parsed = (
-            pbegin
-            | "Sources" >> beam.Create(plan.sources)
+            sources
             | "Spread" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseSource(self.table, self.days, self.batch_rows, self.parser_options))
             .with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
@@ -134,4 +159,18 @@ class ReadRecords(beam.PTransform):
         ) | "AllCounts" >> beam.Flatten()
         rejected = (parsed[REJECTED_TAG], unreadable) | "AllRejected" >> beam.Flatten()
         return {"records": parsed.records, "rejected": rejected, "counts": counts}
+
+    def _ranges(self, pbegin, split: list):
+        """The ranges of the big files, each with its start: ranges are indexed in parallel, then started."""
+        max_line_bytes = int(self.parser_options.get("max_line_bytes") or splits.MAX_LINE_BYTES)
+        indexes = (
+            pbegin
+            | "Ranges" >> beam.Create([(source, piece) for source, pieces in split for piece in pieces])
+            | "Index" >> beam.Map(indexed_range, max_line_bytes)
+        )
+        return (
+            pbegin
+            | "SplitFiles" >> beam.Create(split)
+            | "Starts" >> beam.FlatMap(ranges_with_starts, beam.pvalue.AsList(indexes), max_line_bytes)
+        )
 

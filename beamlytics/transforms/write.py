@@ -20,6 +20,16 @@ from apache_beam.io.filesystems import FileSystems
 from beamlytics import features
 from beamlytics.summary import explain
 
+# Default output shards: one per this much input, so no worker writes (or sorts) more than
+# a bounded share of a large run, and a small run still gets the single file it always had.
+INPUT_BYTES_PER_SHARD = 16 << 20
+MAX_DEFAULT_SHARDS = 64
+
+
+def default_shards(input_bytes: int) -> int:
+    """Output files per folder for a run reading `input_bytes`: 1 up to 16 MiB, one more per 16 MiB, at most 64."""
+    return max(1, min(MAX_DEFAULT_SHARDS, -(-input_bytes // INPUT_BYTES_PER_SHARD)))
+
 
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()

@@ -1,0 +1,204 @@
+"""Big line files read as byte ranges give what one read of the file gives: same records, dead letters, counts."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from beamlytics.parsers import formats, splits
+from beamlytics.parsers.base import Batch, Read, Rejected
+
+FIELDS = "ts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\trcode_name"
+TYPES = "time\tstring\taddr\tport\taddr\tport\tenum\tcount\tstring\tstring"
+
+
+def _line(number: int, sep: str = "\t") -> str:
+    return sep.join([f"1714521600.{number:06d}", f"C{number}", f"10.0.0.{number % 7}", "1024", "10.0.0.53", "53",
+                     "udp", str(number), f"n{number}.example.com", "NOERROR"])
+
+
+def _header(sep: str = "\t", fields: str = FIELDS, types: str = TYPES) -> str:
+    escaped = "\\x09" if sep == "\t" else "\\x" + sep.encode().hex()
+    return (f"#separator {escaped}\n#set_separator{sep},\n#empty_field{sep}(empty)\n#unset_field{sep}-\n"
+            f"#path{sep}dns\n#open{sep}2024-05-01-00-00-00\n#fields{sep}{fields.replace(chr(9), sep)}\n"
+            f"#types{sep}{types.replace(chr(9), sep)}\n")
+
+
+def awkward_log() -> bytes:
+    """Every kind of line a cut can fall in or beside: CRLF, bad lines, empty lines, a second header block
+    with another separator and field order, a `#close` in the middle, no newline at the end."""
+    swapped = FIELDS.split("\t")
+    swapped_types = TYPES.split("\t")
+    order = [1, 0, *range(2, len(swapped))]
+    text = _header() + "".join(_line(n) + "\n" for n in range(1, 6))
+    text += _line(6) + "\r\n" + _line(7) + "\r\n"  # CRLF endings
+    text += "not\ta\tzeek line\n\n" + _line(8).replace("1714521600.000008", "yesterday") + "\n"
+    text += "#close\t2024-05-01-01-00-00\n"
+    text += _header(",", ",".join(swapped[i] for i in order), ",".join(swapped_types[i] for i in order))
+    for n in range(9, 14):
+        values = _line(n).split("\t")
+        text += ",".join(values[i] for i in order) + "\n"
+    text += "#fields,ts,uid\n" + "1714521600.000014,C14\n"  # a layout change without a #types line
+    text += "#close,2024-05-01-02-00-00\n" + _header() + _line(15) + "\n" + _line(16)
+    return text.encode()
+
+
+def json_log() -> bytes:
+    rows = [f'{{"ts":1714521600.{n:06d},"uid":"C{n}","id.orig_h":"10.0.0.{n}","query":"n{n}.example"}}'
+            for n in range(1, 9)]
+    rows.insert(3, "{broken")
+    rows.insert(6, "#not json")
+    return ("\n".join(rows) + "\n").encode()
+
+
+def outcome(items) -> tuple[pa.Table | None, list[dict], int, int]:
+    """Records sorted by line, dead letters by position, units read and accounted for."""
+    batches, dead, read, units = [], [], 0, 0
+    for item in items:
+        if isinstance(item, Read):
+            read += item.units
+        elif isinstance(item, Rejected):
+            dead.append(item.as_row())
+            units += item.units
+        elif isinstance(item, Batch):
+            units += item.units
+            if item.records.num_rows:
+                batches.append(item.records)
+    table = pa.Table.from_batches(batches).sort_by("source_pos") if batches else None
+    return table, sorted(dead, key=lambda row: (row["position"], row["reason"])), read, units
+
+
+def opener(path: str):
+    return open(path, "rb")
+
+
+def read_whole(path: Path, table: str = "dns"):
+    planned = formats.plan([str(path)], table, "auto", opener)
+    return outcome(formats.parse_source(planned.sources[0], table, opener))
+
+
+def read_split(path: Path, cuts: list[int], table: str = "dns", source: formats.Source | None = None):
+    """Parse `path` in the ranges between `cuts`, each range on its own, as workers would."""
+    source = source or formats.plan([str(path)], table, "auto", opener).sources[0]
+    bounds = [0, *cuts, path.stat().st_size]
+    pieces = [splits.ByteRange(str(path), index, start, end) for index, (start, end) in enumerate(zip(bounds, bounds[1:]))]
+    indexes = {piece.index: splits.index_of(piece, opener) for piece in pieces}
+    items = []
+    for piece in splits.starts_of(source, pieces, indexes, opener):
+        items.extend(formats.parse_source(piece, table, opener))
+    return outcome(items)
+
+
+def assert_same(whole, split):
+    (table, dead, read, units), (split_table, split_dead, split_read, split_units) = whole, split
+    assert split_dead == dead
+    assert (split_read, split_units) == (read, units)
+    assert split_table is not None and split_table.equals(table)
+
+
+def awkward_cuts(data: bytes) -> list[int]:
+    """Every byte around each line end (before and after the CR of a CRLF, at the newline, on the first
+    byte of the next line, `#` lines included), and a byte in every 11 elsewhere (mid-line)."""
+    ends = [index for index, byte in enumerate(data) if byte == 0x0A]
+    near = {cut for end in ends for cut in (end - 1, end, end + 1, end + 2)}
+    return sorted(cut for cut in near | set(range(1, len(data), 11)) if 0 < cut < len(data))
+
+
+@pytest.mark.parametrize("content", [awkward_log, json_log])
+def test_two_ranges_cut_at_every_awkward_place_read_as_one(tmp_path, content):
+    path = tmp_path / "dns.log"
+    path.write_bytes(content())
+    whole = read_whole(path)
+    assert whole[0] is not None and whole[1]  # the log has records and dead letters to compare
+    source = formats.plan([str(path)], "dns", "auto", opener).sources[0]
+    for cut in awkward_cuts(path.read_bytes()):
+        assert_same(whole, read_split(path, [cut], source=source))
+
+
+def test_many_small_ranges_read_as_one(tmp_path):
+    path = tmp_path / "dns.log"
+    path.write_bytes(awkward_log())
+    whole = read_whole(path)
+    size = path.stat().st_size
+    for step in (3, 17, 64, 101):
+        assert_same(whole, read_split(path, list(range(step, size, step))))
+
+
+def test_hand_checked_positions_survive_splitting(tmp_path):
+    """Line numbers counted by hand in `awkward_log`: the bad lines of its first block."""
+    path = tmp_path / "dns.log"
+    path.write_bytes(awkward_log())
+    _, dead, _, _ = read_split(path, [700, 900])
+    by_position = {row["position"]: row["reason"] for row in dead}
+    assert by_position[16] == "3 fields where the #fields header has 10"
+    assert by_position[17] == "empty line"
+    assert by_position[18].startswith("bad time value in ts")
+
+
+def test_range_reader_owns_the_lines_that_start_in_it():
+    data = b"aa\nbb\r\ncc\n\ndd"
+    starts = [0, 3, 7, 10, 11]  # line starts, by hand
+    for cut in range(len(data) + 1):
+        first = splits.RangeReader(io.BytesIO(data), 0, cut).readall() if cut else b""
+        rest = splits.RangeReader(io.BytesIO(data), cut, len(data)).readall()
+        assert first + rest == data
+        owned = [start for start in starts if start < cut]
+        assert first == (data[: starts[len(owned)]] if len(owned) < len(starts) else data)
+
+
+def test_byte_ranges_cover_the_file_once():
+    pieces = splits.byte_ranges("f", 10 * 64 + 5, 64)
+    assert [(p.start, p.end) for p in pieces][:2] == [(0, 58), (58, 117)]  # 645 bytes in 11 even cuts
+    assert len(pieces) == 11 and pieces[-1].end == 645
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+    assert splits.byte_ranges("f", 0, 64) == [splits.ByteRange("f", 0, 0, 0)]
+
+
+def test_compressed_and_small_files_are_read_whole(tmp_path):
+    import gzip
+
+    path = tmp_path / "dns.log"
+    path.write_bytes(awkward_log())
+    packed = tmp_path / "dns.log.gz"
+    packed.write_bytes(gzip.compress(awkward_log()))
+    source = formats.plan([str(path)], "dns", "auto", opener).sources[0]
+    compressed = formats.plan([str(packed)], "dns", "auto", opener).sources[0]
+    assert len(splits.splits_into(source, opener, path.stat().st_size, 100)) > 1
+    assert splits.splits_into(source, opener, path.stat().st_size, 1 << 20) == []
+    assert splits.splits_into(compressed, opener, 10 << 20, 100) == []
+
+
+def test_read_records_splits_big_files_with_the_same_results(tmp_path):
+    """Through Beam: ranges indexed and parsed as separate elements give the unsplit read's records, dead
+    letters and summary counts (files counted once)."""
+    from collections import Counter
+
+    from beamlytics.transforms.read import ReadRecords
+    from tests.conftest import collect
+
+    path = tmp_path / "dns.log"
+    path.write_bytes(awkward_log() + b"\n" + b"".join(_line(n).encode() + b"\n" for n in range(17, 60)))
+
+    def run(split_bytes):
+        def build(pipeline):
+            read = pipeline | ReadRecords([str(path)], "dns", parser_options={"split_bytes": split_bytes})
+            return (read["records"] | "R" >> beam.Map(lambda batch: ("records", batch)),
+                    read["rejected"] | "D" >> beam.Map(lambda row: ("rejected", row)),
+                    read["counts"] | "C" >> beam.Map(lambda pair: ("counts", pair))) | beam.Flatten()
+        elements = collect(build)
+        records = pa.Table.from_batches([b for kind, b in elements if kind == "records"]).sort_by("source_pos")
+        rejected = sorted((row for kind, row in elements if kind == "rejected"),
+                          key=lambda row: (row["position"], row["reason"]))
+        counts = Counter()
+        for kind, (name, count) in ((k, v) for k, v in elements if k == "counts"):
+            counts[name] += count
+        return records, rejected, counts
+
+    import apache_beam as beam
+
+    whole = run(1 << 30)
+    split = run(97)
+    assert split[0].equals(whole[0]) and split[1] == whole[1] and split[2] == whole[2]
+    assert whole[2]["files_read"] == 1 and whole[2]["records"] == whole[0].num_rows
