@@ -9,7 +9,7 @@ import sys
 
 from benchmarks import (
     bench_attacks, bench_detect, bench_hostile, bench_logs, bench_pcap_dns, bench_pcap_flows, bench_poisson, bench_scale,
-    bench_spot, bench_zeek,
+    bench_soak, bench_spot, bench_zeek,
 )
 
 BENCHMARKS = {
@@ -17,17 +17,24 @@ BENCHMARKS = {
     "spot": bench_spot, "poisson": bench_poisson, "detect": bench_detect, "hostile": bench_hostile, "scale": bench_scale,
     # Embeds real attacks in real background and runs `detect` on each (minutes, not seconds).
     "attacks": bench_attacks, "attacks_all": bench_attacks.EVERY_DETECTOR,
+    "soak": bench_soak,
 }
 
 
 def main(names: list[str]) -> int:
+    minutes = None
+    if "--minutes" in names:  # soak's length: `python -m benchmarks.run soak --minutes 30`
+        at = names.index("--minutes")
+        minutes = float(names[at + 1])
+        names = names[:at] + names[at + 2:]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     for name in names or BENCHMARKS:
         print(f"== {name}", flush=True)
-        for result in BENCHMARKS[name].run():
+        runs = BENCHMARKS[name].run(minutes) if name == "soak" and minutes else BENCHMARKS[name].run()
+        for result in runs:
             print(result.line(), flush=True)
     return 0
 

@@ -147,7 +147,7 @@ def test_an_unknown_engine_is_one_line_and_exit_2(tmp_path):
     result = beamlytics("install", "spark", cache=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "beamlytics runners: error: unknown engine: spark (choose from prism, flink, flink-cluster)")
+        "beamlytics runners: error: unknown engine: spark (choose from prism, flink, flink-cluster, kafka)")
     assert "Traceback" not in result.stderr
 
 

@@ -27,6 +27,7 @@ from beamlytics import baseline, features, schemas, summary
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.features import WINDOWINGS
+from beamlytics.live import options as live_options
 from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "OUT/rejected/ and OUT/summary.json.")
     _add_read_arguments(detect)
     _add_detect_arguments(detect)
+    live_options.add_arguments(detect)
     hunting = commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
                                   "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
                                   "OUT/summary.json.")
@@ -372,6 +374,10 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
     from beamlytics.transforms.write import default_shards
 
+    if args.follow:
+        from beamlytics.pipelines.live import run_follow
+
+        return run_follow(args, beam_args)
     options = beam_options(beam_args)  # first: an unknown option also swallows the word after it
     read = _read_settings(args)
     config = detector_config(args)

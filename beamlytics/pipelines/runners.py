@@ -1,4 +1,4 @@
-"""`beamlytics runners`: fetch the Prism and Flink engines into a cache, list them, and fill in their options.
+"""`beamlytics runners`: fetch the Prism and Flink engines (and a Kafka broker) into a cache, list them, fill in options.
 
 Each engine is fetched through its own channel (the Go toolchain for Prism, Maven for Flink's
 job server) into `CACHE/<engine>/<version>/`, next to a manifest with each file's SHA-256.
@@ -42,6 +42,18 @@ MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.
 # Flink's own jars for a local cluster, as PyPI ships them to PyFlink; the newest 1.20 release.
 FLINK_RELEASE = "1.20.5"
 FLINK_LIBRARIES = f"apache-flink-libraries=={FLINK_RELEASE}"
+# Apache Kafka's own broker (KRaft mode, no ZooKeeper) for the live tests and benchmarks; its jars
+# and their dependencies, resolved by Maven from a one-dependency pom.
+KAFKA_RELEASE = "4.4.0"
+KAFKA_POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>beamlytics</groupId><artifactId>kafka-broker</artifactId><version>{KAFKA_RELEASE}</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_RELEASE}</version></dependency>
+  </dependencies>
+</project>
+"""
 
 
 class EngineError(Exception):
@@ -115,6 +127,15 @@ def fetch_flink_cluster(target: Path) -> None:
     shutil.rmtree(download)
 
 
+def fetch_kafka(target: Path) -> None:
+    with tempfile.TemporaryDirectory() as build:
+        pom = Path(build) / "pom.xml"
+        pom.write_text(KAFKA_POM, encoding="utf-8")
+        _run(["mvn", "--batch-mode", "--quiet", "--update-snapshots", "-f", str(pom),
+              f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
+              f"-DoutputDirectory={target / 'libs'}"])
+
+
 def flink_jar_name() -> str:
     return f"beam-runners-flink-{FLINK_VERSION}-job-server-{BEAM_VERSION}.jar"
 
@@ -124,6 +145,7 @@ ENGINES = {
     "flink": Engine("flink", f"{FLINK_VERSION}/beam-{BEAM_VERSION}", flink_jar_name(),
                     fetch_flink_job_server),
     "flink-cluster": Engine("flink-cluster", FLINK_RELEASE, f"lib/flink-dist-{FLINK_RELEASE}.jar", fetch_flink_cluster),
+    "kafka": Engine("kafka", KAFKA_RELEASE, f"libs/kafka_2.13-{KAFKA_RELEASE}.jar", fetch_kafka),
 }
 
 

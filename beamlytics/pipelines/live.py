@@ -1,0 +1,243 @@
+"""`detect --follow`: the live pipeline's wiring, its output folder and its run until Ctrl-C.
+
+The output folder contract for a live run: OUT is new, empty, or the folder of an earlier
+live run, which the run continues (its pane files are named by content, so panes computed
+again are not written twice). The lock is held for the whole run. Files appear in place as
+windows close (no staging: a pane is final when written, by an atomic rename), and
+`summary.json` and `.beamlytics-manifest.json` are rewritten every `refresh` seconds and at
+the end, listing every file written so far.
+
+Two ways to stop. Ctrl-C: the panes of every window the watermark has closed are written
+whole, the windows still open are left unjudged (a restart judges them on all their records),
+and the run ends. The drain file (`--drain-file`): the input is complete, every open window
+closes and is written, then the run ends; what a replay of finished logs wants.
+Restarts: the follower's positions live in the runner's checkpoint, which a new run does not
+have, so a restarted run reads its source again from the start (folder: every file; Kafka:
+`--kafka-start`) and rebuilds each endpoint's detector from the same records; a pane it
+computes again has the same bytes, hence the same name, and is not written twice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+from urllib.parse import urlsplit
+
+import apache_beam as beam
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamlytics import schemas
+from beamlytics.detectors.endpoint import DetectorConfig
+from beamlytics.features import WindowSpec
+from beamlytics.live import panes
+from beamlytics.live.kafka import KafkaSpec, topics_from
+from beamlytics.pipelines import outputs
+from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
+from beamlytics.transforms import live
+from beamlytics.transforms.score import ScoreEndpoints, anomalies
+from beamlytics.transforms.windows import WindowFeatures
+
+ENTRIES = ("anomalies", "rejected", "summary.json")
+KAFKA_SCHEME = "kafka://"
+# Set on Ctrl-C (or by a caller in another thread): the run ends after the closed windows' panes.
+STOP = threading.Event()
+
+
+@dataclass
+class LiveSettings:
+    source: live.LiveSource
+    spec: WindowSpec
+    detector: DetectorConfig
+
+
+def source_of(inputs: Sequence[str], table: str, allowed_lateness_us: int, poll_us: int, kafka_start: str,
+              drain_file: str | None = None) -> live.LiveSource:
+    """Folders, or Kafka topics (never both: one watermark per source); ValueError says what is wrong."""
+    kafka = [name for name in inputs if name.startswith(KAFKA_SCHEME)]
+    if kafka and len(kafka) != len(inputs):
+        raise ValueError("--follow reads either folders or Kafka topics, not both in one run")
+    if table not in ("dns", "http"):
+        raise ValueError(f"--follow builds the dns and http tables; {table} needs every log of a connection at once")
+    if kafka:
+        brokers = sorted({urlsplit(name).netloc for name in kafka})
+        if len(brokers) != 1 or not brokers[0]:
+            raise ValueError("give one Kafka cluster: kafka://HOST:PORT/TOPIC[,TOPIC]")
+        topics = topics_from([urlsplit(name).path.strip("/") for name in kafka])
+        if not topics:
+            raise ValueError(f"no topic in {kafka[0]}: kafka://HOST:PORT/TOPIC[,TOPIC]")
+        return live.LiveSource(table, allowed_lateness_us, kafka=KafkaSpec(brokers[0], topics, kafka_start),
+                               poll_seconds=poll_us / 1e6, drain_file=drain_file)
+    missing = [name for name in inputs if not os.path.exists(name)]
+    if missing:
+        raise ValueError(f"no such file or folder: {missing[0]}")
+    return live.LiveSource(table, allowed_lateness_us, folders=tuple(os.path.abspath(name) for name in inputs),
+                           poll_seconds=poll_us / 1e6, drain_file=drain_file)
+
+
+def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> None:
+    followed = pipeline | "Follow" >> live.FollowSource(settings.source)
+    windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
+    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
+    (
+        anomalies(scores)
+        | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
+    )
+    (
+        followed[live.REJECTED_TAG]
+        | "WriteRejectedPanes" >> beam.Map(_rejected_pane, os.path.join(output, "rejected"))
+    )
+
+
+def _anomaly_pane(table: pa.Table, directory: str) -> list[str]:
+    """One file per endpoint-window: a timer may judge several windows at once, and how many depends on when
+    the watermark moved; per window, the file's bytes (hence its name) are the same on every run."""
+    written = []
+    for start in sorted(pc.unique(table.column("window_start")).to_pylist()):
+        window = table.filter(pc.equal(table.column("window_start"), pa.scalar(start, schemas.TIMESTAMP)))
+        label = f"{window.column('window_start')[0].value:020d}"
+        written.append(panes.write_pane(window, directory, SCORE_ORDER, label))
+    return written
+
+
+def _rejected_pane(table: pa.Table, directory: str) -> str | None:
+    return panes.write_pane(table, directory, REJECTED_ORDER, "rejected")
+
+
+def prepare_folder(folder: str) -> None:
+    """Refuse a folder holding anything but an earlier live run's result (the lock must be held)."""
+    outputs.recover(folder)
+    earlier = outputs.read_manifest(folder)
+    if earlier is not None and earlier.command != panes.LIVE_COMMAND:
+        raise outputs.OutputError(f"output folder {folder} holds the result of beamlytics {earlier.command}; "
+                                  "a live run writes into a new or empty folder, or continues an earlier live run's")
+    foreign = sorted(name for name in os.listdir(folder)
+                     if name not in (*ENTRIES, outputs.MANIFEST, outputs.LOCK) and not name.endswith(".tmp"))
+    if foreign:
+        raise outputs.OutputError(f"output folder {folder} holds files beamlytics did not write ({foreign[0]}); "
+                                  "choose an empty or new --output folder")
+
+
+def refresh(folder: str, extra: dict, running: bool) -> dict:
+    """Rewrite summary.json, then the manifest of everything written so far."""
+    summary = panes.live_summary(folder, extra, running)
+    panes.write_summary(folder, summary)
+    present = [name for name in ENTRIES if os.path.exists(os.path.join(folder, name))]
+    files = []
+    for relative in outputs._files_under(folder, present):
+        if not relative.endswith("/") and not os.path.basename(relative).startswith("."):
+            files.append((relative, *outputs.size_and_sha256(os.path.join(folder, relative))))
+    manifest = outputs.Manifest(panes.LIVE_COMMAND, tuple(files))
+    temporary = os.path.join(folder, f"{outputs.MANIFEST}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(manifest.to_bytes())
+    os.replace(temporary, os.path.join(folder, outputs.MANIFEST))
+    return summary
+
+
+def run_live(options, settings: LiveSettings, output: str, refresh_seconds: float, quiet: bool) -> dict:
+    """Run until stopped (Ctrl-C, `STOP`) or drained (the drain file); the final summary."""
+    folder = os.path.abspath(output)
+    os.makedirs(folder, exist_ok=True)
+    fd = outputs.acquire_lock(folder)
+    extra = {"table": settings.spec.table, "key": settings.spec.key, "window_seconds": settings.spec.window_us / 1e6,
+             "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
+             "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6}
+    STOP.clear()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(signum, frame):
+        STOP.set()
+        if not quiet:
+            print("beamlytics: stopping: the closed windows are written; open ones wait for the next run",
+                  file=sys.stderr)
+
+    try:
+        prepare_folder(folder)
+        pipeline = beam.Pipeline(options=options)
+        build_live(pipeline, settings, folder)
+        try:
+            signal.signal(signal.SIGINT, stop)
+        except ValueError:
+            pass  # not the main thread: the caller stops the run with STOP or the drain file
+        result = pipeline.run()
+        while not _finished(result, refresh_seconds):
+            if STOP.is_set():
+                # Every pane of a closed window is written in one atomic step, so cancelling between
+                # them loses none: what is not written yet is computed again by the next run.
+                try:
+                    result.cancel()
+                except (ValueError, grpc.RpcError):
+                    pass  # the job service went first (Ctrl-C reached the whole process group): it is over
+                _finished(result, 120.0, stopping=True)
+                break
+            summary = refresh(folder, extra, running=True)
+            if not quiet:
+                print(f"beamlytics: live: {summary['anomalies']} anomalies in {summary['anomaly_panes']} panes, "
+                      f"{summary['rejected']} rejected ({summary['late']} late)", file=sys.stderr)
+        return refresh(folder, extra, running=False)
+    finally:
+        try:
+            signal.signal(signal.SIGINT, previous)
+        except ValueError:
+            pass
+        outputs.release_lock(folder, fd)
+
+
+def _finished(result, seconds: float, stopping: bool = False) -> bool:
+    """Whether the run ended within `seconds` (sooner on STOP, unless already `stopping`); raise if it failed."""
+    from apache_beam.runners.runner import PipelineState
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (stopping or not STOP.is_set()):
+        try:
+            state = result.state
+        except (ValueError, grpc.RpcError):
+            if stopping:
+                return True  # the job service is gone after our cancel: the run is over
+            raise
+        if PipelineState.is_terminal(state):
+            # After our own cancel the runner may call the run failed: its workers lost their channel.
+            if not stopping and state not in (PipelineState.DONE, PipelineState.CANCELLED):
+                raise RuntimeError(f"the live pipeline ended {state}")
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    """`detect --follow`: check the arguments (UsageError, exit 2), then run until stopped."""
+    from beamlytics.pipelines import cli, runners
+
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
+        beam_args = ["--runner=PrismRunner", *beam_args]  # the DirectRunner runs no unbounded pipeline
+    options = cli.beam_options(runners.with_engine_options([*beam_args, "--streaming"]))
+    config = cli.detector_config(args)
+    try:
+        # No lateness is a valid choice: records out of order by any amount are then dead letters.
+        lateness = 0 if re.fullmatch(r"\s*0+(\.0*)?\s*[a-z]*\s*", args.allowed_lateness) else \
+            cli.duration_us(args.allowed_lateness)
+        poll, every = cli.duration_us(args.poll), cli.duration_us(args.refresh)
+        spec = WindowSpec(args.table, args.key, args.window,
+                          args.slot if config.detector_class.input_kind == "slots" else None)
+        source = source_of(args.inputs, args.table, lateness, poll, args.kafka_start, args.drain_file)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise cli.UsageError(str(error)) from None
+    if args.baseline or args.train_until is not None:
+        raise cli.UsageError("--follow does not take --baseline or --train-until yet")
+    cli.check_output_folder(args.output)
+    try:
+        summary = run_live(options, LiveSettings(source, spec, config), args.output, every / 1e6, args.quiet)
+    except outputs.OutputError as error:
+        raise cli.UsageError(str(error)) from None
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    print(f"output written to {args.output}")
+    return 0

@@ -1,0 +1,123 @@
+"""Soak: generated Zeek DNS at a steady rate through a local Kafka broker into `detect --follow` on Prism.
+
+`python -m benchmarks.run soak` (2 minutes) or `... soak --minutes 30`. Event time is the wall
+clock, so the latency of an anomaly is when its pane file appeared minus its window's end (the
+time of the window's last possible record). Needs `beamlytics runners install prism kafka`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from benchmarks.common import Result
+
+RATE = 400  # records/s, steady
+CLIENTS = 40
+WINDOW_SECONDS = 5
+BURST_EVERY_SECONDS = 30  # one client fires a burst of random names this often ...
+BURST_SECONDS = 5  # ... for this long, at 10x its share of the rate
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _record(now: float, client: int, name: str, serial: int) -> bytes:
+    return json.dumps({"_path": "dns", "ts": now, "uid": f"C{serial}", "id.orig_h": f"10.1.0.{client}",
+                       "id.orig_p": 10000 + serial % 50000, "id.resp_h": "10.1.0.254", "id.resp_p": 53,
+                       "proto": "udp", "trans_id": serial % 65536, "query": name, "qtype_name": "A",
+                       "rcode_name": "NOERROR"}).encode()
+
+
+def _produce(bootstrap: str, topic: str, until: float, counter: list) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    rng, serial, started = random.Random(7), 0, time.time()
+    while time.time() < until:
+        tick = time.time()
+        bursting = (tick - started) % BURST_EVERY_SECONDS < BURST_SECONDS and tick - started > 60
+        for _ in range(RATE // 10):
+            client = 1 if bursting and rng.random() < 0.2 else rng.randrange(1, CLIENTS + 1)
+            name = f"{rng.getrandbits(40):x}.tunnel.example" if client == 1 and bursting else \
+                f"host{rng.randrange(50)}.example"
+            producer.send(topic, _record(time.time(), client, name, serial))
+            serial += 1
+        time.sleep(max(0.0, 0.1 - (time.time() - tick)))
+    producer.flush()
+    producer.close()
+    counter.append(serial)
+
+
+def run(minutes: float = 2.0) -> list[Result]:
+    from beamlytics.live.broker import KafkaBroker, kafka_libs
+    from beamlytics.pipelines import cli, live
+
+    libs = kafka_libs()
+    if libs is None:
+        print("soak: skipped: run `beamlytics runners install prism kafka` first")
+        return []
+    with tempfile.TemporaryDirectory() as work:
+        broker = KafkaBroker(libs, Path(work) / "kafka")
+        broker.start()
+        try:
+            broker.create_topic("soak-dns")
+            out, drain = Path(work) / "out", Path(work) / "drain"
+            produced, rss = [], {}
+            started = time.time()
+            until = started + minutes * 60
+            producer = threading.Thread(target=_produce, args=(broker.bootstrap, "soak-dns", until, produced),
+                                        daemon=True)
+            producer.start()
+
+            def watch():
+                time.sleep(20)  # past the start: the pipeline is built and running
+                rss["start"] = _rss_mb()
+                producer.join()
+                rss["end"] = _rss_mb()
+                drain.touch()
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            code = cli.main(["detect", "--follow", "--table", "dns", "--window", f"{WINDOW_SECONDS}s",
+                             "--features", "records,distinct_names", "--n-init", "5", "--poll", "200ms",
+                             "--refresh", "10s", "--quiet", "--output", str(out), "--drain-file", str(drain),
+                             f"kafka://{broker.bootstrap}/soak-dns"])
+            elapsed = time.time() - started
+            watcher.join()
+        finally:
+            broker.stop()
+        latencies = []
+        for path in sorted((out / "anomalies").glob("*.parquet")):
+            written = os.stat(path).st_mtime
+            for end in pq.read_table(path, columns=["window_end"]).column("window_end").to_pylist():
+                if end.timestamp() < until:  # the drain at the end closes the last windows at once
+                    latencies.append(written - end.timestamp())
+        summary = json.loads((out / "summary.json").read_text())
+    p50, p99 = (np.percentile(latencies, q) if latencies else float("nan") for q in (50, 99))
+    print(f"soak: {minutes:g} min, exit {code}, {produced[0]} records produced, {summary['anomalies']} anomalies "
+          f"({len(latencies)} timed), {summary['rejected']} rejected ({summary['late']} late); "
+          f"record->anomaly latency p50 {p50:.2f} s, p99 {p99:.2f} s; RSS {rss.get('start', 0):.0f} MB after 20 s, "
+          f"{rss.get('end', 0):.0f} MB at the end")
+    return [Result("soak: Kafka -> detect --follow on Prism (records)", produced[0] / elapsed, "records/s")]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=2.0)
+    for result in run(parser.parse_args().minutes):
+        print(result.line())

@@ -1,0 +1,245 @@
+"""`detect --follow` run unbounded on Prism: a folder receiving rotated and growing logs, and a real Kafka broker.
+
+Each run's anomalies must equal batch `detect`'s on the same records (ignoring the file
+layout), and a run stopped mid-stream then started again must lose nothing and report
+nothing twice. Prism and the Kafka broker come from `beamlytics runners install prism kafka`;
+without them these tests skip (fail under CI=true).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beamlytics import synthetic
+from beamlytics.pipelines import cli
+from beamlytics.pipelines.detect import SCORE_ORDER
+from beamlytics.pipelines.runners import ENGINES, cache_dir, installed
+
+pytestmark = pytest.mark.engines
+
+SCENARIO = synthetic.Scenario(hours=3, clients=8, anomalous_client="10.0.0.3", anomaly_start_minute=120)
+DETECTORS = {"gaussian": [], "spot": ["--n-init", "20"], "poisson": []}
+_NUMERIC = {"time": float, "interval": float, "double": float, "port": int, "count": int, "int": int}
+
+
+def require(engine):
+    if installed(ENGINES[engine], cache_dir()) is None:
+        reason = f"{engine} is not installed in {cache_dir()} (run `beamlytics runners install {engine}`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def zeek_logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zeek")
+    return Path(synthetic.write_zeek_logs(str(folder), SCENARIO))
+
+
+def log_parts(path: Path) -> tuple[bytes, list[bytes]]:
+    """The `#` header block of a TSV log and its record lines."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    records = [line for line in lines if not line.startswith(b"#")]
+    header = b"".join(line for line in lines[:lines.index(records[0])])
+    return header, records
+
+
+def as_json(path: Path) -> list[bytes]:
+    """A TSV Zeek log's records as the zeek-kafka plugin sends them: JSON with `_path`."""
+    header, records = log_parts(path)
+    meta = {line.split(b"\t", 1)[0][1:].decode(): line.rstrip(b"\n").split(b"\t")[1:] for line in header.splitlines()}
+    fields, kinds = [f.decode() for f in meta["fields"]], [k.decode() for k in meta["types"]]
+    kind_of_log = meta["path"][0].decode()
+    out = []
+    for line in records:
+        record = {"_path": kind_of_log}
+        for name, kind, value in zip(fields, kinds, line.rstrip(b"\n").decode().split("\t")):
+            if value == "-":
+                continue
+            if kind.startswith(("vector", "set")):
+                inner = _NUMERIC.get(kind.split("[", 1)[1].rstrip("]"), str)
+                record[name] = [] if value == "(empty)" else [inner(item) for item in value.split(",")]
+            elif kind == "bool":
+                record[name] = value == "T"
+            else:
+                record[name] = _NUMERIC.get(kind, str)(value)
+        out.append(json.dumps(record).encode())
+    return out
+
+
+def anomalies(out: Path) -> list[dict]:
+    files = sorted((out / "anomalies").glob("*.parquet"))
+    if not files:
+        return []
+    table = pa.concat_tables([pq.read_table(path) for path in files])
+    return table.sort_by([(name, "ascending") for name in SCORE_ORDER]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def batch_anomalies(zeek_logs, tmp_path_factory):
+    """Batch `detect` on the DirectRunner, per detector: the reference every live run is held to."""
+    found = {}
+
+    def reference(detector):
+        if detector not in found:
+            out = tmp_path_factory.mktemp(f"batch-{detector}")
+            assert cli.main(["detect", "--table", "dns", "--detector", detector, *DETECTORS[detector], "--quiet",
+                             "--output", str(out), str(zeek_logs / "dns.log")]) == 0
+            found[detector] = anomalies(out)
+            assert found[detector], "the reference found no anomaly: the comparison would prove nothing"
+        return found[detector]
+
+    return reference
+
+
+def start_following(inputs, out, detector, drain):
+    # A process per run, as a user runs it: runners keep process-wide state that must not leak between runs.
+    return subprocess.Popen([sys.executable, "-m", "beamlytics.pipelines.cli", "detect", "--follow", "--table", "dns",
+                             "--detector", detector, *DETECTORS[detector], "--poll", "200ms", "--refresh", "2s",
+                             "--quiet", "--drain-file", str(drain), "--output", str(out), *map(str, inputs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def follow(inputs, out, detector, drain):
+    run = start_following(inputs, out, detector, drain)
+    _, errors = run.communicate(timeout=600)
+    assert run.returncode == 0, errors[-3000:]
+    return run.returncode
+
+
+def in_thread(work):
+    errors = []
+
+    def run():
+        try:
+            work()
+        except BaseException as error:  # reported by the test, not lost in the thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.parametrize("detector", ["gaussian", "spot"])
+def test_a_folder_receiving_rotated_and_growing_logs_gives_the_batch_anomalies(
+        detector, zeek_logs, batch_anomalies, tmp_path):
+    require("prism")
+    header, records = log_parts(zeek_logs / "dns.log")
+    watched, out, drain = tmp_path / "zeek", tmp_path / "out", tmp_path / "drain"
+    watched.mkdir()
+    current = watched / "dns.log"
+    third = len(records) // 3
+
+    def zeek_writes():
+        current.write_bytes(header + b"".join(records[:third]))
+        time.sleep(2)
+        with open(current, "ab") as handle:  # a record cut in two by the writer
+            handle.write(b"".join(records[third:2 * third]) + records[2 * third][:15])
+        time.sleep(2)
+        with open(current, "ab") as handle:
+            handle.write(records[2 * third][15:])
+        (watched / "2024-05-01").mkdir()
+        os.rename(current, watched / "2024-05-01" / "dns.00:00:00-02:00:00.log")  # Zeek's rotation
+        current.write_bytes(header + b"".join(records[2 * third + 1:]))
+        time.sleep(2)
+        drain.touch()
+
+    writer, errors = in_thread(zeek_writes)
+    assert follow([watched], out, detector, drain) == 0
+    writer.join()
+    assert not errors
+    assert anomalies(out) == batch_anomalies(detector)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["running"] is False and summary["late"] == 0 and summary["rejected"] == 0
+    listed = {item["path"] for item in json.loads((out / ".beamlytics-manifest.json").read_text())["files"]}
+    assert listed == {str(path.relative_to(out)) for path in out.rglob("*.parquet")} | {"summary.json"}
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(tmp_path_factory):
+    require("kafka")
+    from beamlytics.live.broker import KafkaBroker, kafka_libs
+
+    broker = KafkaBroker(kafka_libs(), tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def produce(broker, topic, values):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    for value in values:
+        producer.send(topic, value)
+    producer.flush()
+    producer.close()
+
+
+def test_kafka_records_of_all_logs_on_one_topic_give_the_batch_anomalies(kafka_broker, zeek_logs, batch_anomalies,
+                                                                        tmp_path):
+    require("prism")
+    topic = "zeek-all"
+    kafka_broker.create_topic(topic)
+    # conn records on the same topic are told apart by `_path` and are not the dns table's.
+    values = as_json(zeek_logs / "conn.log")[:200] + as_json(zeek_logs / "dns.log") + [b"{not json"]
+    out, drain = tmp_path / "out", tmp_path / "drain"
+
+    def producer():
+        produce(kafka_broker, topic, values)
+        time.sleep(3)
+        drain.touch()
+
+    writer, errors = in_thread(producer)
+    assert follow([f"kafka://{kafka_broker.bootstrap}/{topic}"], out, "poisson", drain) == 0
+    writer.join()
+    assert not errors
+    assert anomalies(out) == batch_anomalies("poisson")
+    rejected = pq.read_table(next((out / "rejected").glob("*.parquet"))).to_pylist()
+    assert [(row["source_file"], row["position"]) for row in rejected] == [(f"kafka://{topic}/0", len(values) - 1)]
+
+
+def test_a_run_stopped_mid_stream_and_started_again_loses_nothing_and_reports_nothing_twice(
+        kafka_broker, zeek_logs, batch_anomalies, tmp_path):
+    require("prism")
+    topic = "zeek-dns"
+    kafka_broker.create_topic(topic)
+    values = as_json(zeek_logs / "dns.log")
+    out, drain = tmp_path / "out", tmp_path / "drain"
+    source = f"kafka://{kafka_broker.bootstrap}/{topic}"
+    produce(kafka_broker, topic, values[:len(values) * 3 // 4])  # past the injected burst
+
+    run = start_following([source], out, "gaussian", drain)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((out / "anomalies").glob("*.parquet")):
+        time.sleep(0.5)
+    time.sleep(1)
+    run.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    first = anomalies(out)
+    assert first
+    assert json.loads((out / "summary.json").read_text())["running"] is False
+
+    def rest():
+        produce(kafka_broker, topic, values[len(values) * 3 // 4:])
+        time.sleep(3)
+        drain.touch()
+
+    writer, errors = in_thread(rest)
+    assert follow([source], out, "gaussian", drain) == 0  # the same folder: the run continues it
+    writer.join()
+    assert not errors
+    final = anomalies(out)
+    expected = batch_anomalies("gaussian")
+    assert final == expected  # nothing lost, and no (endpoint, window, feature) twice
+    assert all(row in expected for row in first)  # what the first run wrote was already final
