@@ -17,6 +17,8 @@ setup(
         "pyarrow>=14",
         # Public Suffix List shipped inside the package: registered domains without a download.
         "publicsuffixlist>=1.0",
+        # Embedded SQL engine of `beamlytics query` over Arrow tables.
+        "duckdb>=1.1",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.
