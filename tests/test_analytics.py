@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from beamlytics import schemas
+from beamlytics.analytics.cluster import cluster_table
 from beamlytics.analytics.domains import top_dns_servers, top_domains
 from beamlytics.analytics.sql import QueryError, run_query
 from beamlytics.analytics.what import UNKNOWN, WhatConfig, generalise_name, learn_bags, service_traffic
@@ -160,3 +161,53 @@ def test_what_parameters_are_seconds():
     assert bags.visits["www.netflix.com"] == 1
     got = {row["service"]: row["bytes"] for row in service_traffic(flows, config, bags).to_pylist()}
     assert got == {"www.netflix.com": 11 + 101, UNKNOWN: 1001}
+
+
+def blobs_table(seed: int) -> tuple[pa.Table, np.ndarray]:
+    """Three groups of hosts (bytes, packets, protocol) and the matrix built independently: raw numbers, then
+    one-hot protocol columns in sorted order (tcp, udp)."""
+    rng = np.random.default_rng(seed)
+    centres = [(1e3, 10, "tcp"), (5e4, 40, "udp"), (2e5, 200, "tcp")]
+    rows = [(rng.normal(b, b / 20), rng.normal(p, p / 20), proto) for b, p, proto in centres for _ in range(60)]
+    table = pa.table({"bytes": [r[0] for r in rows], "pkts": [r[1] for r in rows], "proto": [r[2] for r in rows]})
+    matrix = np.array([[r[0], r[1], r[2] == "tcp", r[2] == "udp"] for r in rows], dtype=float)
+    return table, matrix
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans", "gaussian_mixture", "dbscan"])
+def test_clusters_are_sklearns_on_the_same_matrix(algorithm):
+    from sklearn.cluster import DBSCAN, BisectingKMeans, KMeans
+    from sklearn.mixture import GaussianMixture
+    from sklearn.preprocessing import StandardScaler
+
+    table, matrix = blobs_table(6)
+    scaled = StandardScaler().fit_transform(matrix)
+    reference = {"kmeans": KMeans(n_clusters=3, random_state=7, n_init=10),
+                 "bisecting_kmeans": BisectingKMeans(n_clusters=3, random_state=7),
+                 "gaussian_mixture": GaussianMixture(n_components=3, random_state=7),
+                 "dbscan": DBSCAN(eps=0.5, min_samples=4)}[algorithm]
+    expected = reference.fit_predict(scaled)
+    params = {"eps": 0.5, "min_points": 4} if algorithm == "dbscan" else {"k": 3, "seed": 7}
+    got = cluster_table(table, algorithm, ["bytes", "pkts"], ["proto"], normalise=True, **params)
+    assert got["cluster"].to_pylist() == expected.tolist()
+    assert np.allclose(np.array(got["features"].to_pylist()), scaled)
+    assert len(set(expected[:60])) == 1 and len(set(expected)) == 3  # the planted groups are found
+    if algorithm == "gaussian_mixture":
+        assert np.allclose(got["probability"].to_numpy(), reference.predict_proba(scaled).max(axis=1))
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "bisecting_kmeans", "gaussian_mixture"])
+def test_runinference_assigns_what_the_fitted_model_predicts(algorithm):
+    import apache_beam as beam
+
+    from beamlytics.analytics.cluster import fit_features, make_model
+    from beamlytics.transforms.analytics import AssignClusters
+    from tests.conftest import collect
+
+    table, _ = blobs_table(8)
+    features = fit_features(table, ["bytes", "pkts"], ["proto"], True)
+    sample = table.take(list(range(0, table.num_rows, 3)))  # fitted on a third of the rows
+    model = make_model(algorithm, k=3, seed=1).fit(features.matrix(sample))
+    batches = [(start, table.slice(start, 50)) for start in range(0, table.num_rows, 50)]
+    got = dict(collect(lambda pipeline: pipeline | beam.Create(batches) | AssignClusters(features, model)))
+    assert [got[i] for i in range(table.num_rows)] == model.predict(features.matrix(table)).tolist()
