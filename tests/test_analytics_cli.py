@@ -19,7 +19,7 @@ def parsed(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("command", ["query", "domain-traffic", "top-dns", "what"])
+@pytest.mark.parametrize("command", ["query", "domain-traffic", "top-dns", "what", "cluster"])
 def test_help(command, capsys):
     assert cli.main([command, "--help"]) == 0
     assert "--output" in capsys.readouterr().out
@@ -77,3 +77,26 @@ def test_an_earlier_result_is_never_overwritten_without_asking(parsed, tmp_path,
     assert (out / "result.csv").read_bytes() == first
     assert cli.main([*argv, "--top", "1", "--overwrite"]) == 0
     assert len((out / "result.csv").read_text().splitlines()) == 2
+
+
+def test_cluster_on_a_parse_folder_matches_sklearn(parsed, tmp_path):
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    out = tmp_path / "clusters"
+    assert cli.main(["cluster", str(parsed), "--table", "named_flows", "--algorithm", "kmeans", "--k", "3",
+                     "--seed", "4", "--numerical", "c_bytes,s_bytes", "--fit-rows", "40", "--output", str(out),
+                     "--quiet"]) == 0
+    frame = pd.concat(pq.read_table(path).to_pandas() for path in parse_output_files(str(parsed), "named_flows"))
+    matrix = frame[["c_bytes", "s_bytes"]].fillna(0).to_numpy(dtype=float)
+    expected = KMeans(n_clusters=3, random_state=4, n_init=10).fit(matrix[:40]).predict(matrix)
+    got = pq.read_table(out / "result.parquet")
+    assert got["cluster"].to_pylist() == expected.tolist()
+    assert np.allclose(np.array(got["features"].to_pylist()), matrix)
+    assert got.num_rows == len(frame)
+
+
+def test_cluster_names_a_missing_column(parsed, tmp_path, capsys):
+    code = cli.main(["cluster", str(parsed), "--table", "named_flows", "--algorithm", "dbscan",
+                     "--numerical", "bites", "--output", str(tmp_path / "x"), "--quiet"])
+    assert code == 2 and "no such column(s): bites" in capsys.readouterr().err

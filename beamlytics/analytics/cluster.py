@@ -86,9 +86,13 @@ def with_clusters(table: pa.Table, features: Features, vectors: np.ndarray, labe
 
 
 def cluster_table(table: pa.Table, algorithm: str, numerical: list[str], categorical: list[str] = (),
-                  normalise: bool = False, **params) -> pa.Table:
-    """Fit `algorithm` on every row of `table` and label each row."""
-    features = fit_features(table, list(numerical), list(categorical), normalise)
+                  normalise: bool = False, fit_rows: int | None = None, **params) -> pa.Table:
+    """Fit `algorithm` on the first `fit_rows` rows of `table` (all when None) and label every row.
+
+    The first rows, not a random draw: the same input always fits the same model.
+    """
+    fitted_on = table if fit_rows is None else table.slice(0, fit_rows)
+    features = fit_features(fitted_on, list(numerical), list(categorical), normalise)
     vectors = features.matrix(table)
     if algorithm == "dbscan" and table.num_rows > MAX_DBSCAN_ROWS:
         raise ValueError(f"DBSCAN clusters every row in memory: {table.num_rows} rows is over {MAX_DBSCAN_ROWS}; "
@@ -96,7 +100,7 @@ def cluster_table(table: pa.Table, algorithm: str, numerical: list[str], categor
     model = make_model(algorithm, **params)
     if algorithm == "dbscan":
         return with_clusters(table, features, vectors, model.fit_predict(vectors))
-    model.fit(vectors)
+    model.fit(features.matrix(fitted_on))
     labels = model.predict(vectors)
     probability = model.predict_proba(vectors).max(axis=1) if algorithm == "gaussian_mixture" else None
     return with_clusters(table, features, vectors, labels, probability)

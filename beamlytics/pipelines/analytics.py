@@ -1,4 +1,4 @@
-"""The NetLytics commands: `query` (SQL), `domain-traffic`, `top-dns` and `what`.
+"""The NetLytics commands: `query` (SQL), `domain-traffic`, `top-dns`, `what` and `cluster`.
 
 Inputs are raw logs, parsed on the way by the `parse` pipeline into the output folder (with its
 rejected/ records and summary.json), and/or earlier `parse` output folders, read as they are.
@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 import pyarrow as pa
 
-COMMANDS = ("query", "domain-traffic", "top-dns", "what")
+from beamlytics.analytics.cluster import ALGORITHMS
+
+COMMANDS = ("query", "domain-traffic", "top-dns", "what", "cluster")
 _TABLE_OF = {"domain-traffic": "named_flows", "top-dns": "dns", "what": "named_flows"}
 
 
@@ -40,6 +42,20 @@ def add_commands(commands, add_read_arguments: Callable) -> None:
     what.add_argument("--ew", type=float, default=5.0, help="evaluation window for classification, seconds (5)")
     what.add_argument("--minfreq", type=float, default=0.05, help="share of visits a bag domain needs (0.05)")
     what.add_argument("--top", type=int, default=50, metavar="N_TOP", help="services listed (50)")
+    cluster = commands.add_parser("cluster", help="KMeans, BisectingKMeans, GaussianMixture or DBSCAN over a table",
+                                  description="Write the input rows with their feature vector, cluster id (-1: "
+                                  "DBSCAN noise) and, for the mixture, probability to OUT/result.parquet.")
+    add_read_arguments(cluster)
+    cluster.add_argument("--algorithm", required=True, choices=ALGORITHMS)
+    cluster.add_argument("--numerical", default="", help="comma-separated numerical columns, e.g. c_bytes,s_bytes")
+    cluster.add_argument("--categorical", default="", help="comma-separated columns one-hot encoded, e.g. proto")
+    cluster.add_argument("--normalise", action="store_true", help="standardise each feature (mean 0, σ 1)")
+    cluster.add_argument("--k", type=int, default=2, help="clusters (kmeans, bisecting_kmeans, gaussian_mixture; 2)")
+    cluster.add_argument("--seed", type=int, default=0, help="random seed of the fit (0)")
+    cluster.add_argument("--eps", type=float, default=0.5, help="dbscan: neighbourhood radius (0.5)")
+    cluster.add_argument("--min-points", type=int, default=5, help="dbscan: neighbours of a core point (5)")
+    cluster.add_argument("--fit-rows", type=int, default=100_000,
+                         help="the model is fitted on the first this many rows, then labels every row (100000)")
 
 
 def _analytic(args: argparse.Namespace) -> Callable[[pa.Table], pa.Table]:
@@ -48,6 +64,8 @@ def _analytic(args: argparse.Namespace) -> Callable[[pa.Table], pa.Table]:
 
     if args.command == "query":
         return lambda table: sql.run_query(args.sql, {args.table: table})
+    if args.command == "cluster":
+        return lambda table: _cluster(table, args)
     if args.top < 1:
         raise cli.UsageError("--top must be at least 1")
     if args.command == "domain-traffic":
@@ -60,6 +78,23 @@ def _analytic(args: argparse.Namespace) -> Callable[[pa.Table], pa.Table]:
     except ValueError as error:
         raise cli.UsageError(str(error)) from None
     return lambda table: what.service_traffic(table, config)
+
+
+def _cluster(table: pa.Table, args: argparse.Namespace) -> pa.Table:
+    from beamlytics.analytics.cluster import cluster_table
+    from beamlytics.pipelines import cli
+
+    params = ({"eps": args.eps, "min_points": args.min_points} if args.algorithm == "dbscan"
+              else {"k": args.k, "seed": args.seed})
+    try:
+        return cluster_table(table, args.algorithm, _names(args.numerical), _names(args.categorical),
+                             args.normalise, args.fit_rows, **params)
+    except ValueError as error:
+        raise cli.UsageError(" ".join(str(error).split())) from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
@@ -103,7 +138,8 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         except QueryError as error:
             raise cli.UsageError(f"SQL: {error}") from None
         pq.write_table(result, os.path.join(staging, "result.parquet"))
-        pcsv.write_csv(result, os.path.join(staging, "result.csv"))
+        if args.command != "cluster":  # list columns (the feature vector) have no CSV form
+            pcsv.write_csv(result, os.path.join(staging, "result.csv"))
     if not records.num_rows:
         print(f"beamlytics {args.command}: the {args.table} table is empty"
               + (f" between {args.start_day or 'the start'} and {args.end_day or 'the end'}" if days.bounded else ""),
