@@ -107,6 +107,7 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beamlytics.inputs import DayRange, InputError, parse_day
     from beamlytics.pipelines import cli, outputs
     from beamlytics.pipelines.detect import build_parse
+    from beamlytics.transforms.read import in_day_range
 
     needed = _TABLE_OF.get(args.command)
     if needed and args.table != needed:
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             cli._run(options, lambda pipeline: build_parse(pipeline, settings, staging), args.quiet)
             earlier += sorted(os.path.join(staging, args.table, name)
                               for name in os.listdir(os.path.join(staging, args.table)) if name.endswith(".parquet"))
-        records = load_table(earlier, args.table, days)
+        # Raw logs were cut to the days while parsed; parse folders are cut here, by the same rule.
+        records = in_day_range(load_table(earlier, args.table), args.table, days)
         try:
             result = analytic(records)
         except QueryError as error:
