@@ -19,6 +19,10 @@ setup(
         "publicsuffixlist>=1.0",
         # STL for S-H-ESD's seasonal decomposition.
         "statsmodels>=0.14",
+        # Embedded SQL engine of `beamlytics query` over Arrow tables.
+        "duckdb>=1.1",
+        # Clustering (`beamlytics cluster`): the estimators and Beam RunInference's model handler use it.
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # Test oracles and plots: never imported by the library itself.

@@ -32,7 +32,7 @@ from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.lines import MAX_LINE_BYTES
 from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import demo, evaluate, hunt, outputs, report, runners, series
+from beamlytics.pipelines import analytics, demo, evaluate, hunt, outputs, report, runners, series
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     series.add_arguments(commands.add_parser("series", help="per-host daily series from aggregate counts: SPOT, "
                                              "S-H-ESD and a weekly forecast band"))
     report.add_commands(commands)
+    analytics.add_commands(commands, _add_read_arguments)
     return parser
 
 
@@ -458,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as done:  # --help, --version, or a mistake argparse told in one line
         return done.code if isinstance(done.code, int) else 2
-    if args.command in ("parse", "detect", "hunt"):
+    if args.command in ("parse", "detect", "hunt", *analytics.COMMANDS):
         beam_args = runners.with_engine_options(beam_args)
     try:
         if args.command == "parse":
@@ -467,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_detect(args, beam_args)
         if args.command == "hunt":
             return hunt.run(args, beam_args)
+        if args.command in analytics.COMMANDS:
+            return analytics.run(args, beam_args)
         if beam_args:
             raise UsageError(f"unrecognised option: {beam_args[0]}")
         if args.command in report.COMMANDS:

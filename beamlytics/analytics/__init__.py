@@ -1,0 +1,1 @@
+"""NetLytics' analytics over the data tables, as plain functions on Arrow tables (no Beam)."""
