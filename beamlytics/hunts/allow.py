@@ -5,7 +5,9 @@ One entry a line, `#` starts a comment:
     10.0.0.5              a host: every finding where it is the source or the destination
     10.1.0.0/16           a network (IPv4 or IPv6)
     example.com           a registered domain: the apex and every name under it
+    *.example.com         the same: a wildcard includes the apex
     10.0.0.9  beacon      any of the above, for one hunt only (scan covers both scan hunts)
+    10.0.0.9  records     any of the above, for one detect feature only (a (host, feature) pair)
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from beamlytics.features import FEATURES
 from beamlytics.hunts.config import OUTPUT_HUNTS
 from beamlytics.schemas.domains import normalize_name
 
 SCAN_HUNTS = OUTPUT_HUNTS["scan"]
 # The hunt options and the finding names they produce: an entry may name either.
 HUNT_NAMES = tuple(dict.fromkeys([*OUTPUT_HUNTS, *(name for names in OUTPUT_HUNTS.values() for name in names)]))
+FEATURE_NAMES = tuple(dict.fromkeys(name for names in FEATURES.values() for name in names))
 
 
 class AllowListError(ValueError):
@@ -29,7 +33,7 @@ class AllowListError(ValueError):
 class Entry:
     kind: str  # host | network | domain
     value: str
-    hunt: str | None = None
+    hunt: str | None = None  # a hunt or a detect feature: the only findings the entry suppresses
 
     def applies_to(self, hunt: str) -> bool:
         return self.hunt is None or self.hunt == hunt or (self.hunt == "scan" and hunt in SCAN_HUNTS)
@@ -58,9 +62,12 @@ def parse_entry(text: str) -> Entry:
     if len(words) > 2:
         raise AllowListError(f"expected 'ENTRY [HUNT]', got {text!r}")
     hunt = words[1] if len(words) == 2 else None
-    if hunt is not None and hunt not in HUNT_NAMES:
-        raise AllowListError(f"unknown hunt {hunt!r} (choose from {', '.join(HUNT_NAMES)})")
+    if hunt is not None and hunt not in HUNT_NAMES and hunt not in FEATURE_NAMES:
+        raise AllowListError(f"unknown hunt or feature {hunt!r} (choose from {', '.join(HUNT_NAMES)}; "
+                             f"or {', '.join(FEATURE_NAMES)})")
     value = words[0]
+    if value.startswith("*."):
+        value = value[2:]
     address = _address(value)
     if address is not None:
         return Entry("host", str(address), hunt)
@@ -105,3 +112,7 @@ class AllowList:
         entities = [value for value in (row.get("src"), row.get("dst"), *(row.get("names") or ())) if value]
         return any(entry.applies_to(row["hunt"]) and entry.matches(entity)
                    for entry in self.entries for entity in entities)
+
+    def suppresses_endpoint(self, key: str, feature: str) -> bool:
+        """True when an entry for all findings or for this detect feature matches the endpoint's key."""
+        return any(entry.applies_to(feature) and entry.matches(key) for entry in self.entries)
