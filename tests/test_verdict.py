@@ -56,12 +56,15 @@ def test_the_own_detector_takes_over_once_calibrated():
         row("b", 900.0, status="normal"),  # gaussian calibrated, calls it normal: not fired
         row("c", 900.0, status="anomaly"),  # gaussian calibrated, anomalous: the population's p
         row("d", 900.0, status="excess", detector="spot", evidence=json.dumps({"probability": 1e-5})),
+        row("e", 999.5, status="excess", detector="spot", evidence=json.dumps({"probability": 0.3})),
     ]), POPULATION, VerdictSettings(alarm_rate=0.15))
     by_key = {v["key"]: v for v in verdicts.to_pylist()}
     assert by_key["a"]["p_value"] == pytest.approx(100 / 1000) and by_key["a"]["status"] == ALARM
     assert by_key["b"]["p_value"] == 1.0 and by_key["b"]["status"] == NORMAL
     assert by_key["c"]["p_value"] == pytest.approx(100 / 1000)
-    assert by_key["d"]["p_value"] == pytest.approx(1e-5) and by_key["d"]["evidence"][0]["judged_by"] == OWN_HISTORY
+    # spot: extreme for its own tail (1e-5) and its peers (0.1) at once: the larger p
+    assert by_key["d"]["p_value"] == pytest.approx(100 / 1000) and by_key["d"]["evidence"][0]["judged_by"] == OWN_HISTORY
+    assert by_key["e"]["p_value"] == pytest.approx(0.3)  # extreme among peers, usual for itself: not an alarm
 
 
 def test_small_windows_and_windows_nobody_can_judge_are_counted_with_the_reason():

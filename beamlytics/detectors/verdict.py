@@ -3,9 +3,12 @@
 Each feature gets a tail probability p:
 - while the endpoint's own detector calibrates (or when it judged nothing): the population's
   (`population.FeatureTail.probabilities`), so a window is judged from the endpoint's first;
-- once it is calibrated: the detector's own, where it has one (spot, dspot: P(X beyond value)
-  of the endpoint's fitted tail); detectors whose score is not a probability (gaussian, iqr,
-  poisson) give their verdict: the population's p where they call the window anomalous, else 1.
+- once it is calibrated, the window must be extreme both for its own history and among its
+  peers (an intersection-union test, whose p is the larger of the two): spot and dspot give
+  P(X beyond value) of the endpoint's own fitted tail, max'ed with the population's; detectors
+  whose score is not a probability (gaussian, iqr, poisson) give their verdict: the
+  population's p where they call the window anomalous, else 1. A busy server is thus not
+  flagged for being busy, nor a quiet host for a blip its peers make all the time.
 The window's p is the Bonferroni-corrected minimum, min(1, m · min p) over its m judged
 features, and its score −log10 of it: finite (p is floored at the smallest float), comparable
 across tables, keys and detectors, and monotone (no feature's p can fall without the score
@@ -88,7 +91,9 @@ def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.
     for row in np.flatnonzero(calibrated):
         if detectors[row] in _OWN_PROBABILITY:
             own = json.loads(evidence[row]).get("probability")
-            p[row] = float(own) if isinstance(own, (int, float)) else math.nan
+            own = float(own) if isinstance(own, (int, float)) else math.nan
+            # Extreme for its own history and among its peers: the larger p is a valid p for both at once.
+            p[row] = max(own, p[row]) if math.isfinite(p[row]) else own
         elif status[row] != Status.ANOMALY:
             p[row] = 1.0
         source[row] = OWN_HISTORY if math.isfinite(p[row]) else None
@@ -162,11 +167,11 @@ def _sort_p(p: float) -> float:
 
 
 def _threshold(row: Mapping[str, Any], source: str | None, tail, risk: float) -> float | None:
-    """The value the feature had to exceed: the own tail's where it gave the probability, else the population's
-    at the per-feature risk (gaussian/iqr/poisson only gate the population's p)."""
-    if source == OWN_HISTORY and row["detector"] in _OWN_PROBABILITY:
-        return row["threshold"]
+    """The value the feature had to exceed: the population's
+    at the per-feature risk; for spot/dspot, whichever of it and the own tail's is higher."""
     limit = tail.threshold(risk) if tail is not None else math.nan
+    if source == OWN_HISTORY and row["detector"] in _OWN_PROBABILITY and row["threshold"] is not None:
+        limit = max(limit, row["threshold"]) if math.isfinite(limit) else row["threshold"]
     return limit if math.isfinite(limit) else None
 
 
