@@ -32,8 +32,9 @@ def baseline_windows(table: pa.Table, spec: WindowSpec, source: str) -> Iterator
     needed = ["table", "key_kind", "key", *_TIMES, "records", *features.FEATURES[spec.table]]
     missing = [name for name in dict.fromkeys(needed) if name not in table.column_names]
     if missing:
-        yield Rejected(source, 0, f"not a {spec.table} features file: no column {', '.join(missing)}",
-                       source_tool=SOURCE_TOOL, units=table.num_rows)
+        # A features/ folder of an older beamlytics lacks the features added since: say how to get them.
+        yield Rejected(source, 0, f"not a {spec.table} features file of this version: no column {', '.join(missing)}"
+                       " (run detect on the baseline's input again)", source_tool=SOURCE_TOOL, units=table.num_rows)
         return
     # Times as integers: converting a year-10000 timestamp to datetime would raise.
     columns = {name: (pc.cast(table.column(name), pa.int64()) if name in _TIMES else table.column(name))
@@ -64,8 +65,8 @@ def _problem(row: dict, spec: WindowSpec) -> str | None:
         return "records missing or negative"
     for name in features.FEATURES[spec.table]:
         value = row[name]
-        if value is None or (isinstance(value, float) and math.isinf(value)):
-            return f"feature {name} missing or infinite"
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return f"feature {name} missing, NaN or infinite"
     return None
 
 

@@ -10,6 +10,7 @@ these tables around.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,31 +21,53 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, EndpointWindow, repeated
+from beamlytics.hunts.dns import _name_measures as subdomain_measures
+from beamlytics.hunts.flows import failed_attempts
+from beamlytics.schemas import domains
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
+# A dns key that no record carries: the registered domain of `query`, derived per batch.
+DOMAIN_KEY = "registered_domain"
+
 # Endpoint keys an operator can choose, per table: option value -> column.
 KEY_COLUMNS = {
-    "dns": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "query"},
+    "dns": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "query", "domain": DOMAIN_KEY},
     "http": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "host"},
     "named_flows": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "name"},
 }
-NAME_COLUMN = {table: columns["name"] for table, columns in KEY_COLUMNS.items()}
+NAME_COLUMN = {"dns": "query", "http": "host", "named_flows": "name"}
+KEYS = tuple(dict.fromkeys(key for columns in KEY_COLUMNS.values() for key in columns))
 
-# Features of each table, in output order. Ratios are fractions of the window's records.
+# Features of each table, in output order (docs/guide.md, "Window features", says what each means).
+# Ratios are fractions of the window's records.
 FEATURES = {
     "dns": ("records", "distinct_peers", "distinct_names", "nxdomain_ratio", "unanswered_ratio",
-            "max_query_length"),
+            "max_query_length", "distinct_domains", "max_subdomains", "mean_subdomain_length",
+            "max_subdomain_length", "mean_subdomain_entropy", "max_subdomain_entropy", "txt_null_any_ratio",
+            "zero_ttl_ratio"),
     "http": ("records", "distinct_peers", "distinct_names", "error_ratio", "request_bytes",
-             "response_bytes"),
+             "response_bytes", "distinct_uris", "mean_uri_length", "max_uri_length", "client_error_ratio",
+             "server_error_ratio", "post_ratio", "other_method_ratio", "distinct_user_agents"),
     "named_flows": ("records", "distinct_peers", "distinct_names", "distinct_ports", "c_pkt", "s_pkt",
-                    "c_bytes", "s_bytes"),
+                    "c_bytes", "s_bytes", "failed_ratio", "mean_duration", "max_duration", "active_flows",
+                    "active_seconds"),
 }
+# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Each default is
+# one more test in the verdict's multiple-testing correction, so few.
 DEFAULT_FEATURES = {
-    "dns": ("records", "distinct_names", "nxdomain_ratio"),
-    "http": ("records", "distinct_names", "error_ratio"),
-    "named_flows": ("records", "distinct_peers", "c_bytes"),
+    "dns": ("records", "nxdomain_ratio", "max_subdomains", "max_subdomain_entropy", "txt_null_any_ratio"),
+    "http": ("records", "distinct_names", "error_ratio", "max_uri_length", "distinct_user_agents"),
+    "named_flows": ("records", "distinct_peers", "distinct_ports", "failed_ratio", "c_bytes", "active_seconds"),
 }
+
+# Query types that carry the most payload per answer, or ask for everything: tunnels and amplification.
+PAYLOAD_QUERY_TYPES = ("TXT", "NULL", "ANY")
+# A flow is active in at most this many windows after its first (a day of 60 s windows): bounds the rows
+# one hostile record can create; time beyond is not apportioned.
+MAX_SPAN_WINDOWS = 1440
+# Rows of (flow, window) expanded at once when apportioning long flows: bounds memory per batch.
+_SPAN_CHUNK = 1 << 20
 
 
 # How records are placed in windows (see transforms/windows.py); here so that the CLI needs no Beam.
@@ -73,6 +96,12 @@ class WindowSpec:
     @property
     def key_column(self) -> str:
         return KEY_COLUMNS[self.table][self.key]
+
+    def keys(self, batch: pa.RecordBatch) -> pa.Array:
+        """The endpoint key of every record of `batch` (null where it has none)."""
+        if self.key_column == DOMAIN_KEY:
+            return domains.registered_domain(batch.column("query"))
+        return batch.column(self.key_column)
 
     @property
     def peer_column(self) -> str:
@@ -175,7 +204,7 @@ def _remerge(column: str) -> tuple[str, str, None]:
 
 
 def _distinct_rows(table: pa.Table) -> pa.Table:
-    return _aggregate(table, [*_WINDOW, "value"], {})
+    return _aggregate(table, table.column_names, {})
 
 
 def partial_windows(batch: pa.RecordBatch, spec: WindowSpec) -> WindowPartials | None:
@@ -184,14 +213,17 @@ def partial_windows(batch: pa.RecordBatch, spec: WindowSpec) -> WindowPartials |
     Records without an event time or without an endpoint key cannot be placed in a window
     and are left out here; `untimed_records` counts them for the run summary.
     """
-    batch = batch.filter(_placeable(batch, spec))
+    keys = spec.keys(batch)
+    placeable = _placeable(batch, keys, spec)
+    batch, keys = batch.filter(placeable), keys.filter(placeable)
     if batch.num_rows == 0:
         return None
     times = pc.cast(batch.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64()).to_numpy()
     starts = window_starts(times, spec.window_us)
-    window = {"key": batch.column(spec.key_column), "window_start": pa.array(starts)}
+    window = {"key": keys, "window_start": pa.array(starts)}
+    names = domains.split_names(batch.column("query")) if spec.table == "dns" else None
 
-    sums, maxima = _table_measures(spec.table, batch)
+    sums, maxima = _table_measures(spec.table, batch, names)
     columns = dict(window)
     aggregations = {"records": ("key", "count", pc.CountOptions(mode="all"))}
     for prefix, function, measures in (("sum", "sum", sums), ("max", "max", maxima)):
@@ -199,11 +231,14 @@ def partial_windows(batch: pa.RecordBatch, spec: WindowSpec) -> WindowPartials |
             columns[f"{prefix}_{name}"] = values
             aggregations[f"{prefix}_{name}"] = (f"{prefix}_{name}", function, None)
     measured = _aggregate(pa.table(columns), _WINDOW, aggregations)
+    if spec.table == "named_flows":
+        measured = _merged_measures([measured, _active_spans(batch, keys, times, spec.window_us)])
 
     distinct = {}
-    for name, column in _distinct_columns(spec).items():
-        values = pa.table({**window, "value": batch.column(column)})
-        distinct[name] = _distinct_rows(values.filter(pc.is_valid(values.column("value"))))
+    for name, values in _distinct_values(spec, batch, names).items():
+        rows = pa.table({**window, **values})
+        valid = [pc.is_valid(rows.column(column)) for column in values]
+        distinct[name] = _distinct_rows(rows.filter(functools.reduce(pc.and_, valid)))
 
     slots = None
     if spec.slot_us:
@@ -212,12 +247,56 @@ def partial_windows(batch: pa.RecordBatch, spec: WindowSpec) -> WindowPartials |
     return WindowPartials(measured, distinct, slots)
 
 
+def _merged_measures(tables: Sequence[pa.Table]) -> pa.Table:
+    """One row per endpoint-window of `tables`; a column some lack is null there (nothing to add)."""
+    measures = pa.concat_tables(tables, promote_options="default")
+    return _aggregate(measures, _WINDOW, {name: _remerge(name) for name in measures.column_names[2:]})
+
+
+def _active_spans(batch: pa.RecordBatch, keys: pa.Array, starts_us: np.ndarray, window_us: int) -> pa.Table:
+    """Per endpoint-window, the flows open at any time in it (`sum_active`) and their µs inside it.
+
+    A flow is the half-open interval [time_start, time_end); without an end (or one before its
+    start) it is active only in its start window, for no time. A window where only a flow that
+    began earlier is open gets a row with no records: the endpoint is active there too.
+    """
+    column = batch.column("time_end")
+    ends = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy()
+    ends = np.where(pc.is_valid(column).to_numpy(zero_copy_only=False), np.maximum(ends, starts_us), starts_us)
+    first = window_starts(starts_us, window_us)
+    last = window_starts(np.where(ends > starts_us, ends - 1, starts_us), window_us)
+    spanned = np.minimum((last - first) // window_us + 1, MAX_SPAN_WINDOWS)
+    pieces = []
+    for lo, hi in _chunks_of(spanned, _SPAN_CHUNK):
+        counts = spanned[lo:hi]
+        flow = np.repeat(np.arange(lo, hi), counts)
+        nth = np.arange(flow.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        window = first[flow] + nth * window_us
+        inside = np.minimum(ends[flow], window + window_us) - np.maximum(starts_us[flow], window)
+        pieces.append(_aggregate(
+            pa.table({"key": keys.take(pa.array(flow)), "window_start": pa.array(window),
+                      "active": pa.array(np.ones(flow.size, np.int64)), "active_us": pa.array(np.maximum(inside, 0))}),
+            _WINDOW, {"sum_active": ("active", "sum", None), "sum_active_us": ("active_us", "sum", None)}))
+    spans = _merged_measures(pieces)
+    return spans.append_column("records", pa.array(np.zeros(spans.num_rows, np.int64)))
+
+
+def _chunks_of(sizes: np.ndarray, most: int) -> Iterator[tuple[int, int]]:
+    """Consecutive (lo, hi) ranges of `sizes` whose sum is at most `most` (or one element, if larger)."""
+    ends = np.cumsum(sizes)
+    lo = 0
+    while lo < sizes.size:
+        before = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, before + most, side="right")))
+        yield lo, hi
+        lo = hi
+
+
 def merge_partials(parts: Sequence[WindowPartials]) -> WindowPartials:
     """One partial with one row per endpoint-window (per value, per slot) of all `parts`."""
     if len(parts) == 1:
         return parts[0]
-    measures = pa.concat_tables([part.measures for part in parts])
-    merged = _aggregate(measures, _WINDOW, {name: _remerge(name) for name in measures.column_names[2:]})
+    merged = _merged_measures([part.measures for part in parts])
     distinct = {name: _distinct_rows(pa.concat_tables([part.distinct[name] for part in parts]))
                 for name in parts[0].distinct}
     slots = None
@@ -269,33 +348,87 @@ def window_labels(table: pa.Table) -> np.ndarray:
     return table.column("window_start").to_numpy()
 
 
-def _table_measures(table: str, batch: pa.RecordBatch) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
-    """Per-record columns to sum and to take the maximum of, for `table`."""
+def _table_measures(table: str, batch: pa.RecordBatch, names: tuple[pa.Array, pa.Array] | None
+                    ) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
+    """Per-record integer columns to sum and to take the maximum of, for `table`.
+
+    Integers only (entropy in millibits, durations in µs), so sums are exact in any merge order.
+    """
     if table == "dns":
-        rcode = batch.column("resp_code")
+        _, subdomains = names
+        lengths, entropy = subdomain_measures(subdomains)
         sums = {
-            "nxdomain": pc.cast(pc.equal(rcode, "NXDOMAIN"), pa.int64()),
-            "unanswered": pc.cast(pc.is_null(batch.column("resp_time")), pa.int64()),
+            "nxdomain": _flag(pc.equal(batch.column("resp_code"), "NXDOMAIN")),
+            "unanswered": _flag(pc.is_null(batch.column("resp_time"))),
+            "named": _flag(pc.is_valid(subdomains)),
+            "subdomain_length": lengths,
+            "subdomain_entropy": entropy,
+            "payload_query": _flag(pc.is_in(batch.column("req_type"), pa.array(PAYLOAD_QUERY_TYPES))),
+            "zero_ttl": _any_zero(batch.column("answer_ttls")),
         }
-        maxima = {"max_query_length": pc.utf8_length(batch.column("query"))}
+        maxima = {"query_length": pc.utf8_length(batch.column("query")), "subdomain_length": lengths,
+                  "subdomain_entropy": entropy}
     elif table == "http":
+        status, method = batch.column("status_code"), batch.column("method")
+        uri_lengths = pc.utf8_length(batch.column("path"))
         sums = {
-            "errors": pc.cast(pc.greater_equal(batch.column("status_code"), 400), pa.int64()),
+            "errors": _flag(pc.greater_equal(status, 400)),
+            "client_errors": _flag(pc.and_(pc.greater_equal(status, 400), pc.less(status, 500))),
+            "server_errors": _flag(pc.and_(pc.greater_equal(status, 500), pc.less(status, 600))),
             "request_bytes": batch.column("request_body_len"),
             "response_bytes": batch.column("response_body_len"),
+            "uris": _flag(pc.is_valid(uri_lengths)),
+            "uri_length": uri_lengths,
+            "post": _flag(pc.equal(method, "POST")),
+            "other_method": _flag(pc.and_(pc.is_valid(method), pc.invert(pc.is_in(method, pa.array(["GET", "POST"]))))),
         }
-        maxima = {}
+        maxima = {"uri_length": uri_lengths}
     else:
+        durations = flow_durations(batch)
         sums = {name: batch.column(name) for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes")}
-        maxima = {}
+        sums.update(failed=_flag(failed_attempts(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations)
+        maxima = {"duration_us": durations}
     return sums, maxima
 
 
-def _distinct_columns(spec: WindowSpec) -> dict[str, str]:
-    columns = {"peers": spec.peer_column, "names": NAME_COLUMN[spec.table]}
-    if spec.table == "named_flows":
-        columns["ports"] = "s_port"
-    return columns
+def _flag(condition: pa.Array) -> pa.Array:
+    """1 where `condition` holds, 0 where it does not or is unknown."""
+    return pc.cast(pc.fill_null(condition, False), pa.int64())
+
+
+def _any_zero(lists: pa.Array) -> pa.Array:
+    """1 for each list holding a 0 (a zero TTL), else 0."""
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).filter(pc.fill_null(pc.equal(flat, 0), False))
+    flags = np.zeros(len(lists), np.int64)
+    flags[parents.to_numpy()] = 1
+    return pa.array(flags)
+
+
+def flow_durations(batch: pa.RecordBatch) -> pa.Array:
+    """time_end - time_start in µs; null without an end or with one before the start."""
+    durations = pc.subtract(pc.cast(batch.column("time_end"), pa.int64()),
+                            pc.cast(batch.column("time_start"), pa.int64()))
+    return pc.if_else(pc.greater_equal(durations, 0), durations, pa.scalar(None, pa.int64()))
+
+
+def _distinct_values(spec: WindowSpec, batch: pa.RecordBatch, names: tuple[pa.Array, pa.Array] | None
+                     ) -> dict[str, dict[str, pa.Array]]:
+    """Per distinct-count feature, the value columns counted; with `within`, distinct values of it per value."""
+    values = {"peers": {"value": batch.column(spec.peer_column)},
+              "names": {"value": batch.column(NAME_COLUMN[spec.table])}}
+    if spec.table == "dns":
+        registered, subdomains = names
+        values["domains"] = {"value": registered}
+        values["subdomains"] = {"value": registered, "within": subdomains}
+    elif spec.table == "http":
+        # The same path on two hosts is two URIs.
+        uris = pc.binary_join_element_wise(pc.fill_null(batch.column("host"), ""), batch.column("path"), "")
+        values["uris"] = {"value": uris}
+        values["user_agents"] = {"value": batch.column("user_agent")}
+    else:
+        values["ports"] = {"value": batch.column("s_port")}
+    return values
 
 
 def window_starts(times_us: np.ndarray, window_us: int) -> np.ndarray:
@@ -303,16 +436,16 @@ def window_starts(times_us: np.ndarray, window_us: int) -> np.ndarray:
     return times_us - np.mod(times_us, window_us)
 
 
-def _placeable(batch: pa.RecordBatch, spec: WindowSpec) -> pa.Array:
+def _placeable(batch: pa.RecordBatch, keys: pa.Array, spec: WindowSpec) -> pa.Array:
     """Records with both an event time and an endpoint key: only those have a window."""
     time_column = schemas.EVENT_TIME_COLUMN[spec.table]
-    return pc.and_(pc.is_valid(batch.column(time_column)), pc.is_valid(batch.column(spec.key_column)))
+    return pc.and_(pc.is_valid(batch.column(time_column)), pc.is_valid(keys))
 
 
 def untimed_records(batch: pa.RecordBatch, spec: WindowSpec) -> int:
     if batch.num_rows == 0:
         return 0
-    return batch.num_rows - pc.sum(pc.cast(_placeable(batch, spec), pa.int64())).as_py()
+    return batch.num_rows - pc.sum(pc.cast(_placeable(batch, spec.keys(batch), spec), pa.int64())).as_py()
 
 
 def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
@@ -334,21 +467,43 @@ def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
                        "row": pa.array(np.arange(count))})
     values = {"records": records}
     for name, pairs in part.distinct.items():
-        counts = _aggregate(pairs, _WINDOW, {"distinct": ("value", "count", None)})
+        if "within" in pairs.column_names:
+            per_value = _aggregate(pairs, [*_WINDOW, "value"], {"distinct": ("within", "count", None)})
+            feature, counts = f"max_{name}", _aggregate(per_value, _WINDOW, {"distinct": ("distinct", "max", None)})
+        else:
+            feature, counts = f"distinct_{name}", _aggregate(pairs, _WINDOW, {"distinct": ("value", "count", None)})
         rows, distinct = _aligned(row_of, counts, "distinct")
-        values[f"distinct_{name}"] = np.zeros(count)
-        values[f"distinct_{name}"][rows] = distinct
+        values[feature] = np.zeros(count)
+        values[feature][rows] = distinct
+
+    def share(numerator: str, denominator: str | None = None) -> np.ndarray:
+        # A window where only an earlier flow is still open has no records: its ratios are 0.
+        below = records if denominator is None else measured(denominator)
+        return np.divide(measured(numerator), below, out=np.zeros(count), where=below > 0)
+
     if spec.table == "dns":
-        values["nxdomain_ratio"] = measured("sum_nxdomain") / records
-        values["unanswered_ratio"] = measured("sum_unanswered") / records
-        values["max_query_length"] = measured("max_max_query_length")
+        values.update(
+            nxdomain_ratio=share("sum_nxdomain"), unanswered_ratio=share("sum_unanswered"),
+            max_query_length=measured("max_query_length"),
+            mean_subdomain_length=share("sum_subdomain_length", "sum_named"),
+            max_subdomain_length=measured("max_subdomain_length"),
+            mean_subdomain_entropy=share("sum_subdomain_entropy", "sum_named") / 1000,
+            max_subdomain_entropy=measured("max_subdomain_entropy") / 1000,
+            txt_null_any_ratio=share("sum_payload_query"), zero_ttl_ratio=share("sum_zero_ttl"))
     elif spec.table == "http":
-        values["error_ratio"] = measured("sum_errors") / records
-        values["request_bytes"] = measured("sum_request_bytes")
-        values["response_bytes"] = measured("sum_response_bytes")
+        values.update(
+            error_ratio=share("sum_errors"), request_bytes=measured("sum_request_bytes"),
+            response_bytes=measured("sum_response_bytes"), mean_uri_length=share("sum_uri_length", "sum_uris"),
+            max_uri_length=measured("max_uri_length"), client_error_ratio=share("sum_client_errors"),
+            server_error_ratio=share("sum_server_errors"), post_ratio=share("sum_post"),
+            other_method_ratio=share("sum_other_method"))
     else:
         for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes"):
             values[name] = measured(f"sum_{name}")
+        values.update(
+            failed_ratio=share("sum_failed"), mean_duration=share("sum_duration_us", "sum_timed") / 1e6,
+            max_duration=measured("max_duration_us") / 1e6, active_flows=measured("sum_active"),
+            active_seconds=measured("sum_active_us") / 1e6)
 
     starts = measures.column("window_start")
     schema = window_table_schema(spec.table)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import synthetic
+from beamlytics.features import DEFAULT_FEATURES
 from beamlytics.pipelines import cli
 from tests.conftest import shared_data
 
@@ -63,7 +64,8 @@ def test_gaussian_reports_the_injected_host(zeek_logs, tmp_path):
     assert burst <= flagged
     scores = pq.read_table(tmp_path / "scores")
     features = pq.read_table(tmp_path / "features")
-    assert scores.num_rows == features.num_rows * 3  # records, distinct_names, nxdomain_ratio
+    # One score row per default dns feature and window.
+    assert scores.num_rows == features.num_rows * len(DEFAULT_FEATURES["dns"])
     assert sum(features.column("records").to_pylist()) == data_lines(
         zeek_logs / SCENARIO.day.isoformat() / "dns.log")
 

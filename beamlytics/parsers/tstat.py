@@ -15,10 +15,12 @@ What the fields mean (Tstat's own documentation and source):
   milliseconds. The flow is named by `http_hostname`, else `c_tls_SNI`, else `fqdn` (the name
   Tstat's DNS cache matched to the server address), whichever of those columns exist
   (`name_source` "http_host", "sni", "dns"). `tcp_flags` lists S, A, F, R when either side
-  sent SYN, ACK, FIN, RST segments (`*_syn_cnt`, `*_ack_cnt`, `*_fin_cnt`, `*_rst_cnt`).
+  sent SYN, ACK, FIN, RST segments (`*_syn_cnt`, `*_ack_cnt`, `*_fin_cnt`, `*_rst_cnt`);
+  `conn_state` is Zeek's, read off the same counters per side (`_tcp_conn_state`).
 * `log_udp_complete` -> `named_flows`: `c_first_abs` (ms) starts the flow; it ends at the later
   of `c_first_abs + c_durat` and `s_first_abs + s_durat` (durations in seconds;
-  `s_first_abs` is 0 when the server never answered). Named by `quic_SNI`, else `fqdn`.
+  `s_first_abs` is 0 when the server never answered: `conn_state` S0, else SF). Named by `quic_SNI`,
+  else `fqdn`.
 * `log_dns_complete` -> `dns`: Tstat writes one `REQ` line per question, one `RESP` line per
   answer record and one `RESP_ERR` line per error response, all with `time` in ms. Lines of
   one transaction (same addresses, ports and `trans_id`) become one row: the request gives
@@ -249,6 +251,7 @@ def _tcp_flows(table: _FlowColumns) -> dict[str, Any]:
         "name": name,
         "name_source": source,
         "tcp_flags": _tcp_flags(table),
+        "conn_state": _tcp_conn_state(table),
         "time_start": epoch_us(table.text("first"), 1e3),
         "time_end": epoch_us(table.text("last"), 1e3),
     }
@@ -260,6 +263,29 @@ def _tcp_flags(table: _FlowColumns) -> pa.Array:
         seen = pc.greater(pc.add(table.number(f"c_{counter}_cnt"), table.number(f"s_{counter}_cnt")), 0)
         letters.append(pc.if_else(pc.fill_null(seen, False), letter, ""))
     return pc.binary_join_element_wise(*letters, "")
+
+
+def _tcp_conn_state(table: _FlowColumns) -> pa.Array:
+    """Zeek's conn_state as far as Tstat's per-side SYN/FIN/RST counters show it; null without them.
+
+    No SYN from the server: refused (REJ) if it reset, S0 if it sent nothing, else mid-stream (OTH).
+    After a handshake: reset by the client (RSTO) or the server (RSTR), closed by both (SF), by the
+    client only (S2) or the server only (S3), else still open (S1).
+    """
+    counters = {name: table.number(name) for name in
+                ("c_syn_cnt", "s_syn_cnt", "c_fin_cnt", "s_fin_cnt", "c_rst_cnt", "s_rst_cnt", "s_pkts_all")}
+    known = np.ones(table.rows, bool)
+    sent = {}
+    for name, values in counters.items():
+        known &= pc.is_valid(values).to_numpy(zero_copy_only=False)
+        sent[name] = pc.fill_null(pc.greater(values, 0), False).to_numpy(zero_copy_only=False)
+    answered = sent["s_syn_cnt"]
+    states = np.select(
+        [~answered & sent["s_rst_cnt"], ~answered & ~sent["s_pkts_all"], ~answered,
+         sent["c_rst_cnt"], sent["s_rst_cnt"], sent["c_fin_cnt"] & sent["s_fin_cnt"], sent["c_fin_cnt"],
+         sent["s_fin_cnt"]],
+        ["REJ", "S0", "OTH", "RSTO", "RSTR", "SF", "S2", "S3"], "S1")
+    return pa.array(states, pa.string(), mask=~known)
 
 
 def _udp_flows(table: _FlowColumns) -> dict[str, Any]:
@@ -274,6 +300,8 @@ def _udp_flows(table: _FlowColumns) -> dict[str, Any]:
         **_endpoints(table, "udp"),
         "name": name,
         "name_source": source,
+        # As for captures: a reply makes a UDP flow SF, none leaves it S0.
+        "conn_state": pc.if_else(answered, "SF", "S0"),
         "time_start": _ms_to_us(start_ms),
         "time_end": _ms_to_us(end_ms),
     }

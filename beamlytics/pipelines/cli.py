@@ -148,8 +148,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--key", default="c_ip", choices=["c_ip", "s_ip", "name"],
-                        help="the endpoint: client IP (default), server IP, or the queried/requested name")
+    parser.add_argument("--key", default="c_ip", choices=features.KEYS,
+                        help="the endpoint: client IP (default), server IP, the queried/requested name, "
+                        "or (dns) the registered domain of the query")
     parser.add_argument("--window", type=duration_us, default=duration_us("60s"),
                         help="tumbling event-time window, e.g. 30s, 5m, 1h (60s)")
     parser.add_argument("--windowing", choices=WINDOWINGS, default="key",

@@ -236,12 +236,12 @@ def _top(counter: collections.Counter) -> list[dict[str, Any]]:
 def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
                  spans: Sequence[Span]) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(index of span, the batch's records that belong to it), for the spans the batch touches."""
-    keys = batch.column(spec.key_column)
+    keys = spec.keys(batch)
     wanted = pa.array(sorted({span.key for span in spans}), pa.string())
-    candidates = batch.filter(pc.fill_null(pc.is_in(keys, value_set=wanted), False))
+    chosen_rows = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
+    candidates, keys = batch.filter(chosen_rows), keys.filter(chosen_rows)
     if candidates.num_rows == 0:
         return
-    keys = candidates.column(spec.key_column)
     times = pc.cast(candidates.column(schemas.EVENT_TIME_COLUMN[spec.table]), pa.int64())
     present = set(pc.unique(keys).to_pylist())
     for index, span in enumerate(spans):
