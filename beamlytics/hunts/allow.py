@@ -15,14 +15,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from beamlytics.features import FEATURES
+from beamlytics import features  # the module, not its names: features imports the hunts package in turn
 from beamlytics.hunts.config import OUTPUT_HUNTS
 from beamlytics.schemas.domains import normalize_name
 
 SCAN_HUNTS = OUTPUT_HUNTS["scan"]
 # The hunt options and the finding names they produce: an entry may name either.
 HUNT_NAMES = tuple(dict.fromkeys([*OUTPUT_HUNTS, *(name for names in OUTPUT_HUNTS.values() for name in names)]))
-FEATURE_NAMES = tuple(dict.fromkeys(name for names in FEATURES.values() for name in names))
 
 
 class AllowListError(ValueError):
@@ -62,9 +61,10 @@ def parse_entry(text: str) -> Entry:
     if len(words) > 2:
         raise AllowListError(f"expected 'ENTRY [HUNT]', got {text!r}")
     hunt = words[1] if len(words) == 2 else None
-    if hunt is not None and hunt not in HUNT_NAMES and hunt not in FEATURE_NAMES:
+    feature_names = tuple(dict.fromkeys(name for names in features.FEATURES.values() for name in names))
+    if hunt is not None and hunt not in HUNT_NAMES and hunt not in feature_names:
         raise AllowListError(f"unknown hunt or feature {hunt!r} (choose from {', '.join(HUNT_NAMES)}; "
-                             f"or {', '.join(FEATURE_NAMES)})")
+                             f"or {', '.join(feature_names)})")
     value = words[0]
     if value.startswith("*."):
         value = value[2:]
