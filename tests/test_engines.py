@@ -120,7 +120,8 @@ def test_detect_gives_the_direct_runners_bytes(engine_case, detector, zeek_logs,
     reference = direct_outputs(f"detect-{detector}", command)
     run(command, tmp_path, options)
     assert output_bytes(tmp_path) == reference
-    assert pq.read_table(tmp_path / "anomalies").num_rows > 0
+    # Not anomalies: at the default alarm rate this small day may have none; every window has a verdict.
+    assert pq.read_table(tmp_path / "verdicts").num_rows > 0
 
 
 def table_inputs(table, zeek_logs):

@@ -5,7 +5,9 @@ One entry a line, `#` starts a comment:
     10.0.0.5              a host: every finding where it is the source or the destination
     10.1.0.0/16           a network (IPv4 or IPv6)
     example.com           a registered domain: the apex and every name under it
+    *.example.com         the same: a wildcard includes the apex
     10.0.0.9  beacon      any of the above, for one hunt only (scan covers both scan hunts)
+    10.0.0.9  records     any of the above, for one detect feature only (a (host, feature) pair)
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from beamlytics import features  # the module, not its names: features imports the hunts package in turn
 from beamlytics.hunts.config import OUTPUT_HUNTS
 from beamlytics.schemas.domains import normalize_name
 
@@ -29,7 +32,7 @@ class AllowListError(ValueError):
 class Entry:
     kind: str  # host | network | domain
     value: str
-    hunt: str | None = None
+    hunt: str | None = None  # a hunt or a detect feature: the only findings the entry suppresses
 
     def applies_to(self, hunt: str) -> bool:
         return self.hunt is None or self.hunt == hunt or (self.hunt == "scan" and hunt in SCAN_HUNTS)
@@ -58,9 +61,13 @@ def parse_entry(text: str) -> Entry:
     if len(words) > 2:
         raise AllowListError(f"expected 'ENTRY [HUNT]', got {text!r}")
     hunt = words[1] if len(words) == 2 else None
-    if hunt is not None and hunt not in HUNT_NAMES:
-        raise AllowListError(f"unknown hunt {hunt!r} (choose from {', '.join(HUNT_NAMES)})")
+    feature_names = tuple(dict.fromkeys(name for names in features.FEATURES.values() for name in names))
+    if hunt is not None and hunt not in HUNT_NAMES and hunt not in feature_names:
+        raise AllowListError(f"unknown hunt or feature {hunt!r} (choose from {', '.join(HUNT_NAMES)}; "
+                             f"or {', '.join(feature_names)})")
     value = words[0]
+    if value.startswith("*."):
+        value = value[2:]
     address = _address(value)
     if address is not None:
         return Entry("host", str(address), hunt)
@@ -105,3 +112,7 @@ class AllowList:
         entities = [value for value in (row.get("src"), row.get("dst"), *(row.get("names") or ())) if value]
         return any(entry.applies_to(row["hunt"]) and entry.matches(entity)
                    for entry in self.entries for entity in entities)
+
+    def suppresses_endpoint(self, key: str, feature: str) -> bool:
+        """True when an entry for all findings or for this detect feature matches the endpoint's key."""
+        return any(entry.applies_to(feature) and entry.matches(key) for entry in self.entries)

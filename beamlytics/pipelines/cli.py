@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from beamlytics import baseline, features, schemas, summary
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
+from beamlytics.detectors.verdict import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS, VerdictSettings
 from beamlytics.features import WINDOWINGS
+from beamlytics.hunts.allow import AllowList, AllowListError
 from beamlytics.live import options as live_options
 from beamlytics.parsers.formats import FORMATS, tables_of
 from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
@@ -170,6 +172,13 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="windows ending by this UTC time calibrate the detectors and are not judged")
     parser.add_argument("--shards", type=int, help="Parquet files per output folder (default: one per 16 MiB of "
                         "input, at most 64; the rows are the same whatever the count)")
+    parser.add_argument("--alarm-rate", type=float, default=DEFAULT_ALARM_RATE, metavar="RISK",
+                        help="the share of benign endpoint-windows allowed to alarm: higher finds more, "
+                        f"and raises more false alarms ({DEFAULT_ALARM_RATE:g})")
+    parser.add_argument("--min-records", type=int, default=DEFAULT_MIN_RECORDS,
+                        help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
+    parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
+                        "optionally with a feature name; their alarms are scored, counted, not reported")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
     for option, (_, kind, text) in DETECTOR_OPTIONS.items():
         group.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=text)
@@ -397,8 +406,14 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             raise UsageError(f"--baseline {args.baseline} holds no .parquet files: "
                              "give the features/ folder of an earlier detect run")
     shards = args.shards or default_shards(total_bytes(read.inputs))
-    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards)
-    with outputs.open_output(args.output, "detect", args.overwrite, [*args.inputs, *filter(None, [args.baseline])],
+    try:
+        allow = AllowList.read(args.allow) if args.allow else AllowList()
+        verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
+    except (AllowListError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict)
+    with outputs.open_output(args.output, "detect", args.overwrite,
+                             [*args.inputs, *filter(None, [args.baseline, args.allow])],
                              read.inputs) as staging:
         _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
         report.finish_detect(staging, read.inputs, read.format, read.parser_options)

@@ -14,17 +14,19 @@ from apache_beam.io.filesystems import FileSystems
 from beamlytics import baseline, features, schemas
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig
+from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
 from beamlytics.features import WindowSpec
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import Rejected
 from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
-from beamlytics.transforms.score import ScoreEndpoints, anomalies
+from beamlytics.transforms.score import COUNTS_TAG, REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.progress import TallyCounts
 from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary, parquet_bytes, write_file
 
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
+VERDICT_ORDER = ("-score", "table", "key_kind", "key", "window_start")  # ranked: the most anomalous first
 REJECTED_ORDER = ("source_file", "position", "reason", "excerpt", "source_tool")
 
 
@@ -46,6 +48,7 @@ class DetectSettings:
     baseline: str | None = None  # features/ folder of an earlier run, to calibrate on
     train_until_us: int | None = None
     shards: int = 1
+    verdict: VerdictSettings = VerdictSettings()
 
 
 def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> formats.Plan:
@@ -85,12 +88,15 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
         counts.append(calibration[REJECTED_TAG]
                       | "CountBaselineRejected" >> beam.Map(lambda _: ("baseline_rejected", 1)))
     scores = to_score | "Score" >> ScoreEndpoints(settings.detector, settings.train_until_us)
-    found = anomalies(scores)
+    judged = scores | "Verdicts" >> JudgeWindows(settings.verdict, settings.detector.features, windows)
+    found = judged[REPORTED_TAG]
 
     shards = settings.shards
     scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")
     found | "WriteAnomalies" >> WriteSortedParquet(
         f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")
+    judged[VERDICTS_TAG] | "WriteVerdicts" >> WriteSortedParquet(
+        f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key")
     windows | "WriteFeatures" >> WriteSortedParquet(
         f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key")
     counts += [
@@ -98,12 +104,15 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
         _tallied(found, "Anomalies", lambda table: [("anomalies", table.num_rows)]),
         _tallied(scores, "Scores", _score_counts),
         count_untimed(read["records"], spec),
+        judged[COUNTS_TAG],
     ]
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
-             "skipped": reader.plan.skipped}
+             "skipped": reader.plan.skipped, "alarm_rate": settings.verdict.alarm_rate,
+             "min_records": settings.verdict.min_records, "allow_entries": len(settings.verdict.allow.entries)}
     _write_rejected_and_summary(read, output, extra, counts,
-                                ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected"),
+                                ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected",
+                                 "verdicts", "alarms", "allowed", *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
                                 rejected)
     return reader.plan
 

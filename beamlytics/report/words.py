@@ -10,7 +10,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 # Detectors whose `threshold` is a value of the feature (Poisson's is a level of its health score).
-LIMIT_IN_VALUE_UNITS = frozenset({"gaussian", "iqr", "spot", "dspot"})
+LIMIT_IN_VALUE_UNITS = frozenset({"gaussian", "iqr", "spot", "dspot", "population"})
 _RECORD_UNIT = {"dns": "queries", "http": "requests", "named_flows": "flows"}
 _NAME_UNIT = {"dns": "names", "http": "hosts", "named_flows": "names"}
 _RATIOS = {"nxdomain_ratio": "answered NXDOMAIN", "unanswered_ratio": "unanswered", "error_ratio": "HTTP errors"}
@@ -109,6 +109,8 @@ def limits(detector: str, evidence: Mapping[str, Any], params: Mapping[str, Any]
         return evidence["q1"] - k * evidence["iqr"], evidence["q3"] + k * evidence["iqr"]
     if detector in ("spot", "dspot"):
         return _finite(evidence.get("down_anomaly_threshold")), _finite(evidence.get("up_anomaly_threshold"))
+    if detector == "population":
+        return None, _finite(evidence.get("population_threshold"))
     return None, None
 
 
@@ -151,12 +153,19 @@ def reason(row: Mapping[str, Any], window_seconds: float) -> str:
             "; the fitted tail ends below it (a chance of 0)"
         return (f"{seen} is {direction} the level {number(row['threshold'])} that extreme-value statistics of this "
                 f"endpoint's history put at a risk of {params.get('q', '?')} per window{drift}{odds}")
+    if detector == "population":
+        chance = evidence.get("p_value")
+        odds = f"; a window this extreme has a chance of {chance:.2g} among them" \
+            if isinstance(chance, (int, float)) else ""
+        return (f"{seen} is above {number(row['threshold'])}, a level few windows of all the endpoints here reach "
+                f"(their median: {number(evidence.get('population_median'))}); this endpoint has too little "
+                f"history of its own to be judged by it{odds}")
     if detector == "poisson":
         expected = expected_records(evidence, params, window_seconds)
         health = evidence.get("Ra")
         expected_text = f"; its learned rate gives about {number(expected)} per {duration(window_seconds)}" \
             if expected is not None else ""
-        health_text = (f"; the change of rate (score {number(row['score'])}) brought the endpoint's health to "
+        health_text = (f"; the change of rate (score {number(evidence.get('eta', row['score']))}) brought the endpoint's health to "
                        f"{number(health)}, below the alarm level {number(row['threshold'])}"
                        if isinstance(health, (int, float)) else "")
         return f"{seen} in {duration(window_seconds)}{expected_text}{health_text}"

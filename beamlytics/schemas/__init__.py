@@ -140,6 +140,35 @@ ANOMALIES = pa.schema(
     ]
 )
 
+# One row per endpoint-window: the features' tail probabilities combined into one ranked verdict
+# (see detectors/verdict.py); `scores/` keeps the per-feature rows.
+VERDICTS = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("key_kind", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("window_start", TIMESTAMP, nullable=False),
+        pa.field("window_end", TIMESTAMP, nullable=False),
+        pa.field("records", pa.int64()),
+        pa.field("detector", pa.string(), nullable=False),  # the endpoint's own detector
+        pa.field("status", pa.string(), nullable=False),  # alarm | normal | unjudged
+        pa.field("reason", pa.string()),  # why unjudged: too_few_records | no_model
+        pa.field("allowed", pa.bool_(), nullable=False),  # an alarm the allow-list suppresses
+        pa.field("p_value", pa.float64()),  # Bonferroni-corrected minimum of the features' tail probabilities
+        pa.field("score", pa.float64()),  # -log10(p_value): finite, larger is more anomalous
+        pa.field("features_fired", pa.list_(pa.string()), nullable=False),  # most significant first
+        pa.field("evidence", pa.list_(pa.struct([
+            pa.field("feature", pa.string()),
+            pa.field("fired", pa.bool_()),
+            pa.field("value", pa.float64()),
+            pa.field("expected", pa.float64()),  # the population median
+            pa.field("threshold", pa.float64()),  # the value the feature had to exceed
+            pa.field("p_value", pa.float64()),  # uncorrected
+            pa.field("judged_by", pa.string()),  # population | own history
+        ])), nullable=False),
+    ]
+)
+
 # One value among an incident's records and how often it occurs: records for a peer, name or
 # port; distinct names under it for a domain.
 _VALUE_COUNT = pa.struct([pa.field("value", pa.string()), pa.field("count", pa.int64())])

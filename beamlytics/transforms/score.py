@@ -28,8 +28,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics import features, schemas
-from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, score_table
+from beamlytics.detectors.population import CAPACITY, Population, merge_pool_maps, pools_of
+from beamlytics.detectors.verdict import VerdictSettings, judge
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
@@ -172,7 +173,61 @@ class ScoreEndpoints(beam.PTransform):
         )
 
 
-def anomalies(scores):
-    """The anomalous rows of each score table."""
-    return scores | "Anomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
-                                                                                 Status.ANOMALY)))
+
+class PoolPopulation(beam.CombineFn):
+    """Tables of endpoint-windows → the run's `Population`: a bounded sample per (table, key kind, feature)
+    that is the same whatever the order and sharding of its inputs."""
+
+    def __init__(self, feature_names: tuple[str, ...], capacity: int = CAPACITY):
+        self.feature_names = feature_names
+        self.capacity = capacity
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, pools, windows: pa.Table):
+        return merge_pool_maps([pools, pools_of(windows, self.feature_names, self.capacity)], self.capacity)
+
+    def merge_accumulators(self, accumulators):
+        return merge_pool_maps(accumulators, self.capacity)
+
+    def extract_output(self, pools) -> Population:
+        return Population.fit(pools)
+
+
+VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG = "verdicts", "reported", "counts"
+
+
+def judge_scores(scores: pa.Table, population: Population, settings: VerdictSettings):
+    verdicts, reported, counts = judge(scores, population, settings)
+    yield beam.pvalue.TaggedOutput(VERDICTS_TAG, verdicts)
+    yield beam.pvalue.TaggedOutput(REPORTED_TAG, reported)
+    for name, count in sorted(counts.items()):
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, count))
+
+
+@dataclass
+class JudgeWindows(beam.PTransform):
+    """Score tables → ranked verdicts, the reported anomaly rows and (name, count) pairs for the summary.
+
+    Batch: the population of every endpoint-window of `windows` is pooled in one global combine and
+    reaches the judges as a side input. With `windows` None (the streaming scorer, whose global
+    combine would never fire on unbounded input) there is no population: windows whose own detector
+    still calibrates are unjudged (`no_model`), a documented limitation.
+    """
+
+    settings: VerdictSettings
+    feature_names: tuple[str, ...]
+    windows: Any = None
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, scores):
+        if self.windows is None:
+            population = beam.pvalue.AsSingleton(scores.pipeline | "NoPopulation" >> beam.Create([Population({})]))
+        else:
+            population = beam.pvalue.AsSingleton(
+                self.windows | "Population" >> beam.CombineGlobally(PoolPopulation(self.feature_names)))
+        return scores | "Judge" >> beam.FlatMap(judge_scores, population, self.settings).with_outputs(
+            VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG)

@@ -57,7 +57,8 @@ def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, colum
 class WriteSortedParquet(beam.PTransform):
     """Arrow tables (or dict rows) → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty.
 
-    Rows go to shards by a stable hash of `shard_column` (default: the first sort column).
+    Rows go to shards by a stable hash of `shard_column` (default: the first sort column). A sort
+    column named `-name` sorts by `name`, largest first.
     """
 
     directory: str
@@ -88,7 +89,9 @@ class WriteSortedParquet(beam.PTransform):
         table = pa.concat_tables([*(element.table() for element in elements if isinstance(element, features.Packed)),
                                   pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
-            table = table.take(pc.sort_indices(table, [(name, "ascending") for name in self.sort_columns]))
+            table = table.take(pc.sort_indices(table, [
+                (name[1:], "descending") if name.startswith("-") else (name, "ascending")
+                for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
         return write_file(path, parquet_bytes(table.combine_chunks()))
 

@@ -1,0 +1,128 @@
+"""One ranked verdict per endpoint-window: the combined score, its gates, the alarm budget, allow-lists."""
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from beamlytics import schemas
+from beamlytics.detectors.endpoint import DetectorConfig, score_table
+from beamlytics.detectors.population import FeatureTail, Population
+from beamlytics.detectors.verdict import (ALARM, NO_MODEL, NORMAL, OWN_HISTORY, TOO_FEW_RECORDS, UNJUDGED,
+                                          VerdictSettings, combined_p, judge, score_of)
+from beamlytics.hunts.allow import AllowList, AllowListError
+from beamlytics.pipelines import cli
+from tests.test_population import CONFIG, windows_table
+
+T0 = 1_700_000_000_000_000
+
+
+def test_combined_p_is_the_bonferroni_corrected_minimum_by_hand():
+    assert combined_p(np.array([0.01, 0.2, math.nan])) == pytest.approx(0.02)  # 2 judged features × 0.01
+    assert combined_p(np.array([0.6, 0.9])) == 1.0
+    assert math.isnan(combined_p(np.array([math.nan])))
+    assert score_of(0.02) == pytest.approx(1.69897, abs=1e-5)
+
+
+def test_score_is_finite_and_monotone_in_every_feature():
+    assert math.isfinite(score_of(combined_p(np.array([0.0, 0.5])))) and score_of(0.0) == pytest.approx(323.306, 1e-3)
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        p = rng.random(4) ** 8
+        lower = p.copy()
+        lower[rng.integers(4)] *= rng.random()
+        assert score_of(combined_p(lower)) >= score_of(combined_p(p))
+
+
+def score_rows(rows):
+    base = {"table": "dns", "key_kind": "c_ip", "window_end": 0, "direction": None, "threshold": None,
+            "params": "{}", "score": None}
+    full = [{**base, **row, "window_end": row["window_start"] + 60_000_000} for row in rows]
+    return pa.Table.from_pylist(full, schema=schemas.ANOMALIES)
+
+
+POPULATION = Population({("dns", "c_ip", "records"): FeatureTail.fit(np.arange(1000.0))})
+
+
+def row(key, value, status="calibrating", detector="gaussian", records=50, evidence="{}", start=T0):
+    return {"key": key, "feature": "records", "value": value, "status": status, "detector": detector,
+            "records": records, "evidence": evidence, "window_start": start}
+
+
+def test_the_own_detector_takes_over_once_calibrated():
+    verdicts, _, _ = judge(score_rows([
+        row("a", 900.0),  # calibrating: the population says p = 100/1000 (its body: a plain share)
+        row("b", 900.0, status="normal"),  # gaussian calibrated, calls it normal: not fired
+        row("c", 900.0, status="anomaly"),  # gaussian calibrated, anomalous: the population's p
+        row("d", 900.0, status="excess", detector="spot", evidence=json.dumps({"probability": 1e-5})),
+        row("e", 999.5, status="excess", detector="spot", evidence=json.dumps({"probability": 0.3})),
+    ]), POPULATION, VerdictSettings(alarm_rate=0.15))
+    by_key = {v["key"]: v for v in verdicts.to_pylist()}
+    assert by_key["a"]["p_value"] == pytest.approx(100 / 1000) and by_key["a"]["status"] == ALARM
+    assert by_key["b"]["p_value"] == 1.0 and by_key["b"]["status"] == NORMAL
+    assert by_key["c"]["p_value"] == pytest.approx(100 / 1000)
+    # spot: extreme for its own tail (1e-5) and its peers (0.1) at once: the larger p
+    assert by_key["d"]["p_value"] == pytest.approx(100 / 1000) and by_key["d"]["evidence"][0]["judged_by"] == OWN_HISTORY
+    assert by_key["e"]["p_value"] == pytest.approx(0.3)  # extreme among peers, usual for itself: not an alarm
+
+
+def test_small_windows_and_windows_nobody_can_judge_are_counted_with_the_reason():
+    verdicts, reported, counts = judge(score_rows([row("a", 999.0, records=2), row("b", 5.0)]), Population({}),
+                                       VerdictSettings())
+    by_key = {v["key"]: v for v in verdicts.to_pylist()}
+    assert (by_key["a"]["status"], by_key["a"]["reason"]) == (UNJUDGED, TOO_FEW_RECORDS)
+    # No population (the streaming scorer) and a calibrating own detector: nothing can judge it.
+    assert (by_key["b"]["status"], by_key["b"]["reason"]) == (UNJUDGED, NO_MODEL)
+    assert counts["unjudged_too_few_records"] == 1 and counts["unjudged_no_model"] == 1 and reported.num_rows == 0
+
+
+def test_alarm_rate_on_a_generated_benign_background_stays_within_budget():
+    windows = windows_table(hosts=300, minutes=30, seed=11)
+    config = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
+    verdicts, _, counts = judge(score_table(windows, config), Population.of_windows(windows, config.features),
+                                VerdictSettings())
+    judged = counts["verdicts"] - counts["unjudged_too_few_records"] - counts["unjudged_no_model"]
+    assert judged == 9000
+    assert counts["alarms"] / judged <= 0.005
+    loose, _, loose_counts = judge(score_table(windows, config), Population.of_windows(windows, config.features),
+                                   VerdictSettings(alarm_rate=0.05))
+    assert loose_counts["alarms"] > counts["alarms"]  # the trade: a higher rate flags more
+
+
+@pytest.mark.parametrize("entry, key, feature, allowed", [
+    ("10.0.0.5", "10.0.0.5", "records", True),
+    ("10.0.0.0/24", "10.0.0.77", "records", True),
+    ("10.0.0.0/24", "10.0.1.77", "records", False),
+    ("2001:db8::/32", "2001:db8::1", "records", True),
+    ("example.com", "example.com", "records", True),
+    ("*.example.com", "example.com", "records", True),  # the wildcard includes the apex
+    ("*.example.com", "a.b.example.com", "records", True),
+    ("*.example.com", "badexample.com", "records", False),
+    ("10.0.0.5 records", "10.0.0.5", "records", True),  # a (host, feature) pair
+    ("10.0.0.5 records", "10.0.0.5", "distinct_names", False),
+])
+def test_allow_list_entries(entry, key, feature, allowed):
+    assert AllowList.parse([entry]).suppresses_endpoint(key, feature) is allowed
+
+
+def test_allowed_alarms_are_verdicts_but_not_reported():
+    rows = score_rows([row("10.0.0.5", 999.0), row("10.0.0.6", 999.0)])
+    settings = VerdictSettings(alarm_rate=0.01, allow=AllowList.parse(["10.0.0.5 records"]))
+    verdicts, reported, counts = judge(rows, POPULATION, settings)
+    assert {v["key"]: v["allowed"] for v in verdicts.to_pylist()} == {"10.0.0.5": True, "10.0.0.6": False}
+    assert reported.column("key").to_pylist() == ["10.0.0.6"]
+    assert (counts["alarms"], counts["allowed"]) == (1, 1)
+
+
+def test_bad_allow_list_or_alarm_rate_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "allow.txt"
+    bad.write_text("10.0.0.5 nonsense\n")
+    logs = tmp_path / "dns.log"
+    logs.write_text("")
+    for extra in (["--allow", str(bad)], ["--alarm-rate", "0"]):
+        assert cli.main(["detect", "--table", "dns", "--output", str(tmp_path / "out"), *extra, str(logs)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("beamlytics detect: error:")
+    with pytest.raises(AllowListError):
+        AllowList.parse(["10.0.0.5 nonsense"])
