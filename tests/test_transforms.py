@@ -196,11 +196,11 @@ def test_readme_pipeline_and_plain_python_examples_agree(tmp_path, capsys):
     section = readme[readme.index("## In your own pipeline"):readme.index("## Runners")]
     in_pipeline, plain = [block.split("\n", 1)[1] for block in section.split("```")[1::2]]
     logs = tmp_path / "zeek"
-    synthetic.write_zeek_logs(str(logs), synthetic.Scenario(hours=1, clients=5, anomalous_client="10.0.0.3",
+    synthetic.write_zeek_logs(str(logs), synthetic.Scenario(hours=4, clients=5, anomalous_client="10.0.0.3",
                                                             anomaly_start_minute=40, anomaly_minutes=5))
     names = {}
     exec(in_pipeline.replace("demo-out/zeek", str(logs)), names)
     printed = sorted(capsys.readouterr().out.splitlines())
     exec(plain.replace("demo-out/zeek", str(logs)), names)
-    found = names["scores"].filter(pc.equal(names["scores"].column("status"), "anomaly")).to_pylist()
+    found = names["reported"].to_pylist()
     assert printed and printed == sorted(f"{r['key']} {r['window_start']} {r['feature']} {r['value']}" for r in found)
