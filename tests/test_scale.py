@@ -41,12 +41,13 @@ def run_detect(inputs: Path, output: Path, shards: int, beam_args=(), split_byte
 
     from beamlytics import features
     from beamlytics.detectors.endpoint import DetectorConfig
+    from beamlytics.detectors.verdict import VerdictSettings
     from beamlytics.pipelines.detect import DetectSettings, ReadSettings, build_detect
 
     spec = features.WindowSpec("dns", "c_ip", 60_000_000)
     read = ReadSettings([str(inputs)], "dns", parser_options={"split_bytes": split_bytes} if split_bytes else {})
     settings = DetectSettings(read, spec, DetectorConfig("gaussian", {}, features.DEFAULT_FEATURES["dns"]),
-                              shards=shards)
+                              shards=shards, verdict=VerdictSettings(alarm_rate=0.05))  # a small log: few windows
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         build_detect(pipeline, settings, str(output))
     return output
@@ -54,7 +55,7 @@ def run_detect(inputs: Path, output: Path, shards: int, beam_args=(), split_byte
 
 def folder_bytes(output: Path) -> dict[str, bytes]:
     return {str(path.relative_to(output)): path.read_bytes()
-            for name in ("scores", "anomalies", "features", "rejected") for path in sorted((output / name).iterdir())}
+            for name in ("scores", "anomalies", "verdicts", "features", "rejected") for path in sorted((output / name).iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -87,4 +88,4 @@ def test_outputs_byte_identical_with_one_and_two_workers_and_split_reads(log, tm
     one = folder_bytes(run_detect(log, tmp_path / "one", 2))
     two = folder_bytes(run_detect(log, tmp_path / "two", 2, ["--direct_running_mode=multi_processing",
                                                              "--direct_num_workers=2"], split_bytes=log.stat().st_size // 5))
-    assert len(one) == 7 and two == one  # 2 shards of scores, anomalies and features; one of rejected
+    assert len(one) == 9 and two == one  # 2 shards of scores, anomalies, verdicts and features; one of rejected
