@@ -209,5 +209,12 @@ def test_runinference_assigns_what_the_fitted_model_predicts(algorithm):
     sample = table.take(list(range(0, table.num_rows, 3)))  # fitted on a third of the rows
     model = make_model(algorithm, k=3, seed=1).fit(features.matrix(sample))
     batches = [(start, table.slice(start, 50)) for start in range(0, table.num_rows, 50)]
-    got = dict(collect(lambda pipeline: pipeline | beam.Create(batches) | AssignClusters(features, model)))
-    assert [got[i] for i in range(table.num_rows)] == model.predict(features.matrix(table)).tolist()
+    got = {position: (label, probability) for position, label, probability
+           in collect(lambda pipeline: pipeline | beam.Create(batches) | AssignClusters(features, model))}
+    vectors = features.matrix(table)
+    assert [got[i][0] for i in range(table.num_rows)] == model.predict(vectors).tolist()
+    probabilities = np.array([got[i][1] for i in range(table.num_rows)])
+    if algorithm == "gaussian_mixture":
+        assert np.allclose(probabilities, model.predict_proba(vectors).max(axis=1))
+    else:
+        assert np.isnan(probabilities).all()
