@@ -1,6 +1,8 @@
 """The NetLytics commands end to end: raw logs and parse folders in, result.parquet/.csv out, one-line errors."""
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -189,3 +191,31 @@ def test_a_users_file_beside_the_result_is_never_replaced(parsed, tmp_path, caps
                      "--overwrite", "--quiet"])
     assert code == 2 and "is not beamlytics' rejected records" in capsys.readouterr().err
     assert (tmp_path / "top.rejected.parquet").read_text() == "my notes" and not (tmp_path / "top.csv").exists()
+
+
+def test_detect_query_equals_detect_on_the_log_without_those_records(tmp_path, capsys):
+    from beamlytics import synthetic
+
+    scenario = synthetic.Scenario(hours=1, clients=3, anomalous_client="10.0.0.2", anomaly_start_minute=30)
+    logs = synthetic.write_zeek_logs(str(tmp_path / "logs"), scenario)
+    # The reference: the same log with the client's lines cut out by hand.
+    cut = tmp_path / "cut" / os.path.basename(logs)
+    cut.mkdir(parents=True)
+    with open(os.path.join(logs, "dns.log"), encoding="utf-8") as source:
+        kept = [line for line in source if line.startswith("#") or line.split("\t")[2] != "10.0.0.2"]
+    (cut / "dns.log").write_text("".join(kept), encoding="utf-8")
+    queried, reference = tmp_path / "queried", tmp_path / "reference"
+    common = ["--table", "dns", "--window", "60s", "--quiet"]
+    assert cli.main(["detect", os.path.join(logs, "dns.log"), *common, "--output", str(queried),
+                     "--query", "SELECT * FROM netlytics WHERE c_ip <> '10.0.0.2'"]) == 0
+    assert cli.main(["detect", str(cut / "dns.log"), *common, "--output", str(reference)]) == 0
+    for folder in ("features", "scores"):
+        got = pq.read_table(queried / folder).sort_by([("key", "ascending"), ("window_start", "ascending")])
+        expected = pq.read_table(reference / folder).sort_by([("key", "ascending"), ("window_start", "ascending")])
+        assert got.num_rows > 0 and got.equals(expected)
+    assert "10.0.0.2" not in pq.read_table(queried / "features")["key"].to_pylist()
+    capsys.readouterr()
+    assert cli.main(["detect", os.path.join(logs, "dns.log"), *common, "--output", str(tmp_path / "bad"),
+                     "--query", "SELECT c_ip, count(*) FROM netlytics GROUP BY c_ip"]) == 2
+    err = capsys.readouterr().err
+    assert "--query: a detect query runs row by row" in err and len(err.strip().splitlines()) == 1
