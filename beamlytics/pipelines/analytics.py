@@ -2,8 +2,9 @@
 
 Inputs are raw logs, parsed on the way by the `parse` pipeline into the output folder (with its
 rejected/ records and summary.json), and/or earlier `parse` output folders, read as they are.
-The analytic runs on the whole table in this process (DuckDB or Arrow), except cluster assignment,
-which runs through Beam's RunInference: OUT/result.parquet and OUT/result.csv hold its answer.
+The analytic runs on the whole table in this process (DuckDB or Arrow), except cluster assignment
+(Beam's RunInference) and REMeDy's pair statistics, which run on the chosen runner: OUT/result.parquet
+and OUT/result.csv hold its answer.
 `--output X.csv` or `X.parquet` writes that one file instead, and the rejected records of raw
 inputs beside it (X.rejected.parquet).
 """
@@ -97,7 +98,7 @@ def _analytic(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[st
     if args.command == "cluster":
         return lambda table: {"result": _cluster(table, args, options)}
     if args.command == "remedy":
-        return _remedy(args)
+        return _remedy(args, options)
     if args.top < 1:
         raise cli.UsageError("--top must be at least 1")
     if args.command == "domain-traffic":
@@ -112,7 +113,7 @@ def _analytic(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[st
     return lambda table: {"result": what.service_traffic(table, config)}
 
 
-def _remedy(args: argparse.Namespace) -> Callable[[pa.Table], dict[str, pa.Table]]:
+def _remedy(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[str, pa.Table]]:
     from beamlytics.analytics import remedy
     from beamlytics.pipelines import cli
 
@@ -124,11 +125,29 @@ def _remedy(args: argparse.Namespace) -> Callable[[pa.Table], dict[str, pa.Table
     except ValueError as error:
         raise cli.UsageError(str(error)) from None
 
-    def run_remedy(table: pa.Table) -> dict[str, pa.Table]:
-        report, pairs = remedy.remedy(table, config, lookup)
-        return {"result": report, "pairs": pairs}
+    return lambda table: _remedy_with_beam(table, config, lookup, options)
 
-    return run_remedy
+
+def _remedy_with_beam(table: pa.Table, config, lookup, options, batch_rows: int = 50_000) -> dict[str, pa.Table]:
+    """REMeDy's report and pairs, the pair statistics computed and merged by `FindRogueResolvers` on the runner."""
+    import tempfile
+
+    import apache_beam as beam
+    import pyarrow.parquet as pq
+
+    from beamlytics.transforms.analytics import FindRogueResolvers
+    from beamlytics.transforms.write import parquet_bytes, write_file
+
+    with tempfile.TemporaryDirectory(prefix="beamlytics-remedy-") as folder:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (pipeline
+                 | "Records" >> beam.Create([table.slice(start, batch_rows)
+                                             for start in range(0, table.num_rows, batch_rows)])
+                 | "Remedy" >> FindRogueResolvers(config, lookup)
+                 | "Write" >> beam.FlatMap(lambda tables: [
+                     write_file(f"{folder}/{name}.parquet", parquet_bytes(result))
+                     for name, result in zip(("result", "pairs"), tables)]))
+        return {name: pq.read_table(os.path.join(folder, f"{name}.parquet")) for name in ("result", "pairs")}
 
 
 def _cluster_input(table: pa.Table, args: argparse.Namespace) -> pa.Table:
