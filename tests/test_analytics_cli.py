@@ -219,3 +219,11 @@ def test_detect_query_equals_detect_on_the_log_without_those_records(tmp_path, c
                      "--query", "SELECT c_ip, count(*) FROM netlytics GROUP BY c_ip"]) == 2
     err = capsys.readouterr().err
     assert "--query: a detect query runs row by row" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_day_is_refused_before_any_output_is_made(parsed, tmp_path, capsys):
+    for output in (tmp_path / "folder", tmp_path / "top.csv"):
+        assert cli.main(["domain-traffic", str(parsed), "--table", "named_flows", "--start-day", "2024-13-01",
+                         "--output", str(output), "--quiet"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -268,6 +268,7 @@ def _is_rejected_file(path: str) -> bool:
 def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     # cli imports this module to register the commands, so its helpers are looked up at run time.
     from beamlytics.analytics.tables import parse_output_files
+    from beamlytics.inputs import DayRange, InputError, parse_day
     from beamlytics.pipelines import cli
 
     needed = _TABLE_OF.get(args.command)
@@ -275,6 +276,10 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         raise cli.UsageError(f"{args.command} runs on the {needed} table, not {args.table}")
     options = cli.beam_options(beam_args)
     analytic = _analytic(args, options)
+    try:
+        days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
+    except InputError as error:
+        raise cli.UsageError(str(error)) from None
     suffix = file_output(args.output)
     rejected_file = _check_file_output(args, suffix) if suffix else None
     parsed = {path: parse_output_files(path, args.table) for path in args.inputs}
@@ -294,29 +299,25 @@ def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
         with outputs.open_output(args.output, args.command, args.overwrite, patterns,
                                  [*(settings.inputs if settings else []), *earlier]) as staging:
-            records, results = _analyse(args, options, settings, earlier, staging, analytic)
+            records, results = _analyse(args, options, settings, earlier, staging, analytic, days)
             _write_results(results, staging)
         code = cli._report(args.output)
     else:
-        code, records, results = _run_to_file(args, options, settings, earlier, analytic, suffix, rejected_file)
+        code, records, results = _run_to_file(args, options, settings, earlier, analytic, days, suffix,
+                                              rejected_file)
     _say_why_empty(args, records)
     print(f"{results['result'].num_rows} result rows from {records.num_rows} {args.table} records")
     return code
 
 
-def _analyse(args, options, settings, earlier: list[str], staging: str, analytic):
+def _analyse(args, options, settings, earlier: list[str], staging: str, analytic, days):
     """Parse the raw inputs into `staging` (if any), load the table cut to the days, run the analytic."""
     from beamlytics.analytics.sql import QueryError
     from beamlytics.analytics.tables import load_table
-    from beamlytics.inputs import DayRange, InputError, parse_day
     from beamlytics.pipelines import cli
     from beamlytics.pipelines.detect import build_parse
     from beamlytics.transforms.read import in_day_range
 
-    try:
-        days = DayRange(parse_day(args.start_day), parse_day(args.end_day))
-    except InputError as error:
-        raise cli.UsageError(str(error)) from None
     files = list(earlier)
     if settings is not None:
         cli._run(options, lambda pipeline: build_parse(pipeline, settings, staging), args.quiet)
@@ -340,7 +341,7 @@ def _write_results(results: dict[str, pa.Table], folder: str) -> None:
             pcsv.write_csv(table, os.path.join(folder, f"{name}.csv"))
 
 
-def _run_to_file(args, options, settings, earlier, analytic, suffix: str, rejected_file: str):
+def _run_to_file(args, options, settings, earlier, analytic, days, suffix: str, rejected_file: str):
     """The result as the one file --output names, the raw inputs' dead letters beside it; the summary printed."""
     import json
     import tempfile
@@ -352,7 +353,7 @@ def _run_to_file(args, options, settings, earlier, analytic, suffix: str, reject
 
     parent = os.path.dirname(os.path.abspath(args.output))
     with tempfile.TemporaryDirectory(prefix=".beamlytics-staging-", dir=parent) as staging:
-        records, results = _analyse(args, options, settings, earlier, staging, analytic)
+        records, results = _analyse(args, options, settings, earlier, staging, analytic, days)
         written = os.path.join(staging, "result" + suffix)
         if suffix == ".csv":
             pcsv.write_csv(results["result"], written)
