@@ -12,6 +12,7 @@ run has at most `capacity` endpoint-windows.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import math
@@ -92,7 +93,7 @@ class FeatureTail:
             return cls(data, None, "population has no upper tail (nearly constant)")
         return cls(data, spot)
 
-    @property
+    @functools.cached_property  # asked once per judged feature row: a pool's median is computed once
     def median(self) -> float:
         return float(np.median(self.values)) if self.values.size else math.nan
 
