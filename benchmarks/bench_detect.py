@@ -130,13 +130,28 @@ def _plain(table: pa.Table, names: list[str]) -> pa.Table:
     return pa.table(columns).sort_by(order)
 
 
-def same_results(ours: Path, reference: Path) -> bool:
-    feature_columns = ["key", "window_start", "records", *CONFIG.features[1:]]
-    verdict_columns = ["key", "window_start", "feature", "status"]
-    return (_plain(pq.read_table(ours / "features"), feature_columns).equals(
-                _plain(pq.read_table(reference / "features.parquet"), feature_columns))
-            and _plain(pq.read_table(ours / "scores"), verdict_columns).equals(
-                _plain(pq.read_table(reference / "verdicts.parquet"), verdict_columns)))
+def _population_free(verdicts: pa.Table) -> pa.Table:
+    """Our verdicts reduced to what the reference decides without a population: unjudged for too few records,
+    or judged (alarm, normal, or unjudged for want of a model, which needs the population)."""
+    few = pc.fill_null(pc.equal(verdicts.column("reason"), "too_few_records"), False)
+    return pa.table({"key": verdicts.column("key"), "window_start": verdicts.column("window_start"),
+                     "status": pc.if_else(few, "unjudged", "judged"),
+                     "reason": pc.if_else(few, "too_few_records", pa.scalar(None, pa.string()))})
+
+
+def disagreements(ours: Path, reference: Path) -> list[str]:
+    """The outputs on which beamlytics and the reference differ (features, per-feature statuses, verdicts)."""
+    feature_columns = ["key", "window_start", *CONFIG.features]
+    status_columns = ["key", "window_start", "feature", "status"]
+    verdict_columns = ["key", "window_start", "status", "reason"]
+    pairs = {
+        "features": (pq.read_table(ours / "features"), pq.read_table(reference / "features.parquet"), feature_columns),
+        "scores": (pq.read_table(ours / "scores"), pq.read_table(reference / "scores.parquet"), status_columns),
+        "verdicts": (_population_free(pq.read_table(ours / "verdicts")), pq.read_table(reference / "verdicts.parquet"),
+                     verdict_columns),
+    }
+    return [name for name, (mine, theirs, columns) in pairs.items()
+            if not _plain(mine, columns).equals(_plain(theirs, columns))]
 
 
 def stage_seconds(inputs: Path) -> dict[str, float]:
@@ -182,8 +197,9 @@ def _run(work: Path) -> list[Result]:
         for attempt in range(2):  # A B A B: both see the same machine load
             ours.append(_ours(inputs, outputs / f"ours-{attempt}"))
             theirs.append(_reference(inputs, outputs / f"reference-{attempt}"))
-        if not same_results(outputs / "ours-0", outputs / "reference-0"):
-            raise RuntimeError(f"{size.label}: beamlytics and the reference disagree on features or verdicts")
+        differ = disagreements(outputs / "ours-0", outputs / "reference-0")
+        if differ:
+            raise RuntimeError(f"{size.label}: beamlytics and the reference disagree on {', '.join(differ)}")
         windows = json.loads((outputs / "ours-0" / "summary.json").read_text())["windows"]
         (our_seconds, our_rss), (their_seconds, their_rss) = min(ours), min(theirs)
         stages = stage_seconds(inputs)

@@ -12,8 +12,8 @@ run has at most `capacity` endpoint-windows.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import heapq
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -40,7 +40,17 @@ def entry_hash(table: str, key_kind: str, key: str, window_start: int, feature: 
 
 def merge_pools(pools: Iterable[Pool], capacity: int = CAPACITY) -> Pool:
     """The `capacity` smallest (hash, value) entries of all pools: associative and order-free."""
-    return heapq.nsmallest(capacity, (entry for pool in pools for entry in pool))
+    return _smallest([entry for pool in pools for entry in pool], capacity)
+
+
+def _smallest(entries: list[tuple[int, float]], capacity: int) -> Pool:
+    """`heapq.nsmallest(capacity, entries)`, sorted by numpy: its Python loop was most of a large run's pooling."""
+    if not entries:
+        return []
+    hashes = np.fromiter((entry[0] for entry in entries), np.uint64, len(entries))
+    values = np.fromiter((entry[1] for entry in entries), np.float64, len(entries))
+    kept = np.lexsort((values, hashes))[:capacity]
+    return list(zip(hashes[kept].tolist(), values[kept].tolist()))
 
 
 def pools_of(windows: pa.Table, feature_names: Sequence[str], capacity: int = CAPACITY) -> dict[PoolKey, Pool]:
@@ -57,7 +67,7 @@ def pools_of(windows: pa.Table, feature_names: Sequence[str], capacity: int = CA
             if math.isfinite(value):
                 by_kind.setdefault((table, kind), []).append((entry_hash(table, kind, key, start, feature), value))
         for (table, kind), entries in by_kind.items():
-            pools[(table, kind, feature)] = heapq.nsmallest(capacity, entries)
+            pools[(table, kind, feature)] = _smallest(entries, capacity)
     return pools
 
 
@@ -92,7 +102,7 @@ class FeatureTail:
             return cls(data, None, "population has no upper tail (nearly constant)")
         return cls(data, spot)
 
-    @property
+    @functools.cached_property  # asked once per judged feature row: a pool's median is computed once
     def median(self) -> float:
         return float(np.median(self.values)) if self.values.size else math.nan
 

@@ -107,72 +107,136 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings) -
     Every window in `scores` gets a verdict; one with fewer than `min_records` records, or with
     no feature anyone can judge, is `unjudged` with the reason. An alarm whose endpoint, or
     (endpoint, feature) pair, the allow-list names is still a verdict (`allowed` true) but its
-    rows do not go to anomalies.
+    rows do not go to anomalies. Verdicts come in the order of each window's first score row.
+    Columnar: Python runs once per population model and per alarm, not per row.
     """
     counts = {"verdicts": 0, "alarms": 0, "allowed": 0, **{f"unjudged_{reason}": 0 for reason in UNJUDGED_REASONS}}
     if scores.num_rows == 0:
         return schemas.VERDICTS.empty_table(), schemas.ANOMALIES.empty_table(), counts
     p, source = feature_probabilities(scores, population)
-    rows = scores.drop_columns(["evidence"]).to_pylist()
-    windows: dict[tuple, list[int]] = {}
-    for index, row in enumerate(rows):
-        windows.setdefault((row["table"], row["key_kind"], row["key"], row["window_start"]), []).append(index)
-    verdicts, reported = [], []
-    for (table, key_kind, key, window_start), members in windows.items():
-        first = rows[members[0]]
-        combined = combined_p(p[members])
-        judged = int(np.isfinite(p[members]).sum())
-        reason = None
-        if (first["records"] or 0) < settings.min_records:
-            reason = TOO_FEW_RECORDS
-        elif judged == 0:
-            reason = NO_MODEL
-        fired = [i for i in members if reason is None and math.isfinite(p[i]) and judged * p[i] <= settings.alarm_rate]
-        status = UNJUDGED if reason else (ALARM if combined <= settings.alarm_rate else NORMAL)
-        allowed = status == ALARM and any(settings.allow.suppresses_endpoint(key, rows[i]["feature"]) for i in fired)
-        evidence, limits = [], {}
-        for i in sorted(members, key=lambda i: (_sort_p(p[i]), rows[i]["feature"])):
-            tail = population.tail(table, key_kind, rows[i]["feature"])
-            limits[i] = _threshold(rows[i], source[i], tail, settings.alarm_rate / max(judged, 1))
-            evidence.append({
-                "feature": rows[i]["feature"], "fired": i in fired, "value": rows[i]["value"],
-                "expected": tail.median if tail is not None and tail.values.size else None,
-                "threshold": limits[i], "p_value": float(p[i]) if math.isfinite(p[i]) else None,
-                "judged_by": source[i]})
-        verdicts.append({
-            "table": table, "key_kind": key_kind, "key": key, "window_start": window_start,
-            "window_end": first["window_end"], "records": first["records"], "detector": first["detector"],
-            "status": status, "reason": reason, "allowed": allowed,
-            "p_value": None if reason or math.isnan(combined) else combined,
-            "score": None if reason or math.isnan(combined) else score_of(combined),
-            "features_fired": [rows[i]["feature"] for i in sorted(fired, key=lambda i: (p[i], rows[i]["feature"]))],
-            "evidence": evidence,
-        })
-        counts["verdicts"] += 1
-        if reason:
-            counts[f"unjudged_{reason}"] += 1
-        elif status == ALARM:
-            counts["allowed" if allowed else "alarms"] += 1
-            if not allowed:
-                reported.extend(_reported_row(scores, i, rows[i], p[i], source[i], judged, limits[i],
-                                              population.tail(table, key_kind, rows[i]["feature"]))
-                                for i in fired)
-    anomalies = pa.Table.from_pylist(reported, schema=schemas.ANOMALIES) if reported \
-        else schemas.ANOMALIES.empty_table()
-    return pa.Table.from_pylist(verdicts, schema=schemas.VERDICTS), anomalies, counts
+    group, order, offsets = _windows_in_evidence_order(scores, p)
+    starts = offsets[:-1]
+    first = np.minimum.reduceat(order, starts)  # each window's first score row
+    p_sorted = p[order]
+    finite = np.isfinite(p_sorted)
+    judged = np.add.reduceat(finite.astype(np.int64), starts)
+    smallest = np.minimum.reduceat(np.where(finite, p_sorted, np.inf), starts)
+    with np.errstate(invalid="ignore"):  # 0 judged × inf: those windows have no p
+        combined = np.where(judged > 0, np.minimum(1.0, judged * smallest), math.nan)
+    records = pc.fill_null(scores.column("records"), 0).to_numpy()[first]
+    reasons = np.where(records < settings.min_records, TOO_FEW_RECORDS, np.where(judged == 0, NO_MODEL, None))
+    is_judged = reasons == None  # noqa: E711 (element-wise on an object array)
+    windows = len(starts)
+    per_row = np.repeat(np.arange(windows), np.diff(offsets))
+    fired = is_judged[per_row] & finite & (judged[per_row] * p_sorted <= settings.alarm_rate)
+    status = np.where(~is_judged, UNJUDGED, np.where(combined <= settings.alarm_rate, ALARM, NORMAL))
+    feature = scores.column("feature").take(pa.array(order)).combine_chunks()
+    keys = scores.column("key").take(pa.array(first)).to_pylist()
+    allowed = np.zeros(windows, dtype=bool)
+    features_in_order = feature.to_pylist()
+    for window in np.flatnonzero(status == ALARM):
+        allowed[window] = any(settings.allow.suppresses_endpoint(keys[window], features_in_order[i])
+                              for i in range(offsets[window], offsets[window + 1]) if fired[i])
+    expected, limits = _population_columns(scores, order, judged[per_row], source, population, settings.alarm_rate)
+    scored = [score_of(value) for value in combined.tolist()]
+    verdicts = pa.table({
+        **{name: scores.column(name).take(pa.array(first)) for name in ("table", "key_kind", "key", "window_start",
+                                                                        "window_end", "records", "detector")},
+        "status": pa.array(status.tolist(), pa.string()),
+        "reason": pa.array(reasons.tolist(), pa.string()),
+        "allowed": pa.array(allowed),
+        "p_value": pa.array(combined, mask=~is_judged | np.isnan(combined)),
+        "score": pa.array(scored, pa.float64(), mask=~is_judged | np.isnan(combined)),
+        "features_fired": pa.ListArray.from_arrays(
+            pa.array(np.r_[0, np.cumsum(np.add.reduceat(fired.astype(np.int64), starts))].astype(np.int32)),
+            feature.filter(pa.array(fired))),
+        "evidence": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.StructArray.from_arrays([
+            feature, pa.array(fired), pc.cast(scores.column("value"), pa.float64()).take(pa.array(order)).combine_chunks(),
+            expected, limits, pa.array(p_sorted, mask=~finite),
+            pa.array([source[i] for i in order.tolist()], pa.string())],
+            fields=list(schemas.VERDICTS.field("evidence").type.value_type))),
+    })
+    counts["verdicts"] = windows
+    for reason in UNJUDGED_REASONS:
+        counts[f"unjudged_{reason}"] = int((reasons == reason).sum())
+    alarms = status == ALARM
+    counts["allowed"], counts["alarms"] = int((alarms & allowed).sum()), int((alarms & ~allowed).sum())
+    reported = _reported_rows(scores, population, p, source, group, judged, limits, order, fired,
+                              np.flatnonzero(alarms & ~allowed), offsets)
+    return verdicts.cast(schemas.VERDICTS), reported, counts
 
 
-def _sort_p(p: float) -> float:
-    return p if math.isfinite(p) else 2.0
+def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(window number of each row, rows ordered by window then evidence order, each window's offsets in that order).
+
+    Windows are numbered by their first score row; within one, rows go by (p, NaN last, feature name), ties
+    in row order: the order the verdict lists its evidence in.
+    """
+    identity = ["table", "key_kind", "key", "window_start"]
+    by_window = pc.sort_indices(scores, [(name, "ascending") for name in identity]).to_numpy()  # stable
+    changed = np.zeros(len(by_window), dtype=bool)
+    changed[0] = True
+    for name in identity:
+        column = scores.column(name).take(pa.array(by_window))
+        changed[1:] |= pc.not_equal(column.slice(1), column.slice(0, len(column) - 1)).to_numpy(zero_copy_only=False)
+    run = np.cumsum(changed) - 1
+    first_of_run = np.minimum.reduceat(by_window, np.flatnonzero(changed))
+    rank_of_run = np.empty(len(first_of_run), dtype=np.int64)
+    rank_of_run[np.argsort(first_of_run, kind="stable")] = np.arange(len(first_of_run))
+    group = np.empty(len(by_window), dtype=np.int64)
+    group[by_window] = rank_of_run[run]
+    names = scores.column("feature").to_pylist()
+    rank_of_name = {name: rank for rank, name in enumerate(sorted(set(names)))}
+    feature_rank = np.fromiter((rank_of_name[name] for name in names), np.int64, len(names))
+    rows = np.arange(len(names))
+    order = np.lexsort((rows, feature_rank, np.where(np.isfinite(p), p, 2.0), group))
+    offsets = np.r_[0, np.cumsum(np.bincount(group))]
+    return group, order, offsets
 
 
-def _threshold(row: Mapping[str, Any], source: str | None, tail, risk: float) -> float | None:
-    """The value the feature had to exceed: the population's
-    at the per-feature risk; for spot/dspot, whichever of it and the own tail's is higher."""
-    limit = tail.threshold(risk) if tail is not None else math.nan
-    if source == OWN_HISTORY and row["detector"] in _OWN_PROBABILITY and row["threshold"] is not None:
-        limit = max(limit, row["threshold"]) if math.isfinite(limit) else row["threshold"]
-    return limit if math.isfinite(limit) else None
+def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray, source: list[str | None],
+                        population: Population, alarm_rate: float) -> tuple[pa.Array, pa.Array]:
+    """Per row in `order`: the population median ("expected") and the value the feature had to exceed: the
+    population's at the per-feature risk; for spot/dspot judged by their own tail, the higher of it and theirs."""
+    models = [f"{t}|{k}|{f}" for t, k, f in zip(*(scores.column(name).take(pa.array(order)).to_pylist()
+                                                  for name in ("table", "key_kind", "feature")))]
+    tails = {name: population.tail(*name.split("|", 2)) for name in set(models)}
+    medians = {name: tail.median if tail is not None and tail.values.size else None for name, tail in tails.items()}
+    risks: dict[tuple[str, int], float] = {}
+    limits = np.empty(len(order))
+    for index, (name, count) in enumerate(zip(models, judged.tolist())):
+        if (name, count) not in risks:
+            tail = tails[name]
+            risks[(name, count)] = tail.threshold(alarm_rate / max(count, 1)) if tail is not None else math.nan
+        limits[index] = risks[(name, count)]
+    own_tail = np.isin(scores.column("detector").take(pa.array(order)).to_numpy(zero_copy_only=False),
+                       list(_OWN_PROBABILITY))
+    own_tail &= np.array([source[i] == OWN_HISTORY for i in order.tolist()], dtype=bool)
+    own = scores.column("threshold").take(pa.array(order))
+    own_tail &= pc.is_valid(own).to_numpy(zero_copy_only=False)
+    own_values = pc.fill_null(own, math.nan).to_numpy(zero_copy_only=False)
+    limits = np.where(own_tail, np.where(np.isfinite(limits), np.fmax(limits, own_values), own_values), limits)
+    return pa.array([medians[name] for name in models], pa.float64()), pa.array(limits, mask=~np.isfinite(limits))
+
+
+def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, source: list[str | None],
+                   group: np.ndarray, judged: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
+                   alarms: np.ndarray, offsets: np.ndarray) -> pa.Table:
+    """The fired rows of reported alarms, in window order and each window's row order."""
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    chosen = sorted((int(order[i]) for window in alarms.tolist() for i in range(offsets[window], offsets[window + 1])
+                     if fired[i]), key=lambda row: (group[row], row))
+    if not chosen:
+        return schemas.ANOMALIES.empty_table()
+    rows = scores.drop_columns(["evidence"]).take(pa.array(chosen, pa.int64())).to_pylist()
+    thresholds = limits.to_pylist()
+    reported = []
+    for index, row in zip(chosen, rows):
+        tail = population.tail(row["table"], row["key_kind"], row["feature"])
+        reported.append(_reported_row(scores, index, row, p[index], source[index], int(judged[group[index]]),
+                                      thresholds[position[index]], tail))
+    return pa.Table.from_pylist(reported, schema=schemas.ANOMALIES)
 
 
 def _reported_row(scores: pa.Table, index: int, row: Mapping[str, Any], p: float, source: str | None,

@@ -24,7 +24,8 @@ from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import COUNTS_TAG, REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.progress import TallyCounts
-from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary, parquet_bytes, write_file
+from beamlytics.transforms.write import (SortedFolder, WriteBatches, WriteSortedFolders, WriteSortedParquet, WriteSummary,
+                                         parquet_bytes, write_file)
 
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
 VERDICT_ORDER = ("-score", "table", "key_kind", "key", "window_start")  # ranked: the most anomalous first
@@ -97,13 +98,12 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     found = judged[REPORTED_TAG]
 
     shards = settings.shards
-    scores | "WriteScores" >> WriteSortedParquet(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")
-    found | "WriteAnomalies" >> WriteSortedParquet(
-        f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")
-    judged[VERDICTS_TAG] | "WriteVerdicts" >> WriteSortedParquet(
-        f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key")
-    windows | "WriteFeatures" >> WriteSortedParquet(
-        f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key")
+    (scores, found, judged[VERDICTS_TAG], windows) | "WriteResults" >> WriteSortedFolders([
+        SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key"),
+        SortedFolder(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key"),
+        SortedFolder(f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key"),
+        SortedFolder(f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key"),
+    ])
     counts += [
         _tallied(windows, "Windows", lambda table: [("windows", table.num_rows)]),
         _tallied(found, "Anomalies", lambda table: [("anomalies", table.num_rows)]),

@@ -53,9 +53,9 @@ def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, colum
             yield shard, features.Packed.of(piece)
 
 
-@dataclass
-class WriteSortedParquet(beam.PTransform):
-    """Arrow tables (or dict rows) → `directory/part-SSSSS-of-NNNNN.parquet`, every shard written even when empty.
+@dataclass(frozen=True)
+class SortedFolder:
+    """Where and how `WriteSortedFolders` writes one collection: `directory/part-SSSSS-of-NNNNN.parquet`.
 
     Rows go to shards by a stable hash of `shard_column` (default: the first sort column). A sort
     column named `-name` sorts by `name`, largest first.
@@ -67,23 +67,12 @@ class WriteSortedParquet(beam.PTransform):
     shards: int = 1
     shard_column: str | None = None
 
-    def __post_init__(self):
-        super().__init__()
+    def pieces(self, element, folder: int):
+        """((folder, shard), rows of `element` in that shard)."""
+        for shard, piece in shard_pieces(element, self.schema, self.shard_column or self.sort_columns[0], self.shards):
+            yield (folder, shard), piece
 
-    def expand(self, rows):
-        shards, column = self.shards, self.shard_column or self.sort_columns[0]
-        keyed = rows | "Shard" >> beam.FlatMap(shard_pieces, self.schema, column, shards)
-        # Not reshuffled: a handful of placeholders, and a reshuffle would add five stages per writer.
-        every_shard = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)],
-                                                                  reshuffle=False)
-        return (
-            (keyed, every_shard)
-            | "Flatten" >> beam.Flatten()
-            | "Gather" >> beam.GroupByKey()
-            | "Write" >> beam.MapTuple(self._write_shard)
-        )
-
-    def _write_shard(self, shard: int, elements) -> str:
+    def write_shard(self, shard: int, elements) -> str:
         elements = [element for element in elements if element is not None]
         rows = [row for row in elements if not isinstance(row, features.Packed)]
         table = pa.concat_tables([*(element.table() for element in elements if isinstance(element, features.Packed)),
@@ -94,6 +83,51 @@ class WriteSortedParquet(beam.PTransform):
                 for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
         return write_file(path, parquet_bytes(table.combine_chunks()))
+
+
+@dataclass
+class WriteSortedFolders(beam.PTransform):
+    """A tuple of collections of Arrow tables (or dict rows), the i-th written as `folders[i]`, every shard of
+    every folder written even when empty. One grouping for all folders: each grouping is a stage barrier and
+    a shuffle on every runner, and the files do not depend on how they were grouped."""
+
+    folders: Sequence[SortedFolder]
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, collections):
+        folders = tuple(self.folders)
+        keyed = [rows | f"Shard{index}" >> beam.FlatMap(folder.pieces, index)
+                 for index, (rows, folder) in enumerate(zip(collections, folders))]
+        # Not reshuffled: a handful of placeholders, and a reshuffle would add five stages.
+        every_shard = collections[0].pipeline | "EveryShard" >> beam.Create(
+            [((index, shard), None) for index, folder in enumerate(folders) for shard in range(folder.shards)],
+            reshuffle=False)
+        return (
+            (*keyed, every_shard)
+            | "Flatten" >> beam.Flatten()
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.MapTuple(lambda where, elements: folders[where[0]].write_shard(where[1], elements))
+        )
+
+
+@dataclass
+class WriteSortedParquet(beam.PTransform):
+    """Arrow tables (or dict rows) → one `SortedFolder`."""
+
+    directory: str
+    schema: pa.Schema
+    sort_columns: Sequence[str]
+    shards: int = 1
+    shard_column: str | None = None
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, rows):
+        folder = SortedFolder(self.directory, self.schema, self.sort_columns, self.shards, self.shard_column)
+        return (rows,) | "Folder" >> WriteSortedFolders([folder])
 
 
 def batch_file_name(batch: pa.RecordBatch) -> str:
