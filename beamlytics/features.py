@@ -51,7 +51,7 @@ FEATURES = {
              "server_error_ratio", "post_ratio", "other_method_ratio", "distinct_user_agents"),
     "named_flows": ("records", "distinct_peers", "distinct_names", "distinct_ports", "c_pkt", "s_pkt",
                     "c_bytes", "s_bytes", "failed_ratio", "mean_duration", "max_duration", "active_flows",
-                    "active_seconds"),
+                    "active_seconds", "max_peer_ports", "max_port_peers", "max_service_connections", "icmp_ratio"),
 }
 # What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Each default is
 # one more test in the verdict's multiple-testing correction, so few.
@@ -61,6 +61,8 @@ DEFAULT_FEATURES = {
     "named_flows": ("records", "distinct_peers", "distinct_ports", "failed_ratio", "c_bytes", "active_seconds"),
 }
 
+# ICMP over IPv4 and IPv6 as the parsers name it (pcap flows, Zeek conn, Tstat).
+ICMP_PROTOCOLS = ("icmp", "icmpv6")
 # Query types that carry the most payload per answer, or ask for everything: tunnels and amplification.
 PAYLOAD_QUERY_TYPES = ("TXT", "NULL", "ANY")
 # A flow is active in at most this many windows after its first (a day of 60 s windows): bounds the rows
@@ -386,7 +388,8 @@ def _table_measures(table: str, batch: pa.RecordBatch, names: tuple[pa.Array, pa
     else:
         durations = flow_durations(batch)
         sums = {name: batch.column(name) for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes")}
-        sums.update(failed=_flag(failed_attempts(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations)
+        sums.update(failed=_flag(failed_attempts(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations,
+                    icmp=_flag(pc.is_in(batch.column("proto"), pa.array(ICMP_PROTOCOLS))))
         maxima = {"duration_us": durations}
     return sums, maxima
 
@@ -427,7 +430,14 @@ def _distinct_values(spec: WindowSpec, batch: pa.RecordBatch, names: tuple[pa.Ar
         values["uris"] = {"value": uris}
         values["user_agents"] = {"value": batch.column("user_agent")}
     else:
-        values["ports"] = {"value": batch.column("s_port")}
+        peer, port = batch.column(spec.peer_column), batch.column("s_port")
+        values["ports"] = {"value": port}
+        # A vertical scan tries many ports of one peer, a horizontal scan one port of many peers.
+        values["peer_ports"] = {"value": peer, "within": port}
+        values["port_peers"] = {"value": port, "within": peer}
+        # Each new connection to a service comes from a fresh source port: a brute force or flood makes many.
+        service = pc.binary_join_element_wise(peer, pc.cast(port, pa.string()), "|")
+        values["service_connections"] = {"value": service, "within": batch.column("c_port")}
     return values
 
 
@@ -503,7 +513,7 @@ def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
         values.update(
             failed_ratio=share("sum_failed"), mean_duration=share("sum_duration_us", "sum_timed") / 1e6,
             max_duration=measured("max_duration_us") / 1e6, active_flows=measured("sum_active"),
-            active_seconds=measured("sum_active_us") / 1e6)
+            active_seconds=measured("sum_active_us") / 1e6, icmp_ratio=share("sum_icmp"))
 
     starts = measures.column("window_start")
     schema = window_table_schema(spec.table)

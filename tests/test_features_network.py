@@ -71,6 +71,24 @@ def test_flow_features_against_a_hand_worked_window():
     assert first["active_seconds"] == pytest.approx(10 + 0 + 40 + 0 + 1)
 
 
+def test_scan_and_brute_force_features_against_a_hand_worked_window():
+    rows = [
+        # Three ports of one server (a vertical scan's shape), port 22 of a second server three times from two
+        # source ports (a repeated connection counts once per fresh source port), and an ICMP echo.
+        *(flow(1, 1, "S0", "192.0.2.1", port, c_port=40_000 + port) for port in (22, 80, 443)),
+        flow(2, 2, "S0", "192.0.2.2", 22, c_port=50_000), flow(3, 3, "S0", "192.0.2.2", 22, c_port=50_001),
+        flow(4, 4, "S0", "192.0.2.2", 22, c_port=50_001),
+        flow(5, 5, None, "192.0.2.3", 8, proto="icmp", c_port=0),
+    ]
+    window = by_window(features.window_features([batch_of(schemas.NAMED_FLOWS, rows)],
+                                                WindowSpec("named_flows", "c_ip")))[("10.0.0.1", 0)]
+    assert window["records"] == 7
+    assert window["max_peer_ports"] == 3  # 192.0.2.1: 22, 80, 443
+    assert window["max_port_peers"] == 2  # port 22: 192.0.2.1 and 192.0.2.2
+    assert window["max_service_connections"] == 2  # 192.0.2.2:22 from 50000 and 50001
+    assert window["icmp_ratio"] == pytest.approx(1 / 7)
+
+
 def test_resets_and_flows_without_a_state_fail_only_when_the_server_stayed_silent():
     rows = [flow(0, 1, "RSTO", "192.0.2.1", 80, s_pkt=1), flow(0, 1, "RSTR", "192.0.2.1", 81, s_pkt=9),
             flow(0, 1, None, "192.0.2.1", 82, s_pkt=0), flow(0, 1, None, "192.0.2.1", 83, s_pkt=1),
@@ -314,6 +332,12 @@ def test_flow_features_match_zeek_conn_fields(log):
         assert window.features["c_bytes"] == group["orig_ip_bytes"].astype(int).sum()
         assert window.features["s_pkt"] == group["resp_pkts"].astype(int).sum()
         assert window.features["max_duration"] == pytest.approx(group["duration"].max(), abs=2e-6)
+        ports = group["id.resp_p"].astype(int)
+        assert window.features["max_peer_ports"] == ports.groupby(group["id.resp_h"]).nunique().max()
+        assert window.features["max_port_peers"] == group["id.resp_h"].groupby(ports).nunique().max()
+        assert window.features["max_service_connections"] == \
+            group["id.orig_p"].astype(int).groupby([group["id.resp_h"], ports]).nunique().max()
+        assert window.features["icmp_ratio"] == pytest.approx((group["proto"] == "icmp").mean())
     # Every flow is active in each window from its start to its end, with its time split between them.
     active = collections.Counter()
     seconds = collections.defaultdict(float)
