@@ -53,6 +53,62 @@ def json_log() -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
+SQUID_NATIVE = "1157689312.{n:03d}   5006 10.105.21.{c} TCP_MISS/200 19763 GET http://h{n}.example/p - DIRECT/209.73.177.115 text/html"
+SQUID_COMBINED = '10.1.1.{n} - - [01/Feb/2021:00:00:{n:02d} +0130] "POST /upload HTTP/1.1" 201 - "http://ref.example/" "Mozilla/5.0"'
+
+
+def squid_log() -> bytes:
+    """Native and combined lines, CRLF, a blank line, lines that are not Squid, a bad UTF-8 byte, no final newline."""
+    lines = [SQUID_NATIVE.format(n=n, c=n % 5) for n in range(1, 5)] + [SQUID_COMBINED.format(n=5)]
+    text = "\n".join(lines) + "\n" + SQUID_NATIVE.format(n=6, c=1) + "\r\n" + "\n" + "garbage line\n"
+    text += "#a comment is no Squid line\n" + SQUID_COMBINED.format(n=7) + "\n"
+    data = text.encode() + b"1157689312.008 5 10.0.0.\xff TCP_MISS/200 1 GET http://x/ - DIRECT/1.2.3.4 -\n"
+    return data + "\n".join(SQUID_NATIVE.format(n=n, c=n % 3) for n in range(9, 13)).encode()
+
+
+BIND_QUERY = "02-May-2023 13:33:{n:02d}.299 queries: info: client @0x2c 127.0.0.{n}#59751 (w{n}.example): query: w{n}.example IN A +E(0)K (127.0.0.1)"
+
+
+def bind_log() -> bytes:
+    """Queries among other BIND lines, a malformed query, a blank line, CRLF, a cut-off last line."""
+    text = "\n".join(BIND_QUERY.format(n=n) for n in range(1, 4)) + "\n"
+    text += "02-May-2023 13:33:40.100 general: info: zone example.com/IN: loaded serial 1\n\n"
+    text += BIND_QUERY.format(n=4) + "\r\nUnmatched! The rat the cat\n"
+    text += "02-May-2023 13:33:42.000 queries: info: client @0x2c 127.0.0.1#5 (d): query: DOMAIN IN TYPE FLAGS (server)\n"
+    text += "\n".join(BIND_QUERY.format(n=n) for n in range(5, 9)) + "\n"
+    return (text + "02-May-2023 13:33:42.000 queries: info: client 127.0.0.1#5 (d): query: trunc").encode()
+
+
+TSTAT_CORE = ["c_ip", "c_port", "s_ip", "s_port", "first", "last", "c_pkts_all", "s_pkts_all", "c_bytes_all",
+              "s_bytes_all"]
+TSTAT_L7 = ["s_ip", "s_port", "c_ip", "c_port", "first", "last", "c_pkts_all", "s_pkts_all", "c_bytes_all",
+            "s_bytes_all", "c_tls_SNI"]
+
+
+def _tstat_line(names: list[str], n: int) -> str:
+    values = dict(c_ip=f"10.0.0.{n}", c_port=40000 + n, s_ip="10.9.9.9", s_port=443, first=f"1700000000{n:03d}.5",
+                  last=f"1700000001{n:03d}.25", c_pkts_all=n, s_pkts_all=2 * n, c_bytes_all=100 * n,
+                  s_bytes_all=300 * n, c_tls_SNI=f"s{n}.example")
+    return " ".join(str(values[name]) for name in names)
+
+
+def tstat_log() -> bytes:
+    """A comment first, a data line before any header, a header, a comment that is no header (the columns
+    stay), a line of the wrong width and a non-numeric one, then a second header in another column order
+    (concatenated logs), CRLF, no final newline."""
+    header = lambda prefix, names: prefix + " ".join(f"{name}:{i + 1}" for i, name in enumerate(names))  # noqa: E731
+    lines = ["# tstat 3.1 log", _tstat_line(TSTAT_CORE, 1), header("#", TSTAT_CORE)]
+    lines += [_tstat_line(TSTAT_CORE, n) for n in range(2, 5)] + ["#just a comment", _tstat_line(TSTAT_CORE, 5)]
+    lines += ["10.0.0.6 6 7", _tstat_line(TSTAT_CORE, 7).replace(" 443 ", " https "), ""]
+    lines += [header("#31#", TSTAT_L7)] + [_tstat_line(TSTAT_L7, n) for n in range(8, 11)]
+    text = "\n".join(lines) + "\n" + _tstat_line(TSTAT_L7, 11) + "\r\n" + _tstat_line(TSTAT_L7, 12)
+    return text.encode()
+
+
+LINE_LOGS = [("access.log", squid_log, "http"), ("queries.log", bind_log, "dns"),
+             ("log_tcp_complete", tstat_log, "named_flows")]
+
+
 def outcome(items) -> tuple[pa.Table | None, list[dict], int, int]:
     """Records sorted by line, dead letters by position, units read and accounted for."""
     batches, dead, read, units = [], [], 0, 0
@@ -84,7 +140,7 @@ def read_split(path: Path, cuts: list[int], table: str = "dns", source: formats.
     source = source or formats.plan([str(path)], table, "auto", opener).sources[0]
     bounds = [0, *cuts, path.stat().st_size]
     pieces = [splits.ByteRange(str(path), index, start, end) for index, (start, end) in enumerate(zip(bounds, bounds[1:]))]
-    indexes = {piece.index: splits.index_of(piece, opener) for piece in pieces}
+    indexes = {piece.index: splits.index_of(source, piece, opener) for piece in pieces}
     items = []
     for piece in splits.starts_of(source, pieces, indexes, opener):
         items.extend(formats.parse_source(piece, table, opener))
@@ -115,6 +171,53 @@ def test_two_ranges_cut_at_every_awkward_place_read_as_one(tmp_path, content):
     source = formats.plan([str(path)], "dns", "auto", opener).sources[0]
     for cut in awkward_cuts(path.read_bytes()):
         assert_same(whole, read_split(path, [cut], source=source))
+
+
+@pytest.mark.parametrize("name, content, table", LINE_LOGS)
+def test_line_logs_cut_at_every_awkward_place_read_as_one(tmp_path, name, content, table):
+    path = tmp_path / name
+    path.write_bytes(content())
+    source = formats.plan([str(path)], table, "auto", opener).sources[0]
+    assert len(splits.splits_into(source, opener, path.stat().st_size, 64)) > 1
+    whole = read_whole(path, table)
+    assert whole[0] is not None and whole[1]  # the log has records and dead letters to compare
+    for cut in awkward_cuts(path.read_bytes()):
+        assert_same(whole, read_split(path, [cut], table, source))
+
+
+@pytest.mark.parametrize("name, content, table", LINE_LOGS)
+def test_line_logs_in_many_small_ranges_read_as_one(tmp_path, name, content, table):
+    path = tmp_path / name
+    path.write_bytes(content())
+    whole = read_whole(path, table)
+    size = path.stat().st_size
+    for step in (5, 23, 64, 150):
+        assert_same(whole, read_split(path, list(range(step, size, step)), table))
+
+
+def test_tstat_ranges_read_under_the_header_in_force(tmp_path):
+    """Counted by hand in `tstat_log`: the bad lines, and a range starting after the second header (line 12)
+    reads its lines by that header's column order (client 10.0.0.n first in the old order, last in the new)."""
+    path = tmp_path / "log_tcp_complete"
+    data = tstat_log()
+    path.write_bytes(data)
+    cut = data.index(_tstat_line(TSTAT_L7, 9).encode())
+    table, dead, _, _ = read_split(path, [cut], "named_flows")
+    assert [(row["position"], row["reason"].split(",")[0]) for row in dead] == [
+        (2, "data line before any Tstat header line"), (9, "expected 10 space-separated fields"),
+        (10, "non-numeric value in a numeric Tstat column")]
+    rows = table.select(["source_pos", "c_ip", "c_port", "name"]).to_pylist()
+    assert rows[-1] == {"source_pos": 17, "c_ip": "10.0.0.12", "c_port": 40012, "name": "s12.example"}
+    assert [row["source_pos"] for row in rows] == [4, 5, 6, 8, 13, 14, 15, 16, 17]
+
+
+def test_tstat_paired_logs_are_read_whole(tmp_path):
+    """A DNS or HTTP row pairs a request line with its answers: a cut could part them."""
+    path = tmp_path / "log_dns_complete"
+    path.write_bytes(b"#c_ip:1 c_port:2 s_ip:3 s_port:4 time:5 entry:6\n" + b"10.0.0.1 1 10.0.0.2 53 1 REQ\n" * 50)
+    source = formats.plan([str(path)], "dns", "auto", opener).sources[0]
+    assert source.kind == "log_dns_complete"
+    assert splits.splits_into(source, opener, path.stat().st_size, 64) == []
 
 
 def test_many_small_ranges_read_as_one(tmp_path):

@@ -88,8 +88,8 @@ class _ParseSource(beam.DoFn):
 
 def indexed_range(source_piece, max_line_bytes: int):
     """(path, range index, its `splits.RangeIndex`)."""
-    _, piece = source_piece
-    return piece.path, piece.index, splits.index_of(piece, open_stream, max_line_bytes)
+    source, piece = source_piece
+    return piece.path, piece.index, splits.index_of(source, piece, open_stream, max_line_bytes)
 
 
 def ranges_with_starts(source_pieces, indexes, max_line_bytes: int) -> list[splits.SourceRange]:
