@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from beamlytics.parsers import formats, splits
+from beamlytics.parsers import formats, limits, splits
 from beamlytics.parsers.base import Batch, Read, Rejected
 
 FIELDS = "ts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\trcode_name"
@@ -130,20 +130,28 @@ def opener(path: str):
     return open(path, "rb")
 
 
-def read_whole(path: Path, table: str = "dns"):
+def read_whole(path: Path, table: str = "dns", options=None):
     planned = formats.plan([str(path)], table, "auto", opener)
-    return outcome(formats.parse_source(planned.sources[0], table, opener))
+    return outcome(formats.parse_source(planned.sources[0], table, opener, options=options))
 
 
-def read_split(path: Path, cuts: list[int], table: str = "dns", source: formats.Source | None = None):
-    """Parse `path` in the ranges between `cuts`, each range on its own, as workers would."""
+def read_split(path: Path, cuts: list[int], table: str = "dns", source: formats.Source | None = None, options=None):
+    """Parse `path` in the ranges between `cuts`, each range on its own, as workers would; their dead letters
+    then limited per file and reason kind, as `ReadRecords` does."""
     source = source or formats.plan([str(path)], table, "auto", opener).sources[0]
     bounds = [0, *cuts, path.stat().st_size]
     pieces = [splits.ByteRange(str(path), index, start, end) for index, (start, end) in enumerate(zip(bounds, bounds[1:]))]
     indexes = {piece.index: splits.index_of(source, piece, opener) for piece in pieces}
-    items = []
+    items, by_kind = [], {}
     for piece in splits.starts_of(source, pieces, indexes, opener):
-        items.extend(formats.parse_source(piece, table, opener))
+        for item in formats.parse_source(piece, table, opener, options=options):
+            if isinstance(item, Rejected):
+                by_kind.setdefault(limits.reason_kind(item.reason), []).append(item)
+            else:
+                items.append(item)
+    per_reason = (options or {}).get("dead_letters_per_reason") or limits.DEAD_LETTERS_PER_REASON
+    for letters in by_kind.values():
+        items.extend(limits.merge_ranges(letters, per_reason))
     return outcome(items)
 
 
@@ -193,6 +201,36 @@ def test_line_logs_in_many_small_ranges_read_as_one(tmp_path, name, content, tab
     size = path.stat().st_size
     for step in (5, 23, 64, 150):
         assert_same(whole, read_split(path, list(range(step, size, step)), table))
+
+
+@pytest.mark.parametrize("name, content, table", [("dns.log", awkward_log, "dns"), *LINE_LOGS])
+def test_the_dead_letter_limit_holds_per_file_however_it_is_cut(tmp_path, name, content, table):
+    """With 1 listed per reason kind, the split read lists the same first one and counts the same rest,
+    in one dead letter naming the same first unlisted position."""
+    path = tmp_path / name
+    path.write_bytes(content() + b"\n" + content())  # twice: every kind of bad line comes back
+    options = {"dead_letters_per_reason": 1}
+    whole = read_whole(path, table, options)
+    assert any("more dead letters of this kind not listed" in row["reason"] for row in whole[1])
+    source = formats.plan([str(path)], table, "auto", opener).sources[0]
+    size = path.stat().st_size
+    for step in (7, 40, 131, size // 2):
+        assert_same(whole, read_split(path, list(range(step, size, step)), table, source, options))
+
+
+def test_merging_range_dead_letters_by_hand():
+    """Ranges of one file, one reason kind, 2 listed per file. Range A listed lines 5 and 9, then overflowed
+    from line 12 (3 more, 4 units); range B listed 30 and 2. The file lists 2 and 5; 9, 30 and A's 3 are
+    the 5 more, 6 units, from line 9."""
+    a = [Rejected("f", 5, "bad line"), Rejected("f", 9, "bad line", "nine", "squid"),
+         limits.overflowed("bad line", Rejected("f", 12, "bad line", "twelve", "squid"), 3, 4, 2)]
+    b = [Rejected("f", 30, "bad line"), Rejected("f", 2, "bad line")]
+    merged = limits.merge_ranges(b + a, per_reason=2)
+    assert [item.position for item in merged[:2]] == [2, 5]
+    rest = merged[2]
+    assert (rest.position, rest.units, rest.excerpt, rest.source_tool) == (9, 6, "nine", "squid")
+    assert rest.reason == "bad line: 5 more dead letters of this kind not listed (the first at position 9; 2 listed)"
+    assert limits.merge_ranges(b, per_reason=2) == [b[1], b[0]]  # under the limit: listed, in file order
 
 
 def test_tstat_ranges_read_under_the_header_in_force(tmp_path):
@@ -275,18 +313,19 @@ def test_compressed_and_small_files_are_read_whole(tmp_path):
 
 def test_read_records_splits_big_files_with_the_same_results(tmp_path):
     """Through Beam: ranges indexed and parsed as separate elements give the unsplit read's records, dead
-    letters and summary counts (files counted once)."""
+    letters (one listed per reason kind and file, the rest counted) and summary counts (files counted once)."""
     from collections import Counter
 
     from beamlytics.transforms.read import ReadRecords
     from tests.conftest import collect
 
     path = tmp_path / "dns.log"
-    path.write_bytes(awkward_log() + b"\n" + b"".join(_line(n).encode() + b"\n" for n in range(17, 60)))
+    path.write_bytes(awkward_log() + b"\n" + b"".join(_line(n).encode() + b"\n" for n in range(17, 60)) + awkward_log())
 
     def run(split_bytes):
         def build(pipeline):
-            read = pipeline | ReadRecords([str(path)], "dns", parser_options={"split_bytes": split_bytes})
+            options = {"split_bytes": split_bytes, "dead_letters_per_reason": 1}
+            read = pipeline | ReadRecords([str(path)], "dns", parser_options=options)
             return (read["records"] | "R" >> beam.Map(lambda batch: ("records", batch)),
                     read["rejected"] | "D" >> beam.Map(lambda row: ("rejected", row)),
                     read["counts"] | "C" >> beam.Map(lambda pair: ("counts", pair))) | beam.Flatten()
@@ -305,3 +344,4 @@ def test_read_records_splits_big_files_with_the_same_results(tmp_path):
     split = run(97)
     assert split[0].equals(whole[0]) and split[1] == whole[1] and split[2] == whole[2]
     assert whole[2]["files_read"] == 1 and whole[2]["records"] == whole[0].num_rows
+    assert any("more dead letters of this kind not listed" in row["reason"] for row in whole[1])
