@@ -209,5 +209,41 @@ def test_runinference_assigns_what_the_fitted_model_predicts(algorithm):
     sample = table.take(list(range(0, table.num_rows, 3)))  # fitted on a third of the rows
     model = make_model(algorithm, k=3, seed=1).fit(features.matrix(sample))
     batches = [(start, table.slice(start, 50)) for start in range(0, table.num_rows, 50)]
-    got = dict(collect(lambda pipeline: pipeline | beam.Create(batches) | AssignClusters(features, model)))
-    assert [got[i] for i in range(table.num_rows)] == model.predict(features.matrix(table)).tolist()
+    got = {position: (label, probability) for position, label, probability
+           in collect(lambda pipeline: pipeline | beam.Create(batches) | AssignClusters(features, model))}
+    vectors = features.matrix(table)
+    assert [got[i][0] for i in range(table.num_rows)] == model.predict(vectors).tolist()
+    probabilities = np.array([got[i][1] for i in range(table.num_rows)])
+    if algorithm == "gaussian_mixture":
+        assert np.allclose(probabilities, model.predict_proba(vectors).max(axis=1))
+    else:
+        assert np.isnan(probabilities).all()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM netlytics ORDER BY c_ip LIMIT 3", "SELECT c_ip, count(*) FROM netlytics GROUP BY c_ip",
+    "SELECT DISTINCT * FROM netlytics", "SELECT * FROM netlytics WHERE c_port > (SELECT avg(c_port) FROM netlytics)",
+    "SELECT * REPLACE (count(*) OVER () AS c_port) FROM netlytics", "SELECT * FROM netlytics UNION SELECT * FROM dns",
+    "SELECT c_ip FROM netlytics", "DELETE FROM netlytics"])
+def test_a_detect_query_that_depends_on_the_batch_or_drops_columns_is_refused(sql):
+    from beamlytics.analytics.sql import check_row_query
+
+    with pytest.raises(QueryError):
+        check_row_query(sql, "dns")
+
+
+def test_a_row_query_gives_the_same_records_however_the_input_is_cut():
+    from beamlytics.analytics.sql import check_row_query, query_batch
+
+    sql = "SELECT * REPLACE (lower(name) AS name) FROM netlytics WHERE proto = 'tcp' AND c_bytes > 100"
+    check_row_query(sql, "named_flows")
+    rng = np.random.default_rng(3)
+    table = flows_table([{"proto": ["tcp", "udp"][i % 2], "c_bytes": int(rng.integers(0, 200)), "name": f"Host{i}.COM"}
+                         for i in range(300)])
+    parts = [batch for start in range(0, 300, 37) for batch in query_batch(table.slice(start, 37), sql, "named_flows")]
+    got = pa.Table.from_batches(parts)
+    frame = table.to_pandas()
+    expected = frame[(frame["proto"] == "tcp") & (frame["c_bytes"] > 100)]
+    assert got["source_pos"].to_pylist() == expected["source_pos"].tolist()
+    assert got["name"].to_pylist() == expected["name"].str.lower().tolist()
+    assert got.schema.equals(table.schema)

@@ -1,6 +1,8 @@
 """The NetLytics commands end to end: raw logs and parse folders in, result.parquet/.csv out, one-line errors."""
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -100,3 +102,128 @@ def test_cluster_names_a_missing_column(parsed, tmp_path, capsys):
     code = cli.main(["cluster", str(parsed), "--table", "named_flows", "--algorithm", "dbscan",
                      "--numerical", "bites", "--output", str(tmp_path / "x"), "--quiet"])
     assert code == 2 and "no such column(s): bites" in capsys.readouterr().err
+
+
+def _flows(parsed) -> pd.DataFrame:
+    return pd.concat(pq.read_table(path).to_pandas() for path in parse_output_files(str(parsed), "named_flows"))
+
+
+def test_cluster_query_preprocessing_clusters_the_selected_rows(parsed, tmp_path):
+    from sklearn.cluster import KMeans
+
+    out = tmp_path / "tcp"
+    sql = "SELECT c_ip, c_bytes, s_bytes FROM netlytics WHERE proto = 'tcp' AND s_bytes > 1000"
+    assert cli.main(["cluster", str(parsed), "--table", "named_flows", "--algorithm", "kmeans", "--k", "2",
+                     "--numerical", "c_bytes,s_bytes", "--query", sql, "--output", str(out), "--quiet"]) == 0
+    frame = _flows(parsed)
+    chosen = frame[(frame["proto"] == "tcp") & (frame["s_bytes"] > 1000)]
+    matrix = chosen[["c_bytes", "s_bytes"]].fillna(0).to_numpy(dtype=float)
+    got = pq.read_table(out / "result.parquet")
+    assert got.column_names == ["c_ip", "c_bytes", "s_bytes", "features", "cluster"]
+    assert got["cluster"].to_pylist() == KMeans(n_clusters=2, random_state=0, n_init=10).fit_predict(matrix).tolist()
+
+
+def test_cluster_of_endpoint_windows_matches_pandas_windows_and_sklearn(parsed, tmp_path):
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    out = tmp_path / "windows"
+    assert cli.main(["cluster", str(parsed), "--table", "named_flows", "--algorithm", "gaussian_mixture",
+                     "--k", "2", "--windows", "--key", "c_ip", "--window", "10s", "--numerical", "records,s_bytes",
+                     "--normalise", "--output", str(out), "--quiet"]) == 0
+    frame = _flows(parsed).dropna(subset=["time_start", "c_ip"])
+    start_us = frame["time_start"].astype("datetime64[us, UTC]").astype("int64")
+    frame = frame.assign(window=start_us // 10_000_000 * 10_000_000)
+    windows = (frame.groupby(["c_ip", "window"]).agg(records=("c_ip", "size"), s_bytes=("s_bytes", "sum"))
+               .reset_index())
+    got = pq.read_table(out / "result.parquet").to_pandas()
+    got_start = got["window_start"].astype("datetime64[us, UTC]").astype("int64")
+    merged = windows.merge(got.assign(window=got_start), left_on=["c_ip", "window"], right_on=["key", "window"],
+                           suffixes=("", "_got"))
+    # A flow also makes the later windows it lasts into active: those hold no record starting in them.
+    assert len(merged) == len(windows) == (got["records"] > 0).sum() > 1
+    assert (merged["records"] == merged["records_got"]).all()
+    assert np.allclose(merged["s_bytes"], merged["s_bytes_got"])
+    matrix = got[["records", "s_bytes"]].to_numpy(dtype=float)
+    scaled = (matrix - matrix.mean(axis=0)) / np.where(matrix.std(axis=0) > 0, matrix.std(axis=0), 1)
+    reference = GaussianMixture(n_components=2, random_state=0).fit(scaled)
+    assert got["cluster"].tolist() == reference.predict(scaled).tolist()
+    assert np.allclose(got["probability"], reference.predict_proba(scaled).max(axis=1))
+
+
+def test_output_x_csv_is_one_file_and_an_existing_file_is_refused(parsed, tmp_path, capsys):
+    target = tmp_path / "traffic.csv"
+    sql = "SELECT name, SUM(s_bytes) AS traffic FROM netlytics GROUP BY name ORDER BY traffic DESC, name"
+    argv = ["query", sql, "--table", "named_flows", str(parsed), "--output", str(target), "--quiet"]
+    assert cli.main(argv) == 0
+    frame = _flows(parsed)
+    expected = (frame.groupby("name", dropna=False)["s_bytes"].sum(min_count=1).reset_index(name="traffic")
+                .sort_values(["traffic", "name"], ascending=[False, True], na_position="last"))
+    got = pd.read_csv(target)
+    assert got["name"].fillna("").tolist() == expected["name"].fillna("").tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traffic.csv"]  # a parse folder leaves no dead letters
+    first = target.read_bytes()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == first
+    assert cli.main([*argv, "--overwrite"]) == 0 and target.read_bytes() == first
+
+
+def test_output_x_parquet_from_raw_logs_keeps_the_dead_letters_beside_it(tmp_path):
+    logs = shared_data("logs/tstat/dazn_1mbit_exp0")
+    target = tmp_path / "flows.parquet"
+    sql = "SELECT c_ip, COUNT(*) AS flows FROM netlytics GROUP BY c_ip ORDER BY c_ip"
+    assert cli.main(["query", sql, "--table", "named_flows", str(logs), "--output", str(target), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flows.parquet", "flows.rejected.parquet"]
+    from beamlytics import schemas
+
+    assert pq.read_schema(tmp_path / "flows.rejected.parquet").equals(schemas.REJECTED)
+    folder = tmp_path / "folder"
+    assert cli.main(["query", sql, "--table", "named_flows", str(logs), "--output", str(folder), "--quiet"]) == 0
+    assert pq.read_table(target).equals(pq.read_table(folder / "result.parquet"))
+
+
+def test_a_users_file_beside_the_result_is_never_replaced(parsed, tmp_path, capsys):
+    (tmp_path / "top.rejected.parquet").write_text("my notes")
+    code = cli.main(["domain-traffic", str(parsed), "--table", "named_flows", "--output", str(tmp_path / "top.csv"),
+                     "--overwrite", "--quiet"])
+    assert code == 2 and "is not beamlytics' rejected records" in capsys.readouterr().err
+    assert (tmp_path / "top.rejected.parquet").read_text() == "my notes" and not (tmp_path / "top.csv").exists()
+
+
+def test_detect_query_equals_detect_on_the_log_without_those_records(tmp_path, capsys):
+    from beamlytics import synthetic
+
+    scenario = synthetic.Scenario(hours=1, clients=3, anomalous_client="10.0.0.2", anomaly_start_minute=30)
+    logs = synthetic.write_zeek_logs(str(tmp_path / "logs"), scenario)
+    # The reference: the same log with the client's lines cut out by hand.
+    cut = tmp_path / "cut" / os.path.basename(logs)
+    cut.mkdir(parents=True)
+    with open(os.path.join(logs, "dns.log"), encoding="utf-8") as source:
+        kept = [line for line in source if line.startswith("#") or line.split("\t")[2] != "10.0.0.2"]
+    (cut / "dns.log").write_text("".join(kept), encoding="utf-8")
+    queried, reference = tmp_path / "queried", tmp_path / "reference"
+    common = ["--table", "dns", "--window", "60s", "--quiet"]
+    assert cli.main(["detect", os.path.join(logs, "dns.log"), *common, "--output", str(queried),
+                     "--query", "SELECT * FROM netlytics WHERE c_ip <> '10.0.0.2'"]) == 0
+    assert cli.main(["detect", str(cut / "dns.log"), *common, "--output", str(reference)]) == 0
+    for folder in ("features", "scores"):
+        got = pq.read_table(queried / folder).sort_by([("key", "ascending"), ("window_start", "ascending")])
+        expected = pq.read_table(reference / folder).sort_by([("key", "ascending"), ("window_start", "ascending")])
+        assert got.num_rows > 0 and got.equals(expected)
+    assert "10.0.0.2" not in pq.read_table(queried / "features")["key"].to_pylist()
+    capsys.readouterr()
+    assert cli.main(["detect", os.path.join(logs, "dns.log"), *common, "--output", str(tmp_path / "bad"),
+                     "--query", "SELECT c_ip, count(*) FROM netlytics GROUP BY c_ip"]) == 2
+    err = capsys.readouterr().err
+    assert "--query: a detect query runs row by row" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_day_is_refused_before_any_output_is_made(parsed, tmp_path, capsys):
+    for output in (tmp_path / "folder", tmp_path / "top.csv"):
+        assert cli.main(["domain-traffic", str(parsed), "--table", "named_flows", "--start-day", "2024-13-01",
+                         "--output", str(output), "--quiet"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -134,3 +134,62 @@ def test_stray_date_refused_not_allocated(tmp_path, capsys):
     source.write_text("date,l_ipn,f\n0001-01-01,1,1\n9999-12-31,1,1\n" + hosts)
     assert cli.main(["series", str(source), "--output", str(tmp_path / "o")]) == 2
     assert "host-days" in capsys.readouterr().err
+
+
+def test_shesd_over_a_detect_runs_feature_series_finds_the_planted_burst(tmp_path, capsys):
+    """An endpoint's records per window, from detect's features/, equal the raw log's counts; S-H-ESD flags the burst."""
+    import pandas as pd
+
+    from beamlytics import synthetic
+    from beamlytics.detectors.shesd import s_h_esd
+
+    scenario = synthetic.Scenario(hours=2, clients=3, queries_per_minute=4, anomalous_client="10.0.0.2",
+                                  anomaly_start_minute=70, anomaly_minutes=3, anomaly_queries_per_minute=120)
+    logs = synthetic.write_zeek_logs(str(tmp_path / "logs"), scenario)
+    detected = tmp_path / "detected"
+    assert cli.main(["detect", logs, "--table", "dns", "--window", "60s", "--output", str(detected), "--quiet"]) == 0
+    out = tmp_path / "series"
+    assert cli.main(["series", "--from-detect", str(detected), "--feature", "records", "--key", "10.0.0.2",
+                     "--output", str(out)]) == 0
+    flags = pq.read_table(out / "flags.parquet").to_pandas()
+
+    log = pd.read_csv(f"{logs}/dns.log", sep="\t", comment="#", header=None, usecols=[0, 2], names=["ts", "client"])
+    mine = log[log["client"] == "10.0.0.2"]
+    window = (mine["ts"] * 1e6).astype("int64") // 60_000_000 * 60_000_000
+    counts = window.value_counts().sort_index()
+    grid = np.arange(counts.index.min(), counts.index.max() + 1, 60_000_000)
+    expected = counts.reindex(grid, fill_value=0).astype(float)
+    got_starts = flags["window_start"].astype("datetime64[us, UTC]").astype("int64")
+    assert got_starts.tolist() == grid.tolist()
+    assert flags["value"].tolist() == expected.tolist()
+    assert flags["shesd"].tolist() == s_h_esd(expected.to_numpy(), alpha=0.05, max_anoms=0.1).tolist()
+    burst = set(scenario.anomaly_window_starts_us(60_000_000))
+    flagged = set(got_starts[flags["shesd"]].tolist())
+    assert burst <= flagged and len(flagged) <= len(burst) + 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["series", "--from-detect", "/nonexistent", "--output", "o"], "no features/ folder"),
+    (["series", "--output", "o"], "give either INPUT"),
+])
+def test_series_from_detect_mistakes_end_with_one_line(tmp_path, capsys, argv, message):
+    assert cli.main([*argv[:-1], str(tmp_path / argv[-1])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_feature_detect_did_not_write_is_named(tmp_path, capsys):
+    import pyarrow as pa
+
+    features = tmp_path / "detected" / "features"
+    features.mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a"], "window_start": pa.array([0], pa.timestamp("us", tz="UTC")),
+                             "window_end": pa.array([60_000_000], pa.timestamp("us", tz="UTC")), "records": [3]}),
+                   features / "part.parquet")
+    (features / "broken.parquet").write_bytes(b"not parquet")
+    assert cli.main(["series", "--from-detect", str(tmp_path / "detected"), "--feature", "bytes",
+                     "--output", str(tmp_path / "o")]) == 2
+    assert "no feature 'bytes' in the features files; they have records" in capsys.readouterr().err
+    assert cli.main(["series", "--from-detect", str(tmp_path / "detected"), "--output", str(tmp_path / "o")]) == 0
+    rejected = pq.read_table(tmp_path / "o" / "rejected" / "rejected.parquet").to_pylist()
+    assert [row["source_file"].endswith("broken.parquet") for row in rejected] == [True]

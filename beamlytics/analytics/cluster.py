@@ -85,22 +85,40 @@ def with_clusters(table: pa.Table, features: Features, vectors: np.ndarray, labe
     return result
 
 
-def cluster_table(table: pa.Table, algorithm: str, numerical: list[str], categorical: list[str] = (),
-                  normalise: bool = False, fit_rows: int | None = None, **params) -> pa.Table:
-    """Fit `algorithm` on the first `fit_rows` rows of `table` (all when None) and label every row.
+def fit_clusters(table: pa.Table, algorithm: str, numerical: list[str], categorical: list[str] = (),
+                 normalise: bool = False, fit_rows: int | None = None, **params):
+    """(features, fitted model) of `algorithm` on the first `fit_rows` rows of `table` (all when None).
 
-    The first rows, not a random draw: the same input always fits the same model.
+    The first rows, not a random draw: the same input always fits the same model. DBSCAN has no
+    model that labels other rows: it is a ValueError here (see `cluster_table`).
     """
+    if algorithm == "dbscan":
+        raise ValueError("DBSCAN labels only the rows it is fitted on: use cluster_table")
     fitted_on = table if fit_rows is None else table.slice(0, fit_rows)
     features = fit_features(fitted_on, list(numerical), list(categorical), normalise)
-    vectors = features.matrix(table)
-    if algorithm == "dbscan" and table.num_rows > MAX_DBSCAN_ROWS:
-        raise ValueError(f"DBSCAN clusters every row in memory: {table.num_rows} rows is over {MAX_DBSCAN_ROWS}; "
-                         "sample or aggregate first (e.g. per endpoint-window features)")
-    model = make_model(algorithm, **params)
+    return features, make_model(algorithm, **params).fit(features.matrix(fitted_on))
+
+
+def predict(model, vectors: np.ndarray) -> np.ndarray:
+    """Rows of (cluster id, probability of that cluster; NaN for the algorithms without one)."""
+    labels = model.predict(vectors).astype(float)
+    if hasattr(model, "predict_proba"):
+        return np.column_stack([labels, model.predict_proba(vectors).max(axis=1)])
+    return np.column_stack([labels, np.full(len(labels), np.nan)])
+
+
+def cluster_table(table: pa.Table, algorithm: str, numerical: list[str], categorical: list[str] = (),
+                  normalise: bool = False, fit_rows: int | None = None, **params) -> pa.Table:
+    """Fit `algorithm` on the first `fit_rows` rows of `table` (all when None) and label every row in this process."""
     if algorithm == "dbscan":
-        return with_clusters(table, features, vectors, model.fit_predict(vectors))
-    model.fit(features.matrix(fitted_on))
-    labels = model.predict(vectors)
-    probability = model.predict_proba(vectors).max(axis=1) if algorithm == "gaussian_mixture" else None
-    return with_clusters(table, features, vectors, labels, probability)
+        features = fit_features(table, list(numerical), list(categorical), normalise)
+        if table.num_rows > MAX_DBSCAN_ROWS:
+            raise ValueError(f"DBSCAN clusters every row in memory: {table.num_rows} rows is over "
+                             f"{MAX_DBSCAN_ROWS}; sample or aggregate first (e.g. --windows, or --query)")
+        vectors = features.matrix(table)
+        return with_clusters(table, features, vectors, make_model(algorithm, **params).fit_predict(vectors))
+    features, model = fit_clusters(table, algorithm, numerical, categorical, normalise, fit_rows, **params)
+    vectors = features.matrix(table)
+    assigned = predict(model, vectors)
+    return with_clusters(table, features, vectors, assigned[:, 0].astype(np.int64),
+                         assigned[:, 1] if algorithm == "gaussian_mixture" else None)

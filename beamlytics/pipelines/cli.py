@@ -179,6 +179,8 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
     parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
                         "optionally with a feature name; their alarms are scored, counted, not reported")
+    parser.add_argument("--query", metavar="SQL", help="row-by-row SQL over the records first, the table named "
+                        "netlytics, e.g. \"SELECT * FROM netlytics WHERE proto = 'tcp'\" (docs/analytics.md)")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
     for option, (_, kind, text) in DETECTOR_OPTIONS.items():
         group.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=text)
@@ -411,7 +413,15 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
     except (AllowListError, ValueError) as error:
         raise UsageError(str(error)) from None
-    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict)
+    if args.query:
+        from beamlytics.analytics.sql import QueryError, check_row_query
+
+        try:
+            check_row_query(args.query, args.table)
+        except QueryError as error:
+            raise UsageError(f"--query: {error}") from None
+    settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict,
+                              args.query)
     with outputs.open_output(args.output, "detect", args.overwrite,
                              [*args.inputs, *filter(None, [args.baseline, args.allow])],
                              read.inputs) as staging:

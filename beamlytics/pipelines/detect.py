@@ -12,6 +12,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import baseline, features, schemas
+from beamlytics.analytics.sql import query_batch
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
@@ -49,6 +50,7 @@ class DetectSettings:
     train_until_us: int | None = None
     shards: int = 1
     verdict: VerdictSettings = VerdictSettings()
+    query: str | None = None  # row-by-row SQL over the records first (table `netlytics`), as NetLytics' --query
 
 
 def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> formats.Plan:
@@ -79,7 +81,10 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     reader = _read(settings.read)
     read = pipeline | "Read" >> reader
     spec = settings.spec
-    windows = read["records"] | "Windows" >> WindowFeatures(spec, settings.windowing)
+    records = read["records"]
+    if settings.query:
+        records = records | "Query" >> beam.FlatMap(query_batch, settings.query, spec.table)
+    windows = records | "Windows" >> WindowFeatures(spec, settings.windowing)
     to_score, rejected, counts = windows, [read["rejected"]], []
     if settings.baseline:
         calibration = pipeline | "Baseline" >> ReadBaseline(settings.baseline, spec)

@@ -1,7 +1,10 @@
 """`beamlytics series`: per-host daily series from aggregate counts, judged by SPOT, S-H-ESD and a weekly band.
 
 Writes OUT/flags.parquet (host, day, count, spot, shesd, band), OUT/rejected/rejected.parquet (rows that
-could not be read: line and reason) and, with matplotlib, OUT/series.png (one panel per host). The whole
+could not be read: line and reason) and, with matplotlib, OUT/series.png (one panel per host).
+With `--from-detect DETECT_OUT --feature F`, the series are instead each endpoint's feature F window by
+window from a detect run's features/ folder, judged by S-H-ESD: OUT/flags.parquet (key, window_start,
+value, shesd) and OUT/rejected/ (unreadable files). The whole
 series is needed at once (S-H-ESD and the band fit every day together), and aggregates are small, so this
 runs in one process, without a Beam pipeline.
 """
@@ -17,7 +20,13 @@ from beamlytics.pipelines import cli, outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="INPUT", help="CSV of counts per day and host (and peer), with a header")
+    parser.add_argument("input", metavar="INPUT", nargs="?",
+                        help="CSV of counts per day and host (and peer), with a header")
+    parser.add_argument("--from-detect", metavar="DETECT_OUT",
+                        help="instead of INPUT: the output folder of a detect run, whose features/ give the series")
+    parser.add_argument("--feature", default="records", help="--from-detect: the feature judged (records)")
+    parser.add_argument("--key", help="--from-detect: only this endpoint (default: every endpoint)")
+    parser.add_argument("--period", type=int, help="--from-detect: windows per season (default: detected)")
     parser.add_argument("--output", required=True, metavar="OUT",
                         help="folder for flags.parquet, rejected/, series.png")
     parser.add_argument("--overwrite", action="store_true",
@@ -52,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise cli.UsageError("--spot-n-init must be at least 5 (SPOT's first quantile needs 5 values)")
     if args.shesd_max_anoms >= 0.5:
         raise cli.UsageError("--shesd-max-anoms must be below 0.5: ESD needs a majority of normal days")
+    if (args.input is None) == (args.from_detect is None):
+        raise cli.UsageError("give either INPUT (a CSV of daily counts) or --from-detect DETECT_OUT")
+    if args.from_detect is not None:
+        return _run_from_detect(args)
     if not os.path.isfile(args.input):
         raise cli.UsageError(f"{args.input}: no such file")
     plot = not args.no_plot and importlib.util.find_spec("matplotlib") is not None
@@ -79,4 +92,40 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(all_series)} hosts × {all_series[0].days.size} days; flagged host-days: "
           + ", ".join(f"{name} {count}" for name, count in counts.items())
           + f"; {len(rejected)} rows rejected; written to {args.output.rstrip('/')}/")
+    return 0
+
+
+def _run_from_detect(args: argparse.Namespace) -> int:
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beamlytics.series import windows
+
+    if args.period is not None and args.period < 2:
+        raise cli.UsageError("--period must be at least 2 windows")
+    folder = os.path.join(args.from_detect, "features")
+    if not os.path.isdir(folder):
+        raise cli.UsageError(f"--from-detect {args.from_detect}: no features/ folder (not a detect output folder)")
+    files = sorted(glob.glob(os.path.join(glob.escape(folder), "*.parquet")))
+    cli.check_output_folder(args.output)
+    try:
+        rows, rejected = windows.read_features(files, args.feature, args.key)
+        series = windows.build_series(rows)
+        table = windows.shesd_table(series, args.period, args.shesd_alpha, args.shesd_max_anoms)
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from None
+    with outputs.open_output(args.output, "series", args.overwrite, [args.from_detect], files) as staging:
+        pq.write_table(table, os.path.join(staging, "flags.parquet"))
+        os.makedirs(os.path.join(staging, "rejected"), exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([r.as_row() for r in rejected], schema=schemas.REJECTED),
+                       os.path.join(staging, "rejected", "rejected.parquet"))
+    if not series:
+        why = f"no endpoint {args.key}" if args.key else "no endpoint-window"
+        print(f"no series: {folder} holds {why} ({len(rejected)} files rejected, see rejected/)", file=sys.stderr)
+        return 0
+    flagged = int(sum(table["shesd"].to_pylist()))
+    print(f"{len(series)} endpoints, {table.num_rows} windows of {args.feature}; S-H-ESD flagged {flagged}; "
+          f"{len(rejected)} files rejected; written to {args.output.rstrip('/')}/")
     return 0
