@@ -93,11 +93,12 @@ def run() -> list[Result]:
     results, reference = [], None
     with tempfile.TemporaryDirectory(prefix="beamlytics-scale-") as work:
         for engine, options in ENGINES.items():
-            seconds = {}
+            seconds, loads = {}, []
             for workers in (1, 2):
                 output = Path(work) / f"{engine.split()[0]}-{workers}"
                 try:
                     seconds[workers] = _timed_run(output, inputs, options(workers))
+                    loads.append(os.getloadavg()[0])  # on a shared machine the figures mean little without it
                 except RuntimeError as error:
                     print(f"{engine}, {workers} worker(s): not measured: {str(error).splitlines()[-1]}", flush=True)
                     break
@@ -107,7 +108,8 @@ def run() -> list[Result]:
                     raise AssertionError(f"{engine} with {workers} worker(s) wrote other bytes than the first run")
             if len(seconds) == 2:
                 print(f"{engine:<32} 1 worker {seconds[1]:7.1f} s   2 workers {seconds[2]:7.1f} s   "
-                      f"speed-up {seconds[1] / seconds[2]:.2f}x   outputs identical", flush=True)
+                      f"speed-up {seconds[1] / seconds[2]:.2f}x   outputs identical   "
+                      f"load average {loads[0]:.1f} / {loads[1]:.1f}", flush=True)
                 results.append(Result(f"detect pipeline, {engine}, 2 workers", RECORDS / seconds[2], "records/s",
                                       "1 worker", RECORDS / seconds[1]))
     return results

@@ -35,7 +35,24 @@ def detect_log(folder: Path, hosts: int = 40, minutes: int = 30) -> Path:
     return path
 
 
-def run_detect(inputs: Path, output: Path, shards: int, beam_args=(), split_bytes: int | None = None) -> Path:
+def squid_log(folder: Path, hosts: int = 30, minutes: int = 30) -> Path:
+    """A Squid access.log: `hosts` clients, a request every 20 s each, one client's burst of 404s, bad lines."""
+    lines = []
+    for second in range(0, minutes * 60, 20):
+        for host in range(hosts):
+            burst = host == 5 and 600 <= second < 720
+            for copy in range(25 if burst else 1):
+                status, path = (404, f"/probe/{copy}") if burst else (200, "/index.html")
+                lines.append(f"{1714521600 + second}.{host * 10 + copy % 10:03d}     12 10.2.0.{host} TCP_MISS/{status}"
+                             f" 1500 GET http://site{host % 4}.example{path} - HIER_DIRECT/10.9.0.{host % 4} text/html")
+        lines.append("not a squid line")
+    path = folder / "access.log"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_detect(inputs: Path, output: Path, shards: int, beam_args=(), split_bytes: int | None = None,
+               table: str = "dns") -> Path:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -44,9 +61,9 @@ def run_detect(inputs: Path, output: Path, shards: int, beam_args=(), split_byte
     from beamlytics.detectors.verdict import VerdictSettings
     from beamlytics.pipelines.detect import DetectSettings, ReadSettings, build_detect
 
-    spec = features.WindowSpec("dns", "c_ip", 60_000_000)
-    read = ReadSettings([str(inputs)], "dns", parser_options={"split_bytes": split_bytes} if split_bytes else {})
-    settings = DetectSettings(read, spec, DetectorConfig("gaussian", {}, features.DEFAULT_FEATURES["dns"]),
+    spec = features.WindowSpec(table, "c_ip", 60_000_000)
+    read = ReadSettings([str(inputs)], table, parser_options={"split_bytes": split_bytes} if split_bytes else {})
+    settings = DetectSettings(read, spec, DetectorConfig("gaussian", {}, features.DEFAULT_FEATURES[table]),
                               shards=shards, verdict=VerdictSettings(alarm_rate=0.05))  # a small log: few windows
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         build_detect(pipeline, settings, str(output))
@@ -89,3 +106,15 @@ def test_outputs_byte_identical_with_one_and_two_workers_and_split_reads(log, tm
     two = folder_bytes(run_detect(log, tmp_path / "two", 2, ["--direct_running_mode=multi_processing",
                                                              "--direct_num_workers=2"], split_bytes=log.stat().st_size // 5))
     assert len(one) == 9 and two == one  # 2 shards of scores, anomalies, verdicts and features; one of rejected
+
+
+def test_a_squid_log_read_in_ranges_by_two_workers_writes_the_same_bytes(tmp_path):
+    """The line formats split too: a Squid log cut in 7 ranges, parsed by two worker processes."""
+    log = squid_log(tmp_path)
+    one = folder_bytes(run_detect(log, tmp_path / "one", 2, table="http"))
+    two = folder_bytes(run_detect(log, tmp_path / "two", 2, ["--direct_running_mode=multi_processing",
+                                                             "--direct_num_workers=2"],
+                                  split_bytes=log.stat().st_size // 7, table="http"))
+    assert two == one
+    rejected = pq.read_table(tmp_path / "one" / "rejected")
+    assert rejected.num_rows == 90 and pq.read_table(tmp_path / "one" / "anomalies").num_rows > 0

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
+    LineStart,
     batches_of,
     blank_mask,
     broken_stream,
@@ -96,12 +97,13 @@ def parse(
     table: str,
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
+    start: LineStart = LineStart(),
 ) -> Iterator[ParseItem]:
     if table != "dns":
         raise ValueError(f"BIND query logs feed 'dns', not {table!r}")
     year = (options or {}).get("year")
     timezone = (options or {}).get("timezone") or None
-    reader = line_reader(stream, options)
+    reader = line_reader(stream, options, start)
     for block in reader:
         yield from _parse_block(block, source, batch_rows, year, timezone)
         yield from broken_stream(block, FORMAT, source)

@@ -5,7 +5,9 @@
   Readers turn that failure into a dead letter for the rest of the file.
 * `DeadLetterLimit`: the first `per_reason` dead letters of each kind of reason in a file
   are listed; the rest are counted in one dead letter per reason, so a file of millions of
-  bad lines costs a few thousand rows, and no unit goes uncounted.
+  bad lines costs a few thousand rows, and no unit goes uncounted. A file read as byte ranges
+  is limited per range first (each range's memory stays bounded), then `merge_ranges` makes
+  the file's list what one read of it would list.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 from beamlytics.parsers.base import Rejected, decompressed
 
@@ -94,6 +96,40 @@ class _Overflow:
     count: int = 0
 
 
+@dataclass(frozen=True)
+class Overflowed(Rejected):
+    """The dead letter standing for the `count` unlisted ones of a reason kind; where and what the first was."""
+
+    count: int = 0
+
+
+def overflowed(kind: str, first: Rejected, count: int, units: int, per_reason: int) -> Overflowed:
+    reason = (f"{kind}: {count} more dead letters of this kind not listed "
+              f"(the first at position {first.position}; {per_reason} listed)")
+    return Overflowed(first.source, first.position, reason, first.excerpt, first.source_tool, units, count)
+
+
+def merge_ranges(dead: Iterable[Rejected], per_reason: int = DEAD_LETTERS_PER_REASON) -> list[Rejected]:
+    """The dead letters of one reason kind of one file, from its ranges each limited on its own (listed ones
+    and `Overflowed`, in any order), as `DeadLetterLimit` over the whole file gives them.
+
+    Every one of the file's first `per_reason` is listed by its own range, and so is the first one
+    after them unless its range's `Overflowed` names it: positions being file-absolute, sorting
+    the listed ones and taking the earliest unlisted one is enough.
+    """
+    listed, overflows = [], []
+    for item in dead:
+        (overflows if isinstance(item, Overflowed) else listed).append(item)
+    listed.sort(key=lambda item: (item.position, item.reason, item.excerpt, item.units))
+    kept, spilled = listed[:per_reason], listed[per_reason:]
+    if not spilled and not overflows:
+        return kept
+    first = min([*spilled, *overflows], key=lambda item: (item.position, isinstance(item, Overflowed)))
+    count = len(spilled) + sum(item.count for item in overflows)
+    units = sum(item.units for item in spilled) + sum(item.units for item in overflows)
+    return [*kept, overflowed(reason_kind(first.reason), first, count, units, per_reason)]
+
+
 class DeadLetterLimit:
     """Lists the first `per_reason` dead letters of each reason kind; counts the rest."""
 
@@ -117,7 +153,4 @@ class DeadLetterLimit:
     def rest(self) -> Iterator[Rejected]:
         """One dead letter per reason kind that overflowed, standing for every unlisted one."""
         for kind, overflow in self._overflow.items():
-            first = overflow.first
-            reason = (f"{kind}: {overflow.count} more dead letters of this kind not listed "
-                      f"(the first at position {first.position}; {self.per_reason} listed)")
-            yield Rejected(first.source, first.position, reason, first.excerpt, first.source_tool, overflow.units)
+            yield overflowed(kind, overflow.first, overflow.count, overflow.units, self.per_reason)

@@ -33,6 +33,15 @@ class LineBlock:
     oversized_reason: str = ""
 
 
+@dataclass(frozen=True)
+class LineStart:
+    """Where a byte range of a line log begins: its first line's number and, for a log whose header
+    line names its columns (Tstat), the last such line before the range (None: none yet)."""
+
+    first_line: int = 1
+    header: str | None = None
+
+
 def _split_lines(data: bytes) -> pa.Array:
     """`data` (ending in a newline) as one Arrow string per line, without copying per line."""
     try:
@@ -55,15 +64,17 @@ class LineReader:
     last block carries the error.
     """
 
-    def __init__(self, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES, block_bytes: int = BLOCK_BYTES,
+                 first_line: int = 1):
         self.stream = stream
+        self.first_line = first_line
         self.max_line_bytes = max_line_bytes
         self.block_bytes = block_bytes
         self.delivered = 0  # lines handed out so far, oversized ones included
         self._read = getattr(stream, "read1", None) or stream.read
 
     def __iter__(self) -> Iterator[LineBlock]:
-        number, carry, skipping = 1, b"", None  # skipping: (line number, first bytes) of a line too long
+        number, carry, skipping = self.first_line, b"", None  # skipping: (line number, first bytes) of a line too long
         while True:
             data, ended, error = self._next_data(carry)
             carry = b""
@@ -131,9 +142,11 @@ class LineReader:
         return LineBlock(first, lines, oversized=tuple(oversized), oversized_reason=reason)
 
 
-def line_reader(stream: BinaryIO, options: Mapping[str, Any] | None = None) -> LineReader:
-    """The `LineReader` for a parser, with the `max_line_bytes` option if given."""
-    return LineReader(stream, int((options or {}).get("max_line_bytes") or MAX_LINE_BYTES))
+def line_reader(stream: BinaryIO, options: Mapping[str, Any] | None = None, start: LineStart = LineStart()
+                ) -> LineReader:
+    """The `LineReader` for a parser, with the `max_line_bytes` option if given, numbering from `start`."""
+    return LineReader(stream, int((options or {}).get("max_line_bytes") or MAX_LINE_BYTES),
+                      first_line=start.first_line)
 
 
 def rejected_lines(block: LineBlock, mask: pa.Array, reason: str, tool: str, source: str) -> list[Rejected]:

@@ -2,12 +2,14 @@
 
 A range `[start, end)` owns the lines that *start* in it: its reader skips to the first line
 start at or after `start` and reads on past `end` to finish its last line. Line numbers stay
-file-absolute and a Zeek range reads under the header in force where it begins, so a range
-needs what came before it. That is a cheap first pass per range (`index_range`: how many
-lines it holds and the `#` lines that change the header), folded over the earlier ranges by
-`range_start`; no range ever reads the bytes of another.
+file-absolute and a Zeek or Tstat range reads under the header in force where it begins, so a
+range needs what came before it. That is a cheap first pass per range (`index_range`,
+`index_lines`: how many lines it holds and the `#` lines that change the header), folded over
+the earlier ranges by `range_start` / `line_start`; no range ever reads the bytes of another.
 
-Only uncompressed files split (a compressed stream cannot be entered in the middle).
+Zeek, Squid, BIND and Tstat's flow logs split. Tstat's DNS and HTTP logs do not: a row there
+pairs lines of one transaction (a request and its answers) that a cut could part. Only
+uncompressed files split (a compressed stream cannot be entered in the middle).
 """
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ import io
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Mapping
 
+from beamlytics.parsers import tstat
 from beamlytics.parsers.base import Rejected, decompressed
+from beamlytics.parsers.lines import LineStart
 from beamlytics.parsers.zeek_reader import MAX_LINE_BYTES, Header, LineRun, LogStart, apply_header_line, line_runs
 
 # Bytes per range: big enough that a range's fixed cost (one more open, one seek, the index
 # pass at memory speed) is noise beside parsing it, small enough that a 5 GB log spreads wide.
 SPLIT_BYTES = 32 << 20
-SPLITTABLE_FORMATS = ("zeek",)
+SPLITTABLE_FORMATS = ("zeek", "squid", "bind", "tstat")
+PAIRED_KINDS = {("tstat", "log_dns_complete"), ("tstat", "log_http_complete")}
 _SCAN_BYTES = 1 << 20
 # The `#` lines that change a Zeek header other than `#separator` (which starts a new one).
 _HEADER_KEYS = (b"fields", b"types", b"set_separator", b"empty_field", b"unset_field", b"path")
@@ -132,6 +137,33 @@ def index_range(source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BY
     return RangeIndex(lines, separator, ordered)
 
 
+def index_lines(source: str, stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES,
+                is_header: Callable[[str], bool] | None = None) -> RangeIndex:
+    """Count the lines of a line log's range as `lines.LineReader` numbers them, keeping the last `#` line
+    that `is_header` takes for a header (the one in force after the range)."""
+    lines, header = 0, None
+    for run in line_runs(source, stream, max_line_bytes):
+        if isinstance(run, Rejected):
+            lines += run.units
+            continue
+        # A `#` line over the limit is rejected by the parser's reader, never read as a header.
+        if run.is_header and is_header is not None and len(run.data) - 1 <= max_line_bytes:
+            line = bytes(run.data).rstrip(b"\r\n")
+            if is_header(line.decode("utf-8", "replace")):
+                header = line
+        lines += run.lines
+    return RangeIndex(lines, header_lines=(header,) if header is not None else ())
+
+
+def line_start(earlier: list[RangeIndex]) -> LineStart:
+    """The start of a line log's range after `earlier` (the indexes of all ranges before it, in file order)."""
+    header, line = None, 1
+    for index in earlier:
+        header = index.header_lines[-1] if index.header_lines else header
+        line += index.lines
+    return LineStart(line, header.decode("utf-8", "replace") if header is not None else None)
+
+
 def range_start(earlier: list[RangeIndex], is_json: bool) -> LogStart:
     """The start of the range after `earlier` (the indexes of all ranges before it, in file order)."""
     header, line = Header(), 1
@@ -156,13 +188,14 @@ class SourceRange:
 
     source: Any  # formats.Source
     range: ByteRange
-    start: LogStart
+    start: LogStart | LineStart
 
 
 def splits_into(source: Any, open_stream: Callable[[str], BinaryIO], size: int, split_bytes: int = SPLIT_BYTES
                 ) -> list[ByteRange]:
     """The ranges a planned `formats.Source` of `size` bytes is read in; none when it is read whole."""
-    if getattr(source, "format", None) not in SPLITTABLE_FORMATS or size <= split_bytes:
+    fmt = getattr(source, "format", None)
+    if fmt not in SPLITTABLE_FORMATS or (fmt, source.kind) in PAIRED_KINDS or size <= split_bytes:
         return []
     with open_stream(source.path) as raw:
         if not isinstance(decompressed(raw), io.BufferedReader):
@@ -170,16 +203,27 @@ def splits_into(source: Any, open_stream: Callable[[str], BinaryIO], size: int, 
     return byte_ranges(source.path, size, split_bytes)
 
 
-def index_of(piece: ByteRange, open_stream: Callable[[str], BinaryIO], max_line_bytes: int = MAX_LINE_BYTES
-             ) -> RangeIndex:
+def index_of(source: Any, piece: ByteRange, open_stream: Callable[[str], BinaryIO],
+             max_line_bytes: int = MAX_LINE_BYTES) -> RangeIndex:
+    """The index of one range of a planned `formats.Source`."""
     with open_stream(piece.path) as raw:
-        return index_range(piece.path, open_range(raw, piece), max_line_bytes)
+        stream = open_range(raw, piece)
+        if source.format == "zeek":
+            return index_range(piece.path, stream, max_line_bytes)
+        is_header = _is_tstat_header if source.format == "tstat" else None
+        return index_lines(piece.path, stream, max_line_bytes, is_header)
+
+
+def _is_tstat_header(line: str) -> bool:
+    return tstat.header_columns(line) is not None
 
 
 def starts_of(source: Any, pieces: list[ByteRange], indexes: Mapping[int, RangeIndex],
               open_stream: Callable[[str], BinaryIO], max_line_bytes: int = MAX_LINE_BYTES) -> list[SourceRange]:
     """Each range of `source` with its start, from the `indexes` of its ranges (by range index)."""
+    ordered = [indexes[piece.index] for piece in pieces]
+    if source.format != "zeek":
+        return [SourceRange(source, piece, line_start(ordered[: piece.index])) for piece in pieces]
     with open_stream(source.path) as raw:
         is_json = is_json_log(raw, max_line_bytes)
-    ordered = [indexes[piece.index] for piece in pieces]
     return [SourceRange(source, piece, range_start(ordered[: piece.index], is_json)) for piece in pieces]

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read
 from beamlytics.parsers.lines import (
     LineBlock,
+    LineStart,
     batches_of,
     blank_mask,
     broken_stream,
@@ -106,10 +107,11 @@ def parse(
     table: str,
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
+    start: LineStart = LineStart(),
 ) -> Iterator[ParseItem]:
     if table not in TABLES["access"]:
         raise ValueError(f"squid access logs feed {sorted(TABLES['access'])}, not {table!r}")
-    reader = line_reader(stream, options)
+    reader = line_reader(stream, options, start)
     for block in reader:
         yield from _parse_block(block, table, source, batch_rows)
         yield from broken_stream(block, FORMAT, source)

@@ -56,6 +56,7 @@ from beamlytics.schemas import flags_string
 from beamlytics.parsers.lines import (
     LineBlock,
     LineReader,
+    LineStart,
     batches_of,
     blank_mask,
     broken_stream,
@@ -119,13 +120,14 @@ def parse(
     table: str,
     batch_rows: int = BATCH_ROWS,
     options: Mapping[str, Any] | None = None,
+    start: LineStart = LineStart(),
 ) -> Iterator[ParseItem]:
     if table not in TABLES.get(kind, ()):
         raise ValueError(f"tstat {kind!r} does not feed table {table!r}")
     pair_us = int(float((options or {}).get("pair_seconds", PAIR_SECONDS)) * 1e6)
-    reader = line_reader(stream, options)
+    reader = line_reader(stream, options, start)
     if kind in ("log_tcp_complete", "log_udp_complete"):
-        items = _parse_flows(source, reader, kind, batch_rows)
+        items = _parse_flows(source, reader, kind, batch_rows, start.header)
     elif kind == "log_dns_complete":
         items = _parse_lines(source, reader, _DnsPairing(source, batch_rows, pair_us))
     else:
@@ -141,8 +143,9 @@ def _then_read_count(items: Iterator[ParseItem], source: str, reader: LineReader
 # ----------------------------------------------------------------------------- flows
 
 
-def _parse_flows(source: str, reader: LineReader, kind: str, batch_rows: int) -> Iterator[ParseItem]:
-    columns: dict[str, int] | None = None
+def _parse_flows(source: str, reader: LineReader, kind: str, batch_rows: int, header: str | None
+                 ) -> Iterator[ParseItem]:
+    columns = header_columns(header) if header is not None else None
     for block in reader:
         starts = pc.starts_with(block.lines, "#").to_numpy(zero_copy_only=False)
         cuts = [0, *np.flatnonzero(starts).tolist(), len(block.lines)]

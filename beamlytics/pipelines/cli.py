@@ -144,8 +144,8 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
                         help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
     parser.add_argument("--split-bytes", type=int, metavar="BYTES",
-                        help="uncompressed Zeek logs bigger than this are read in ranges of about this size, "
-                        "in parallel (32 MiB)")
+                        help="uncompressed Zeek, Squid, BIND and Tstat flow logs bigger than this are read "
+                        "in ranges of about this size, in parallel (32 MiB)")
     parser.add_argument("--max-decompression-ratio", type=finite_float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
                         help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
     parser.add_argument("--quiet", action="store_true", help="no progress reports on stderr")

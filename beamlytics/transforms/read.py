@@ -21,6 +21,7 @@ from beamlytics.parsers.base import BATCH_ROWS, Read, Rejected
 from beamlytics.transforms.progress import TallyCounts
 
 REJECTED_TAG = "rejected"
+RANGE_REJECTED_TAG = "range_rejected"  # a range's dead letters, ((file, reason kind), Rejected): limited per file later
 COUNTS_TAG = "counts"
 REJECTED_BY_REASON = "rejected_by_reason/"  # count names that WriteSummary gathers into one mapping
 
@@ -61,9 +62,11 @@ class _ParseSource(beam.DoFn):
                 continue
             if isinstance(item, Rejected):
                 units += item.units
-                yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
-                for name, count in rejection_counts(item):
-                    yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, count))
+                if isinstance(source, splits.SourceRange):
+                    key = (source.source.path, limits.reason_kind(item.reason))
+                    yield beam.pvalue.TaggedOutput(RANGE_REJECTED_TAG, (key, item))
+                else:
+                    yield from dead_letter_outputs(item)
                 continue
             units += item.units
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("parsed", item.units))
@@ -86,10 +89,24 @@ class _ParseSource(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("files_read", 1))  # progress: this file is done
 
 
+def dead_letter_outputs(rejected: Rejected):
+    """A dead letter's row and its summary counts, as tagged outputs."""
+    yield beam.pvalue.TaggedOutput(REJECTED_TAG, rejected.as_row())
+    for name, count in rejection_counts(rejected):
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, count))
+
+
+def file_dead_letters(kind_letters, per_reason: int):
+    """The dead letters of one reason kind of a file read in ranges, limited per file (`limits.merge_ranges`)."""
+    _, letters = kind_letters
+    for rejected in limits.merge_ranges(letters, per_reason):
+        yield from dead_letter_outputs(rejected)
+
+
 def indexed_range(source_piece, max_line_bytes: int):
     """(path, range index, its `splits.RangeIndex`)."""
-    _, piece = source_piece
-    return piece.path, piece.index, splits.index_of(piece, open_stream, max_line_bytes)
+    source, piece = source_piece
+    return piece.path, piece.index, splits.index_of(source, piece, open_stream, max_line_bytes)
 
 
 def ranges_with_starts(source_pieces, indexes, max_line_bytes: int) -> list[splits.SourceRange]:
@@ -146,18 +163,30 @@ class ReadRecords(beam.PTransform):
             sources
             | "Spread" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseSource(self.table, self.days, self.batch_rows, self.parser_options))
-            .with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
+            .with_outputs(REJECTED_TAG, COUNTS_TAG, RANGE_REJECTED_TAG, main="records")
         )
+        parse_counts, parse_rejected = [parsed[COUNTS_TAG]], [parsed[REJECTED_TAG]]
+        if split:
+            per_reason = int(self.parser_options.get("dead_letters_per_reason") or limits.DEAD_LETTERS_PER_REASON)
+            per_file = (
+                parsed[RANGE_REJECTED_TAG]
+                | "PerFileKind" >> beam.GroupByKey()
+                | "LimitPerFile" >> beam.FlatMap(file_dead_letters, per_reason).with_outputs(REJECTED_TAG, COUNTS_TAG)
+            )
+            parse_counts.append(per_file[COUNTS_TAG])
+            parse_rejected.append(per_file[REJECTED_TAG])
         unreadable = pbegin | "Unreadable" >> beam.Create([item.as_row() for item in plan.rejected])
         planning_counts = [("files", len(plan.sources)), ("skipped_files", len(plan.skipped)), ("parsed", 0),
                            ("records", 0), ("read", 0), ("rejected", 0), ("dead_letters", 0),
                            ("records_without_time", 0), ("files_read", 0)]
         planning_counts += [pair for item in plan.rejected for pair in rejection_counts(item)]
+        if split:
+            parse_counts = [parse_counts | "ParseCounts" >> beam.Flatten()]
         counts = (
-            parsed[COUNTS_TAG] | "Progress" >> TallyCounts(),  # here, not after the Flatten: live while parsing
+            parse_counts[0] | "Progress" >> TallyCounts(),  # here, not after the Flatten: live while parsing
             pbegin | "PlanCounts" >> beam.Create(planning_counts),
         ) | "AllCounts" >> beam.Flatten()
-        rejected = (parsed[REJECTED_TAG], unreadable) | "AllRejected" >> beam.Flatten()
+        rejected = (*parse_rejected, unreadable) | "AllRejected" >> beam.Flatten()
         return {"records": parsed.records, "rejected": rejected, "counts": counts}
 
     def _ranges(self, pbegin, split: list):
