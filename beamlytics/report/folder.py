@@ -1,6 +1,6 @@
 """The output folder of `detect`, read for analysts: OUT/incidents/, the report, `show`'s text.
 
-Everything here reads the finished folder (anomalies/, features/, scores/, rejected/,
+Everything here reads the finished folder (verdicts/, anomalies/, features/, scores/, rejected/,
 summary.json) through Beam's FileSystems, so it works the same after any runner and again,
 later, on an old folder.
 """
@@ -76,10 +76,11 @@ def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
     output = output.rstrip("/")
     summary = read_summary(output)
     table_name = summary["table"]
+    verdicts = read_folder(f"{output}/verdicts", schemas.VERDICTS)
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     feature_table = read_folder(f"{output}/features", features.feature_schema(table_name))
     batches = inputs.record_batches(table_name) if inputs.local else None
-    found = incidents.build_incidents(anomalies, feature_table, float(summary["window_seconds"]), batches)
+    found = incidents.build_incidents(verdicts, anomalies, feature_table, float(summary["window_seconds"]), batches)
     found = found.replace_schema_metadata({incidents.INPUTS_METADATA: inputs.to_json()})
     write_file(f"{output}/{INCIDENTS_FILE}", parquet_bytes(found))
     return found
