@@ -137,14 +137,23 @@ def plotted_rows(detector, statuses, values, evidence):
             for i, (status, value) in enumerate(zip(statuses, values))]
 
 
-def test_plot_marks_every_anomalous_window_and_draws_the_band():
-    statuses = ["normal"] * 5 + ["anomaly", "anomaly"] + ["normal"] * 3
-    rows = plotted_rows("gaussian", statuses, [3, 4, 3, 5, 4, 90, 80, 4, 3, 4], {"mean": 4.0, "std": 1.0})
-    svg = html.plot_svg(rows, {"start": T0 + 5 * MINUTE, "end": T0 + 7 * MINUTE, "window_seconds": 60.0, "key": "h"},
-                        "records", {"k": 3.0})
+def test_plot_marks_every_reported_window_and_draws_the_band_and_the_alarm_level():
+    # Minute 2 its own detector calls anomalous, but its verdict did not report it: it is not marked.
+    statuses = ["normal"] * 2 + ["anomaly"] + ["normal"] * 2 + ["anomaly", "anomaly"] + ["normal"] * 3
+    rows = plotted_rows("gaussian", statuses, [3, 4, 9, 5, 4, 90, 80, 4, 3, 4], {"mean": 4.0, "std": 1.0})
+    incident = {"start": T0 + 5 * MINUTE, "end": T0 + 7 * MINUTE, "window_seconds": 60.0, "key": "h"}
+    reported = frozenset({T0 + 5 * MINUTE, T0 + 6 * MINUTE})
+    svg = html.plot_svg(rows, incident, "records", {"k": 3.0}, reported)
     assert svg.count('class="alarm"') == 2
     assert svg.count('class="band"') == 1
     assert svg.count('class="series"') == 1
+    assert 'class="level"' not in svg  # the incident has no measure: no alarm level to draw
+    measured = {**incident, "measures": [{"feature": "records", "threshold": 40.0}]}
+    [level_y] = re.findall(r'class="level" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"', html.plot_svg(
+        rows, measured, "records", {"k": 3.0}, reported))
+    # y runs from 0 at HEIGHT - 24 up to 1.08 × the largest value (90) at 20.
+    top = 90 * 1.08
+    assert float(level_y) == pytest.approx(html.HEIGHT - 24 - 40.0 / top * (html.HEIGHT - 44), abs=0.1)
 
 
 def test_poisson_plot_draws_the_expected_rate_instead_of_a_band():
@@ -169,7 +178,8 @@ def test_detect_prints_the_top_incidents(tmp_path, capsys):
     printed = capsys.readouterr().out
     [table_line] = [line for line in printed.splitlines() if re.match(r"1\s{2,}", line)]
     assert SCENARIO.anomalous_client in table_line
-    assert "1 incident(s)" in printed
+    assert "1 incident(s) from 3 reported endpoint-window(s); top 1 by verdict score" in printed
+    assert printed.rstrip().splitlines()[-1] == table_line  # the table comes last, below the summary
 
 
 def test_show_prints_the_incident_and_its_records(detected, capsys):
@@ -223,7 +233,7 @@ def test_every_output_column_is_in_the_guide():
     sections = dict(re.findall(r"^### `([a-z_/.]+)`\n(.*?)(?=^### |\Z)", guide, flags=re.M | re.S))
     documented = {
         **schemas.TABLES, "rejected/": schemas.REJECTED, "scores/": schemas.SCORES,
-        "anomalies/": schemas.ANOMALIES, "incidents/": schemas.INCIDENTS,
+        "anomalies/": schemas.ANOMALIES, "verdicts/": schemas.VERDICTS, "incidents/": schemas.INCIDENTS,
         **{f"features/ ({table})": features.feature_schema(table) for table in schemas.TABLES},
     }
     missing = []
@@ -286,12 +296,17 @@ def test_an_empty_result_says_why(tmp_path, capsys):
     assert cli.main(["detect", "--table", "dns", "--alarm-rate", ALARM_RATE, "--detector", "gaussian", "--k", "100", "--output", str(out),
                      str(logs)]) == 0
     printed = capsys.readouterr().out
-    statuses = collections.Counter(pq.read_table(out / "scores").column("status").to_pylist())
-    assert f"no incidents: none of {sum(statuses.values()):,} scores was anomalous; " \
-           f"{statuses['calibrating']:,} were still calibrating" in printed
+    verdicts = pq.read_table(out / "verdicts").to_pylist()
+    statuses = collections.Counter(row["status"] for row in verdicts)
+    too_few = sum(row["records"] < 3 for row in verdicts)  # the default --min-records
+    assert statuses["alarm"] == 0 and too_few > 0
+    assert printed.rstrip().splitlines()[-1] == (
+        f"no incidents: none of {statuses['normal']:,} judged endpoint-windows went beyond what --alarm-rate "
+        f"{ALARM_RATE} allows (a higher rate finds more, with more false alarms); {too_few:,} window(s) had fewer "
+        "than --min-records 3 records")
     assert folder.read_incidents(str(out))[0].num_rows == 0
     page = Path(folder.write_report(str(out))).read_text(encoding="utf-8")
-    assert "No incidents: no window of any endpoint was anomalous." in page
+    assert "No incidents: no window of any endpoint was reported." in page
 
 
 def test_an_endpoint_that_is_a_name_is_not_told_its_own_name_count():

@@ -174,6 +174,11 @@ def reason(row: Mapping[str, Any], window_seconds: float) -> str:
     return f"{seen} (score {number(row.get('score'))}, limit {number(row.get('threshold'))})"
 
 
+def summary_of(evidence: str) -> str:
+    """The first part of an incident's evidence: what it did over the whole incident."""
+    return evidence.split("; at most")[0]
+
+
 def endpoint_noun(key_kind: str, plural: bool = False) -> str:
     """What the endpoint is, in words: "host", "server", "name", "domain"."""
     noun = _ENDPOINT.get(key_kind, "endpoint")
