@@ -306,3 +306,38 @@ def test_span_records_are_each_spans_records_in_batch_order():
             expected[index] = rows
     assert got == expected
     assert sorted(expected) == [0, 1, 2, 4]
+
+
+def http_batch(rows):
+    """(c_ip, user agent, second) → an http batch of one file, positions in order."""
+    columns = {"c_ip": [r[0] for r in rows], "s_ip": ["10.9.9.9"] * len(rows), "s_port": [80] * len(rows),
+               "host": ["site.test"] * len(rows), "user_agent": [r[1] for r in rows],
+               "req_time": [T0 + r[2] * 1_000_000 for r in rows], "source_tool": ["zeek"] * len(rows),
+               "source_file": ["http.log"] * len(rows), "source_pos": list(range(1, len(rows) + 1))}
+    return schemas.batch_from_columns(schemas.HTTP, columns, len(rows))
+
+
+def test_the_rarest_user_agent_of_an_http_incident_is_counted_over_the_whole_run():
+    browser = "Mozilla/5.0 (Windows NT 10.0)"
+    batches = [
+        http_batch([("a", browser, 10), ("b", browser, 20), ("c", browser, 30), ("a", "evil/1.0", 70),
+                    ("a", "evil/1.0", 80), ("a", browser, 90), ("c", "curl/8", 95)]),
+        http_batch([("b", "curl/8", 100), ("a", "curl/8", 110), ("d", None, 115), (None, "ghost", 116)]),
+    ]
+    rarity = incidents.AgentRarity()
+    for batch in batches:
+        rarity.add(batch)
+    # Clients per agent, counted by hand: the browser a, b, c; curl c, b, a; evil a. Nulls count for nothing.
+    assert {agent: len(clients) for agent, clients in rarity.clients.items()} == {browser: 3, "curl/8": 3,
+                                                                                  "evil/1.0": 1}
+    assert rarity.all_clients == {"a", "b", "c"}
+    assert rarity.rarest({browser: 1, "curl/8": 1, "evil/1.0": 2, "never seen": 9}) == ("evil/1.0", 2, 1)
+
+    alarm = verdict("a", 1, ("records",), value=4.0)  # a's minute 1: seconds 60-119
+    found = incidents.build_incidents(
+        pa.Table.from_pylist([{**alarm, "table": "http"}], schema=schemas.VERDICTS),
+        pa.Table.from_pylist([], schema=schemas.ANOMALIES), features.feature_schema("http").empty_table(),
+        60.0, iter(batches)).to_pylist()
+    assert found[0]["records"] == 4
+    assert ('Its rarest user agent, "evil/1.0" (2 requests), is sent by 1 of the 3 clients of the run that send one. Why:'
+            in found[0]["evidence"])

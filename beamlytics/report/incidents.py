@@ -244,6 +244,40 @@ class BoundedCounter(collections.Counter):
                 self.full = True
 
 
+class AgentRarity:
+    """How many distinct clients of the whole run send each HTTP user agent: a rare agent (one host's own
+    tool, malware's hard-coded string) stands out beside the browsers every host shares. At most
+    `TRACKED_VALUES` (agent, client) pairs are kept; an agent first seen after that has no count."""
+
+    def __init__(self):
+        self.clients: dict[str, set[str]] = collections.defaultdict(set)
+        self.all_clients: set[str] = set()
+        self.pairs = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        pairs = pa.table({"agent": batch.column("user_agent"), "client": batch.column("c_ip")}).drop_null()
+        distinct = pairs.group_by(["agent", "client"], use_threads=False).aggregate([])
+        for agent, client in zip(distinct.column("agent").to_pylist(), distinct.column("client").to_pylist()):
+            known = self.clients.get(agent)
+            if known is not None and client in known:
+                continue
+            if self.pairs < TRACKED_VALUES:
+                self.clients[agent].add(client)
+                self.pairs += 1
+            if len(self.all_clients) < TRACKED_VALUES:
+                self.all_clients.add(client)
+
+    def rarest(self, agents: Mapping[str, int]) -> tuple[str, int, int] | None:
+        """(agent, its records among `agents`, clients of the run that send it) of the counted agent the fewest
+        clients send; ties: the most records, then by name."""
+        counted = [(len(self.clients[agent]), -records, agent) for agent, records in agents.items()
+                   if agent in self.clients]
+        if not counted:
+            return None
+        clients, records, agent = min(counted)
+        return agent, -records, clients
+
+
 @dataclass
 class RecordTally:
     """What one pass over an incident's records found."""
@@ -252,6 +286,7 @@ class RecordTally:
     peers: BoundedCounter = field(default_factory=BoundedCounter)
     names: BoundedCounter = field(default_factory=BoundedCounter)
     ports: BoundedCounter = field(default_factory=BoundedCounter)
+    agents: BoundedCounter = field(default_factory=BoundedCounter)  # http user agents
     files: dict[str, list[int]] = field(default_factory=dict)  # source_file -> [first, last, records]
 
     def add(self, records: pa.RecordBatch, peer_column: str, name_column: str) -> None:
@@ -259,6 +294,8 @@ class RecordTally:
         self.peers.add(records.column(peer_column))
         self.names.add(records.column(name_column))
         self.ports.add(pc.cast(records.column("s_port"), pa.string()))
+        if "user_agent" in records.schema.names:
+            self.agents.add(records.column("user_agent"))
         per_file = pa.table({"file": records.column("source_file"), "pos": records.column("source_pos")}).group_by(
             "file", use_threads=False).aggregate([("pos", "min"), ("pos", "max"), ("pos", "count")])
         for source, first, last, count in zip(*(per_file.column(name).to_pylist()
@@ -304,11 +341,14 @@ def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
 
 
 def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
-                  spans: Sequence[Span]) -> list[RecordTally]:
-    """One pass over the records: each span's peers, names, ports and record positions."""
+                  spans: Sequence[Span], agents: AgentRarity | None = None) -> list[RecordTally]:
+    """One pass over the records: each span's peers, names, ports and record positions, and with `agents` the
+    run's clients per user agent."""
     tallies = [RecordTally() for _ in spans]
     name_column = features.NAME_COLUMN[spec.table]
     for batch in batches:
+        if agents is not None:
+            agents.add(batch)
         for index, chosen in span_records(batch, spec, spans):
             tallies[index].add(chosen, spec.peer_column, name_column)
     return tallies
@@ -362,7 +402,8 @@ def build_incidents(verdict_table: pa.Table, anomaly_table: pa.Table, feature_ta
     names = list(features.FEATURES[table])
     anomalous = {(*span.endpoint, start) for span in spans for start in span.window_starts}
     usual = UsualValues(feature_table, anomalous, names)
-    tallies = tally_records(batches, spec, spans) if batches is not None else None
+    agents = AgentRarity() if table == "http" else None
+    tallies = tally_records(batches, spec, spans, agents) if batches is not None else None
 
     rows = []
     for index, span in enumerate(spans):
@@ -386,7 +427,9 @@ def build_incidents(verdict_table: pa.Table, anomaly_table: pa.Table, feature_ta
             "usual_from": usual_from,
             **_tally_columns(tally, span),
         }
-        row["evidence"] = words.incident_evidence(row, peak, span.peak_feature_row())
+        rarest = agents.rarest(tally.agents) if agents is not None and tally is not None else None
+        row["evidence"] = words.incident_evidence(row, peak, span.peak_feature_row(),
+                                                  rarest and (*rarest, len(agents.all_clients)))
         rows.append(row)
     rows.sort(key=lambda row: (-_score({"score": row["peak_score"]}), row["key"], row["start"], row["incident_id"]))
     for rank, row in enumerate(rows, 1):

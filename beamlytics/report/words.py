@@ -197,10 +197,12 @@ def chance(p: float | None) -> str:
 
 
 def incident_evidence(incident: Mapping[str, Any], peak: Mapping[str, Any],
-                      peak_feature_row: Mapping[str, Any] | None = None) -> str:
+                      peak_feature_row: Mapping[str, Any] | None = None,
+                      rarest_agent: tuple[str, int, int, int] | None = None) -> str:
     """What happened (counts over the incident, peak, usual) and why its peak verdict (`schemas.VERDICTS`)
     reported it, in two sentences; `peak_feature_row`, its most significant feature's anomalies/ row, adds the
-    endpoint's own detector's reason."""
+    endpoint's own detector's reason; `rarest_agent` (http: agent, its requests here, clients of the run that
+    send it, clients of the run) a sentence on the rarest user agent."""
     table, key_kind = incident["table"], incident["key_kind"]
     window = incident["window_seconds"]
     span = (incident["end"] - incident["start"]) / 1e6
@@ -227,6 +229,10 @@ def incident_evidence(incident: Mapping[str, Any], peak: Mapping[str, Any],
     sentence = f"{what} in {duration(span)}; at most {peak_values} in {duration(window)}"
     if usual_values and incident["usual_from"] in whose:
         sentence += f"; usual for {whose[incident['usual_from']]} in {duration(window)}: {', '.join(usual_values)}"
+    if rarest_agent is not None:
+        agent, requests, senders, clients = rarest_agent
+        sentence += (f". Its rarest user agent, {json.dumps(agent)} ({counted(requests, 'requests')}), is sent by "
+                     f"{number(senders)} of the {counted(clients, 'clients')} of the run that send one")
     return f"{sentence}. Why: {verdict_reason(peak, key_kind, peak_feature_row, window)}."
 
 
