@@ -134,7 +134,8 @@ def why_no_incidents(summary: Mapping[str, Any]) -> str:
     too_few, no_model = summary.get("unjudged_too_few_records", 0), summary.get("unjudged_no_model", 0)
     judged = verdicts - too_few - no_model
     text = (f"no incidents: none of {judged:,} judged endpoint-windows went beyond what --alarm-rate "
-            f"{summary.get('alarm_rate', 0):g} allows (a higher rate finds more, with more false alarms)")
+            f"{summary.get('alarm_rate', 0):g} allows (a higher rate finds more, with more false alarms)" if judged
+            else f"no incidents: none of the {verdicts:,} endpoint-windows could be judged")
     if summary.get("allowed"):
         text += f"; {summary['allowed']:,} alarm(s) were suppressed by the allow-list"
     if too_few:
