@@ -327,10 +327,20 @@ def results_table(rows: Iterable[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=RESULT_COLUMNS)
 
 
-def format_results(results: pd.DataFrame) -> str:
-    shown = results[["run", "score", "cut", "windows", "tp", "fp", "tn", "fn", "precision", "recall", "f1",
-                     "roc_auc"]]
-    return shown.to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="-")
+SHOWN_ROWS = 12  # one screen: the best rows; results.csv holds them all
+
+
+def format_results(results: pd.DataFrame, shown: int = SHOWN_ROWS) -> str:
+    """The result on one screen: every row when they fit, else the `shown` best by F1 (then ROC AUC)."""
+    columns = ["run", "score", "cut", "windows", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "roc_auc"]
+    total = len(results)
+    if total > shown:
+        results = results.assign(_order=range(total)).sort_values(
+            ["f1", "roc_auc", "_order"], ascending=[False, False, True], na_position="last").head(shown)
+    table = results[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}", na_rep="-")
+    if total <= shown:
+        return table
+    return f"the {shown} best of {total} rows by F1, then ROC AUC (all of them in results.csv):\n{table}"
 
 
 def write_report(results: pd.DataFrame, folder: str) -> tuple[str, str]:

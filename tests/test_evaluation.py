@@ -187,3 +187,44 @@ def test_cli_needs_inputs_or_scores(tmp_path, capsys):
     labels.write_text("key,time,is_anomaly\na,0,1\n")
     assert cli.main(["evaluate", "--labels", str(labels), "--output", str(tmp_path / "x")]) == 2
     assert "--scores" in capsys.readouterr().err
+
+
+def test_cli_grid_parses_the_input_once_and_scores_each_cell_as_detect_does(tmp_path, capsys, monkeypatch):
+    """A 2 × 2 grid reads its one log once; each cell's metrics equal those of its own `detect` run."""
+    from beamlytics.parsers import formats
+    from beamlytics.pipelines import cli
+
+    scenario, dns_log = burst_logs(tmp_path)
+    parsed = []
+    parse_source = formats.parse_source
+    monkeypatch.setattr(formats, "parse_source", lambda source, *rest: parsed.append(source) or
+                        parse_source(source, *rest))
+    labels = str(tmp_path / "labels.csv")
+    grid_out = tmp_path / "grid"
+    assert cli.main(["evaluate", "--labels", labels, "--output", str(grid_out), "--table", "dns", "--format", "zeek",
+                     "--windows", "30s,60s", "--betas", "0.3,0.5", dns_log]) == 0
+    assert [source.path for source in parsed] == [dns_log]
+    grid = pd.read_csv(grid_out / "results.csv")
+    assert sorted(set(grid["run"])) == ["window=30s beta=0.3", "window=30s beta=0.5", "window=60s beta=0.3",
+                                        "window=60s beta=0.5"]
+
+    monkeypatch.setattr(formats, "parse_source", parse_source)
+    detected = tmp_path / "detect"
+    assert cli.main(["detect", "--table", "dns", "--format", "zeek", "--window", "60s", "--detector", "poisson",
+                     "--beta", "0.5", "--output", str(detected), dns_log]) == 0
+    alone = tmp_path / "alone"
+    assert cli.main(["evaluate", "--labels", labels, "--output", str(alone), "--scores", str(detected),
+                     "--eta-threshold", "0.5"]) == 0  # the grid cuts η at the cell's β
+    cell = grid[grid["run"] == "window=60s beta=0.5"].set_index("score")
+    by_detect = pd.read_csv(alone / "results.csv").set_index("score")
+    metrics = ["windows", "positives", "tp", "fp", "tn", "fn", "roc_auc"]
+    pd.testing.assert_frame_equal(cell.loc[by_detect.index, metrics], by_detect[metrics])
+
+
+def test_a_long_result_shows_the_best_rows_on_one_screen():
+    rows = [{"run": f"r{i}", "score": "eta", "f1": f1, "roc_auc": 0.5, "tp": i} for i, f1 in
+            enumerate([0.1, 0.9, float("nan"), 0.5] * 5)]
+    text = evaluation.format_results(evaluation.results_table(rows), shown=3)
+    lines = text.splitlines()
+    assert lines[0] == "the 3 best of 20 rows by F1, then ROC AUC (all of them in results.csv):"
+    assert [line.split()[0] for line in lines[2:]] == ["r1", "r5", "r9"]  # F1 0.9, earliest first

@@ -1,4 +1,4 @@
-"""Incidents: merging anomalous windows, usual values, the records behind them."""
+"""Incidents: merging reported verdicts, usual values, the records behind them."""
 import hashlib
 import json
 import random
@@ -26,57 +26,75 @@ def anomaly(key, start_minute, feature="records", minutes=1, score=1.0, value=10
             "evidence": json.dumps({"mean": 2.0, "std": 1.0, "n": 30}), "params": '{"k": 3.0}', "records": int(value)}
 
 
+def verdict(key, start_minute, fired=("records",), minutes=1, score=1.0, value=10.0, threshold=5.0,
+            status="alarm", allowed=False, detector="gaussian", start_us=None, judged_by="own history"):
+    """A verdicts/ row: each feature of `fired` fired with p = 10^-score, the later ones ten times less significant."""
+    start = T0 + start_minute * MINUTE if start_us is None else start_us
+    p = None if score is None else 10.0 ** -score
+    evidence = [{"feature": feature, "fired": status == "alarm", "value": value, "expected": 2.0,
+                 "threshold": threshold, "p_value": None if p is None else p * 10 ** rank, "judged_by": judged_by}
+                for rank, feature in enumerate(fired)]
+    return {"table": "dns", "key_kind": "c_ip", "key": key, "window_start": start, "window_end": start + minutes * MINUTE,
+            "records": int(value), "detector": detector, "status": status, "reason": None, "allowed": allowed,
+            "p_value": p, "score": score, "features_fired": list(fired) if status == "alarm" else [],
+            "evidence": evidence}
+
+
 def spans_of(rows):
     return [(span.key, (span.start_us - T0) // MINUTE, (span.end_us - T0) // MINUTE, len(span.rows))
             for span in incidents.merge_windows(rows)]
 
 
 def test_adjacent_windows_merge_and_a_gap_splits():
-    rows = [anomaly("10.0.0.1", minute) for minute in (0, 1, 2, 4, 5)]
+    rows = [verdict("10.0.0.1", minute) for minute in (0, 1, 2, 4, 5)]
     assert spans_of(rows) == [("10.0.0.1", 0, 3, 3), ("10.0.0.1", 4, 6, 2)]
 
 
 def test_overlapping_windows_merge():
     # Sliding 2-minute windows every 30 s overlap; a window starting at the end of the last one still joins.
     starts = [T0, T0 + MINUTE // 2, T0 + 2 * MINUTE + MINUTE // 2]
-    rows = [anomaly("10.0.0.1", 0, minutes=2, start_us=start) for start in starts]
+    rows = [verdict("10.0.0.1", 0, minutes=2, start_us=start) for start in starts]
     spans = incidents.merge_windows(rows)
     assert [(s.start_us, s.end_us) for s in spans] == [(T0, T0 + 4 * MINUTE + MINUTE // 2)]
 
 
 def test_several_features_of_one_window_are_one_incident_of_one_window():
-    rows = [anomaly("10.0.0.1", 3, feature) for feature in ("records", "distinct_names", "nxdomain_ratio")]
-    [span] = incidents.merge_windows(rows)
+    features_fired = ("nxdomain_ratio", "records", "distinct_names")
+    feature_rows = [anomaly("10.0.0.1", 3, feature) for feature in features_fired]
+    [span] = incidents.merge_windows([verdict("10.0.0.1", 3, features_fired)], feature_rows)
     assert span.window_starts == [T0 + 3 * MINUTE]
-    assert len(span.rows) == 3
+    assert len(span.rows) == 1 and len(span.feature_rows) == 3
+    assert list(span.fired()) == list(features_fired)  # most significant first, as the verdict ranks them
 
 
 def test_endpoints_never_merge_even_when_their_windows_interleave():
-    rows = [anomaly("10.0.0.1", 0), anomaly("10.0.0.2", 1), anomaly("10.0.0.1", 1), anomaly("10.0.0.2", 2)]
+    rows = [verdict("10.0.0.1", 0), verdict("10.0.0.2", 1), verdict("10.0.0.1", 1), verdict("10.0.0.2", 2)]
     assert spans_of(rows) == [("10.0.0.1", 0, 2, 2), ("10.0.0.2", 1, 3, 2)]
 
 
 def test_shuffled_input_gives_the_same_incidents():
-    rows = [anomaly(f"10.0.0.{host}", minute, feature)
-            for host in range(1, 5) for minute in (0, 1, 3, 7, 8, 9) for feature in ("records", "distinct_names")]
-    reference = [(s.incident_id, s.start_us, s.end_us, [r["feature"] for r in s.rows])
-                 for s in incidents.merge_windows(rows)]
+    rows = [verdict(f"10.0.0.{host}", minute) for host in range(1, 5) for minute in (0, 1, 3, 7, 8, 9)]
+    feature_rows = [anomaly(row["key"], (row["window_start"] - T0) // MINUTE, feature)
+                    for row in rows for feature in ("records", "distinct_names")]
+    reference = [(s.incident_id, s.start_us, s.end_us, [(r["window_start"], r["feature"]) for r in s.feature_rows])
+                 for s in incidents.merge_windows(rows, feature_rows)]
     for seed in range(5):
-        shuffled = rows[:]
+        shuffled, shuffled_features = rows[:], feature_rows[:]
         random.Random(seed).shuffle(shuffled)
-        assert [(s.incident_id, s.start_us, s.end_us, [r["feature"] for r in s.rows])
-                for s in incidents.merge_windows(shuffled)] == reference
+        random.Random(seed + 1).shuffle(shuffled_features)
+        assert [(s.incident_id, s.start_us, s.end_us, [(r["window_start"], r["feature"]) for r in s.feature_rows])
+                for s in incidents.merge_windows(shuffled, shuffled_features)] == reference
     assert len(reference) == 4 * 3  # per host: minutes 0-1, 3, 7-9
 
 
 def test_incident_id_is_a_hash_of_the_endpoint_and_start():
-    [span] = incidents.merge_windows([anomaly("10.0.0.9", 2)])
+    [span] = incidents.merge_windows([verdict("10.0.0.9", 2)])
     start = T0 + 2 * MINUTE
     assert span.incident_id == hashlib.sha1(f"dns|c_ip|10.0.0.9|{start}".encode()).hexdigest()[:16]
 
 
 def test_peak_is_the_highest_score_and_a_missing_score_ranks_last():
-    rows = [anomaly("h", 0, score=None), anomaly("h", 1, score=2.5), anomaly("h", 2, score=2.5, feature="a")]
+    rows = [verdict("h", 0, score=None), verdict("h", 1, score=2.5), verdict("h", 2, score=2.5)]
     [span] = incidents.merge_windows(rows)
     peak = span.peak()
     assert (peak["window_start"], peak["score"]) == (T0 + MINUTE, 2.5)  # ties: the earliest window
@@ -114,8 +132,8 @@ def test_a_new_host_is_compared_with_the_population_median():
 
 def test_measures_take_the_most_extreme_window_in_the_fired_direction():
     rows = feature_table([("a", 0, 3, 2), ("a", 1, 50, 40), ("a", 2, 70, 30), ("a", 3, 1, 1)]).to_pylist()
-    [span] = incidents.merge_windows([anomaly("a", 1), anomaly("a", 2, "distinct_names", direction="down",
-                                                                threshold=35.0)])
+    [span] = incidents.merge_windows([verdict("a", 1), verdict("a", 2, ("distinct_names",), threshold=35.0)],
+                                     [anomaly("a", 1), anomaly("a", 2, "distinct_names", direction="down")])
     result = {m.feature: m for m in incidents.measures(span, rows, {"records": 3.0}, ["records", "distinct_names"])}
     assert (result["records"].peak, result["records"].usual, result["records"].fired) == (70.0, 3.0, True)
     assert (result["distinct_names"].peak, result["distinct_names"].threshold) == (30.0, 35.0)
@@ -132,7 +150,7 @@ def dns_batch(rows):
 
 
 def test_tally_keeps_only_the_endpoints_records_inside_the_incident():
-    spans = incidents.merge_windows([anomaly("a", 1), anomaly("b", 1)])
+    spans = incidents.merge_windows([verdict("a", 1), verdict("b", 1)])
     batch = dns_batch([
         ("a", "r1", "x.evil.test", 59, "f1", 1),  # before the incident
         ("a", "r1", "y.evil.test", 60, "f1", 2),
@@ -153,15 +171,34 @@ def anomaly_table(rows):
     return pa.Table.from_pylist(rows, schema=schemas.ANOMALIES)
 
 
-def test_incidents_are_ranked_by_peak_score_and_written_identically_whatever_the_order():
-    rows = [anomaly("a", 1, score=2.0), anomaly("a", 2, score=9.0), anomaly("b", 1, score=5.0)]
+def verdict_table(rows):
+    return pa.Table.from_pylist(rows, schema=schemas.VERDICTS)
+
+
+def test_incidents_are_ranked_by_peak_verdict_score_and_written_identically_whatever_the_order():
+    rows = [verdict("a", 1, score=2.0), verdict("a", 2, score=9.0), verdict("b", 1, score=5.0)]
+    features_rows = [anomaly(row["key"], (row["window_start"] - T0) // MINUTE, score=row["score"]) for row in rows]
     table = feature_table([("a", 0, 2, 2), ("a", 1, 10, 8), ("a", 2, 12, 9), ("b", 0, 3, 3), ("b", 1, 10, 10)])
-    first = incidents.build_incidents(anomaly_table(rows), table, 60.0, None)
+    first = incidents.build_incidents(verdict_table(rows), anomaly_table(features_rows), table, 60.0, None)
     assert first.column("key").to_pylist() == ["a", "b"]
     assert first.column("rank").to_pylist() == [1, 2]
     assert first.column("peak_score").to_pylist() == [9.0, 5.0]
-    again = incidents.build_incidents(anomaly_table(rows[::-1]), table.take([4, 2, 0, 1, 3]), 60.0, None)
+    assert first.column("windows").to_pylist() == [2, 1]
+    again = incidents.build_incidents(verdict_table(rows[::-1]), anomaly_table(features_rows[::-1]),
+                                      table.take([4, 2, 0, 1, 3]), 60.0, None)
     assert parquet_bytes(again) == parquet_bytes(first)
+
+
+def test_only_reported_verdicts_make_incidents_and_a_suppressed_window_splits_them():
+    # Minutes 0-1 alarm, minute 2 is an alarm the allow-list suppressed, minute 3 alarms, minute 4 is normal.
+    rows = [verdict("a", 0), verdict("a", 1, score=3.0), verdict("a", 2, allowed=True), verdict("a", 3),
+            verdict("a", 4, status="normal"), verdict("b", 0, allowed=True)]
+    table = feature_table([("a", minute, 10, 5) for minute in range(5)] + [("b", 0, 10, 5)])
+    found = incidents.build_incidents(verdict_table(rows), anomaly_table([]), table, 60.0, None).to_pylist()
+    assert [(row["key"], (incidents.micros(row["start"]) - T0) // MINUTE, (incidents.micros(row["end"]) - T0) // MINUTE,
+             row["windows"], row["peak_score"]) for row in found] == [("a", 0, 2, 2, 3.0), ("a", 3, 4, 1, 1.0)]
+    # The alarm level each fired feature crossed comes from its verdict, in the feature's own units.
+    assert [m["threshold"] for m in found[0]["measures"] if m["fired"]] == [5.0]
 
 
 # An hour of 6 clients is ~360 endpoint-windows: a 5-minute burst is ~1 % of the population, above the
@@ -230,7 +267,7 @@ def test_incidents_record_the_inputs_for_show(detected):
 
 def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(monkeypatch):
     monkeypatch.setattr(incidents, "TRACKED_VALUES", 3)
-    spans = incidents.merge_windows([anomaly("a", 0)])
+    spans = incidents.merge_windows([verdict("a", 0)])
     batch = dns_batch([("a", "r1", name, second, "f", second + 1)
                        for second, name in enumerate(["n1", "n2", "n1", "n3", "n4", "n5", "n1"])])
     [tally] = incidents.tally_records([batch], features.WindowSpec("dns"), spans)
@@ -269,3 +306,38 @@ def test_span_records_are_each_spans_records_in_batch_order():
             expected[index] = rows
     assert got == expected
     assert sorted(expected) == [0, 1, 2, 4]
+
+
+def http_batch(rows):
+    """(c_ip, user agent, second) → an http batch of one file, positions in order."""
+    columns = {"c_ip": [r[0] for r in rows], "s_ip": ["10.9.9.9"] * len(rows), "s_port": [80] * len(rows),
+               "host": ["site.test"] * len(rows), "user_agent": [r[1] for r in rows],
+               "req_time": [T0 + r[2] * 1_000_000 for r in rows], "source_tool": ["zeek"] * len(rows),
+               "source_file": ["http.log"] * len(rows), "source_pos": list(range(1, len(rows) + 1))}
+    return schemas.batch_from_columns(schemas.HTTP, columns, len(rows))
+
+
+def test_the_rarest_user_agent_of_an_http_incident_is_counted_over_the_whole_run():
+    browser = "Mozilla/5.0 (Windows NT 10.0)"
+    batches = [
+        http_batch([("a", browser, 10), ("b", browser, 20), ("c", browser, 30), ("a", "evil/1.0", 70),
+                    ("a", "evil/1.0", 80), ("a", browser, 90), ("c", "curl/8", 95)]),
+        http_batch([("b", "curl/8", 100), ("a", "curl/8", 110), ("d", None, 115), (None, "ghost", 116)]),
+    ]
+    rarity = incidents.AgentRarity()
+    for batch in batches:
+        rarity.add(batch)
+    # Clients per agent, counted by hand: the browser a, b, c; curl c, b, a; evil a. Nulls count for nothing.
+    assert {agent: len(clients) for agent, clients in rarity.clients.items()} == {browser: 3, "curl/8": 3,
+                                                                                  "evil/1.0": 1}
+    assert rarity.all_clients == {"a", "b", "c"}
+    assert rarity.rarest({browser: 1, "curl/8": 1, "evil/1.0": 2, "never seen": 9}) == ("evil/1.0", 2, 1)
+
+    alarm = verdict("a", 1, ("records",), value=4.0)  # a's minute 1: seconds 60-119
+    found = incidents.build_incidents(
+        pa.Table.from_pylist([{**alarm, "table": "http"}], schema=schemas.VERDICTS),
+        pa.Table.from_pylist([], schema=schemas.ANOMALIES), features.feature_schema("http").empty_table(),
+        60.0, iter(batches)).to_pylist()
+    assert found[0]["records"] == 4
+    assert ('Its rarest user agent, "evil/1.0" (2 requests), is sent by 1 of the 3 clients of the run that send one. Why:'
+            in found[0]["evidence"])

@@ -58,9 +58,9 @@ def test_poisson_reason_turns_the_rate_per_slot_into_records_per_window():
     # λ = 0.05 records per 2-second slot → 1.5 records per minute.
     row = score_row("poisson", {"lambda": 0.05, "Ra": 0.2}, {"slot_seconds": 2.0}, value=217.0, threshold=0.7,
                     score=0.61)
-    assert words.reason(row, 60) == ("217 queries in 1 min; its learned rate gives about 1.5 per 1 min; the change "
-                                     "of rate (score 0.61) brought the endpoint's health to 0.2, below the alarm "
-                                     "level 0.7")
+    assert words.reason(row, 60) == ("217 queries in 1 min; its learned rate gives about 1.5 per 1 min; the jump "
+                                     "brought its health score (1 while it behaves as learned) down to 0.2, below "
+                                     "the alarm level 0.7")
 
 
 def test_spot_reason_gives_the_risk_and_the_chance():
@@ -96,20 +96,38 @@ def incident(**overrides):
     return row
 
 
+def peak_verdict(judged_by="own history", p_value=1 / 9645):
+    """The verdict of an incident's busiest window: queries and distinct names fired."""
+    return {"table": "dns", "window_start": T0 + 2 * MINUTE, "p_value": p_value, "evidence": [
+        {"feature": "records", "fired": True, "value": 480.0, "expected": 3.0, "threshold": 30.0,
+         "p_value": p_value / 2, "judged_by": judged_by},
+        {"feature": "nxdomain_ratio", "fired": True, "value": 0.9, "expected": 0.0, "threshold": 0.25,
+         "p_value": p_value, "judged_by": judged_by},
+        {"feature": "distinct_peers", "fired": False, "value": 2.0, "expected": 1.0, "threshold": 4.0,
+         "p_value": 0.5, "judged_by": judged_by}]}
+
+
 def test_incident_evidence_in_words():
-    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
-    assert words.incident_evidence(incident(), peak) == (
-        "2,114 queries for 1,873 distinct names (1,870 of them under pirate.sea) with 2 distinct servers in 4 min; "
-        "at most 480 queries, 470 distinct names, 90% answered NXDOMAIN in 1 min; usual for this endpoint in 1 min: "
-        "12 queries, 10 distinct names, 0% answered NXDOMAIN. Why: 480 queries is 78 standard deviations above "
-        "this endpoint's mean of 12 over 100 windows (limit 30, k = 3).")
+    peak_row = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
+    assert words.incident_evidence(incident(), peak_verdict(), peak_row) == (
+        "2,114 queries to 1,873 distinct names (1,870 of them under pirate.sea) with 2 distinct servers in 4 min; "
+        "at most 480 queries, 470 distinct names, 90% answered NXDOMAIN in 1 min; usual for this host in 1 min: "
+        "12 queries, 10 distinct names, 0% answered NXDOMAIN. Why: in its worst 1 min (from 00:02 UTC), 480 queries "
+        "where the alarm level was 30 and the median of all hosts 3; 90% answered NXDOMAIN where the alarm level was "
+        "25% and the median of all hosts 0%: unusual both for its own history and among all hosts; a normal window "
+        "goes this far with a chance of 1 in 9,645; its own gaussian detector: 480 queries is 78 standard deviations "
+        "above this endpoint's mean of 12 over 100 windows (limit 30, k = 3).")
 
 
 def test_a_new_host_is_compared_with_the_population_and_unread_records_fall_back_on_windows():
-    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
-    text = words.incident_evidence(incident(usual_from="population median", records=None), peak)
+    text = words.incident_evidence(incident(usual_from="population median", records=None),
+                                   peak_verdict("population", p_value=1e-9))
     assert text.startswith("480 queries in its busiest window in 4 min;")
-    assert "usual for endpoints here (no history of its own) in 1 min: 12 queries" in text
+    assert "usual for hosts here (it has no history of its own) in 1 min: 12 queries" in text
+    assert text.endswith("unusual among all hosts (too little history of its own to judge it by); a normal window "
+                         "goes this far with a chance of less than 1 in a million.")
+    for jargon in ("λ", "lambda", "eta", "fD", "C2", "Ra"):
+        assert jargon not in text
 
 
 def plotted_rows(detector, statuses, values, evidence):
@@ -119,14 +137,23 @@ def plotted_rows(detector, statuses, values, evidence):
             for i, (status, value) in enumerate(zip(statuses, values))]
 
 
-def test_plot_marks_every_anomalous_window_and_draws_the_band():
-    statuses = ["normal"] * 5 + ["anomaly", "anomaly"] + ["normal"] * 3
-    rows = plotted_rows("gaussian", statuses, [3, 4, 3, 5, 4, 90, 80, 4, 3, 4], {"mean": 4.0, "std": 1.0})
-    svg = html.plot_svg(rows, {"start": T0 + 5 * MINUTE, "end": T0 + 7 * MINUTE, "window_seconds": 60.0, "key": "h"},
-                        "records", {"k": 3.0})
+def test_plot_marks_every_reported_window_and_draws_the_band_and_the_alarm_level():
+    # Minute 2 its own detector calls anomalous, but its verdict did not report it: it is not marked.
+    statuses = ["normal"] * 2 + ["anomaly"] + ["normal"] * 2 + ["anomaly", "anomaly"] + ["normal"] * 3
+    rows = plotted_rows("gaussian", statuses, [3, 4, 9, 5, 4, 90, 80, 4, 3, 4], {"mean": 4.0, "std": 1.0})
+    incident = {"start": T0 + 5 * MINUTE, "end": T0 + 7 * MINUTE, "window_seconds": 60.0, "key": "h"}
+    reported = frozenset({T0 + 5 * MINUTE, T0 + 6 * MINUTE})
+    svg = html.plot_svg(rows, incident, "records", {"k": 3.0}, reported)
     assert svg.count('class="alarm"') == 2
     assert svg.count('class="band"') == 1
     assert svg.count('class="series"') == 1
+    assert 'class="level"' not in svg  # the incident has no measure: no alarm level to draw
+    measured = {**incident, "measures": [{"feature": "records", "threshold": 40.0}]}
+    [level_y] = re.findall(r'class="level" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"', html.plot_svg(
+        rows, measured, "records", {"k": 3.0}, reported))
+    # y runs from 0 at HEIGHT - 24 up to 1.08 × the largest value (90) at 20.
+    top = 90 * 1.08
+    assert float(level_y) == pytest.approx(html.HEIGHT - 24 - 40.0 / top * (html.HEIGHT - 44), abs=0.1)
 
 
 def test_poisson_plot_draws_the_expected_rate_instead_of_a_band():
@@ -151,7 +178,8 @@ def test_detect_prints_the_top_incidents(tmp_path, capsys):
     printed = capsys.readouterr().out
     [table_line] = [line for line in printed.splitlines() if re.match(r"1\s{2,}", line)]
     assert SCENARIO.anomalous_client in table_line
-    assert "1 incident(s)" in printed
+    assert "1 incident(s) from 3 reported endpoint-window(s); top 1 by verdict score" in printed
+    assert printed.rstrip().splitlines()[-1] == table_line  # the table comes last, below the summary
 
 
 def test_show_prints_the_incident_and_its_records(detected, capsys):
@@ -205,7 +233,7 @@ def test_every_output_column_is_in_the_guide():
     sections = dict(re.findall(r"^### `([a-z_/.]+)`\n(.*?)(?=^### |\Z)", guide, flags=re.M | re.S))
     documented = {
         **schemas.TABLES, "rejected/": schemas.REJECTED, "scores/": schemas.SCORES,
-        "anomalies/": schemas.ANOMALIES, "incidents/": schemas.INCIDENTS,
+        "anomalies/": schemas.ANOMALIES, "verdicts/": schemas.VERDICTS, "incidents/": schemas.INCIDENTS,
         **{f"features/ ({table})": features.feature_schema(table) for table in schemas.TABLES},
     }
     missing = []
@@ -268,25 +296,28 @@ def test_an_empty_result_says_why(tmp_path, capsys):
     assert cli.main(["detect", "--table", "dns", "--alarm-rate", ALARM_RATE, "--detector", "gaussian", "--k", "100", "--output", str(out),
                      str(logs)]) == 0
     printed = capsys.readouterr().out
-    statuses = collections.Counter(pq.read_table(out / "scores").column("status").to_pylist())
-    assert f"no incidents: none of {sum(statuses.values()):,} scores was anomalous; " \
-           f"{statuses['calibrating']:,} were still calibrating" in printed
+    verdicts = pq.read_table(out / "verdicts").to_pylist()
+    statuses = collections.Counter(row["status"] for row in verdicts)
+    too_few = sum(row["records"] < 3 for row in verdicts)  # the default --min-records
+    assert statuses["alarm"] == 0 and too_few > 0
+    assert printed.rstrip().splitlines()[-1] == (
+        f"no incidents: none of {statuses['normal']:,} judged endpoint-windows went beyond what --alarm-rate "
+        f"{ALARM_RATE} allows (a higher rate finds more, with more false alarms); {too_few:,} window(s) had fewer "
+        "than --min-records 3 records")
     assert folder.read_incidents(str(out))[0].num_rows == 0
     page = Path(folder.write_report(str(out))).read_text(encoding="utf-8")
-    assert "No incidents: no window of any endpoint was anomalous." in page
+    assert "No incidents: no window of any endpoint was reported." in page
 
 
 def test_an_endpoint_that_is_a_name_is_not_told_its_own_name_count():
-    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
-    text = words.incident_evidence(incident(key_kind="name", distinct_names=1, top_domains=[]), peak)
+    text = words.incident_evidence(incident(key_kind="name", distinct_names=1, top_domains=[]), peak_verdict())
     assert text.startswith("2,114 queries with 2 distinct clients in 4 min; at most 480 queries, "
                            "90% answered NXDOMAIN in 1 min;")
 
 
 def test_distinct_counts_past_the_tracking_bound_read_as_at_least():
-    peak = score_row("gaussian", {"mean": 12.0, "std": 6.0, "n": 100}, {"k": 3.0}, value=480.0, threshold=30.0)
-    text = words.incident_evidence(incident(distinct_exact=False), peak)
-    assert text.startswith("2,114 queries for at least 1,873 distinct names (1,870 of them under pirate.sea) with "
+    text = words.incident_evidence(incident(distinct_exact=False), peak_verdict())
+    assert text.startswith("2,114 queries to at least 1,873 distinct names (1,870 of them under pirate.sea) with "
                            "at least 2 distinct servers")
 
 

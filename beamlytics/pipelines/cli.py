@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with OUT/rejected/ and OUT/summary.json.")
     _add_read_arguments(parse)
     detect = commands.add_parser("detect", help="score endpoints window by window and report anomalies",
-                                 description="Write OUT/anomalies/, OUT/scores/, OUT/features/, "
-                                 "OUT/rejected/ and OUT/summary.json.")
+                                 description="Write OUT/verdicts/ (ranked), OUT/incidents/, OUT/report.html, "
+                                 "OUT/anomalies/, OUT/scores/, OUT/features/, OUT/rejected/ and OUT/summary.json, "
+                                 "and print the top incidents.")
     _add_read_arguments(detect)
     _add_detect_arguments(detect)
     live_options.add_arguments(detect)
@@ -426,8 +427,10 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                              [*args.inputs, *filter(None, [args.baseline, args.allow])],
                              read.inputs) as staging:
         _run(options, lambda pipeline: build_detect(pipeline, settings, staging), args.quiet)
-        report.finish_detect(staging, read.inputs, read.format, read.parser_options)
-    return _report(args.output)
+        top_incidents = report.finish_detect(staging, read.inputs, read.format, read.parser_options)
+    status = _report(args.output)
+    print(top_incidents)  # last: what an analyst looks at first, below the summary's counts
+    return status
 
 
 def _run(options: PipelineOptions, build: Callable, quiet: bool) -> None:

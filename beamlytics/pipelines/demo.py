@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     if status:
         return status
     anomalies = pq.read_table(os.path.join(detect_out, "anomalies")).to_pylist()
-    print(f"HTML report: {os.path.join(detect_out, folder.REPORT_FILE)} (beamlytics show INCIDENT_ID "
-          f"{detect_out} prints an incident's records)")
     expected = set(scenario.anomaly_window_starts_us(60_000_000))
     found = {int(row["window_start"].timestamp()) * 1_000_000 for row in anomalies
              if row["key"] == scenario.anomalous_client}
     if expected <= found:
         print(f"\nfound the injected anomaly: {scenario.anomalous_client} in all {len(expected)} of its windows")
-        return 0
-    print(f"\nMISSED the injected anomaly: {len(expected & found)} of {len(expected)} windows of "
-          f"{scenario.anomalous_client} reported")
-    return 1
+    else:
+        print(f"\nMISSED the injected anomaly: {len(expected & found)} of {len(expected)} windows of "
+              f"{scenario.anomalous_client} reported")
+    print(f"HTML report: {os.path.join(detect_out, folder.REPORT_FILE)} (beamlytics show INCIDENT_ID "
+          f"{detect_out} prints an incident's records)")
+    return 0 if expected <= found else 1

@@ -1,12 +1,13 @@
 """`beamlytics evaluate`: a detector's or a hunt's precision, recall, F1 and ROC AUC on labelled data.
 
-Either runs `beamlytics detect --detector D` for every cell of a grid (Poisson: window
-lengths × β, default the seed notebook's 30/40/50 s × β ∈ {0, .3, .5, .7, 1}; any other
-detector: window lengths), each into OUT/runs/<cell>/, or evaluates earlier runs given with
-`--scores` (detect) or `--findings` (hunt). Then prints, for the Poisson detector η and each
-health model's Ra, for another detector its anomalies per endpoint-window, for a hunt its
-findings per key, the confusion matrix and metrics, warns on stderr about labels that match
-nothing scored, and writes OUT/results.csv and OUT/results.png.
+Either scores every cell of a grid (Poisson: window lengths × β, default the seed notebook's
+30/40/50 s × β ∈ {0, .3, .5, .7, 1}; any other detector: window lengths) as `detect --detector D`
+would, in one pipeline that parses the inputs once, into OUT/runs/<cell>/scores/; or evaluates
+earlier runs given with `--scores` (detect) or `--findings` (hunt). Then prints on one screen
+the best of, for the Poisson detector η and each health model's Ra, for another detector its
+anomalies per endpoint-window, for a hunt its findings per key, the confusion matrix and
+metrics; warns on stderr about labels that match nothing scored; and writes every row to
+OUT/results.csv and OUT/results.png.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import argparse
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from beamlytics import schemas
 from beamlytics.parsers.formats import FORMATS
@@ -124,6 +127,7 @@ def _grid(args: argparse.Namespace) -> tuple[dict[str, float], list[float]]:
     if not args.inputs or not args.table:
         raise ValueError("give INPUT files and --table to run the detection, or --scores RUN_DIR")
     windows = {window: cli.duration_us(window) / 1e6 for window in _split(args.windows)}
+    cli.duration_us(args.slot)
     # β is the Poisson detector's alone: another detector's grid is its window lengths.
     betas = [cli.finite_float(value) for value in _split(args.betas)] if args.detector == "poisson" else [None]
     if not windows or not betas:
@@ -136,19 +140,75 @@ def _scored_runs(args: argparse.Namespace, grid: tuple[dict[str, float], list[fl
     """(name, window seconds, β, scores folder) of every run to evaluate."""
     if grid is None:
         return [(path, None, None, path) for path in args.scores]
-    from beamlytics.inputs import expand_inputs
+    cells = _grid_cells(args, grid, output)
+    _run_grid(args, cells, output)
+    return [(cell.name, cell.window_seconds, cell.beta, cell.folder) for cell in cells]
 
-    expand_inputs(args.inputs)  # a missing input is told once, not once per run of the grid
+
+@dataclass(frozen=True)
+class GridCell:
+    """One detection of the grid: its window, β and detector, checked as `detect` checks them."""
+
+    name: str
+    window: str
+    window_seconds: float
+    beta: float | None
+    folder: str  # OUT/runs/<cell>: its scores/ go there
+    spec: Any  # features.WindowSpec
+    config: Any  # detectors.endpoint.DetectorConfig
+
+
+def _grid_cells(args: argparse.Namespace, grid: tuple[dict[str, float], list[float]], output: str) -> list[GridCell]:
+    """The grid's cells, each argument checked by `detect`'s own parser (a bad one is told before any run)."""
+    from beamlytics import features
+
+    parser = cli.build_parser()
     windows, betas = grid
-    runs = []
+    cells = []
     for window, window_seconds in windows.items():
         for beta in betas:
             name = f"window={window}" + ("" if beta is None else f" beta={beta:g}")
-            out = os.path.join(output, "runs", f"w{window}" + ("" if beta is None else f"_b{beta:g}"))
-            if cli.main(_detect_argv(args, window, beta, out)) != 0:
-                raise ValueError(f"the detection failed for {name}")
-            runs.append((name, window_seconds, beta, out))
-    return runs
+            folder = os.path.join(output, "runs", f"w{window}" + ("" if beta is None else f"_b{beta:g}"))
+            detect_args = parser.parse_args(_detect_argv(args, window, beta, folder))
+            config = cli.detector_config(detect_args)
+            slots = detect_args.slot if config.detector_class.input_kind == "slots" else None
+            try:
+                spec = features.WindowSpec(args.table, args.key, detect_args.window, slots)
+            except ValueError as error:
+                raise cli.UsageError(f"{name}: {error}") from None
+            cells.append(GridCell(name, window, window_seconds, beta, folder, spec, config))
+    return cells
+
+
+def _run_grid(args: argparse.Namespace, cells: list[GridCell], output: str) -> None:
+    """One pipeline for the whole grid: the inputs are parsed once, windowed once per window length, and
+    scored once per cell into OUT/runs/<cell>/scores/; what could not be read goes to OUT/rejected/."""
+    first = cli.build_parser().parse_args(_detect_argv(args, cells[0].window, cells[0].beta, output))
+    first.command = "evaluate"  # for its notes on stderr
+    read = cli._read_settings(first)  # the inputs, formats and read limits exactly as detect takes them
+    cli._run(cli.beam_options([]), lambda pipeline: build_grid(pipeline, read, cells, output), quiet=False)
+
+
+def build_grid(pipeline, read, cells: list[GridCell], output: str):
+    """Wire the grid's pipeline; returns what reading will do, as `build_detect` does."""
+    from beamlytics import schemas
+    from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
+    from beamlytics.transforms.read import ReadRecords
+    from beamlytics.transforms.score import ScoreEndpoints
+    from beamlytics.transforms.windows import WindowFeatures
+    from beamlytics.transforms.write import WriteSortedParquet
+
+    reader = ReadRecords(read.inputs, read.table, read.format, read.days, read.parser_options)
+    records = pipeline | "Read" >> reader
+    records["rejected"] | "WriteRejected" >> WriteSortedParquet(f"{output}/rejected", schemas.REJECTED,
+                                                                REJECTED_ORDER)
+    windowed = {}
+    for cell in cells:
+        if cell.spec not in windowed:
+            windowed[cell.spec] = records["records"] | f"Windows {cell.window}" >> WindowFeatures(cell.spec)
+        scores = windowed[cell.spec] | f"Score {cell.name}" >> ScoreEndpoints(cell.config)
+        scores | f"Write {cell.name}" >> WriteSortedParquet(f"{cell.folder}/scores", schemas.SCORES, SCORE_ORDER)
+    return reader.plan
 
 
 def _detect_argv(args: argparse.Namespace, window: str, beta: float | None, out: str) -> list[str]:

@@ -27,14 +27,14 @@ def add_commands(commands) -> None:
     report.add_argument("--html", metavar="FILE", help="where to write the report (default OUT/report.html)")
 
 
-def finish_detect(output: str, paths: Sequence[str], fmt: str, options: Mapping[str, Any]) -> None:
-    """After the detect pipeline, in its output (staging) folder: OUT/incidents/ and OUT/report.html, and
-    the top incidents on the terminal."""
+def finish_detect(output: str, paths: Sequence[str], fmt: str, options: Mapping[str, Any]) -> str:
+    """After the detect pipeline, in its output (staging) folder: OUT/incidents/ and OUT/report.html; returns
+    the top incidents as a terminal table, which detect prints last."""
     from beamlytics.report import folder, incidents
 
     found = folder.write_incidents(output, incidents.Inputs(tuple(paths), fmt, dict(options)))
     folder.write_report(output)
-    print(folder.top_incidents(found, folder.score_statuses(output) if found.num_rows == 0 else {}))
+    return folder.top_incidents(found, folder.read_summary(output))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The output folder of `detect`, read for analysts: OUT/incidents/, the report, `show`'s text.
 
-Everything here reads the finished folder (anomalies/, features/, scores/, rejected/,
+Everything here reads the finished folder (verdicts/, anomalies/, features/, scores/, rejected/,
 summary.json) through Beam's FileSystems, so it works the same after any runner and again,
 later, on an old folder.
 """
@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import features, schemas
-from beamlytics.detectors.base import Status
 from beamlytics.pipelines.outputs import MANIFEST
 from beamlytics.report import html, incidents, words
 from beamlytics.transforms.write import parquet_bytes, write_file
@@ -76,10 +75,11 @@ def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
     output = output.rstrip("/")
     summary = read_summary(output)
     table_name = summary["table"]
+    verdicts = read_folder(f"{output}/verdicts", schemas.VERDICTS)
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     feature_table = read_folder(f"{output}/features", features.feature_schema(table_name))
     batches = inputs.record_batches(table_name) if inputs.local else None
-    found = incidents.build_incidents(anomalies, feature_table, float(summary["window_seconds"]), batches)
+    found = incidents.build_incidents(verdicts, anomalies, feature_table, float(summary["window_seconds"]), batches)
     found = found.replace_schema_metadata({incidents.INPUTS_METADATA: inputs.to_json()})
     write_file(f"{output}/{INCIDENTS_FILE}", parquet_bytes(found))
     return found
@@ -109,39 +109,40 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], widths: Se
     return "\n".join(lines)
 
 
-def top_incidents(table: pa.Table, statuses: Mapping[str, int], count: int = 10) -> str:
-    """The highest-ranked incidents as a terminal table, or why there are none (from the scores' `statuses`)."""
+def top_incidents(table: pa.Table, summary: Mapping[str, Any], count: int = 10) -> str:
+    """The highest-ranked incidents as a terminal table, or why there are none (from the run's `summary`)."""
     if table.num_rows == 0:
-        return why_no_incidents(statuses)
+        return why_no_incidents(summary)
     rows = [
         (row["rank"], row["incident_id"], row["key"], f"{row['start']:%Y-%m-%d %H:%M}",
          words.duration((row["end"] - row["start"]).total_seconds()), words.number(row["peak_score"]),
-         ",".join(row["features_fired"]), row["evidence"].split("; at most")[0])
+         ",".join(row["features_fired"]), words.summary_of(row["evidence"]))
         for row in table.slice(0, count).to_pylist()
     ]
-    heading = f"{table.num_rows} incident(s); top {len(rows)} by peak score (details: beamlytics show ID OUT):"
+    heading = (f"{table.num_rows} incident(s) from {summary.get('alarms', 0):,} reported endpoint-window(s); "
+               f"top {len(rows)} by verdict score (details: beamlytics show ID OUT):")
     return heading + "\n" + text_table(
         ("rank", "incident", "endpoint", "start (UTC)", "lasted", "score", "features", "what"), rows,
         (5, 16, 40, 16, 8, 8, 40, 90))
 
 
-def why_no_incidents(statuses: Mapping[str, int]) -> str:
-    scored = sum(statuses.values())
-    if scored == 0:
+def why_no_incidents(summary: Mapping[str, Any]) -> str:
+    """Why a run reported nothing, from its summary's verdict counts."""
+    verdicts = summary.get("verdicts", 0)
+    if verdicts == 0:
         return "no incidents: no endpoint-window was scored (no record had a time and a key; see summary.json)"
-    calibrating = statuses.get(Status.CALIBRATING, 0)
-    text = f"no incidents: none of {scored:,} scores was anomalous"
-    if calibrating:
-        text += (f"; {calibrating:,} were still calibrating (an endpoint is judged only after its first --n-init "
-                 "windows: a short input may need a smaller --n-init, or --baseline on an earlier run)")
+    too_few, no_model = summary.get("unjudged_too_few_records", 0), summary.get("unjudged_no_model", 0)
+    judged = verdicts - too_few - no_model
+    text = (f"no incidents: none of {judged:,} judged endpoint-windows went beyond what --alarm-rate "
+            f"{summary.get('alarm_rate', 0):g} allows (a higher rate finds more, with more false alarms)" if judged
+            else f"no incidents: none of the {verdicts:,} endpoint-windows could be judged")
+    if summary.get("allowed"):
+        text += f"; {summary['allowed']:,} alarm(s) were suppressed by the allow-list"
+    if too_few:
+        text += f"; {too_few:,} window(s) had fewer than --min-records {summary.get('min_records')} records"
+    if no_model:
+        text += f"; {no_model:,} window(s) had nothing to be judged by"
     return text
-
-
-def score_statuses(output: str) -> dict[str, int]:
-    """How many scores/ rows have each status."""
-    table = read_folder(f"{output.rstrip('/')}/scores", schemas.SCORES)
-    counts = table.group_by("status", use_threads=False).aggregate([("status", "count")]).to_pylist()
-    return {row["status"]: row["status_count"] for row in counts}
 
 
 def write_report(output: str, destination: str | None = None) -> str:
@@ -162,7 +163,7 @@ def write_report(output: str, destination: str | None = None) -> str:
     # The title names the run, not the folder: the run writes it in a staging folder of another name.
     title = (f"beamlytics report: {summary.get('table')} by {summary.get('key')}, "
              f"{summary.get('detector')} detector, {words.duration(float(summary.get('window_seconds', 0)))} windows")
-    page = html.render(summary, found, scores, rejected, params, title=title).encode("utf-8")
+    page = html.render(summary, found, scores, rejected, params, title=title, reported=anomalies).encode("utf-8")
     path = destination or f"{output}/{REPORT_FILE}"
     if destination is None and FileSystems.exists(path):
         with FileSystems.open(path) as handle:
@@ -189,12 +190,12 @@ def show(incident_prefix: str, output: str, limit: int) -> str:
         f"incident {incident['incident_id']} (rank {incident['rank']} of {found.num_rows})",
         f"endpoint  {incident['key_kind']} {printable(incident['key'])} in {incident['table']}",
         f"time      {incident['start']:%Y-%m-%d %H:%M:%S} to {incident['end']:%Y-%m-%d %H:%M:%S} UTC "
-        f"({incident['windows']} anomalous windows of {words.duration(incident['window_seconds'])})",
-        f"detector  {incident['detector']}, peak score {words.number(incident['peak_score'])} "
-        f"on {incident['peak_feature']}",
+        f"({incident['windows']} reported windows of {words.duration(incident['window_seconds'])})",
+        f"verdict   score {words.number(incident['peak_score'])} at its worst, most of it from "
+        f"{incident['peak_feature']}; the endpoint's own detector: {incident['detector']}",
         f"evidence  {printable(incident['evidence'])}",
         "",
-        text_table(("feature", "fired", "peak", "usual", "limit"), [
+        text_table(("feature", "fired", "peak", "usual", "alarm level"), [
             (m["feature"], "yes" if m["fired"] else "", words.number(m["peak"]) if m["peak"] is not None else "",
              words.number(m["usual"]) if m["usual"] is not None else "",
              words.number(m["threshold"]) if m["threshold"] is not None else "")

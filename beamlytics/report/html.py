@@ -37,11 +37,13 @@ svg.plot { display: block; margin: .5em 0; } .muted { color: #777; }
 
 
 def render(summary: Mapping[str, Any], incidents: pa.Table, scores: pa.Table, rejected: pa.Table,
-           params: Mapping[str, Any], title: str = "beamlytics report") -> str:
-    """The page; `params` are the detector's parameters (anomalies' `params`), for the bands."""
+           params: Mapping[str, Any], title: str = "beamlytics report", reported: pa.Table | None = None) -> str:
+    """The page; `params` are the detector's parameters (anomalies' `params`), for the bands; `reported`,
+    the anomalies/ rows (the fired features of reported verdicts), marks the windows that alarmed."""
     ranked = incidents.to_pylist()
     detailed = ranked[:DETAILED]
     series = _series_of(scores, detailed)
+    alarms = _alarm_windows(reported)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -52,7 +54,7 @@ def render(summary: Mapping[str, Any], incidents: pa.Table, scores: pa.Table, re
         _ranking_section(ranked),
     ]
     for incident in detailed:
-        parts.append(_incident_section(incident, series, params))
+        parts.append(_incident_section(incident, series, params, alarms))
     if len(ranked) > DETAILED:
         parts.append(f'<p class="muted">The other {len(ranked) - DETAILED:,} incidents are in the table above; '
                      "<code>beamlytics show ID OUT</code> prints any of them.</p>")
@@ -68,7 +70,11 @@ def _summary_section(summary: Mapping[str, Any], params: Mapping[str, Any], inci
         ("input units read", summary.get("read")), ("parsed", summary.get("parsed")),
         ("rejected", summary.get("rejected")), ("records", summary.get("records")),
         ("records without time or key", summary.get("untimed")), ("endpoint-windows", summary.get("windows")),
-        ("anomalous endpoint-window-features", summary.get("anomalies")), ("incidents", incident_count),
+        ("not judged: fewer records than --min-records", summary.get("unjudged_too_few_records")),
+        ("not judged: nothing to judge them by", summary.get("unjudged_no_model")),
+        ("alarm rate (share of normal windows allowed to alarm)", summary.get("alarm_rate")),
+        ("endpoint-windows that alarmed, reported", summary.get("alarms")),
+        ("alarms the allow-list suppressed", summary.get("allowed")), ("incidents", incident_count),
     ]
     rows = "".join(f"<tr><th>{escape(label)}</th><td class=num>{escape(_fact(value))}</td></tr>"
                    for label, value in facts if value is not None)
@@ -100,17 +106,20 @@ def _rejected_section(rejected: pa.Table) -> str:
 
 def _ranking_section(ranked: Sequence[Mapping[str, Any]]) -> str:
     if not ranked:
-        return "<h2>Incidents</h2><p>No incidents: no window of any endpoint was anomalous.</p>"
+        return "<h2>Incidents</h2><p>No incidents: no window of any endpoint was reported.</p>"
     rows = "".join(
         f"<tr><td class=num>{row['rank']}</td><td>{_incident_link(row)}</td><td>{escape(row['key'])}</td>"
         f"<td>{row['start']:%Y-%m-%d %H:%M}</td><td>{words.duration((row['end'] - row['start']).total_seconds())}</td>"
         f"<td class=num>{escape(words.number(row['peak_score']))}</td>"
-        f"<td>{escape(', '.join(row['features_fired']))}</td></tr>"
+        f"<td>{escape(', '.join(row['features_fired']))}</td><td>{escape(words.summary_of(row['evidence']))}</td></tr>"
         for row in ranked[:LISTED])
     rest = (f'<p class="muted">{len(ranked) - LISTED:,} lower-ranked incidents are not listed here; they are all in '
             "<code>OUT/incidents/</code>.</p>" if len(ranked) > LISTED else "")
-    return ("<h2>Incidents, highest peak score first</h2><table><tr><th>rank</th><th>incident</th><th>endpoint</th>"
-            "<th>start (UTC)</th><th>lasted</th><th>peak score</th><th>features</th></tr>" + rows + "</table>" + rest)
+    return ("<h2>Incidents, highest verdict score first</h2><p class=muted>An incident is a run of consecutive "
+            "reported windows of one endpoint. Its score is that of its worst window: −log10 of the chance that a "
+            "normal window goes as far (3 means 1 in 1,000).</p><table><tr><th>rank</th><th>incident</th>"
+            "<th>endpoint</th><th>start (UTC)</th><th>lasted</th><th>score</th><th>features</th><th>what</th></tr>"
+            + rows + "</table>" + rest)
 
 
 def _incident_link(row: Mapping[str, Any]) -> str:
@@ -119,9 +128,11 @@ def _incident_link(row: Mapping[str, Any]) -> str:
     return f'<a href="#i{row["incident_id"]}">{code}</a>' if row["rank"] <= DETAILED else code
 
 
-def _incident_section(incident: Mapping[str, Any], series: Mapping[tuple, list], params: Mapping[str, Any]) -> str:
+def _incident_section(incident: Mapping[str, Any], series: Mapping[tuple, list], params: Mapping[str, Any],
+                      alarms: Mapping[tuple, frozenset]) -> str:
     endpoint = (incident["table"], incident["key_kind"], incident["key"])
-    plots = [plot_svg(series.get((*endpoint, feature), []), incident, feature, params)
+    plots = [plot_svg(series.get((*endpoint, feature), []), incident, feature, params,
+                      alarms.get((*endpoint, feature), frozenset()))
              for feature in incident["features_fired"][:PLOTTED_FEATURES]]
     tops = []
     for label, column in TOP_LISTS:
@@ -141,6 +152,16 @@ def _incident_section(incident: Mapping[str, Any], series: Mapping[tuple, list],
         + (f"<p>Records:</p><ul>{files}</ul>" if files else "")
         + f"<p class=muted><code>beamlytics show {incident['incident_id']} OUT</code> prints them.</p></section>"
     )
+
+
+def _alarm_windows(reported: pa.Table | None) -> dict[tuple, frozenset]:
+    """Window starts (µs) of the reported fired features, per (table, key_kind, key, feature)."""
+    if reported is None:
+        return {}
+    found: dict[tuple, set] = collections.defaultdict(set)
+    for row in reported.select(["table", "key_kind", "key", "feature", "window_start"]).to_pylist():
+        found[(row["table"], row["key_kind"], row["key"], row["feature"])].add(micros(row["window_start"]))
+    return {key: frozenset(starts) for key, starts in found.items()}
 
 
 def _series_of(scores: pa.Table, incidents: Sequence[Mapping[str, Any]]) -> dict[tuple, list]:
@@ -167,8 +188,9 @@ class _Point(NamedTuple):
 
 
 def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], feature: str,
-             params: Mapping[str, Any]) -> str:
-    """The feature of the endpoint over time, with the band the detector held it to and the alarms marked."""
+             params: Mapping[str, Any], alarm_starts: frozenset = frozenset()) -> str:
+    """The feature of the endpoint over time: the band its own detector held it to, the alarm level its verdict
+    had to cross (the incident's measure), and the reported windows (`alarm_starts`, µs) marked."""
     start, end = micros(incident["start"]), micros(incident["end"])
     window_us = int(incident["window_seconds"] * 1e6)
     context = max(CONTEXT_WINDOWS * window_us, 2 * (end - start))
@@ -185,11 +207,14 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
         expected = (words.expected_records(evidence, params, incident["window_seconds"])
                     if row["detector"] == "poisson" else None)
         points.append(_Point(micros(row["window_start"]) + half, row["value"], low, high, expected,
-                             row["status"] == "anomaly"))
+                             micros(row["window_start"]) in alarm_starts))
     if not points:
         return f'<p class="muted">No values of {escape(feature)} to plot.</p>'
     x0, x1 = start - context, end + context
+    level = next((m["threshold"] for m in incident.get("measures") or () if m["feature"] == feature
+                  and m["threshold"] is not None and math.isfinite(m["threshold"])), None)
     values = [v for p in points for v in (p.value, p.high, p.expected) if v is not None]
+    values += [level] if level is not None else []
     # The axis follows the values and upper limits; a lower limit below them (mean - kσ < 0) is clipped.
     y0 = min(0.0, *(p.value for p in points))
     y1 = max(values) * 1.08 if max(values) > y0 else y0 + 1.0
@@ -214,22 +239,26 @@ def plot_svg(rows: Sequence[Mapping[str, Any]], incident: Mapping[str, Any], fea
     if expected:
         parts.append('<polyline class="expected" fill="none" stroke="#e08030" stroke-dasharray="4 3" points="'
                      + " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in expected) + '"/>')
+    if level is not None:
+        parts.append(f'<line class="level" x1="{MARGIN}" x2="{WIDTH - MARGIN}" y1="{y(level):.1f}" '
+                     f'y2="{y(level):.1f}" stroke="#c03030" stroke-dasharray="2 3"/>')
     parts.append('<polyline class="series" fill="none" stroke="#3060a0" stroke-width="1.3" points="'
                  + " ".join(f"{x(p.time):.1f},{y(p.value):.1f}" for p in points) + '"/>')
     parts += [f'<circle class="alarm" cx="{x(p.time):.1f}" cy="{y(p.value):.1f}" r="3.5" fill="#c03030"/>'
               for p in points if p.alarm]
-    legend = "band: values the detector accepted" if any(p.high is not None for p in points) else \
-        "dashed: records expected at the learned rate" if expected else ""
+    legend = "band: values its own detector accepted" if any(p.high is not None for p in points) else \
+        "orange: records expected at its learned rate" if expected else ""
+    legend += ("; " if legend else "") + "dotted red: alarm level" if level is not None else ""
     parts += [
         f'<text x="{MARGIN}" y="{HEIGHT - 6}" font-size="11">{_time(x0)}</text>',
         f'<text x="{WIDTH - MARGIN}" y="{HEIGHT - 6}" font-size="11" text-anchor="end">{_time(x1)} UTC</text>',
         f'<text x="{MARGIN - 4}" y="{y(y1) + 10:.1f}" font-size="11" text-anchor="end">'
         f'{escape(words.number(y1))}</text>',
         f'<text x="{MARGIN - 4}" y="{y(y0):.1f}" font-size="11" text-anchor="end">{escape(words.number(y0))}</text>',
-        f'<text x="{MARGIN + 4}" y="22" font-size="12" font-weight="bold">{escape(feature)} per '
-        f'{escape(words.duration(incident["window_seconds"]))}; red: anomalous windows; shaded: the incident; '
-        f'{escape(legend)}</text>',
+        f'<text x="{MARGIN + 4}" y="14" font-size="12" font-weight="bold">{escape(feature)} per '
+        f'{escape(words.duration(incident["window_seconds"]))}</text>',
         "</svg>",
+        f'<p class="muted">Red: reported windows; shaded: the incident; {escape(legend)}.</p>',
     ]
     return "".join(parts)
 

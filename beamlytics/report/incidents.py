@@ -1,11 +1,12 @@
-"""Incidents: runs of anomalous windows of one endpoint, with what explains them. No Beam.
+"""Incidents: runs of reported verdicts of one endpoint, with what explains them. No Beam.
 
-`detect` judges every (endpoint, window, feature) on its own; an analyst wants "this host,
-from 02:30 to 02:35, did this". Consecutive or overlapping anomalous windows of one endpoint
-merge into one incident; its measures say how far the windows went from what the endpoint
-usually does (its own earlier normal windows, or the population for a host never seen
-before), and one pass over its records gives the peers, names and ports involved and where
-in the input files the records are.
+`detect` gives every endpoint-window one ranked verdict (OUT/verdicts/); an analyst wants
+"this host, from 02:30 to 02:35, did this". Consecutive or overlapping reported windows (alarms
+the allow-list does not suppress) of one endpoint merge into one incident, ranked by its best
+verdict score; its measures say how far the windows went from what the endpoint usually does
+(its own earlier normal windows, or the population for a host never seen before) and the
+alarm level each fired feature crossed; one pass over its records gives the peers, names and
+ports involved and where in the input files the records are.
 """
 from __future__ import annotations
 
@@ -48,14 +49,15 @@ def incident_id(table: str, key_kind: str, key: str, start_us: int) -> str:
 
 @dataclass
 class Span:
-    """Anomalous windows of one endpoint that touch or overlap: one incident."""
+    """Reported windows of one endpoint that touch or overlap: one incident."""
 
     table: str
     key_kind: str
     key: str
     start_us: int
     end_us: int
-    rows: list[Mapping[str, Any]] = field(default_factory=list)  # its anomaly rows
+    rows: list[Mapping[str, Any]] = field(default_factory=list)  # its verdict rows, one per window
+    feature_rows: list[Mapping[str, Any]] = field(default_factory=list)  # its windows' fired features (anomalies/)
 
     @property
     def endpoint(self) -> tuple[str, str, str]:
@@ -70,8 +72,25 @@ class Span:
         return sorted({micros(row["window_start"]) for row in self.rows})
 
     def peak(self) -> Mapping[str, Any]:
-        """The anomaly row with the highest score (a missing score counts lowest); ties: earliest, by feature."""
-        return min(self.rows, key=lambda row: (-_score(row), micros(row["window_start"]), row["feature"]))
+        """The verdict with the highest score (a missing score counts lowest); ties: the earliest."""
+        return min(self.rows, key=lambda row: (-_score(row), micros(row["window_start"])))
+
+    def peak_feature_row(self) -> Mapping[str, Any] | None:
+        """The anomalies/ row of the peak window's most significant feature, if it was written."""
+        peak = self.peak()
+        wanted = (micros(peak["window_start"]), peak["features_fired"][0] if peak["features_fired"] else None)
+        return next((row for row in self.feature_rows
+                     if (micros(row["window_start"]), row["feature"]) == wanted), None)
+
+    def fired(self) -> dict[str, Mapping[str, Any]]:
+        """Per feature that fired in some window: its most significant verdict evidence, most significant first."""
+        best: dict[str, Mapping[str, Any]] = {}
+        for row in self.rows:
+            for entry in row["evidence"]:
+                if entry["fired"] and (entry["feature"] not in best
+                                       or _p(entry) < _p(best[entry["feature"]])):
+                    best[entry["feature"]] = entry
+        return dict(sorted(best.items(), key=lambda item: (_p(item[1]), item[0])))
 
 
 def _score(row: Mapping[str, Any]) -> float:
@@ -79,16 +98,26 @@ def _score(row: Mapping[str, Any]) -> float:
     return -math.inf if score is None or not math.isfinite(score) else float(score)
 
 
-def merge_windows(anomaly_rows: Iterable[Mapping[str, Any]]) -> list[Span]:
-    """Anomaly rows (`schemas.ANOMALIES`) → spans, ordered by endpoint and start, whatever the input order.
+def _p(entry: Mapping[str, Any]) -> float:
+    return math.inf if entry.get("p_value") is None else entry["p_value"]
+
+
+def reported(verdicts: pa.Table) -> pa.Table:
+    """The verdicts an analyst is shown: alarms the allow-list does not suppress."""
+    return verdicts.filter(pc.and_(pc.equal(verdicts.column("status"), "alarm"), pc.invert(verdicts.column("allowed"))))
+
+
+def merge_windows(verdict_rows: Iterable[Mapping[str, Any]],
+                  feature_rows: Iterable[Mapping[str, Any]] = ()) -> list[Span]:
+    """Reported verdict rows (`schemas.VERDICTS`) → spans, ordered by endpoint and start, whatever the input order;
+    each span also takes the fired features' rows (`schemas.ANOMALIES`) of its windows.
 
     A window that starts at or before the end of the span so far joins it: adjacent windows
     (start == previous end) and overlapping ones (sliding or mixed lengths) both merge; a gap of
     even one normal window starts a new incident.
     """
-    ordered = sorted(anomaly_rows, key=lambda row: (
-        row["table"], row["key_kind"], row["key"], micros(row["window_start"]), micros(row["window_end"]),
-        row["feature"]))
+    ordered = sorted(verdict_rows, key=lambda row: (
+        row["table"], row["key_kind"], row["key"], micros(row["window_start"]), micros(row["window_end"])))
     spans: list[Span] = []
     for row in ordered:
         start, end = micros(row["window_start"]), micros(row["window_end"])
@@ -99,6 +128,11 @@ def merge_windows(anomaly_rows: Iterable[Mapping[str, Any]]) -> list[Span]:
             current.rows.append(row)
         else:
             spans.append(Span(*endpoint, start, end, [row]))
+    span_of = {(*span.endpoint, start): span for span in spans for start in span.window_starts}
+    for row in sorted(feature_rows, key=lambda row: (micros(row["window_start"]), row["feature"])):
+        span = span_of.get((row["table"], row["key_kind"], row["key"], micros(row["window_start"])))
+        if span is not None:
+            span.feature_rows.append(row)
     return spans
 
 
@@ -113,22 +147,19 @@ class Measure:
 
 def measures(span: Span, feature_rows: Sequence[Mapping[str, Any]], usual: Mapping[str, float],
              names: Sequence[str]) -> list[Measure]:
-    """Per feature: the most extreme value of the span's windows (lowest for a feature that fired low)."""
-    fired: dict[str, Mapping[str, Any]] = {}
-    for row in span.rows:
-        best = fired.get(row["feature"])
-        if best is None or _score(row) > _score(best):
-            fired[row["feature"]] = row
+    """Per feature: the most extreme value of the span's windows (lowest for a feature that fired low),
+    and for a feature that fired the alarm level its most significant window had to cross."""
+    fired = span.fired()
+    low = {row["feature"] for row in span.feature_rows if row["direction"] == "down"}
     inside = [row for row in feature_rows if span.start_us <= micros(row["window_start"]) < span.end_us]
     result = []
     for name in names:
         values = [float(row[name]) for row in inside if row.get(name) is not None]
-        if not values:  # features/ lacks the window: fall back on the anomaly rows' own values
-            values = [float(row["value"]) for row in span.rows if row["feature"] == name]
-        low = name in fired and fired[name]["direction"] == "down"
-        peak = (min(values) if low else max(values)) if values else None
-        in_value_units = name in fired and fired[name]["detector"] in words.LIMIT_IN_VALUE_UNITS
-        threshold = fired[name]["threshold"] if in_value_units else None
+        if not values:  # features/ lacks the window: fall back on the verdicts' own values
+            values = [float(entry["value"]) for row in span.rows for entry in row["evidence"]
+                      if entry["feature"] == name and entry["value"] is not None]
+        peak = (min(values) if name in low else max(values)) if values else None
+        threshold = fired[name]["threshold"] if name in fired else None
         result.append(Measure(name, name in fired, peak, usual.get(name), threshold))
     return result
 
@@ -213,6 +244,40 @@ class BoundedCounter(collections.Counter):
                 self.full = True
 
 
+class AgentRarity:
+    """How many distinct clients of the whole run send each HTTP user agent: a rare agent (one host's own
+    tool, malware's hard-coded string) stands out beside the browsers every host shares. At most
+    `TRACKED_VALUES` (agent, client) pairs are kept; an agent first seen after that has no count."""
+
+    def __init__(self):
+        self.clients: dict[str, set[str]] = collections.defaultdict(set)
+        self.all_clients: set[str] = set()
+        self.pairs = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        pairs = pa.table({"agent": batch.column("user_agent"), "client": batch.column("c_ip")}).drop_null()
+        distinct = pairs.group_by(["agent", "client"], use_threads=False).aggregate([])
+        for agent, client in zip(distinct.column("agent").to_pylist(), distinct.column("client").to_pylist()):
+            known = self.clients.get(agent)
+            if known is not None and client in known:
+                continue
+            if self.pairs < TRACKED_VALUES:
+                self.clients[agent].add(client)
+                self.pairs += 1
+            if len(self.all_clients) < TRACKED_VALUES:
+                self.all_clients.add(client)
+
+    def rarest(self, agents: Mapping[str, int]) -> tuple[str, int, int] | None:
+        """(agent, its records among `agents`, clients of the run that send it) of the counted agent the fewest
+        clients send; ties: the most records, then by name."""
+        counted = [(len(self.clients[agent]), -records, agent) for agent, records in agents.items()
+                   if agent in self.clients]
+        if not counted:
+            return None
+        clients, records, agent = min(counted)
+        return agent, -records, clients
+
+
 @dataclass
 class RecordTally:
     """What one pass over an incident's records found."""
@@ -221,6 +286,7 @@ class RecordTally:
     peers: BoundedCounter = field(default_factory=BoundedCounter)
     names: BoundedCounter = field(default_factory=BoundedCounter)
     ports: BoundedCounter = field(default_factory=BoundedCounter)
+    agents: BoundedCounter = field(default_factory=BoundedCounter)  # http user agents
     files: dict[str, list[int]] = field(default_factory=dict)  # source_file -> [first, last, records]
 
     def add(self, records: pa.RecordBatch, peer_column: str, name_column: str) -> None:
@@ -228,6 +294,8 @@ class RecordTally:
         self.peers.add(records.column(peer_column))
         self.names.add(records.column(name_column))
         self.ports.add(pc.cast(records.column("s_port"), pa.string()))
+        if "user_agent" in records.schema.names:
+            self.agents.add(records.column("user_agent"))
         per_file = pa.table({"file": records.column("source_file"), "pos": records.column("source_pos")}).group_by(
             "file", use_threads=False).aggregate([("pos", "min"), ("pos", "max"), ("pos", "count")])
         for source, first, last, count in zip(*(per_file.column(name).to_pylist()
@@ -273,11 +341,14 @@ def span_records(batch: pa.RecordBatch, spec: features.WindowSpec,
 
 
 def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
-                  spans: Sequence[Span]) -> list[RecordTally]:
-    """One pass over the records: each span's peers, names, ports and record positions."""
+                  spans: Sequence[Span], agents: AgentRarity | None = None) -> list[RecordTally]:
+    """One pass over the records: each span's peers, names, ports and record positions, and with `agents` the
+    run's clients per user agent."""
     tallies = [RecordTally() for _ in spans]
     name_column = features.NAME_COLUMN[spec.table]
     for batch in batches:
+        if agents is not None:
+            agents.add(batch)
         for index, chosen in span_records(batch, spec, spans):
             tallies[index].add(chosen, spec.peer_column, name_column)
     return tallies
@@ -319,10 +390,11 @@ class Inputs:
         return [path for path in self.paths if os.path.dirname(path) in folders]
 
 
-def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_seconds: float,
-                    batches: Iterable[pa.RecordBatch] | None) -> pa.Table:
-    """`schemas.INCIDENTS` rows, ranked by peak score; `batches` None when the records cannot be read."""
-    spans = merge_windows(anomaly_table.to_pylist())
+def build_incidents(verdict_table: pa.Table, anomaly_table: pa.Table, feature_table: pa.Table,
+                    window_seconds: float, batches: Iterable[pa.RecordBatch] | None) -> pa.Table:
+    """`schemas.INCIDENTS` rows of the reported verdicts, ranked by peak verdict score; `anomaly_table` holds
+    their fired features' rows (for the detector's own reason); `batches` None when the records cannot be read."""
+    spans = merge_windows(reported(verdict_table).to_pylist(), anomaly_table.to_pylist())
     if not spans:
         return schemas.INCIDENTS.empty_table()
     table = spans[0].table
@@ -330,7 +402,8 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
     names = list(features.FEATURES[table])
     anomalous = {(*span.endpoint, start) for span in spans for start in span.window_starts}
     usual = UsualValues(feature_table, anomalous, names)
-    tallies = tally_records(batches, spec, spans) if batches is not None else None
+    agents = AgentRarity() if table == "http" else None
+    tallies = tally_records(batches, spec, spans, agents) if batches is not None else None
 
     rows = []
     for index, span in enumerate(spans):
@@ -338,6 +411,7 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
         span_measures = measures(span, usual.rows_between(span.endpoint, span.start_us, span.end_us), medians, names)
         tally = tallies[index] if tallies is not None else None
         peak = span.peak()
+        fired = span.fired()
         row = {
             "incident_id": span.incident_id,
             "table": span.table, "key_kind": span.key_kind, "key": span.key,
@@ -346,14 +420,16 @@ def build_incidents(anomaly_table: pa.Table, feature_table: pa.Table, window_sec
             "window_seconds": window_seconds,
             "detector": peak["detector"],
             "peak_score": peak["score"],
-            "peak_feature": peak["feature"],
+            "peak_feature": (peak["features_fired"] or [*fired, "records"])[0],
             "peak_window_start": micros(peak["window_start"]),
-            "features_fired": sorted({row["feature"] for row in span.rows}),
+            "features_fired": list(fired),
             "measures": [vars(measure) for measure in span_measures],
             "usual_from": usual_from,
             **_tally_columns(tally, span),
         }
-        row["evidence"] = words.incident_evidence(row, peak)
+        rarest = agents.rarest(tally.agents) if agents is not None and tally is not None else None
+        row["evidence"] = words.incident_evidence(row, peak, span.peak_feature_row(),
+                                                  rarest and (*rarest, len(agents.all_clients)))
         rows.append(row)
     rows.sort(key=lambda row: (-_score({"score": row["peak_score"]}), row["key"], row["start"], row["incident_id"]))
     for rank, row in enumerate(rows, 1):

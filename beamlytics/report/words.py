@@ -5,6 +5,7 @@ per slot, health Ra); an analyst reads "260 queries in 1 min, usual for this hos
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from typing import Any, Mapping, Sequence
@@ -16,6 +17,7 @@ _NAME_UNIT = {"dns": "names", "http": "hosts", "named_flows": "names"}
 _RATIOS = {"nxdomain_ratio": "answered NXDOMAIN", "unanswered_ratio": "unanswered", "error_ratio": "HTTP errors"}
 _BYTES = {"request_bytes": "sent", "c_bytes": "sent", "response_bytes": "received", "s_bytes": "received"}
 _PACKETS = {"c_pkt": "sent", "s_pkt": "received"}
+_ENDPOINT = {"c_ip": "host", "s_ip": "server", "name": "name", "domain": "domain"}
 
 
 def number(value: float) -> str:
@@ -165,15 +167,42 @@ def reason(row: Mapping[str, Any], window_seconds: float) -> str:
         health = evidence.get("Ra")
         expected_text = f"; its learned rate gives about {number(expected)} per {duration(window_seconds)}" \
             if expected is not None else ""
-        health_text = (f"; the change of rate (score {number(evidence.get('eta', row['score']))}) brought the endpoint's health to "
+        health_text = (f"; the jump brought its health score (1 while it behaves as learned) down to "
                        f"{number(health)}, below the alarm level {number(row['threshold'])}"
                        if isinstance(health, (int, float)) else "")
         return f"{seen} in {duration(window_seconds)}{expected_text}{health_text}"
     return f"{seen} (score {number(row.get('score'))}, limit {number(row.get('threshold'))})"
 
 
-def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) -> str:
-    """What happened (counts over the incident, peak, usual) and why it was flagged, in two sentences."""
+def summary_of(evidence: str) -> str:
+    """The first part of an incident's evidence: what it did over the whole incident."""
+    return evidence.split("; at most")[0]
+
+
+def endpoint_noun(key_kind: str, plural: bool = False) -> str:
+    """What the endpoint is, in words: "host", "server", "name", "domain"."""
+    noun = _ENDPOINT.get(key_kind, "endpoint")
+    return noun + "s" if plural else noun
+
+
+def chance(p: float | None) -> str:
+    """A probability as odds an analyst reads: "1 in 9,645", "less than 1 in a million"."""
+    if p is None or not math.isfinite(p):
+        return "unknown"
+    if p >= 0.5:
+        return f"{p:.0%}"
+    if p < 1e-6:
+        return "less than 1 in a million"
+    return f"1 in {number(round(1 / p))}"
+
+
+def incident_evidence(incident: Mapping[str, Any], peak: Mapping[str, Any],
+                      peak_feature_row: Mapping[str, Any] | None = None,
+                      rarest_agent: tuple[str, int, int, int] | None = None) -> str:
+    """What happened (counts over the incident, peak, usual) and why its peak verdict (`schemas.VERDICTS`)
+    reported it, in two sentences; `peak_feature_row`, its most significant feature's anomalies/ row, adds the
+    endpoint's own detector's reason; `rarest_agent` (http: agent, its requests here, clients of the run that
+    send it, clients of the run) a sentence on the rarest user agent."""
     table, key_kind = incident["table"], incident["key_kind"]
     window = incident["window_seconds"]
     span = (incident["end"] - incident["start"]) / 1e6
@@ -182,7 +211,7 @@ def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) 
         what = counted(incident["records"], _RECORD_UNIT[table])
         at_least = "" if incident.get("distinct_exact", True) else "at least "
         if incident["distinct_names"] and key_kind != "name":  # an endpoint that is a name has one
-            what += f" for {at_least}{counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
+            what += f" to {at_least}{counted(incident['distinct_names'], 'distinct ' + _NAME_UNIT[table])}"
             domain = dominant_domain(incident["top_domains"], incident["distinct_names"])
             if domain:
                 share = "all" if domain["count"] == incident["distinct_names"] else number(domain["count"])
@@ -192,14 +221,60 @@ def incident_evidence(incident: Mapping[str, Any], peak_row: Mapping[str, Any]) 
     else:
         what = f"{quantity(table, key_kind, 'records', by_feature['records']['peak'])} in its busiest window"
     shown = _shown_features(incident)
-    peak = ", ".join(quantity(table, key_kind, name, by_feature[name]["peak"]) for name in shown)
+    peak_values = ", ".join(quantity(table, key_kind, name, by_feature[name]["peak"]) for name in shown)
     usual_values = [quantity(table, key_kind, name, by_feature[name]["usual"]) for name in shown
                     if by_feature[name]["usual"] is not None]
-    whose = {"own history": "this endpoint", "population median": "endpoints here (no history of its own)"}
-    sentence = f"{what} in {duration(span)}; at most {peak} in {duration(window)}"
+    whose = {"own history": f"this {endpoint_noun(key_kind)}",
+             "population median": f"{endpoint_noun(key_kind, plural=True)} here (it has no history of its own)"}
+    sentence = f"{what} in {duration(span)}; at most {peak_values} in {duration(window)}"
     if usual_values and incident["usual_from"] in whose:
         sentence += f"; usual for {whose[incident['usual_from']]} in {duration(window)}: {', '.join(usual_values)}"
-    return f"{sentence}. Why: {reason(peak_row, window)}."
+    if rarest_agent is not None:
+        agent, requests, senders, clients = rarest_agent
+        sentence += (f". Its rarest user agent, {json.dumps(agent)} ({counted(requests, 'requests')}), is sent by "
+                     f"{number(senders)} of the {counted(clients, 'clients')} of the run that send one")
+    return f"{sentence}. Why: {verdict_reason(peak, key_kind, peak_feature_row, window)}."
+
+
+def verdict_reason(verdict: Mapping[str, Any], key_kind: str, feature_row: Mapping[str, Any] | None,
+                   window_seconds: float) -> str:
+    """Why one verdict alarmed: its fired features against the alarm level and all endpoints' median, who judged
+    it, the chance of a normal window going as far, and the endpoint's own detector's reason where it judged."""
+    table, others = verdict["table"], endpoint_noun(key_kind, plural=True)
+    fired = [entry for entry in verdict["evidence"] if entry["fired"]][:3]
+    parts = []
+    for entry in fired:
+        text = quantity(table, key_kind, entry["feature"], entry["value"])
+        if entry["threshold"] is not None:
+            text += f" where the alarm level was {_level(table, key_kind, entry['feature'], entry['threshold'])}"
+        if entry["expected"] is not None:
+            text += f" and the median of all {others} {_level(table, key_kind, entry['feature'], entry['expected'])}"
+        parts.append(text)
+    judged = {e["judged_by"] for e in fired}
+    by = (f"unusual both for its own history and among all {others}" if judged == {"own history"} else
+          f"unusual among all {others} (too little history of its own to judge it by)" if judged == {"population"}
+          else f"unusual among all {others}, and for its own history")
+    at = _clock(verdict["window_start"])
+    text = (f"in its worst {duration(window_seconds)} (from {at}), {'; '.join(parts)}: {by}; a normal window goes "
+            f"this far with a chance of {chance(verdict['p_value'])}")
+    if feature_row is not None and feature_row["detector"] != "population" and "own history" in judged:
+        text += f"; its own {feature_row['detector']} detector: {reason(feature_row, window_seconds)}"
+    return text
+
+
+def _level(table: str, key_kind: str, feature: str, value: float) -> str:
+    """A level in the feature's units, without repeating the unit of a count."""
+    if feature in _RATIOS:
+        return f"{value * 100:.3g}%"
+    if feature in _BYTES:
+        return byte_size(value)
+    return number(value)
+
+
+def _clock(value: Any) -> str:
+    if isinstance(value, int):
+        value = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=value)
+    return f"{value:%H:%M} UTC"
 
 
 def _shown_features(incident: Mapping[str, Any]) -> list[str]:

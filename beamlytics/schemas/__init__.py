@@ -173,25 +173,25 @@ VERDICTS = pa.schema(
 # port; distinct names under it for a domain.
 _VALUE_COUNT = pa.struct([pa.field("value", pa.string()), pa.field("count", pa.int64())])
 
-# One row per incident: consecutive or overlapping anomalous windows of one endpoint.
+# One row per incident: consecutive or overlapping reported verdicts (alarms not allowed) of one endpoint.
 INCIDENTS = pa.schema(
     [
         pa.field("incident_id", pa.string(), nullable=False),  # hash of table|key_kind|key|start
-        pa.field("rank", pa.int64(), nullable=False),  # 1 = highest peak score
+        pa.field("rank", pa.int64(), nullable=False),  # 1 = highest peak verdict score
         pa.field("table", pa.string(), nullable=False),
         pa.field("key_kind", pa.string(), nullable=False),
         pa.field("key", pa.string(), nullable=False),
         pa.field("start", TIMESTAMP, nullable=False),  # start of the first anomalous window
         pa.field("end", TIMESTAMP, nullable=False),  # end of the last one
-        pa.field("windows", pa.int64(), nullable=False),  # anomalous windows merged
+        pa.field("windows", pa.int64(), nullable=False),  # reported windows merged
         pa.field("window_seconds", pa.float64(), nullable=False),
         pa.field("detector", pa.string(), nullable=False),
-        pa.field("peak_score", pa.float64()),  # in the detector's own scale
+        pa.field("peak_score", pa.float64()),  # the best verdict score of its windows
         pa.field("peak_feature", pa.string(), nullable=False),
         pa.field("peak_window_start", TIMESTAMP, nullable=False),
         pa.field("features_fired", pa.list_(pa.string()), nullable=False),
-        # Per feature: the most extreme window value in the incident, the usual value, and the limit
-        # it crossed in the feature's units (null for a detector whose limit is on its own score).
+        # Per feature: the most extreme window value in the incident, the usual value, and for a fired
+        # feature the alarm level its verdict had to exceed, in the feature's units (else null).
         pa.field("measures", pa.list_(pa.struct([
             pa.field("feature", pa.string()),
             pa.field("fired", pa.bool_()),
