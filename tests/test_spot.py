@@ -267,22 +267,6 @@ def test_fuzz_steps_equal_step_by_step(calibration, stream, max_excess, low, dis
     assert json.dumps(batch.to_dict()) == json.dumps(one.to_dict())
 
 
-def test_refit_sums_are_running_sums_in_buffer_order():
-    # The refit's batched sums against plain Python loops adding left to right, as libspot does.
-    rng = np.random.default_rng(RNG_SEED + 5)
-    spot = Spot(1e-3, max_excess=300)
-    spot.fit(rng.pareto(2.0, 20_000))
-    excesses = spot.excesses()
-    xs, starts, weights = [-0.4, 1e-8, 0.37, 12.5], [0.0, 0.0, -3.25, 7.0], [1.0, 1.0, -2.5, 0.5]
-    inverse_sums, log_sums = spot._excesses.sums_at(xs, starts, weights)
-    for x, start, weight, inverse_sum, log_sum in zip(xs, starts, weights, inverse_sums, log_sums):
-        expected_inverse, expected_log = 0.0, start
-        for e in excesses:
-            expected_inverse += 1.0 / (1.0 + x * e)
-            expected_log += weight * math.log(1.0 + x * e)
-        assert (inverse_sum, log_sum) == (expected_inverse, expected_log)
-
-
 def test_p2_quantile_hand_worked():
     # five values: the markers are the sorted values and the middle one is the estimate
     assert p2_quantile(0.5, [5.0, 1.0, 4.0, 2.0, 3.0]) == 3.0

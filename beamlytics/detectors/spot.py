@@ -226,25 +226,6 @@ class _Excesses:
         logs = np.log(scaled, out=scaled)
         return _sequential_sum(inverses), _sequential_sum(logs)
 
-    def sums_at(self, xs: Sequence[float], starts: Sequence[float], weights: Sequence[float]
-                ) -> tuple[list[float], list[float]]:
-        """For each x: Σ 1/(1 + x·e), and start + Σ weight·log(1 + x·e). The terms of all x
-        are computed at once; each sum is a running sum in buffer order after its start, so
-        it has the same bits as `grimshaw_sums` / `sum_log_one_plus` of that x alone (a start
-        of 0.0 changes nothing: no log term is −0.0)."""
-        count, size = len(xs), self.size
-        terms = np.empty((2 * count, size + 1))
-        terms[:count, 0] = 0.0
-        terms[count:, 0] = starts
-        scaled = terms[:count, 1:]
-        np.multiply.outer(np.asarray(xs, dtype=float), self.values(), out=scaled)
-        np.add(scaled, 1.0, out=scaled)
-        np.log(scaled, out=terms[count:, 1:])
-        np.divide(1.0, scaled, out=scaled)
-        np.multiply(terms[count:, 1:], np.asarray(weights, dtype=float)[:, None], out=terms[count:, 1:])
-        sums = [float(_running_sum(row, out=row)[-1]) for row in terms]
-        return sums[:count], sums[count:]
-
     def mean(self) -> float:
         return _div(self.total, float(self.size))
 
@@ -284,78 +265,74 @@ def _log_likelihood(excesses: _Excesses, gamma: float, sigma: float) -> float:
     size = float(excesses.size)
     if gamma == 0.0:
         return -size * _log(sigma) - _div(excesses.total, sigma)
-    return excesses.sum_log_one_plus(_div(gamma, sigma), start=-size * _log(sigma), factor=-_shape(gamma))
+    shape = 1.0 + _div(1.0, gamma)
+    return excesses.sum_log_one_plus(_div(gamma, sigma), start=-size * _log(sigma), factor=-shape)
 
 
-def _shape(gamma: float) -> float:
-    return 1.0 + _div(1.0, gamma)
+def _method_of_moments(excesses: _Excesses) -> tuple[float, float, float]:
+    mean = excesses.mean()
+    ratio = _div(mean * mean, excesses.variance())
+    gamma = 0.5 * (1.0 - ratio)
+    sigma = 0.5 * mean * (1.0 + ratio)
+    return gamma, sigma, _log_likelihood(excesses, gamma, sigma)
+
+
+def _grimshaw(excesses: _Excesses) -> tuple[float, float, float]:
+    """Maximum likelihood by Grimshaw's trick: the roots of one function of x = γ/σ.
+
+    x = 0 (the exponential) is always a candidate; Brent looks for one negative and one
+    positive root in libspot's bounds; the candidate with the highest likelihood wins.
+    """
+    count = float(excesses.size)
+    if count == 0.0:
+        # every bound is NaN, so libspot's searches fail and x = 0 gives σ = NaN
+        return 0.0, math.nan, math.nan
+
+    def w(x: float) -> float:
+        inverse_sum, log_sum = excesses.grimshaw_sums(x)
+        return (inverse_sum / count) * (1.0 + log_sum / count) - 1.0
+
+    def candidate(x: float) -> tuple[float, float, float]:
+        if x == 0.0:
+            gamma, sigma = 0.0, excesses.mean()
+        else:
+            gamma = (1.0 + excesses.sum_log_one_plus(x) / count) - 1.0
+            sigma = _div(gamma, x)
+        return gamma, sigma, _log_likelihood(excesses, gamma, sigma)
+
+    minimum, maximum, mean = excesses.minimum, excesses.maximum, excesses.mean()
+    half_over_max = _div(0.5, maximum)
+    epsilon = math.nan if half_over_max != half_over_max else min(_BRENT_EPSILON, half_over_max)
+    roots = [
+        _brent(w, _div(-1.0, maximum) + epsilon, -epsilon),
+        _brent(w, epsilon, _div(2.0 * (mean - minimum), minimum * minimum)),
+    ]
+    best = candidate(0.0)
+    for root in roots:
+        if root is not None:
+            fitted = candidate(root)
+            if fitted[2] > best[2]:
+                best = fitted
+    return best
 
 
 def _fit_gpd(excesses: _Excesses) -> tuple[float, float]:
-    """γ and σ of the estimator with the highest log-likelihood: the method of moments, or
-    Grimshaw's maximum likelihood (the first if a likelihood is undefined).
-
-    Grimshaw's trick: the maximum is at a root of one function w of x = γ/σ. x = 0 (the
-    exponential) is always a candidate; Brent looks for one negative and one positive root in
-    libspot's bounds; the candidate with the highest likelihood wins. Most refits end at the
-    bounds (w has the same sign at both ends), so the four ends and the moments' likelihood
-    are summed in one pass over the excesses; only a bracketed root costs more passes.
-    """
+    """γ and σ of the estimator with the highest log-likelihood (the first if undefined)."""
     with np.errstate(all="ignore"):
-        count = float(excesses.size)
-        if count == 0.0:
-            # moments and likelihoods are NaN: libspot keeps Grimshaw's x = 0, whose σ is NaN
-            return 0.0, math.nan
-        mean = excesses.mean()
-        ratio = _div(mean * mean, excesses.variance())
-        moments_gamma, moments_sigma = 0.5 * (1.0 - ratio), 0.5 * mean * (1.0 + ratio)
-        minimum, maximum = excesses.minimum, excesses.maximum
-        half_over_max = _div(0.5, maximum)
-        epsilon = math.nan if half_over_max != half_over_max else min(_BRENT_EPSILON, half_over_max)
-        ends = [_div(-1.0, maximum) + epsilon, -epsilon, epsilon, _div(2.0 * (mean - minimum), minimum * minimum)]
-        inverse_sums, log_sums = excesses.sums_at(
-            ends + [_div(moments_gamma, moments_sigma)],
-            starts=[0.0] * 4 + [-count * _log(moments_sigma)],
-            weights=[1.0] * 4 + [-_shape(moments_gamma)])
-        if moments_gamma == 0.0:
-            moments_likelihood = _log_likelihood(excesses, moments_gamma, moments_sigma)
-        else:
-            moments_likelihood = log_sums[4]
-
-        def w(x: float) -> float:
-            return _grimshaw_w(*excesses.grimshaw_sums(x), count)
-
-        def candidate(x: float) -> tuple[float, float, float]:
-            if x == 0.0:
-                gamma, sigma = 0.0, mean
-            else:
-                gamma = (1.0 + excesses.sum_log_one_plus(x) / count) - 1.0
-                sigma = _div(gamma, x)
-            return gamma, sigma, _log_likelihood(excesses, gamma, sigma)
-
-        best = candidate(0.0)
-        for low, high in ((0, 1), (2, 3)):
-            root = _brent(w, ends[low], ends[high], _grimshaw_w(inverse_sums[low], log_sums[low], count),
-                          _grimshaw_w(inverse_sums[high], log_sums[high], count))
-            if root is not None:
-                fitted = candidate(root)
-                if fitted[2] > best[2]:
-                    best = fitted
-        if moments_likelihood != moments_likelihood or best[2] > moments_likelihood:
-            return float(best[0]), float(best[1])
-        return float(moments_gamma), float(moments_sigma)
+        best = None
+        for estimator in (_method_of_moments, _grimshaw):
+            gamma, sigma, likelihood = estimator(excesses)
+            if best is None or best[2] != best[2] or likelihood > best[2]:
+                best = (gamma, sigma, likelihood)
+    return float(best[0]), float(best[1])
 
 
-def _grimshaw_w(inverse_sum: float, log_sum: float, count: float) -> float:
-    return (inverse_sum / count) * (1.0 + log_sum / count) - 1.0
-
-
-def _brent(function: Callable[[float], float], a: float, b: float, fa: float, fb: float,
+def _brent(function: Callable[[float], float], a: float, b: float,
            tolerance: float = _BRENT_EPSILON) -> float | None:
     """A root of `function` in [a, b] by Brent's method (the Numerical Recipes variant
-    libspot uses), or None when the ends do not bracket one or it does not converge.
-    fa and fb are `function` at a and b."""
+    libspot uses), or None when the ends do not bracket one or it does not converge."""
     a, b = float(a), float(b)
+    fa, fb = function(a), function(b)
     if (fa > 0.0 and fb > 0.0) or (fa < 0.0 and fb < 0.0):
         return None
     c, fc = b, fb
