@@ -6,13 +6,16 @@ thousand packets long, that start-up is most of the tool's time and the ratio sa
 nothing about per-packet cost. So the benchmarks repeat a real capture back to back,
 each copy shifted in time, until the reference's start-up (measured on a one-packet
 capture) is under 5 % of its run, and report per-packet cost at two lengths: a cost that
-stays flat as the capture doubles is what a long capture will cost.
+stays flat as the capture doubles is what a long capture will cost. At each length the two
+are timed A B A B (best of each) and both wall and CPU seconds are kept: on a shared machine
+CPU time is the steadier of the two.
 """
 from __future__ import annotations
 
 import gzip
 import math
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -26,6 +29,7 @@ STARTUP_SHARE = 0.05  # the most of a reference run its start-up may take
 # DNS timeout, so a copy's flows and queries never merge with the previous copy's.
 COPY_SPACING_S = 600
 MAX_COPIES = 256
+ROUNDS = 2  # A B A B at each of the two reported lengths
 
 
 def _records(raw: bytes) -> tuple[bytes, list[tuple[int, int, bytes]]]:
@@ -59,26 +63,40 @@ def write_copies(seed: bytes, copies: int, out: Path) -> int:
     return copies * len(records)
 
 
-def command_seconds(command: Sequence[str]) -> float:
-    """Wall time of one run of a command, its output discarded."""
+def command_seconds(command: Sequence[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run of a command, its output discarded; CPU counts every
+    thread and child of it."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def call_seconds(function: Callable[[], object]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call in this process."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 @dataclass
 class Length:
-    """One capture length measured: packets, our seconds, the reference's seconds."""
+    """One capture length measured: packets, and the best wall and CPU seconds of each side."""
 
     packets: int
     ours_s: float
     reference_s: float
+    ours_cpu_s: float = math.inf
+    reference_cpu_s: float = math.inf
 
     def line(self, startup_s: float) -> str:
-        return (f"  {self.packets:>10,} packets: ours {self.ours_s * 1e6 / self.packets:6.2f} µs/packet, "
-                f"reference {self.reference_s * 1e6 / self.packets:6.2f} µs/packet "
-                f"(start-up {startup_s / self.reference_s:.1%} of its run), "
-                f"ratio {self.reference_s / self.ours_s:.2f}x")
+        per_packet = 1e6 / self.packets
+        return (f"  {self.packets:>10,} packets: ours {self.ours_s * per_packet:6.2f} µs/packet "
+                f"({self.ours_cpu_s * per_packet:.2f} CPU), reference {self.reference_s * per_packet:6.2f} µs/packet "
+                f"({self.reference_cpu_s * per_packet:.2f} CPU; start-up {startup_s / self.reference_s:.1%} of its run), "
+                f"ratio {self.reference_s / self.ours_s:.2f}x wall, {self.reference_cpu_s / self.ours_cpu_s:.2f}x CPU")
 
 
 def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
@@ -89,14 +107,17 @@ def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
     one, path = folder / "one.pcap", folder / "long.pcap"
     header, records = _records(seed)
     one.write_bytes(header + struct.pack("<II", records[0][0], records[0][1]) + records[0][2])
-    startup = min(command_seconds(reference(one)) for _ in range(3))
+    startup = min(command_seconds(reference(one))[0] for _ in range(3))
 
-    def measure(copies: int) -> Length:
-        packets = write_copies(seed, copies, path)
-        start = time.perf_counter()
-        ours(path)
-        ours_s = time.perf_counter() - start
-        return Length(packets, ours_s, command_seconds(reference(path)))
+    def measure(copies: int, rounds: int = 1, length: Length | None = None) -> Length:
+        """`rounds` more rounds at `copies`, on top of `length` (the file already written) if given."""
+        length = length or Length(write_copies(seed, copies, path), math.inf, math.inf)
+        for _ in range(rounds):  # A B A B: both sides see the same load
+            wall, cpu = call_seconds(lambda: ours(path))
+            length.ours_s, length.ours_cpu_s = min(length.ours_s, wall), min(length.ours_cpu_s, cpu)
+            wall, cpu = command_seconds(reference(path))
+            length.reference_s, length.reference_cpu_s = min(length.reference_s, wall), min(length.reference_cpu_s, cpu)
+        return length
 
     copies = 1
     first = measure(copies)
@@ -106,7 +127,7 @@ def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
         wanted = math.ceil(1.1 * copies * startup * (1 - STARTUP_SHARE) / STARTUP_SHARE / work)
         copies = min(MAX_COPIES, max(copies + 1, wanted))
         first = measure(copies)
-    lengths = [first, measure(2 * copies)]
+    lengths = [measure(copies, ROUNDS - 1, first), measure(2 * copies, ROUNDS)]
     path.unlink()
     return startup, lengths
 

@@ -201,6 +201,72 @@ def test_fuzz_parity_with_libspot(calibration, stream, max_excess, low):
 
 # --- checks that need no libspot ---------------------------------------------------------
 
+# --- the batch path: Spot.steps ------------------------------------------------------------
+
+def _steps_against_libspot(calibration, stream, **settings_):
+    """Spot.steps over the whole stream against libspot stepped value by value."""
+    libspot = _libspot()
+    ours, theirs = Spot(**settings_), libspot.Spot(**settings_)
+    ours.fit(calibration)
+    theirs.fit([float(v) for v in calibration])
+    codes = ours.steps(stream)
+    assert codes.tolist() == [theirs.step(float(v)) for v in stream]
+    _assert_same_state(ours, theirs, "after steps")
+    assert ours.excesses() == theirs.excesses()
+    return Counter(codes.tolist())
+
+
+@pytest.mark.parametrize("settings_", MAWI_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_steps_on_mawi_are_libspot_value_by_value(settings_):
+    codes = _steps_against_libspot(_mawi("mawi_170812_50_50.csv")[-2000:], _mawi("mawi_180812_50_50.csv"),
+                                   **settings_)
+    assert codes[EXCESS] > min(40, settings_["max_excess"])
+
+
+@pytest.mark.parametrize("extra", [{}, {"low": True}, {"discard_anomalies": False}], ids=str)
+def test_steps_with_nan_inf_and_values_at_the_thresholds(extra):
+    values = np.random.default_rng(RNG_SEED + 1).normal(size=2500)
+    stream = _with_specials(values[500:], values[:500])
+    codes = _steps_against_libspot(values[:500], stream, q=1e-3, max_excess=40, **extra)
+    assert codes[DATA_IS_NAN] > 0
+
+
+@pytest.mark.parametrize("low", [False, True])
+def test_steps_flags_values_short_of_the_excess_threshold_when_the_anomaly_threshold_is_below_it(low):
+    # A long quiet run drives Nt/n below q; the next excess refits with a negative distance,
+    # so the anomaly threshold lands below the excess threshold and ordinary values are anomalies.
+    sign = -1.0 if low else 1.0
+    rng = np.random.default_rng(RNG_SEED + 4)
+    calibration = sign * rng.normal(size=400)
+    libspot = _libspot()
+    probe = libspot.Spot(q=0.09, low=low, level=0.9, max_excess=50)
+    probe.fit(calibration.tolist())
+    # exactly at the excess threshold: an excess (below the anomaly threshold) that refits
+    stream = np.concatenate([np.full(3000, -sign * 5.0), [probe.excess_threshold], sign * rng.normal(size=400)])
+    for value in stream[:3001].tolist():
+        probe.step(value)
+    assert sign * probe.anomaly_threshold < sign * probe.excess_threshold  # the case this test is about
+    codes = _steps_against_libspot(calibration, stream, q=0.09, low=low, level=0.9, max_excess=50)
+    assert codes[ANOMALY] > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False).map(lambda v: round(v, 1)), min_size=20, max_size=200),
+       st.lists(st.one_of(st.floats(-1e6, 1e6).map(lambda v: round(v, 1)),
+                          st.sampled_from([math.nan, math.inf, -math.inf])), max_size=300),
+       st.sampled_from([1, 3, 50]), st.booleans(), st.booleans())
+def test_fuzz_steps_equal_step_by_step(calibration, stream, max_excess, low, discard):
+    one, batch = (Spot(1e-3, low=low, discard_anomalies=discard, level=0.9, max_excess=max_excess)
+                  for _ in range(2))
+    try:
+        one.fit(calibration)
+    except ValueError:
+        return
+    batch.fit(calibration)
+    assert batch.steps(stream).tolist() == [one.step(v) for v in stream]
+    assert json.dumps(batch.to_dict()) == json.dumps(one.to_dict())
+
+
 def test_p2_quantile_hand_worked():
     # five values: the markers are the sorted values and the middle one is the estimate
     assert p2_quantile(0.5, [5.0, 1.0, 4.0, 2.0, 3.0]) == 3.0

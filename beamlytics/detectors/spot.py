@@ -473,6 +473,39 @@ class Spot:
             return EXCESS
         return NORMAL
 
+    def steps(self, values: Iterable[float]) -> np.ndarray:
+        """`step` of each value in turn, the codes as an array: the same codes and the same
+        state after as stepping one by one. A value short of the excess threshold only counts
+        in n (the thresholds move only on excesses), so such runs are judged in bulk and only
+        excesses, NaN and the rest go through `step`."""
+        data = np.asarray(values, dtype=float).ravel()
+        codes = np.full(data.size, NORMAL, dtype=np.int64)
+        signed = self._sign * data
+        with np.errstate(invalid="ignore"):  # NaN thresholds (before fit) judge nothing: NORMAL
+            stepped = np.isnan(data) | (self._sign * (data - self.excess_threshold) >= 0.0)
+        short = signed[~stepped]
+        farthest_short = float(short.max()) if short.size else -math.inf
+        start = 0
+        for index in np.flatnonzero(stepped).tolist() + [data.size]:
+            if start < index:
+                self._count_short(signed[start:index], codes[start:index], farthest_short)
+            if index < data.size:
+                codes[index] = self.step(data[index])
+            start = index + 1
+        return codes
+
+    def _count_short(self, signed: np.ndarray, codes: np.ndarray, farthest: float) -> None:
+        """Values short of the excess threshold (signed towards the tail): each is NORMAL, or
+        ANOMALY when beyond the anomaly threshold (possible only if that lies below the excess
+        threshold, which `farthest`, the largest such value of the whole batch, rules out)."""
+        limit = self._sign * self.anomaly_threshold
+        if self.discard_anomalies and farthest > limit:
+            beyond = signed > limit
+            codes[beyond] = ANOMALY
+            self.n += signed.size - int(np.count_nonzero(beyond))
+        else:
+            self.n += signed.size
+
     def _refit(self) -> None:
         self.gamma, self.sigma = _fit_gpd(self._excesses)
         self.anomaly_threshold = self.quantile(self.q)
