@@ -20,8 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import schemas, synthetic
-from beamlytics.detectors.population import Population
-from beamlytics.detectors.verdict import VerdictSettings, judge
+from beamlytics.live.kafka import anomaly_messages
 from beamlytics.pipelines import cli
 from beamlytics.pipelines.detect import SCORE_ORDER
 from beamlytics.pipelines.runners import ENGINES, cache_dir, installed
@@ -78,58 +77,20 @@ def as_json(path: Path) -> list[bytes]:
     return out
 
 
-def table_of(out: Path, folder: str) -> pa.Table | None:
+def anomalies(out: Path, folder: str = "anomalies") -> list[dict]:
     files = sorted((out / folder).glob("*.parquet"))
-    return pa.concat_tables([pq.read_table(path) for path in files]) if files else None
-
-
-def anomalies(out: Path) -> list[dict]:
-    """A live run's anomaly panes, every row, in one order."""
-    table = table_of(out, "anomalies")
-    return [] if table is None else table.sort_by([(name, "ascending") for name in SCORE_ORDER]).to_pylist()
-
-
-def as_of_window_ends(out: Path) -> tuple[list[dict], list[dict]]:
-    """The reference for a live run, from batch `detect`'s scores/ and features/: the windows ending at T judged
-    against the population of the windows ended by T (what batch `detect` gives them on the records of those
-    windows; batch scores of a window do not depend on later records). Its (anomaly rows, verdicts of the
-    run's last windows, which see the whole run's population)."""
-    windows, scores = table_of(out, "features"), table_of(out, "scores")
-    records = windows.select(["table", "key_kind", "key", "window_start", "records"])
-    scores = scores.join(records, ["table", "key_kind", "key", "window_start"])
-    scores = scores.append_column("params", pa.array(["{}"] * scores.num_rows)).select(schemas.ANOMALIES.names)
-    names = tuple(sorted(set(scores.column("feature").to_pylist())))
-    ends = pc.cast(scores.column("window_end"), pa.int64())
-    window_ends = pc.cast(windows.column("window_end"), pa.int64())
-    reported = []
-    for end in sorted(set(ends.to_pylist())):
-        population = Population.of_windows(windows.filter(pc.less_equal(window_ends, end)), names)
-        _, rows, _ = judge(scores.filter(pc.equal(ends, end)), population, VerdictSettings())
-        reported += rows.drop_columns(["params"]).to_pylist()
-    verdicts = table_of(out, "verdicts")
-    last = verdicts.filter(pc.equal(pc.cast(verdicts.column("window_end"), pa.int64()), max(ends.to_pylist())))
-    return sorted(reported, key=_score_order), _verdict_rows(last)
-
-
-def _score_order(row: dict) -> tuple:
-    return tuple(row[name] for name in SCORE_ORDER)
-
-
-def _verdict_rows(table: pa.Table) -> list[dict]:
-    return sorted(table.to_pylist(), key=lambda row: (row["key"], row["window_start"]))
-
-
-def live_results(out: Path) -> tuple[list[dict], list[dict]]:
-    """A live run's anomaly rows (without `params`, which the reference has not) and its last windows' verdicts."""
-    rows = [{name: value for name, value in row.items() if name != "params"} for row in anomalies(out)]
-    verdicts = table_of(out, "verdicts")
-    ends = pc.cast(verdicts.column("window_end"), pa.int64())
-    return sorted(rows, key=_score_order), _verdict_rows(verdicts.filter(pc.equal(ends, pc.max(ends))))
+    if not files:
+        return []
+    table = pa.concat_tables([pq.read_table(path) for path in files])
+    if folder == "scores":  # batch: the rows each endpoint's own detector calls anomalous, as live panes hold
+        table = table.filter(pc.equal(table.column("status"), "anomaly"))
+    table = table.select(schemas.SCORES.names)  # the columns batch scores/ and live panes share
+    return table.sort_by([(name, "ascending") for name in SCORE_ORDER]).to_pylist()
 
 
 @pytest.fixture(scope="module")
 def batch_anomalies(zeek_logs, tmp_path_factory):
-    """Batch `detect` on the DirectRunner, per detector, turned into the reference every live run is held to."""
+    """Batch `detect` on the DirectRunner, per detector: the reference every live run is held to."""
     found = {}
 
     def reference(detector):
@@ -137,23 +98,23 @@ def batch_anomalies(zeek_logs, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"batch-{detector}")
             assert cli.main(["detect", "--table", "dns", "--detector", detector, *DETECTORS[detector], "--quiet",
                              "--output", str(out), str(zeek_logs / "dns.log")]) == 0
-            found[detector] = as_of_window_ends(out)
-            assert found[detector][0], "the reference found no anomaly: the comparison would prove nothing"
+            found[detector] = anomalies(out, "scores")
+            assert found[detector], "the reference found no anomaly: the comparison would prove nothing"
         return found[detector]
 
     return reference
 
 
-def start_following(inputs, out, detector, drain):
+def start_following(inputs, out, detector, drain, extra=()):
     # A process per run, as a user runs it: runners keep process-wide state that must not leak between runs.
     return subprocess.Popen([sys.executable, "-m", "beamlytics.pipelines.cli", "detect", "--follow", "--table", "dns",
                              "--detector", detector, *DETECTORS[detector], "--poll", "200ms", "--refresh", "2s",
-                             "--quiet", "--drain-file", str(drain), "--output", str(out), *map(str, inputs)],
+                             "--quiet", "--drain-file", str(drain), "--output", str(out), *extra, *map(str, inputs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def follow(inputs, out, detector, drain):
-    run = start_following(inputs, out, detector, drain)
+def follow(inputs, out, detector, drain, extra=()):
+    run = start_following(inputs, out, detector, drain, extra)
     _, errors = run.communicate(timeout=600)
     assert run.returncode == 0, errors[-3000:]
     return run.returncode
@@ -201,7 +162,7 @@ def test_a_folder_receiving_rotated_and_growing_logs_gives_the_batch_anomalies(
     assert follow([watched], out, detector, drain) == 0
     writer.join()
     assert not errors
-    assert live_results(out) == batch_anomalies(detector)
+    assert anomalies(out) == batch_anomalies(detector)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["running"] is False and summary["late"] == 0 and summary["rejected"] == 0
     listed = {item["path"] for item in json.loads((out / ".beamlytics-manifest.json").read_text())["files"]}
@@ -229,6 +190,18 @@ def produce(broker, topic, values):
     producer.close()
 
 
+def consume(broker, topic):
+    """Every (key, value) on the topic's partitions, read from the start until none comes for 5 s."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, group_id=None)
+    try:
+        return [(message.key, message.value) for message in consumer]
+    finally:
+        consumer.close()
+
+
 def test_kafka_records_of_all_logs_on_one_topic_give_the_batch_anomalies(kafka_broker, zeek_logs, batch_anomalies,
                                                                         tmp_path):
     require("prism")
@@ -244,10 +217,18 @@ def test_kafka_records_of_all_logs_on_one_topic_give_the_batch_anomalies(kafka_b
         drain.touch()
 
     writer, errors = in_thread(producer)
-    assert follow([f"kafka://{kafka_broker.bootstrap}/{topic}"], out, "poisson", drain) == 0
+    kafka_broker.create_topic("siem")
+    assert follow([f"kafka://{kafka_broker.bootstrap}/{topic}"], out, "poisson", drain, ["--kafka-output", "siem"]) == 0
     writer.join()
     assert not errors
-    assert live_results(out) == batch_anomalies("poisson")
+    assert anomalies(out) == batch_anomalies("poisson")
+    # The SIEM topic holds one message per anomaly row of the panes, keyed by endpoint, window and feature.
+    panes = pa.concat_tables([pq.read_table(path) for path in sorted((out / "anomalies").glob("*.parquet"))])
+    assert sorted(consume(kafka_broker, "siem")) == anomaly_messages(panes)
+    summary = json.loads((out / "summary.json").read_text())
+    # Records read are the dns table's: the conn records and the broken line are not.
+    assert summary["records_read"] == len(as_json(zeek_logs / "dns.log"))
+    assert summary["kafka_output"] == f"kafka://{kafka_broker.bootstrap}/siem"
     rejected = pq.read_table(next((out / "rejected").glob("*.parquet"))).to_pylist()
     assert [(row["source_file"], row["position"]) for row in rejected] == [(f"kafka://{topic}/0", len(values) - 1)]
 
@@ -270,7 +251,7 @@ def test_a_run_stopped_mid_stream_and_started_again_loses_nothing_and_reports_no
     run.send_signal(signal.SIGINT)  # Ctrl-C
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
-    first = live_results(out)[0]
+    first = anomalies(out)
     assert first
     assert json.loads((out / "summary.json").read_text())["running"] is False
 
@@ -283,6 +264,7 @@ def test_a_run_stopped_mid_stream_and_started_again_loses_nothing_and_reports_no
     assert follow([source], out, "gaussian", drain) == 0  # the same folder: the run continues it
     writer.join()
     assert not errors
-    final, expected = live_results(out), batch_anomalies("gaussian")
+    final = anomalies(out)
+    expected = batch_anomalies("gaussian")
     assert final == expected  # nothing lost, and no (endpoint, window, feature) twice
-    assert all(row in final for row in first)  # what the first run wrote was already final
+    assert all(row in expected for row in first)  # what the first run wrote was already final

@@ -13,19 +13,16 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamlytics.detectors.population import MIN_POOL
 from beamlytics.transforms.write import parquet_bytes
 
 LIVE_COMMAND = "detect --follow"
 
 
 def write_pane(table: pa.Table, directory: str, order: tuple[str, ...], label: str) -> str | None:
-    """Write the rows of `table`, sorted by `order` (`-name`: descending), as one file of `directory`; the path,
-    or None if empty."""
+    """Write the rows of `table`, sorted by `order`, as one file of `directory`; the path, or None if empty."""
     if table.num_rows == 0:
         return None
-    data = parquet_bytes(table.sort_by([(name[1:], "descending") if name.startswith("-") else (name, "ascending")
-                                        for name in order]))
+    data = parquet_bytes(table.sort_by([(name, "ascending") for name in order]))
     path = os.path.join(directory, f"{label}-{hashlib.sha256(data).hexdigest()[:16]}.parquet")
     if os.path.exists(path):
         return path
@@ -60,15 +57,13 @@ def late_rows(directory: str) -> int:
 
 def live_summary(output: str, extra: dict, running: bool) -> dict:
     panes, anomalies = folder_rows(os.path.join(output, "anomalies"))
-    _, rejected = folder_rows(os.path.join(output, "rejected"))
-    _, verdicts = folder_rows(os.path.join(output, "verdicts"))
-    summary = {**extra, "running": running, "anomaly_panes": panes, "anomalies": anomalies, "verdicts": verdicts,
+    rejected_files, rejected = folder_rows(os.path.join(output, "rejected"))
+    summary = {**extra, "running": running, "anomaly_panes": panes, "anomalies": anomalies,
                "rejected": rejected, "late": late_rows(os.path.join(output, "rejected"))}
     notes = []
     if not anomalies:
-        notes.append("no anomaly yet: windows are judged as the watermark closes them, by the population once "
-                     f"{MIN_POOL} endpoint-windows have closed, by an endpoint's own detector once it has "
-                     f"calibrated on {extra.get('calibration_windows')} windows")
+        notes.append("no anomaly yet: windows are written as the watermark closes them, and each endpoint's "
+                     f"detector first calibrates on {extra.get('calibration_windows')} windows")
     summary["notes"] = notes
     return summary
 

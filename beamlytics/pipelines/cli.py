@@ -379,14 +379,6 @@ def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return _report(args.output)
 
 
-def verdict_settings(args: argparse.Namespace) -> VerdictSettings:
-    try:
-        allow = AllowList.read(args.allow) if args.allow else AllowList()
-        return VerdictSettings(args.alarm_rate, args.min_records, allow)
-    except (AllowListError, ValueError) as error:
-        raise UsageError(str(error)) from None
-
-
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beamlytics.inputs import total_bytes
     from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
@@ -414,7 +406,11 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             raise UsageError(f"--baseline {args.baseline} holds no .parquet files: "
                              "give the features/ folder of an earlier detect run")
     shards = args.shards or default_shards(total_bytes(read.inputs))
-    verdict = verdict_settings(args)
+    try:
+        allow = AllowList.read(args.allow) if args.allow else AllowList()
+        verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
+    except (AllowListError, ValueError) as error:
+        raise UsageError(str(error)) from None
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict)
     with outputs.open_output(args.output, "detect", args.overwrite,
                              [*args.inputs, *filter(None, [args.baseline, args.allow])],

@@ -41,14 +41,14 @@ from beamlytics.features import WindowSpec
 from beamlytics.live import panes
 from beamlytics.live.kafka import KafkaSpec, topics_from
 from beamlytics.pipelines import outputs
-from beamlytics.detectors.verdict import VerdictSettings
-from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER, VERDICT_ORDER
+from beamlytics.detectors.base import Status
+from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
 from beamlytics.transforms import live, progress
 from beamlytics.transforms.progress import TallyCounts
 from beamlytics.transforms.score import ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures
 
-ENTRIES = ("anomalies", "verdicts", "rejected", "summary.json")
+ENTRIES = ("anomalies", "rejected", "summary.json")
 KAFKA_SCHEME = "kafka://"
 # Set on Ctrl-C or SIGTERM (or by a caller in another thread): the run ends after the closed windows' panes.
 STOP = threading.Event()
@@ -60,8 +60,6 @@ class LiveSettings:
     source: live.LiveSource
     spec: WindowSpec
     detector: DetectorConfig
-    verdict: VerdictSettings = VerdictSettings()
-    endpoint_idle_us: int | None = None  # an endpoint idle this long (event time) is forgotten; None: never
     kafka_output: tuple[str, str] | None = None  # (bootstrap, topic) for the anomalies as JSON messages
 
 
@@ -109,24 +107,19 @@ def kafka_output_of(name: str | None, source: live.LiveSource) -> tuple[str, str
 def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> None:
     followed = pipeline | "Follow" >> live.FollowSource(settings.source)
     windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
-    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True,
-                                                 idle_timeout_us=settings.endpoint_idle_us)
-    judged = scores | "Verdicts" >> live.JudgeClosedWindows(settings.verdict)
-    judged | "WriteVerdictPanes" >> beam.Map(_verdict_pane, os.path.join(output, "verdicts"))
-    reported = judged | "Reported" >> beam.Map(lambda closed: closed[2])
-    reported | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
+    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
+    # The streaming scorer has no population (docs/guide.md, verdicts): a pane holds the features each
+    # endpoint's own detector calls anomalous, as batch `detect` marks them in scores/.
+    own = scores | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
+                                                                                  Status.ANOMALY)))
+    own | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
     if settings.kafka_output is not None:
-        reported | "SendAnomalies" >> live.SendAnomalies(*settings.kafka_output)
+        own | "SendAnomalies" >> live.SendAnomalies(*settings.kafka_output)
     (
         followed[live.REJECTED_TAG]
         | "WriteRejectedPanes" >> beam.Map(_rejected_pane, os.path.join(output, "rejected"))
     )
     followed[live.COUNTS_TAG] | "TallyCounts" >> TallyCounts()
-
-
-def _verdict_pane(closed: tuple[int, pa.Table, pa.Table], directory: str) -> str | None:
-    end, verdicts, _ = closed
-    return panes.write_pane(verdicts, directory, VERDICT_ORDER, f"{end:020d}")
 
 
 def _anomaly_pane(table: pa.Table, directory: str) -> list[str]:
@@ -180,12 +173,9 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
     folder = os.path.abspath(output)
     os.makedirs(folder, exist_ok=True)
     fd = outputs.acquire_lock(folder)
-    idle = settings.endpoint_idle_us
     extra = {"table": settings.spec.table, "key": settings.spec.key, "window_seconds": settings.spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6,
-             "endpoint_idle_seconds": None if idle is None else idle / 1e6,
-             "alarm_rate": settings.verdict.alarm_rate, "min_records": settings.verdict.min_records,
              "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output)}
     STOP.clear()
     progress.reset_local_counts()
@@ -225,8 +215,8 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
                 break
             summary = refresh(folder, counted(), running=True)
             if not quiet:
-                print(f"beamlytics: live: {summary['records_read']} records read, {summary['verdicts']} windows "
-                      f"judged, {summary['anomalies']} anomalies in {summary['anomaly_panes']} panes, "
+                print(f"beamlytics: live: {summary['records_read']} records read, "
+                      f"{summary['anomalies']} anomalies in {summary['anomaly_panes']} panes, "
                       f"{summary['rejected']} rejected ({summary['late']} late)", file=sys.stderr)
         return refresh(folder, counted(), running=False)
     finally:
@@ -275,16 +265,14 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         spec = WindowSpec(args.table, args.key, args.window,
                           args.slot if config.detector_class.input_kind == "slots" else None)
         source = source_of(args.inputs, args.table, lateness, poll, args.kafka_start, args.drain_file)
-        idle = None if args.endpoint_idle.strip().lower() == "never" else cli.duration_us(args.endpoint_idle)
         kafka_output = kafka_output_of(args.kafka_output, source)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise cli.UsageError(str(error)) from None
     if args.baseline or args.train_until is not None:
         raise cli.UsageError("--follow does not take --baseline or --train-until yet")
-    verdict = cli.verdict_settings(args)
     cli.check_output_folder(args.output)
     try:
-        summary = run_live(options, LiveSettings(source, spec, config, verdict, idle, kafka_output), args.output,
+        summary = run_live(options, LiveSettings(source, spec, config, kafka_output), args.output,
                            every / 1e6, args.quiet)
     except outputs.OutputError as error:
         raise cli.UsageError(str(error)) from None

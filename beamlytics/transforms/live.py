@@ -7,37 +7,28 @@ watermark is the event clock's (newest record time minus the allowed lateness); 
 than it go to the dead letters. When its drain file appears (the input is complete), the DoFn
 ends its restriction as soon as it has caught up (a poll finds nothing new): the watermark jumps
 to the end of time and every open window closes.
-
-Downstream of the per-endpoint scorer, `JudgeClosedWindows` gives the live run its population
-(`live.verdicts`): every score table goes to one key, whose event-time timer judges the windows
-ending at T once the watermark has passed T, against the pool of the windows ended by T.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 from apache_beam import coders
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beamlytics import schemas
-from beamlytics.detectors.verdict import VerdictSettings
 from beamlytics.live.chunks import parse_chunk
 from beamlytics.live.clock import EventClock
 from beamlytics.live.follow import FolderFollower
 from beamlytics.live.kafka import KafkaFollower, KafkaSpec, anomaly_messages
-from beamlytics.live.verdicts import judge_closed
 from beamlytics.parsers.base import Batch, Read, Rejected
 from beamlytics.transforms.read import REJECTED_TAG
 
@@ -221,75 +212,6 @@ class FollowSource(beam.PTransform):
             pbegin
             | "Source" >> beam.Create([self.source])
             | "Follow" >> beam.ParDo(_Follow()).with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
-        )
-
-
-class _JudgeClosedWindows(beam.DoFn):
-    """(one key, score table) → (window end, verdicts, reported anomaly rows) per closed window end, in order.
-
-    A table waits until the watermark passes its windows' end by 1 µs: the scorer's timer at that end
-    holds the watermark, so by then every window ending there has been scored and is here.
-    """
-
-    WAITING = BagStateSpec("waiting", coders.PickleCoder())
-    POOLS = ReadModifyWriteStateSpec("pools", coders.PickleCoder())
-    NEXT = ReadModifyWriteStateSpec("next", coders.VarIntCoder())
-    JUDGE = TimerSpec("judge", TimeDomain.WATERMARK)
-
-    def __init__(self, settings: VerdictSettings):
-        self.settings = settings
-
-    def process(self, element, waiting=beam.DoFn.StateParam(WAITING), next_judging=beam.DoFn.StateParam(NEXT),
-                judging=beam.DoFn.TimerParam(JUDGE)):
-        _, scores = element
-        if scores.num_rows == 0:
-            return
-        waiting.add(scores)
-        due = _earliest_end(scores) + 1
-        scheduled = next_judging.read()
-        if scheduled is None or due < scheduled:
-            judging.set(Timestamp(micros=due))
-            next_judging.write(due)
-
-    @on_timer(JUDGE)
-    def on_judge(self, fired_at=beam.DoFn.TimestampParam, waiting=beam.DoFn.StateParam(WAITING),
-                 pools=beam.DoFn.StateParam(POOLS), next_judging=beam.DoFn.StateParam(NEXT),
-                 judging=beam.DoFn.TimerParam(JUDGE)):
-        scores = pa.concat_tables(list(waiting.read()))
-        closed = pc.less(pc.cast(scores.column("window_end"), pa.int64()), fired_at.micros)
-        known = pools.read() or {}
-        for end, verdicts, reported, _, known in judge_closed(scores.filter(closed), known, self.settings):
-            yield end, verdicts, reported
-        pools.write(known)
-        waiting.clear()
-        rest = scores.filter(pc.invert(closed))
-        if rest.num_rows:
-            waiting.add(rest)
-            due = _earliest_end(rest) + 1
-            judging.set(Timestamp(micros=due))
-            next_judging.write(due)
-        else:
-            next_judging.clear()
-
-
-def _earliest_end(scores: pa.Table) -> int:
-    return pc.min(pc.cast(scores.column("window_end"), pa.int64())).as_py()
-
-
-@dataclass
-class JudgeClosedWindows(beam.PTransform):
-    """Streaming score tables → (window end, verdicts, reported anomaly rows), each end once, oldest first."""
-
-    settings: VerdictSettings
-
-    def __post_init__(self):
-        super().__init__()
-
-    def expand(self, scores):
-        return (
-            scores
-            | "OneKey" >> beam.Map(lambda table: ("population", table)).with_output_types(Tuple[str, Any])
-            | "Judge" >> beam.ParDo(_JudgeClosedWindows(self.settings))
         )
 
 
