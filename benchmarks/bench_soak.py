@@ -26,12 +26,33 @@ BURST_EVERY_SECONDS = 30  # one client fires a burst of random names this often 
 BURST_SECONDS = 5  # ... for this long, at 10x its share of the rate
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _rss_mb(pid: int | str = "self") -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # the process ended between listing and reading
+        pass
+    return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _memory(broker_pid: int) -> float:
+    """RSS in MB of this process (the SDK worker runs in it) and of its children but the broker (Prism)."""
+    children = [child for child in _descendants(os.getpid()) if child != broker_pid]
+    return _rss_mb() + sum(_rss_mb(child) for child in children)
 
 
 def _record(now: float, client: int, name: str, serial: int) -> bytes:
@@ -75,7 +96,7 @@ def run(minutes: float = 2.0) -> list[Result]:
         try:
             broker.create_topic("soak-dns")
             out, drain = Path(work) / "out", Path(work) / "drain"
-            produced, rss = [], {}
+            produced, rss = [], []
             started = time.time()
             until = started + minutes * 60
             producer = threading.Thread(target=_produce, args=(broker.bootstrap, "soak-dns", until, produced),
@@ -84,9 +105,10 @@ def run(minutes: float = 2.0) -> list[Result]:
 
             def watch():
                 time.sleep(20)  # past the start: the pipeline is built and running
-                rss["start"] = _rss_mb()
-                producer.join()
-                rss["end"] = _rss_mb()
+                while producer.is_alive():
+                    rss.append(_memory(broker.process.pid))
+                    producer.join(timeout=60)
+                rss.append(_memory(broker.process.pid))
                 drain.touch()
 
             watcher = threading.Thread(target=watch, daemon=True)

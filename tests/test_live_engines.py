@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import schemas, synthetic
+from beamlytics.live.kafka import anomaly_messages
 from beamlytics.pipelines import cli
 from beamlytics.pipelines.detect import SCORE_ORDER
 from beamlytics.pipelines.runners import ENGINES, cache_dir, installed
@@ -104,16 +105,16 @@ def batch_anomalies(zeek_logs, tmp_path_factory):
     return reference
 
 
-def start_following(inputs, out, detector, drain):
+def start_following(inputs, out, detector, drain, extra=()):
     # A process per run, as a user runs it: runners keep process-wide state that must not leak between runs.
     return subprocess.Popen([sys.executable, "-m", "beamlytics.pipelines.cli", "detect", "--follow", "--table", "dns",
                              "--detector", detector, *DETECTORS[detector], "--poll", "200ms", "--refresh", "2s",
-                             "--quiet", "--drain-file", str(drain), "--output", str(out), *map(str, inputs)],
+                             "--quiet", "--drain-file", str(drain), "--output", str(out), *extra, *map(str, inputs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def follow(inputs, out, detector, drain):
-    run = start_following(inputs, out, detector, drain)
+def follow(inputs, out, detector, drain, extra=()):
+    run = start_following(inputs, out, detector, drain, extra)
     _, errors = run.communicate(timeout=600)
     assert run.returncode == 0, errors[-3000:]
     return run.returncode
@@ -189,6 +190,18 @@ def produce(broker, topic, values):
     producer.close()
 
 
+def consume(broker, topic):
+    """Every (key, value) on the topic's partitions, read from the start until none comes for 5 s."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, group_id=None)
+    try:
+        return [(message.key, message.value) for message in consumer]
+    finally:
+        consumer.close()
+
+
 def test_kafka_records_of_all_logs_on_one_topic_give_the_batch_anomalies(kafka_broker, zeek_logs, batch_anomalies,
                                                                         tmp_path):
     require("prism")
@@ -204,10 +217,18 @@ def test_kafka_records_of_all_logs_on_one_topic_give_the_batch_anomalies(kafka_b
         drain.touch()
 
     writer, errors = in_thread(producer)
-    assert follow([f"kafka://{kafka_broker.bootstrap}/{topic}"], out, "poisson", drain) == 0
+    kafka_broker.create_topic("siem")
+    assert follow([f"kafka://{kafka_broker.bootstrap}/{topic}"], out, "poisson", drain, ["--kafka-output", "siem"]) == 0
     writer.join()
     assert not errors
     assert anomalies(out) == batch_anomalies("poisson")
+    # The SIEM topic holds one message per anomaly row of the panes, keyed by endpoint, window and feature.
+    panes = pa.concat_tables([pq.read_table(path) for path in sorted((out / "anomalies").glob("*.parquet"))])
+    assert sorted(consume(kafka_broker, "siem")) == anomaly_messages(panes)
+    summary = json.loads((out / "summary.json").read_text())
+    # Records read are the dns table's: the conn records and the broken line are not.
+    assert summary["records_read"] == len(as_json(zeek_logs / "dns.log"))
+    assert summary["kafka_output"] == f"kafka://{kafka_broker.bootstrap}/siem"
     rejected = pq.read_table(next((out / "rejected").glob("*.parquet"))).to_pylist()
     assert [(row["source_file"], row["position"]) for row in rejected] == [(f"kafka://{topic}/0", len(values) - 1)]
 

@@ -56,7 +56,7 @@ class KafkaBroker:
         config = self.workdir / "server.properties"
         self.workdir.mkdir(parents=True, exist_ok=True)
         config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()), encoding="utf-8")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
                                    capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
         if formatted.returncode != 0:
@@ -111,3 +111,12 @@ class KafkaBroker:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def _cluster_id() -> str:
+    """A random Kafka cluster id (URL-safe base64 of 16 bytes) not starting with '-', which the storage
+    tool would take for an option (Kafka's own `Uuid.randomUuid` avoids those for the same reason)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text

@@ -7,10 +7,14 @@ from it, and `start` says where a new run begins.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+import pyarrow as pa
 
 from beamlytics.live.chunks import Chunk
 from beamlytics.parsers import zeek
@@ -131,3 +135,39 @@ class KafkaFollower:
 
 def topics_from(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({name for names_ in names for name in names_.split(",") if name}))
+
+
+def anomaly_messages(reported: pa.Table) -> list[tuple[bytes, bytes]]:
+    """Reported anomaly rows (`schemas.ANOMALIES`) → (key, value) Kafka messages, one per row, sorted by key.
+
+    The key names the endpoint, window and feature (`table|key_kind|key|window_start|feature`, the time in
+    µs since the epoch): the same anomaly sent again by a restarted run has the same key and the same bytes,
+    so a consumer keeping the last value per key sees each anomaly once. The value is the row as JSON, times
+    as ISO 8601 UTC, `evidence` and `params` as objects.
+    """
+    messages = []
+    for row in reported.to_pylist():
+        start_us = _micros(row["window_start"])
+        key = f"{row['table']}|{row['key_kind']}|{row['key']}|{start_us}|{row['feature']}"
+        document = {**{name: _finite(value) for name, value in row.items()}, "window_start": _iso(row["window_start"]), "window_end": _iso(row["window_end"]),
+                    "evidence": json.loads(row["evidence"]) if row["evidence"] else None,
+                    "params": json.loads(row["params"]) if row["params"] else None}
+        value = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        messages.append((key.encode("utf-8"), value.encode("utf-8")))
+    return sorted(messages)
+
+
+def _finite(value):
+    """JSON has no NaN: a measure that is not a number is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _micros(moment: datetime.datetime) -> int:
+    return (moment - _EPOCH) // datetime.timedelta(microseconds=1)
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)

@@ -41,16 +41,18 @@ from beamlytics.features import WindowSpec
 from beamlytics.live import panes
 from beamlytics.live.kafka import KafkaSpec, topics_from
 from beamlytics.pipelines import outputs
-from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
-from beamlytics.transforms import live
 from beamlytics.detectors.base import Status
+from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
+from beamlytics.transforms import live, progress
+from beamlytics.transforms.progress import TallyCounts
 from beamlytics.transforms.score import ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures
 
 ENTRIES = ("anomalies", "rejected", "summary.json")
 KAFKA_SCHEME = "kafka://"
-# Set on Ctrl-C (or by a caller in another thread): the run ends after the closed windows' panes.
+# Set on Ctrl-C or SIGTERM (or by a caller in another thread): the run ends after the closed windows' panes.
 STOP = threading.Event()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class LiveSettings:
     source: live.LiveSource
     spec: WindowSpec
     detector: DetectorConfig
+    kafka_output: tuple[str, str] | None = None  # (bootstrap, topic) for the anomalies as JSON messages
 
 
 def source_of(inputs: Sequence[str], table: str, allowed_lateness_us: int, poll_us: int, kafka_start: str,
@@ -84,21 +87,39 @@ def source_of(inputs: Sequence[str], table: str, allowed_lateness_us: int, poll_
                            poll_seconds=poll_us / 1e6, drain_file=drain_file)
 
 
+def kafka_output_of(name: str | None, source: live.LiveSource) -> tuple[str, str] | None:
+    """`--kafka-output`: kafka://HOST:PORT/TOPIC, or TOPIC alone on the cluster the run reads."""
+    if name is None:
+        return None
+    if name.startswith(KAFKA_SCHEME):
+        parts = urlsplit(name)
+        topic = parts.path.strip("/")
+        if not parts.netloc or not topic or "," in topic:
+            raise ValueError(f"--kafka-output {name}: give kafka://HOST:PORT/TOPIC, one topic")
+        return parts.netloc, topic
+    if source.kafka is None:
+        raise ValueError(f"--kafka-output {name}: a run reading folders names the cluster: kafka://HOST:PORT/{name}")
+    if not name or "/" in name or "," in name:
+        raise ValueError(f"--kafka-output {name!r}: give one topic name, or kafka://HOST:PORT/TOPIC")
+    return source.kafka.bootstrap, name
+
+
 def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> None:
     followed = pipeline | "Follow" >> live.FollowSource(settings.source)
     windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
     scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
     # The streaming scorer has no population (docs/guide.md, verdicts): a pane holds the features each
     # endpoint's own detector calls anomalous, as batch `detect` marks them in scores/.
-    (
-        scores
-        | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"), Status.ANOMALY)))
-        | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
-    )
+    own = scores | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
+                                                                                  Status.ANOMALY)))
+    own | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
+    if settings.kafka_output is not None:
+        own | "SendAnomalies" >> live.SendAnomalies(*settings.kafka_output)
     (
         followed[live.REJECTED_TAG]
         | "WriteRejectedPanes" >> beam.Map(_rejected_pane, os.path.join(output, "rejected"))
     )
+    followed[live.COUNTS_TAG] | "TallyCounts" >> TallyCounts()
 
 
 def _anomaly_pane(table: pa.Table, directory: str) -> list[str]:
@@ -154,9 +175,12 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
     fd = outputs.acquire_lock(folder)
     extra = {"table": settings.spec.table, "key": settings.spec.key, "window_seconds": settings.spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
-             "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6}
+             "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6,
+             "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output)}
     STOP.clear()
-    previous = signal.getsignal(signal.SIGINT)
+    progress.reset_local_counts()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    results = []
 
     def stop(signum, frame):
         STOP.set()
@@ -164,15 +188,21 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
             print("beamlytics: stopping: the closed windows are written; open ones wait for the next run",
                   file=sys.stderr)
 
+    def counted() -> dict:
+        counts = progress.merged_counts(results[0] if results else None)
+        return {**extra, "records_read": counts.get("read", 0)}
+
     try:
         prepare_folder(folder)
         pipeline = beam.Pipeline(options=options)
         build_live(pipeline, settings, folder)
         try:
-            signal.signal(signal.SIGINT, stop)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, stop)
         except ValueError:
             pass  # not the main thread: the caller stops the run with STOP or the drain file
         result = pipeline.run()
+        results.append(result)
         while not _finished(result, refresh_seconds):
             if STOP.is_set():
                 # Every pane of a closed window is written in one atomic step, so cancelling between
@@ -183,14 +213,16 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
                     pass  # the job service went first (Ctrl-C reached the whole process group): it is over
                 _finished(result, 120.0, stopping=True)
                 break
-            summary = refresh(folder, extra, running=True)
+            summary = refresh(folder, counted(), running=True)
             if not quiet:
-                print(f"beamlytics: live: {summary['anomalies']} anomalies in {summary['anomaly_panes']} panes, "
+                print(f"beamlytics: live: {summary['records_read']} records read, "
+                      f"{summary['anomalies']} anomalies in {summary['anomaly_panes']} panes, "
                       f"{summary['rejected']} rejected ({summary['late']} late)", file=sys.stderr)
-        return refresh(folder, extra, running=False)
+        return refresh(folder, counted(), running=False)
     finally:
         try:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         except ValueError:
             pass
         outputs.release_lock(folder, fd)
@@ -233,13 +265,15 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         spec = WindowSpec(args.table, args.key, args.window,
                           args.slot if config.detector_class.input_kind == "slots" else None)
         source = source_of(args.inputs, args.table, lateness, poll, args.kafka_start, args.drain_file)
+        kafka_output = kafka_output_of(args.kafka_output, source)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise cli.UsageError(str(error)) from None
     if args.baseline or args.train_until is not None:
         raise cli.UsageError("--follow does not take --baseline or --train-until yet")
     cli.check_output_folder(args.output)
     try:
-        summary = run_live(options, LiveSettings(source, spec, config), args.output, every / 1e6, args.quiet)
+        summary = run_live(options, LiveSettings(source, spec, config, kafka_output), args.output,
+                           every / 1e6, args.quiet)
     except outputs.OutputError as error:
         raise cli.UsageError(str(error)) from None
     print(json.dumps(summary, indent=1, sort_keys=True))

@@ -28,7 +28,7 @@ from beamlytics import schemas
 from beamlytics.live.chunks import parse_chunk
 from beamlytics.live.clock import EventClock
 from beamlytics.live.follow import FolderFollower
-from beamlytics.live.kafka import KafkaFollower, KafkaSpec
+from beamlytics.live.kafka import KafkaFollower, KafkaSpec, anomaly_messages
 from beamlytics.parsers.base import Batch, Read, Rejected
 from beamlytics.transforms.read import REJECTED_TAG
 
@@ -213,3 +213,44 @@ class FollowSource(beam.PTransform):
             | "Source" >> beam.Create([self.source])
             | "Follow" >> beam.ParDo(_Follow()).with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
         )
+
+
+class _SendAnomalies(beam.DoFn):
+    """Tables of reported anomaly rows → one Kafka message each; a bundle ends only once the broker has them."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap, self.topic = bootstrap, topic
+        self._producer = None
+
+    def setup(self):
+        from kafka import KafkaProducer  # the `live` extra
+
+        # acks=all: a message counts as sent once the broker has it; the key picks its partition, so every
+        # message about an endpoint stays in order.
+        self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=20)
+
+    def process(self, reported: pa.Table):
+        for key, value in anomaly_messages(reported):
+            self._producer.send(self.topic, key=key, value=value)
+        yield reported.num_rows
+
+    def finish_bundle(self):
+        self._producer.flush()
+
+    def teardown(self):
+        if self._producer is not None:
+            self._producer.close()
+
+
+@dataclass
+class SendAnomalies(beam.PTransform):
+    """Tables of reported anomaly rows → JSON messages on a Kafka topic, for a SIEM; outputs the rows sent."""
+
+    bootstrap: str
+    topic: str
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, reported):
+        return reported | "Send" >> beam.ParDo(_SendAnomalies(self.bootstrap, self.topic))
