@@ -261,8 +261,11 @@ def test_inputs_empty_folder_fifo_and_dangling_link(tmp_path, small_log, capsys)
 
 
 def _start(out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    # Ctrl-C's default restored: a shell starts background jobs (`pytest ... &`) with SIGINT ignored, and the
+    # child would inherit that and never be interrupted.
     return subprocess.Popen([*COMMAND, "detect", "--table", "dns", "--output", str(out), *extra, str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, process: subprocess.Popen, limit: float = 120.0) -> bool:
