@@ -68,6 +68,8 @@ def require(engine):
     found = runners.installed(runners.ENGINES[engine], runners.cache_dir())
     if found is None:
         reason = f"{engine} is not installed in {runners.cache_dir()} (run `beamlytics runners install {engine}`)"
+        if engine not in PROVISIONED_IN_CI:
+            reason += "; CI does not provision it: Maven Central serves no Beam Flink job server here (docs/runners.md)"
         if os.environ.get("CI") == "true" and engine in PROVISIONED_IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
