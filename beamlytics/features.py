@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, EndpointWindow, repeated
-from beamlytics.hunts.dns import _name_measures as subdomain_measures
+from beamlytics.hunts.stats import subdomain_measures
 from beamlytics.hunts.flows import failed_attempts
 from beamlytics.schemas import domains
 

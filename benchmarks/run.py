@@ -1,4 +1,6 @@
-"""Every benchmark, one after the other: `python -m benchmarks.run` (add names to pick some).
+"""The benchmarks, one after the other: `python -m benchmarks.run` runs the quick ones (`QUICK`, all but `LONG`);
+add names to pick some, which is how the long ones run: `attacks` and `attacks_all` detect real attacks for
+many minutes, `soak` streams through a Kafka broker for 2 minutes (or `--minutes N`).
 
 Each compares beamlytics with a reference measured in the same run, so ratios hold across
 machines; absolute rates depend on the machine and its load.
@@ -19,6 +21,8 @@ BENCHMARKS = {
     "attacks": bench_attacks, "attacks_all": bench_attacks.EVERY_DETECTOR,
     "soak": bench_soak,
 }
+LONG = ("attacks", "attacks_all", "soak")
+QUICK = tuple(name for name in BENCHMARKS if name not in LONG)
 
 
 def main(names: list[str]) -> int:
@@ -31,7 +35,7 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    for name in names or BENCHMARKS:
+    for name in names or QUICK:
         print(f"== {name}", flush=True)
         runs = BENCHMARKS[name].run(minutes) if name == "soak" and minutes else BENCHMARKS[name].run()
         for result in runs:

@@ -18,6 +18,7 @@ import pytest
 
 from beamlytics import synthetic
 from beamlytics.pipelines import cli, outputs
+from tests.conftest import scaled
 
 SMALL = synthetic.Scenario(hours=1, clients=5, queries_per_minute=10, anomalous_client="10.0.0.3",
                            anomaly_start_minute=30, anomaly_minutes=3)
@@ -241,7 +242,7 @@ def test_inputs_empty_folder_fifo_and_dangling_link(tmp_path, small_log, capsys)
     os.mkfifo(logs / "pipe.log")
     # A FIFO nobody writes to blocks whoever opens it: a subprocess, so that a hang fails instead of stalling.
     done = subprocess.run([*COMMAND, "parse", "--table", "dns", "--output", str(tmp_path / "o2"), str(logs)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=scaled(120))
     assert done.returncode == 0, done.stderr
     out = tmp_path / "o2"
     rejected = {row["source_file"]: row for row in pq.read_table(out / "rejected").to_pylist()}
@@ -254,19 +255,22 @@ def test_inputs_empty_folder_fifo_and_dangling_link(tmp_path, small_log, capsys)
     assert summary["rejected_files"] == 2 and summary["records"] == data_rows(small_log)
 
     done = subprocess.run([*COMMAND, "parse", "--table", "dns", "--output", str(tmp_path / "o3"),
-                           str(logs / "pipe.log")], capture_output=True, text=True, timeout=120)
+                           str(logs / "pipe.log")], capture_output=True, text=True, timeout=scaled(120))
     # The FIFO was the only input: every input rejected is a failed run (exit 1), told, not hung.
     assert done.returncode == 1 and json.loads((tmp_path / "o3" / "summary.json").read_text())["rejected_files"] == 1
 
 
 def _start(out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    # Ctrl-C's default restored: a shell starts background jobs (`pytest ... &`) with SIGINT ignored, and the
+    # child would inherit that and never be interrupted.
     return subprocess.Popen([*COMMAND, "detect", "--table", "dns", "--output", str(out), *extra, str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, process: subprocess.Popen, limit: float = 120.0) -> bool:
     """Poll until `predicate()`; False if the process ended first."""
-    deadline = time.monotonic() + limit
+    deadline = time.monotonic() + scaled(limit)
     while time.monotonic() < deadline:
         if predicate():
             return True
@@ -280,32 +284,40 @@ def _staging_exists(out: Path) -> bool:
     return any(name.startswith(outputs.STAGING_PREFIX) for name in os.listdir(out)) if out.is_dir() else False
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def _staged(out: Path, table: str) -> bool:
+    """The running pipeline has written its `table` output into the staging folder (not yet moved into place)."""
+    return any(out.glob(f"{outputs.STAGING_PREFIX}*/{table}/*.parquet"))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_killed_run_leaves_the_earlier_result_or_nothing(tmp_path, small_log, big_log, signal_number):
     out = tmp_path / "out"
     assert cli.main(["detect", "--table", "dns", "--output", str(out), str(small_log)]) == 0
     earlier = small_result = tree_bytes(out, hidden=True)
-    points = [("lock taken", lambda: (out / outputs.LOCK).exists(), 0.0),
-              ("staging made", lambda: _staging_exists(out), 0.0),
-              ("pipeline running", lambda: _staging_exists(out), 1.0),
-              ("pipeline further on", lambda: _staging_exists(out), 2.5)]
+    # Each point is a state of the run seen on disk, so that the signal comes there however slow the machine is
+    # (the dead letters and features are written first; scores, verdicts and the report follow).
+    points = [("lock taken", lambda: (out / outputs.LOCK).exists()),
+              ("staging made", lambda: _staging_exists(out)),
+              ("pipeline running", lambda: _staged(out, "rejected")),
+              ("pipeline further on", lambda: _staged(out, "features"))]
     killed_halfway = 0
-    for name, reached, delay in points:
+    for name, reached in points:
         process = _start(out, big_log, "--overwrite")
         if _wait_for(reached, process):
-            time.sleep(delay)
             process.send_signal(signal_number)
-        process.communicate(timeout=120)
-        if signal_number == signal.SIGINT:  # cleaned up on the way out
+        _, err = process.communicate(timeout=scaled(120))
+        if signal_number != signal.SIGKILL:  # cleaned up on the way out
             assert not _staging_exists(out), name
-        if (out / outputs.MANIFEST).read_bytes() != earlier[outputs.MANIFEST]:
-            # The run was done before the signal came (SIGINT is ignored during the final moves).
+        if process.returncode == 0 or (out / outputs.MANIFEST).read_bytes() != earlier[outputs.MANIFEST]:
+            # The run was done before the signal came (SIGINT and SIGTERM are ignored during the final moves).
             assert_matches_its_manifest(out, "detect")
             assert json.loads((out / "summary.json").read_text())["records"] == data_rows(big_log)
             earlier = tree_bytes(out, hidden=True)
             continue
         assert tree_bytes(out) == {k: v for k, v in earlier.items() if not k.startswith(".beamlytics-")}, name
-        killed_halfway += process.returncode != 0 and earlier == small_result
+        assert process.returncode != 0, (name, err[-2000:])
+        killed_halfway += earlier == small_result
     assert killed_halfway >= 2, "the runs ended before they could be killed: the test input is too small"
 
     assert cli.main(["detect", "--overwrite", "--table", "dns", "--output", str(out), str(small_log)]) == 0
@@ -320,7 +332,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, small_log, big_log
     assert _wait_for(lambda: _staging_exists(out), first)
     line = refused(capsys, "detect", "--table", "dns", "--output", str(out), str(small_log))
     assert f"is being written by another beamlytics run (pid {first.pid} on " in line
-    _, err = first.communicate(timeout=300)
+    _, err = first.communicate(timeout=scaled(300))
     assert first.returncode == 0, err
     assert_matches_its_manifest(out, "detect")
     assert json.loads((out / "summary.json").read_text())["records"] == data_rows(big_log)

@@ -10,7 +10,6 @@ import collections
 import functools
 import io
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from beamlytics.parsers import dns_wire, pcap
 from beamlytics.parsers.base import Batch, Read, Rejected, open_input
 from beamlytics.parsers.packets import Packet, iter_packets
 from beamlytics.parsers.pcap_dns import DnsPayloads, dns_from_packets
-from tests.conftest import shared_data
+from tests.conftest import provisioned_tool, shared_data, skip_or_fail_in_ci
 
 EXPECTED_DIR = Path(__file__).with_name("expected")
 RECORDER = EXPECTED_DIR / "record_tshark.py"
@@ -320,7 +319,7 @@ DNS_CAPTURES = [name for name in CAPTURE_FILES if name not in CORRUPT]
 def tshark_view(relative: str) -> tuple[dict, bool]:
     """tshark's frames for a capture, and whether they are all of them (live run)."""
     path = shared_data(relative)
-    if shutil.which("tshark"):
+    if provisioned_tool("tshark"):
         done = subprocess.run([sys.executable, str(RECORDER), "--print", str(path)], capture_output=True, check=True)
         return json.loads(done.stdout), True
     return json.loads((EXPECTED_DIR / "tshark_dns.json").read_text())[relative], False
@@ -403,7 +402,7 @@ def test_counts_add_up_and_match_tshark_frame_count(relative):
 def test_table_rows_carry_tshark_queries_and_responses(relative):
     theirs, complete = tshark_view(relative)
     if not complete:
-        pytest.skip("needs every frame: tshark not installed")
+        skip_or_fail_in_ci("needs every frame, so tshark itself: it is not installed (apt-get install tshark)")
     path = shared_data(relative)
     rows = [row for item in pcap.parse(str(path), open_input(str(path)), "pcap", "dns")
             if isinstance(item, Batch) for row in item.records.to_pylist()]

@@ -3,7 +3,6 @@ tshark's requests on the shared captures (live when tshark is installed, else re
 from __future__ import annotations
 
 import gzip
-import shutil
 
 import dpkt
 import pytest
@@ -13,11 +12,10 @@ from hypothesis import strategies as st
 from beamlytics.parsers import pcap, pcap_http
 from beamlytics.parsers.base import Batch, Rejected
 from beamlytics.parsers.pcap_http import MessageStream, NotHttp
-from tests.conftest import shared_data
+from tests.conftest import provisioned_tool, shared_data
 from tests.expected import record_flows_http as reference
 from tests.test_pcap_flows import ACK, FIN, SYN, at, capture_rows, run, tcp, udp
 
-HAVE_TSHARK = shutil.which("tshark") is not None
 C, S = "10.1.1.1", "192.0.2.8"
 
 
@@ -291,5 +289,5 @@ def our_requests(path) -> list[tuple]:
 @pytest.mark.parametrize("name", reference.HTTP_CAPTURES)
 def test_requests_match_tshark(name):
     path = shared_data(name)
-    want = reference.expected("http", name, HAVE_TSHARK, lambda: reference.tshark_http_requests(path))
+    want = reference.expected("http", name, provisioned_tool("tshark"), lambda: reference.tshark_http_requests(path))
     assert reference.summary(our_requests(path)) == want

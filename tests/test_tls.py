@@ -2,7 +2,6 @@
 tshark's `tls.handshake.extensions_server_name` on the shared captures."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 from hypothesis import given, settings
@@ -10,11 +9,10 @@ from hypothesis import strategies as st
 
 from beamlytics.parsers import pcap_flows
 from beamlytics.parsers.tls import client_hello_incomplete, client_hello_sni, parse_client_hello
-from tests.conftest import shared_data
+from tests.conftest import provisioned_tool, shared_data
 from tests.expected import record_flows_http as reference
 from tests.test_pcap_flows import ACK, C, SYN, capture_rows, client_hello, run, tcp
 
-HAVE_TSHARK = shutil.which("tshark") is not None
 
 
 def _vector(length_bytes: int, body: bytes) -> bytes:
@@ -107,5 +105,5 @@ def test_sni_matches_tshark(name):
     # TCP only: tshark also decrypts QUIC Initial packets to show their SNI (4 in
     # ndpi_sites.pcapng); we do not decrypt QUIC.
     path = shared_data(name)
-    want = reference.expected("sni", name, HAVE_TSHARK, lambda: reference.tshark_sni(path))
+    want = reference.expected("sni", name, provisioned_tool("tshark"), lambda: reference.tshark_sni(path))
     assert reference.summary(our_sni(path)) == want

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamlytics import schemas
-from beamlytics.pipelines.outputs import read_manifest
+from beamlytics.manifest import read_manifest
 
 
 def parse_output_files(folder: str, table: str) -> list[str] | None:

@@ -139,22 +139,22 @@ class Detector(ABC):
         bounds = [*starts.tolist(), len(observations)]
         verdicts = []
         for first, end in zip(bounds[:-1], bounds[1:]):
-            detector, judged, _ = cls._calibrated(params, observations, train, first, end)
+            detector, judged = cls._calibrated(params, observations, train, first, end)
             verdicts.extend(detector.observe(value) for value in observations[judged:end])
         return SeriesVerdicts.of(verdicts)
 
     @classmethod
     def _calibrated(cls, params: Mapping[str, Any], observations: Sequence[Observation], train: np.ndarray,
-                    first: int, end: int) -> tuple["Detector", int, int]:
-        """A fresh detector fitted on the leading `train` entries of `observations[first:end]`, the
-        position of the first entry to judge, and `end`."""
+                    first: int, end: int) -> tuple["Detector", int]:
+        """A fresh detector fitted on the leading `train` entries of `observations[first:end]`, and the
+        position of the first entry to judge."""
         detector = cls(**params)
         judged = first
         while judged < end and train[judged]:
             judged += 1
         if judged > first:
             detector.fit(observations[first:judged])
-        return detector, judged, end
+        return detector, judged
 
     @classmethod
     def score_features(cls, params: Mapping[str, Any], columns: Sequence[Sequence[Observation]], train: np.ndarray,

@@ -332,15 +332,15 @@ class PoissonDetector(Detector):
         """
         if population is not None:
             return super().score_series(params, observations, train, starts, population)
-        series = [cls._calibrated(params, observations, train, first, end)
-                  for first, end in zip(starts.tolist(), [*starts.tolist()[1:], len(observations)])]
+        ends = [*starts.tolist()[1:], len(observations)]
+        series = [cls._calibrated(params, observations, train, first, end) for first, end in zip(starts.tolist(), ends)]
         verdicts: dict[int, Verdict] = {}
-        running = [index for index, (_, judged, end) in enumerate(series) if judged < end]
+        running = [index for index, (_, judged) in enumerate(series) if judged < ends[index]]
         step = 0
         while running:
             by_size: dict[int, list[tuple[PoissonDetector, int, np.ndarray]]] = {}
             for index in running:
-                detector, judged, _ = series[index]
+                detector, judged = series[index]
                 at = judged + step
                 if len(observations[at]) == 0:
                     verdicts[at] = Verdict(Status.MISSING)
@@ -358,7 +358,7 @@ class PoissonDetector(Detector):
                 for (detector, at, counts), lam, row in zip(windows, rates, rows):
                     verdicts[at] = detector._judge(counts, lam, dict(zip(SCORE_NAMES, row)))
             step += 1
-            running = [index for index in running if series[index][1] + step < series[index][2]]
+            running = [index for index in running if series[index][1] + step < ends[index]]
         return SeriesVerdicts.of(verdicts[at] for at in sorted(verdicts))
 
     def _evidence(self, mean: float, lam: float, scores: Mapping[str, float]) -> dict[str, float]:

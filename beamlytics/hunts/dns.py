@@ -24,25 +24,12 @@ PAYLOAD_TYPES = ("TXT", "NULL")
 CLIENTS_KEPT = 16
 
 
-def _name_measures(subdomains: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(length, entropy in thousandths of a bit per character) of each subdomain; 0 where there is none.
-
-    Entropy is kept as an integer so that sums of it are exact whatever order batches merge in.
-    """
-    encoded = pc.dictionary_encode(subdomains)
-    distinct = encoded.dictionary.to_pylist()
-    lengths = pa.array([len(name) for name in distinct], pa.int64()).take(encoded.indices)
-    entropy = pa.array([round(stats.shannon_entropy(name.replace(".", "")) * 1000) for name in distinct],
-                       pa.int64()).take(encoded.indices)
-    return pc.fill_null(lengths, 0), pc.fill_null(entropy, 0)
-
-
 def _build_domains(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
     table = pa.Table.from_batches([batch]).filter(pc.is_valid(batch.column("req_time")))
     registered, subdomains = domains.split_names(table["query"])
     keep = pc.and_(pc.is_valid(registered), pc.invert(domains.is_reverse_zone(registered)))
     table, registered, subdomains = table.filter(keep), registered.filter(keep), subdomains.filter(keep)
-    lengths, entropy = _name_measures(subdomains)
+    lengths, entropy = stats.subdomain_measures(subdomains)
     columns = pa.table({
         "domain": registered,
         "queries": pa.array(np.ones(table.num_rows, np.int64)),

@@ -11,6 +11,8 @@ from collections import Counter
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Thresholds (base, low, medium, high) map to these scores, linearly in between: RITA's
 # interpolation of its threat categories, rescaled so that reaching "high" is 1.0.
@@ -80,6 +82,19 @@ def shannon_entropy(text: str) -> float:
         return 0.0
     total = len(text)
     return -sum(count / total * math.log2(count / total) for count in Counter(text).values())
+
+
+def subdomain_measures(subdomains: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(length, entropy in thousandths of a bit per character) of each subdomain; 0 where there is none.
+
+    Entropy is kept as an integer so that sums of it are exact whatever order batches merge in.
+    """
+    encoded = pc.dictionary_encode(subdomains)
+    distinct = encoded.dictionary.to_pylist()
+    lengths = pa.array([len(name) for name in distinct], pa.int64()).take(encoded.indices)
+    entropy = pa.array([round(shannon_entropy(name.replace(".", "")) * 1000) for name in distinct],
+                       pa.int64()).take(encoded.indices)
+    return pc.fill_null(lengths, 0), pc.fill_null(entropy, 0)
 
 
 def round3(value: float) -> float:

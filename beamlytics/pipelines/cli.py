@@ -515,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # outside a pipeline, e.g. a folder that cannot be created: the user's to fix
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except outputs.Terminated:
+        print(f"beamlytics {args.command}: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as shells report a run SIGTERM ended
     except KeyboardInterrupt:
         print(f"beamlytics {args.command}: interrupted", file=sys.stderr)
         return 130

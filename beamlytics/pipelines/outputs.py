@@ -31,19 +31,16 @@ import socket
 import threading
 import uuid
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
-from beamlytics import __version__
+from beamlytics.manifest import MANIFEST, MOVE_IT, Manifest, OutputError, read_manifest
 
-MANIFEST = ".beamlytics-manifest.json"
 LOCK = ".beamlytics-lock"
 STAGING_PREFIX = ".beamlytics-staging-"
 RUN_MARKER = ".beamlytics-run"  # in a staging folder: whose it is
 REPLACED = ".replaced"  # in a staging folder: earlier entries moved aside while the new ones move in
 _INTERNAL = {MANIFEST, LOCK}
 _HASH_CHUNK = 1 << 20
-_MOVE_IT = "move it away or choose another --output folder"
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -51,49 +48,8 @@ def is_bookkeeping(name: str) -> bool:
     return name in _INTERNAL or name.startswith(STAGING_PREFIX)
 
 
-class OutputError(Exception):
-    """An output folder this run must not write into, told to the user in one line."""
-
-
 def is_remote(path: str) -> bool:
     return "://" in path
-
-
-@dataclass(frozen=True)
-class Manifest:
-    command: str
-    files: tuple[tuple[str, int, str], ...]  # (path relative to the folder, size, sha256), sorted
-    version: str = __version__
-
-    @property
-    def entries(self) -> list[str]:
-        """The top-level names the run owns: folders such as `dns` and files such as `summary.json`."""
-        return sorted({path.split("/", 1)[0] for path, _, _ in self.files})
-
-    def to_bytes(self) -> bytes:
-        # No times, pids or paths: the same run gives the same bytes, like every other output.
-        document = {"tool": "beamlytics", "version": self.version, "command": self.command,
-                    "files": [{"path": path, "size": size, "sha256": digest} for path, size, digest in self.files]}
-        return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-    @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "Manifest":
-        try:
-            document = json.loads(data)
-            if document.get("tool") != "beamlytics":
-                raise ValueError("not a beamlytics manifest")
-            files = tuple((item["path"], int(item["size"]), item["sha256"]) for item in document["files"])
-            return cls(document["command"], files, document["version"])
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise OutputError(f"{where} is not a readable beamlytics manifest ({error}); {_MOVE_IT}") from None
-
-
-def read_manifest(folder: str) -> Manifest | None:
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as handle:
-        return Manifest.from_bytes(handle.read(), path)
 
 
 def _digest(handle: BinaryIO) -> tuple[int, str]:
@@ -176,10 +132,10 @@ def check_contents(folder: str, overwrite: bool) -> Manifest | None:
     for relative in _files_under(folder, present):
         path = os.path.join(folder, relative)
         if relative not in listed:
-            raise OutputError(f"{path} was not written by beamlytics; {_MOVE_IT}")
+            raise OutputError(f"{path} was not written by beamlytics; {MOVE_IT}")
         size, _ = listed[relative]
         if os.path.islink(path) or os.path.getsize(path) != size or size_and_sha256(path) != listed[relative]:
-            raise OutputError(f"{path} changed since beamlytics wrote it; {_MOVE_IT}")
+            raise OutputError(f"{path} changed since beamlytics wrote it; {MOVE_IT}")
     if not overwrite:
         raise OutputError(f"output folder {folder} holds the result of an earlier beamlytics {earlier.command} "
                           f"({', '.join(earlier.entries)}); add --overwrite to replace it, "
@@ -273,20 +229,26 @@ def install(folder: str, staging: str, command: str, earlier: Manifest | None) -
     return manifest
 
 
-@contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """Ctrl-C during the few renames that finish a run is ignored: the run is done by then.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a batch run, unwound as Ctrl-C is: the staging folder goes, the earlier result stays."""
 
-    A SIGKILL there cannot be ignored; the next run rolls the half-done move back.
-    """
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _signals_handled(handlers: dict[int, Any]) -> Iterator[None]:
+    """`handlers` in place of the current signal handlers for the block (signals reach the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager
@@ -306,7 +268,9 @@ def local_output(folder: str, command: str, overwrite: bool = False) -> Iterator
             with open(os.path.join(staging, RUN_MARKER), "w", encoding="utf-8") as handle:
                 handle.write(f"{command} pid {os.getpid()} on {socket.gethostname()}\n")
             yield staging
-            with _interrupts_ignored():
+            # Ctrl-C and SIGTERM during the few renames that finish a run are ignored: the run is done by then.
+            # A SIGKILL there cannot be ignored; the next run rolls the half-done move back.
+            with _signals_handled({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
                 install(folder, staging, command, earlier)
         except BaseException:
             if os.path.isdir(staging):
@@ -358,12 +322,15 @@ def open_output(output: str, command: str, overwrite: bool, patterns: Sequence[s
     """Check `output` against the inputs and its contents, and give the staging folder to write into."""
     check_against_inputs(output, patterns, input_files)
     folder = output.rstrip("/") or "/"
-    if is_remote(folder):
-        with remote_output(folder, command) as staging:
-            yield staging
-    else:
-        with local_output(folder, command, overwrite) as staging:
-            yield staging
+    # Without this, SIGTERM (`kill`, a scheduler's timeout) ends the process where it stands and the
+    # staging folder stays until the next run into this folder removes it.
+    with _signals_handled({signal.SIGTERM: _terminate}):
+        if is_remote(folder):
+            with remote_output(folder, command) as staging:
+                yield staging
+        else:
+            with local_output(folder, command, overwrite) as staging:
+                yield staging
 
 
 def is_output_folder(folder: str) -> bool:
