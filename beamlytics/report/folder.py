@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import features, schemas
-from beamlytics.pipelines.outputs import MANIFEST
+from beamlytics.manifest import MANIFEST
 from beamlytics.report import html, incidents, words
 from beamlytics.transforms.write import parquet_bytes, write_file
 
