@@ -75,13 +75,15 @@ def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.
     values = pc.cast(scores.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
     status = np.asarray(scores.column("status").to_pylist(), dtype=object)
     p_population = np.full(count, math.nan)
-    group = [f"{t}|{k}|{f}" for t, k, f in zip(scores.column("table").to_pylist(), scores.column("key_kind").to_pylist(),
-                                             scores.column("feature").to_pylist())]
-    for name in sorted(set(group)):
+    # One code per (table, key kind, feature) by Arrow, not a Python string per row.
+    models = pc.binary_join_element_wise(scores.column("table"), scores.column("key_kind"), scores.column("feature"),
+                                         "|").combine_chunks().dictionary_encode()
+    model_of_row = models.indices.to_numpy(zero_copy_only=False)
+    for code, name in sorted(enumerate(models.dictionary.to_pylist()), key=lambda item: item[1]):
         table, kind, feature = name.split("|", 2)
         tail = population.tail(table, kind, feature)
         if tail is not None:
-            rows = np.flatnonzero(np.asarray(group, dtype=object) == name)
+            rows = np.flatnonzero(model_of_row == code)
             p_population[rows] = tail.probabilities(values[rows])
     calibrated = (status != Status.CALIBRATING) & (status != Status.MISSING)
     detectors = scores.column("detector").to_pylist()
