@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import pyarrow as pa
-
-from beamlytics import features
-from beamlytics.analytics.cluster import ALGORITHMS
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COMMANDS = ("query", "domain-traffic", "top-dns", "what", "cluster", "remedy")
 _TABLE_OF = {"domain-traffic": "named_flows", "top-dns": "dns", "what": "named_flows", "remedy": "dns"}
@@ -26,33 +24,60 @@ FILE_SUFFIXES = (".csv", ".parquet")
 
 
 def add_commands(commands, add_read_arguments: Callable) -> None:
-    from beamlytics.pipelines.cli import duration_us  # cli is loaded by now: it calls this
+    """The NetLytics subcommands; each one's arguments are added when it is used (see `cli.CommandParser`)."""
 
-    query = commands.add_parser("query", help="SQL over a data table (DuckDB), the table named netlytics",
-                                description="Write the SELECT's rows to OUT/result.parquet and OUT/result.csv. "
-                                "The table is called netlytics (as in NetLytics) and by its own name.")
-    query.add_argument("sql", metavar="SQL", help='e.g. "SELECT name, SUM(s_bytes) AS traffic FROM netlytics '
-                       'GROUP BY name ORDER BY traffic DESC"')
-    add_read_arguments(query)
+    def query_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("sql", metavar="SQL", help='e.g. "SELECT name, SUM(s_bytes) AS traffic FROM netlytics '
+                            'GROUP BY name ORDER BY traffic DESC"')
+        add_read_arguments(parser)
+
+    def with_read_arguments(add_own: Callable) -> Callable:
+        def add(parser: argparse.ArgumentParser) -> None:
+            add_read_arguments(parser)
+            add_own(parser)
+        return add
+
+    commands.add_parser("query", help="SQL over a data table (DuckDB), the table named netlytics",
+                        description="Write the SELECT's rows to OUT/result.parquet and OUT/result.csv. "
+                        "The table is called netlytics (as in NetLytics) and by its own name.",
+                        arguments=query_arguments)
     for command, text in (("domain-traffic", "top names by bytes (NetLytics' DomainTraffic), named_flows"),
                           ("top-dns", "top resolvers by queries (NetLytics' TopDNSServers), dns")):
-        parser = commands.add_parser(command, help=text, description=f"{text}; OUT/result.parquet and .csv.")
-        add_read_arguments(parser)
-        parser.add_argument("--top", type=int, default=50, metavar="N", help="rows listed (50)")
-    what = commands.add_parser("what", help="WHAT cloud service meter: bytes per core domain, named_flows",
-                               description="Learn each core domain's bag of domains, give every flow to a "
-                               "service, write bytes per service to OUT/result.parquet and .csv (docs/analytics.md).")
-    add_read_arguments(what)
+        commands.add_parser(command, help=text, description=f"{text}; OUT/result.parquet and .csv.",
+                            arguments=with_read_arguments(_add_top_arguments))
+    commands.add_parser("what", help="WHAT cloud service meter: bytes per core domain, named_flows",
+                        description="Learn each core domain's bag of domains, give every flow to a "
+                        "service, write bytes per service to OUT/result.parquet and .csv (docs/analytics.md).",
+                        arguments=with_read_arguments(_add_what_arguments))
+    commands.add_parser("cluster", help="KMeans, BisectingKMeans, GaussianMixture or DBSCAN over a table",
+                        description="Write the input rows with their feature vector, cluster id (-1: "
+                        "DBSCAN noise) and, for the mixture, probability to OUT/result.parquet.",
+                        arguments=with_read_arguments(_add_cluster_arguments))
+    commands.add_parser("remedy", help="REMeDy: rogue DNS resolvers, from answers inconsistent with "
+                        "other resolvers', dns", description="Write the suspicious resolvers (one row per "
+                        "resolver and ASN, with their domains) to OUT/result.parquet and .csv, and every "
+                        "inconsistent (resolver, domain) pair to OUT/pairs.parquet (docs/analytics.md).",
+                        arguments=with_read_arguments(_add_remedy_arguments))
+
+
+def _add_top_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top", type=int, default=50, metavar="N", help="rows listed (50)")
+
+
+def _add_what_arguments(what: argparse.ArgumentParser) -> None:
     what.add_argument("--cores", required=True, help="comma-separated core domains (CORES), e.g. www.netflix.com")
     what.add_argument("--ow", type=float, default=10.0, help="observation window after a core visit, seconds (10)")
     what.add_argument("--gap", type=float, default=10.0, help="client silence before a core visit counts, seconds (10)")
     what.add_argument("--ew", type=float, default=5.0, help="evaluation window for classification, seconds (5)")
     what.add_argument("--minfreq", type=float, default=0.05, help="share of visits a bag domain needs (0.05)")
     what.add_argument("--top", type=int, default=50, metavar="N_TOP", help="services listed (50)")
-    cluster = commands.add_parser("cluster", help="KMeans, BisectingKMeans, GaussianMixture or DBSCAN over a table",
-                                  description="Write the input rows with their feature vector, cluster id (-1: "
-                                  "DBSCAN noise) and, for the mixture, probability to OUT/result.parquet.")
-    add_read_arguments(cluster)
+
+
+def _add_cluster_arguments(cluster: argparse.ArgumentParser) -> None:
+    from beamlytics import features
+    from beamlytics.analytics.cluster import ALGORITHMS
+    from beamlytics.pipelines.cli import duration_us
+
     cluster.add_argument("--algorithm", required=True, choices=ALGORITHMS)
     cluster.add_argument("--numerical", default="", help="comma-separated numerical columns, e.g. c_bytes,s_bytes")
     cluster.add_argument("--categorical", default="", help="comma-separated columns one-hot encoded, e.g. proto")
@@ -72,11 +97,9 @@ def add_commands(commands, add_read_arguments: Callable) -> None:
     cluster.add_argument("--key", default="c_ip", choices=features.KEYS, help="--windows: the endpoint (c_ip)")
     cluster.add_argument("--window", type=duration_us, default=duration_us("60s"),
                          help="--windows: tumbling event-time window, e.g. 5m (60s)")
-    remedy = commands.add_parser("remedy", help="REMeDy: rogue DNS resolvers, from answers inconsistent with "
-                                 "other resolvers', dns", description="Write the suspicious resolvers (one row per "
-                                 "resolver and ASN, with their domains) to OUT/result.parquet and .csv, and every "
-                                 "inconsistent (resolver, domain) pair to OUT/pairs.parquet (docs/analytics.md).")
-    add_read_arguments(remedy)
+
+
+def _add_remedy_arguments(remedy: argparse.ArgumentParser) -> None:
     remedy.add_argument("--asn-db", metavar="FILE", help="pyasn IPASN file (prefix TAB asn per line, e.g. from "
                         "pyasn_util_convert.py); without it, or where it has no entry, an address stands for its /16")
     remedy.add_argument("--min-resolutions", type=int, default=50,
@@ -133,6 +156,7 @@ def _remedy_with_beam(table: pa.Table, config, lookup, options, batch_rows: int 
     import tempfile
 
     import apache_beam as beam
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from beamlytics.transforms.analytics import FindRogueResolvers
@@ -152,6 +176,7 @@ def _remedy_with_beam(table: pa.Table, config, lookup, options, batch_rows: int 
 
 def _cluster_input(table: pa.Table, args: argparse.Namespace) -> pa.Table:
     """What `cluster` clusters: the records, their endpoint-windows (--windows) or a query's rows (--query)."""
+    from beamlytics import features
     from beamlytics.analytics import sql
 
     if args.windows:
@@ -165,6 +190,7 @@ def _cluster_input(table: pa.Table, args: argparse.Namespace) -> pa.Table:
 
 
 def _cluster(table: pa.Table, args: argparse.Namespace, options) -> pa.Table:
+    from beamlytics import features
     from beamlytics.analytics.cluster import cluster_table, fit_clusters, with_clusters
     from beamlytics.analytics.sql import QueryError
     from beamlytics.pipelines import cli
@@ -195,6 +221,7 @@ def _assign_with_beam(table: pa.Table, fitted, model, options, batch_rows: int =
 
     import apache_beam as beam
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from beamlytics.transforms.analytics import AssignClusters
@@ -255,6 +282,7 @@ def _check_file_output(args: argparse.Namespace, suffix: str) -> str:
 
 
 def _is_rejected_file(path: str) -> bool:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from beamlytics import schemas
@@ -332,6 +360,7 @@ def _analyse(args, options, settings, earlier: list[str], staging: str, analytic
 
 
 def _write_results(results: dict[str, pa.Table], folder: str) -> None:
+    import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 

@@ -23,28 +23,15 @@ import re
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from beamlytics import baseline, features, schemas, summary
-from beamlytics.detectors.endpoint import DetectorConfig
-from beamlytics.detectors.registry import DETECTORS
-from beamlytics.detectors.verdict import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS, VerdictSettings
-from beamlytics.features import WINDOWINGS
-from beamlytics.hunts.allow import AllowList, AllowListError
-from beamlytics.live import options as live_options
-from beamlytics.parsers.formats import FORMATS, tables_of
-from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
-from beamlytics.parsers.lines import MAX_LINE_BYTES
-from beamlytics.parsers.validate import DEFAULT_TIME_RANGE, check_read_options
-from beamlytics.pipelines import analytics, demo, evaluate, hunt, outputs, report, runners, series
+from beamlytics.pipelines import analytics, outputs, report, runners
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from beamlytics.detectors.endpoint import DetectorConfig
     from beamlytics.pipelines.detect import ReadSettings
 
 _UNITS_US = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-# Record times end with year 9999 (what datetime and the parsers hold): a longer window has no meaning,
-# and window ends past it overflow 64-bit microseconds.
-MAX_DURATION_US = baseline.MAX_US
 # Filesystems the README advertises, the Beam extra that brings each, and a module that extra installs.
 FILESYSTEM_EXTRAS = {"gs": ("gcp", "google.cloud.storage"), "s3": ("aws", "boto3")}
 # Beam's import-time warning that is about Beam's optional BigQuery client, never about this run.
@@ -55,15 +42,36 @@ class UsageError(Exception):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse that takes no abbreviations and reports a mistake in one line, exit status 2.
+    """argparse that takes no abbreviations, reports a mistake in one line (exit status 2), and adds a
+    command's `arguments` only when that command is parsed or its help shown.
 
     Abbreviations are off because options this parser does not know go to Beam: with them,
     `--direct_num_worker=2` would be taken for `--direct_num_workers` by one parser and not the other.
+    Arguments wait because their choices and defaults come from modules that import pyarrow and numpy:
+    `beamlytics --help`, `--version` and the light commands do not pay for them.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._arguments = arguments
+
+    def _add_arguments(self) -> None:
+        arguments, self._arguments = self._arguments, None
+        if arguments is not None:
+            arguments(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._add_arguments()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_arguments()
+        return super().format_help()
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -76,9 +84,13 @@ def duration_us(text: str) -> int:
     value = float(match[1]) * _UNITS_US[match[2] or "s"]
     if value <= 0 or value != int(value):
         raise argparse.ArgumentTypeError(f"not a positive whole number of microseconds: {text!r}")
-    if value > MAX_DURATION_US:
+    # Record times end with year 9999 (what datetime and the parsers hold): a longer window has no meaning,
+    # and window ends past it overflow 64-bit microseconds.
+    from beamlytics.baseline import MAX_US
+
+    if value > MAX_US:
         raise argparse.ArgumentTypeError(f"{text!r} is longer than record times reach "
-                                         f"(at most {MAX_DURATION_US // _UNITS_US['d']}d)")
+                                         f"(at most {MAX_US // _UNITS_US['d']}d)")
     return int(value)
 
 
@@ -120,6 +132,12 @@ def timestamp_us(text: str) -> int:
 
 
 def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics import schemas
+    from beamlytics.parsers.formats import FORMATS
+    from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
+    from beamlytics.parsers.lines import MAX_LINE_BYTES
+    from beamlytics.parsers.validate import DEFAULT_TIME_RANGE
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="log files, captures, folders (searched recursively) or globs")
     parser.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)],
@@ -152,12 +170,18 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics import features
+    from beamlytics.detectors.registry import DETECTORS
+    from beamlytics.detectors.verdict import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS
+    from beamlytics.live import options as live_options
+
+    _add_read_arguments(parser)
     parser.add_argument("--key", default="c_ip", choices=features.KEYS,
                         help="the endpoint: client IP (default), server IP, the queried/requested name, "
                         "or (dns) the registered domain of the query")
     parser.add_argument("--window", type=duration_us, default=duration_us("60s"),
                         help="tumbling event-time window, e.g. 30s, 5m, 1h (60s)")
-    parser.add_argument("--windowing", choices=WINDOWINGS, default="key",
+    parser.add_argument("--windowing", choices=features.WINDOWINGS, default="key",
                         help="key: window start in the grouping key (fast, batch); beam: Beam FixedWindows (streaming)")
     parser.add_argument("--detector", choices=sorted(DETECTORS), default="gaussian",
                         help="gaussian (mean ± kσ), iqr (boxplot fences), spot, dspot, poisson (default gaussian)")
@@ -184,6 +208,32 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
     for option, (_, kind, text) in DETECTOR_OPTIONS.items():
         group.add_argument("--" + option.replace("_", "-"), dest=option, type=kind, help=text)
+    live_options.add_arguments(parser)
+
+
+def _add_hunt_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics.pipelines import hunt
+
+    _add_read_arguments(parser)
+    hunt.add_arguments(parser, duration_us)
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics.pipelines import evaluate
+
+    evaluate.add_arguments(parser)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics.pipelines import demo
+
+    demo.add_arguments(parser)
+
+
+def _add_series_arguments(parser: argparse.ArgumentParser) -> None:
+    from beamlytics.pipelines import series
+
+    series.add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,29 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    parse = commands.add_parser("parse", help="normalize inputs into a Parquet table",
-                                description="Read logs/captures into OUT/<table>/*.parquet, "
-                                "with OUT/rejected/ and OUT/summary.json.")
-    _add_read_arguments(parse)
-    detect = commands.add_parser("detect", help="score endpoints window by window and report anomalies",
-                                 description="Write OUT/verdicts/ (ranked), OUT/incidents/, OUT/report.html, "
-                                 "OUT/anomalies/, OUT/scores/, OUT/features/, OUT/rejected/ and OUT/summary.json, "
-                                 "and print the top incidents.")
-    _add_read_arguments(detect)
-    _add_detect_arguments(detect)
-    live_options.add_arguments(detect)
-    hunting = commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
-                                  "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
-                                  "OUT/summary.json.")
-    _add_read_arguments(hunting)
-    hunt.add_arguments(hunting, duration_us)
-    evaluation = commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of a detector or a hunt against labels")
-    evaluate.add_arguments(evaluation)
-    demonstration = commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it")
-    demo.add_arguments(demonstration)
-    runners.add_arguments(commands.add_parser("runners", help="install and list the Prism and Flink engines"))
-    series.add_arguments(commands.add_parser("series", help="per-host daily series from aggregate counts: SPOT, "
-                                             "S-H-ESD and a weekly forecast band"))
+    commands.add_parser("parse", help="normalize inputs into a Parquet table",
+                        description="Read logs/captures into OUT/<table>/*.parquet, "
+                        "with OUT/rejected/ and OUT/summary.json.", arguments=_add_read_arguments)
+    commands.add_parser("detect", help="score endpoints window by window and report anomalies",
+                        description="Write OUT/verdicts/ (ranked), OUT/incidents/, OUT/report.html, "
+                        "OUT/anomalies/, OUT/scores/, OUT/features/, OUT/rejected/ and OUT/summary.json, "
+                        "and print the top incidents.", arguments=_add_detect_arguments)
+    commands.add_parser("hunt", help="RITA-style hunts over a day: beacons, long connections, strobes, "
+                        "scans, DNS tunnels", description="Write OUT/hunts/*.parquet, OUT/rejected/ and "
+                        "OUT/summary.json.", arguments=_add_hunt_arguments)
+    commands.add_parser("evaluate", help="precision/recall/F1/ROC AUC of a detector or a hunt against labels",
+                        arguments=_add_evaluate_arguments)
+    commands.add_parser("demo", help="generate demo Zeek logs with a known anomaly and find it",
+                        arguments=_add_demo_arguments)
+    commands.add_parser("runners", help="install and list the Prism and Flink engines", arguments=runners.add_arguments)
+    commands.add_parser("series", help="per-host daily series from aggregate counts: SPOT, "
+                        "S-H-ESD and a weekly forecast band", arguments=_add_series_arguments)
     report.add_commands(commands)
     analytics.add_commands(commands, _add_read_arguments)
     return parser
@@ -232,6 +276,10 @@ def _version() -> str:
 
 
 def detector_config(args: argparse.Namespace) -> DetectorConfig:
+    from beamlytics import features
+    from beamlytics.detectors.endpoint import DetectorConfig
+    from beamlytics.detectors.registry import DETECTORS
+
     cls = DETECTORS[args.detector]
     accepted = inspect.signature(cls).parameters
     params = {}
@@ -344,6 +392,8 @@ def check_output_folder(output: str) -> None:
 
 def _read_settings(args: argparse.Namespace) -> ReadSettings:
     from beamlytics.inputs import DayRange, InputError, parse_day, select_inputs
+    from beamlytics.parsers.formats import tables_of
+    from beamlytics.parsers.validate import check_read_options
     from beamlytics.pipelines.detect import ReadSettings
 
     for path in args.inputs:
@@ -383,6 +433,9 @@ def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beamlytics import features
+    from beamlytics.detectors.verdict import VerdictSettings
+    from beamlytics.hunts.allow import AllowList, AllowListError
     from beamlytics.inputs import total_bytes
     from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
     from beamlytics.transforms.write import default_shards
@@ -466,6 +519,8 @@ def _report(output: str) -> int:
     """Print the summary; its notes, on stderr, say why a result is empty. Exit 1 when nothing could be read."""
     from apache_beam.io.filesystems import FileSystems
 
+    from beamlytics import summary
+
     summary_path = f"{output.rstrip('/')}/summary.json"
     if not FileSystems.exists(summary_path):
         print(f"output written to {output}")
@@ -495,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "detect":
             return run_detect(args, beam_args)
         if args.command == "hunt":
+            from beamlytics.pipelines import hunt
+
             return hunt.run(args, beam_args)
         if args.command in analytics.COMMANDS:
             return analytics.run(args, beam_args)
@@ -503,11 +560,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in report.COMMANDS:
             return report.run(args)
         if args.command == "evaluate":
+            from beamlytics.pipelines import evaluate
+
             return evaluate.run(args)
         if args.command == "runners":
             return runners.run(args)
         if args.command == "series":
+            from beamlytics.pipelines import series
+
             return series.run(args)
+        from beamlytics.pipelines import demo
+
         return demo.run(args)
     except (UsageError, outputs.OutputError) as error:
         print(f"beamlytics {args.command}: error: {error}", file=sys.stderr)

@@ -24,8 +24,7 @@ from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import COUNTS_TAG, REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.progress import TallyCounts
-from beamlytics.transforms.write import (SortedFolder, WriteBatches, WriteSortedFolders, WriteSortedParquet, WriteSummary,
-                                         parquet_bytes, write_file)
+from beamlytics.transforms.write import EmptyTableFile, SortedFolder, SummaryFile, WriteBatches, WriteOutputs
 
 SCORE_ORDER = ("table", "key_kind", "key", "window_start", "feature")
 VERDICT_ORDER = ("-score", "table", "key_kind", "key", "window_start")  # ranked: the most anomalous first
@@ -60,21 +59,9 @@ def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) ->
     read = pipeline | "Read" >> reader
     directory = f"{output}/{settings.table}"
     read["records"] | "WriteRecords" >> WriteBatches(directory)
-    (
-        read["records"]
-        | "RowCounts" >> beam.Map(lambda batch: batch.num_rows)
-        | "Rows" >> beam.CombineGlobally(sum)
-        | "WriteEmptyTable" >> beam.FlatMap(_write_empty_table, directory, settings.table)
-    )
-    _write_rejected_and_summary(read, output, {"table": settings.table, "skipped": reader.plan.skipped}, [])
+    _write_rejected_and_summary(read, output, {"table": settings.table, "skipped": reader.plan.skipped}, [],
+                                results=[(read["records"], EmptyTableFile(directory, settings.table))])
     return reader.plan
-
-
-def _write_empty_table(rows: int, directory: str, table: str) -> list[str]:
-    """An empty table is still a table: a reader of `directory` finds its schema, not a missing folder."""
-    if rows:
-        return []
-    return [write_file(f"{directory}/empty.parquet", parquet_bytes(schemas.TABLES[table].empty_table()))]
 
 
 def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str) -> formats.Plan:
@@ -98,16 +85,17 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     found = judged[REPORTED_TAG]
 
     shards = settings.shards
-    (scores, found, judged[VERDICTS_TAG], windows) | "WriteResults" >> WriteSortedFolders([
-        SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key"),
-        SortedFolder(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key"),
-        SortedFolder(f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key"),
-        SortedFolder(f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key"),
-    ])
+    results = [
+        (scores, SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")),
+        (found, SortedFolder(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")),
+        (judged[VERDICTS_TAG], SortedFolder(f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key")),
+        (windows, SortedFolder(f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards,
+                               "key")),
+    ]
     counts += [
-        _tallied(windows, "Windows", lambda table: [("windows", table.num_rows)]),
-        _tallied(found, "Anomalies", lambda table: [("anomalies", table.num_rows)]),
-        _tallied(scores, "Scores", _score_counts),
+        windows | "CountWindows" >> TallyCounts(lambda table: [("windows", table.num_rows)]),
+        found | "CountAnomalies" >> TallyCounts(lambda table: [("anomalies", table.num_rows)]),
+        scores | "CountScores" >> TallyCounts(_score_counts),
         count_untimed(read["records"], spec),
         judged[COUNTS_TAG],
     ]
@@ -118,13 +106,8 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     _write_rejected_and_summary(read, output, extra, counts,
                                 ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected",
                                  "verdicts", "alarms", "allowed", *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
-                                rejected)
+                                rejected, results)
     return reader.plan
-
-
-def _tallied(elements, name: str, to_counts):
-    """(name, n) pairs for the summary, tallied where they arise: progress reports see them live."""
-    return elements | f"Count{name}" >> beam.FlatMap(to_counts) | f"Tally{name}" >> TallyCounts()
 
 
 def _score_counts(scores: pa.Table) -> list[tuple[str, int]]:
@@ -137,20 +120,16 @@ def _read(settings: ReadSettings) -> ReadRecords:
 
 
 def _write_rejected_and_summary(read, output: str, extra: Mapping[str, Any], counts: list,
-                                zero_counts: Sequence[str] = (), rejected: Sequence = ()) -> None:
+                                zero_counts: Sequence[str] = (), rejected: Sequence = (),
+                                results: Sequence[tuple[Any, Any]] = ()) -> None:
+    """Write rejected/, summary.json and each (collection, output) of `results` in one grouping."""
     all_rejected = tuple(rejected) or (read["rejected"],)
-    (
-        all_rejected
-        | "AllRejected" >> beam.Flatten()
-        | "WriteRejected" >> WriteSortedParquet(f"{output}/rejected", schemas.REJECTED, REJECTED_ORDER)
-    )
-    pipeline = read["counts"].pipeline
-    zeros = pipeline | "ZeroCounts" >> beam.Create([(name, 0) for name in zero_counts])
-    (
-        (read["counts"], zeros, *counts)
-        | "AllCounts" >> beam.Flatten()
-        | "Summary" >> WriteSummary(f"{output}/summary.json", extra)
-    )
+    rejected_rows = all_rejected | "AllRejected" >> beam.Flatten()
+    all_counts = (read["counts"], *counts) | "AllCounts" >> beam.Flatten()
+    writes = [*results,
+              (rejected_rows, SortedFolder(f"{output}/rejected", schemas.REJECTED, REJECTED_ORDER)),
+              (all_counts, SummaryFile(f"{output}/summary.json", extra, zero_counts))]
+    tuple(collection for collection, _ in writes) | "Write" >> WriteOutputs([where for _, where in writes])
 
 
 def baseline_files(directory: str) -> list[str]:

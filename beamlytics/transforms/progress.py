@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -49,21 +49,28 @@ def merged_counts(result=None) -> Mapping[str, int]:
 
 
 class _Tally(beam.DoFn):
-    def __init__(self):
+    def __init__(self, of: Callable[[Any], Iterable[tuple[str, int]]] | None):
+        self.of = of
         self.counters = {}
 
-    def process(self, pair):
-        name, amount = pair
-        if name not in self.counters:
-            self.counters[name] = Metrics.counter(NAMESPACE, name)
-        self.counters[name].inc(amount)
-        with _local_lock:
-            _local_counts[name] += amount
-        yield pair
+    def process(self, element):
+        for pair in self.of(element) if self.of else (element,):
+            name, amount = pair
+            if name not in self.counters:
+                self.counters[name] = Metrics.counter(NAMESPACE, name)
+            self.counters[name].inc(amount)
+            with _local_lock:
+                _local_counts[name] += amount
+            yield pair
 
 
 class TallyCounts(beam.PTransform):
-    """`(name, n)` pairs, unchanged, counted on the way through."""
+    """`(name, n)` pairs, unchanged, counted on the way through; with `of`, the pairs `of(element)` gives
+    for each element (in the same step: every step costs Beam start-up)."""
 
-    def expand(self, pairs):
-        return pairs | "Tally" >> beam.ParDo(_Tally())
+    def __init__(self, of: Callable[[Any], Iterable[tuple[str, int]]] | None = None):
+        super().__init__()
+        self.of = of
+
+    def expand(self, elements):
+        return elements | "Tally" >> beam.ParDo(_Tally(self.of))

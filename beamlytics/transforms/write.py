@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from beamlytics import features
+from beamlytics import features, schemas
 from beamlytics.summary import explain
 
 # Default output shards: one per this much input, so no worker writes (or sorts) more than
@@ -55,7 +55,7 @@ def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, colum
 
 @dataclass(frozen=True)
 class SortedFolder:
-    """Where and how `WriteSortedFolders` writes one collection: `directory/part-SSSSS-of-NNNNN.parquet`.
+    """Where and how `WriteOutputs` writes one collection: `directory/part-SSSSS-of-NNNNN.parquet`.
 
     Rows go to shards by a stable hash of `shard_column` (default: the first sort column). A sort
     column named `-name` sorts by `name`, largest first.
@@ -67,10 +67,10 @@ class SortedFolder:
     shards: int = 1
     shard_column: str | None = None
 
-    def pieces(self, element, folder: int):
-        """((folder, shard), rows of `element` in that shard)."""
+    def pieces(self, element, output: int):
+        """((output, shard), rows of `element` in that shard)."""
         for shard, piece in shard_pieces(element, self.schema, self.shard_column or self.sort_columns[0], self.shards):
-            yield (folder, shard), piece
+            yield (output, shard), piece
 
     def write_shard(self, shard: int, elements) -> str:
         elements = [element for element in elements if element is not None]
@@ -85,30 +85,84 @@ class SortedFolder:
         return write_file(path, parquet_bytes(table.combine_chunks()))
 
 
-@dataclass
-class WriteSortedFolders(beam.PTransform):
-    """A tuple of collections of Arrow tables (or dict rows), the i-th written as `folders[i]`, every shard of
-    every folder written even when empty. One grouping for all folders: each grouping is a stage barrier and
-    a shuffle on every runner, and the files do not depend on how they were grouped."""
+@dataclass(frozen=True)
+class SummaryFile:
+    """`WriteOutputs`' summary.json at `path`: the (name, count) pairs summed, with `extra` fields and `notes`.
 
-    folders: Sequence[SortedFolder]
+    Every name in `zero_counts` is in the file, 0 when nothing counted it. `read` (what the readers
+    delivered) should equal `parsed + rejected` (units accounted for): `unaccounted` is the difference,
+    non-zero only when a parser lost or double counted units. Counts named `rejected_by_reason/KIND`
+    become one `rejected_by_reason` mapping. `notes` says why the result is empty, when it is (see
+    `beamlytics.summary.explain`).
+    """
+
+    path: str
+    extra: Mapping[str, Any]
+    zero_counts: Sequence[str] = ()
+    shards = 1
+
+    def pieces(self, pair: tuple[str, int], output: int):
+        yield (output, 0), pair
+
+    def write_shard(self, shard: int, pairs) -> str:
+        totals = dict.fromkeys(self.zero_counts, 0)
+        for pair in pairs:
+            if pair is not None:
+                totals[pair[0]] = totals.get(pair[0], 0) + pair[1]
+        summary = {**self.extra, **{name: count for name, count in totals.items() if "/" not in name}}
+        summary["rejected_by_reason"] = {name.split("/", 1)[1]: count for name, count in totals.items()
+                                         if name.startswith("rejected_by_reason/")}
+        if "read" in summary:
+            summary["unaccounted"] = summary["read"] - summary.get("parsed", 0) - summary.get("rejected", 0)
+        summary["notes"] = explain(summary)
+        return write_file(self.path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class EmptyTableFile:
+    """`WriteOutputs`' `directory/empty.parquet`, written only when the record batches it sees hold no rows:
+    an empty table is still a table, and a reader of `directory` finds its schema, not a missing folder."""
+
+    directory: str
+    table: str
+    shards = 1
+
+    def pieces(self, batch: pa.RecordBatch, output: int):
+        yield (output, 0), batch.num_rows
+
+    def write_shard(self, shard: int, row_counts) -> str | None:
+        if any(row_counts):
+            return None
+        return write_file(f"{self.directory}/empty.parquet", parquet_bytes(schemas.TABLES[self.table].empty_table()))
+
+
+@dataclass
+class WriteOutputs(beam.PTransform):
+    """A tuple of collections, the i-th written by `outputs[i]` (a `SortedFolder`, `SummaryFile` or
+    `EmptyTableFile`), every shard of every output written even when its collection is empty.
+
+    One grouping for all outputs: each grouping is a stage barrier and a shuffle on every runner (and
+    every transform costs start-up: Beam inspects each DoFn's signature many times), and the files
+    do not depend on how they were grouped."""
+
+    outputs: Sequence[SortedFolder | SummaryFile | EmptyTableFile]
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, collections):
-        folders = tuple(self.folders)
-        keyed = [rows | f"Shard{index}" >> beam.FlatMap(folder.pieces, index)
-                 for index, (rows, folder) in enumerate(zip(collections, folders))]
+        outputs = tuple(self.outputs)
+        keyed = [elements | f"Shard{index}" >> beam.FlatMap(output.pieces, index)
+                 for index, (elements, output) in enumerate(zip(collections, outputs))]
         # Not reshuffled: a handful of placeholders, and a reshuffle would add five stages.
         every_shard = collections[0].pipeline | "EveryShard" >> beam.Create(
-            [((index, shard), None) for index, folder in enumerate(folders) for shard in range(folder.shards)],
+            [((index, shard), None) for index, output in enumerate(outputs) for shard in range(output.shards)],
             reshuffle=False)
         return (
             (*keyed, every_shard)
             | "Flatten" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
-            | "Write" >> beam.MapTuple(lambda where, elements: folders[where[0]].write_shard(where[1], elements))
+            | "Write" >> beam.MapTuple(lambda where, elements: outputs[where[0]].write_shard(where[1], elements))
         )
 
 
@@ -127,7 +181,7 @@ class WriteSortedParquet(beam.PTransform):
 
     def expand(self, rows):
         folder = SortedFolder(self.directory, self.schema, self.sort_columns, self.shards, self.shard_column)
-        return (rows,) | "Folder" >> WriteSortedFolders([folder])
+        return (rows,) | "Folder" >> WriteOutputs([folder])
 
 
 def batch_file_name(batch: pa.RecordBatch) -> str:
@@ -155,13 +209,7 @@ class WriteBatches(beam.PTransform):
 
 @dataclass
 class WriteSummary(beam.PTransform):
-    """(name, count) pairs → `path` as JSON, with `extra` fields and `notes`.
-
-    `read` (what the readers delivered) should equal `parsed + rejected` (units accounted
-    for): `unaccounted` is the difference, non-zero only when a parser lost or double
-    counted units. Counts named `rejected_by_reason/KIND` become one `rejected_by_reason` mapping.
-    `notes` says why the result is empty, when it is (see `beamlytics.summary.explain`).
-    """
+    """(name, count) pairs → `path` as JSON, with `extra` fields and `notes` (see `SummaryFile`)."""
 
     path: str
     extra: Mapping[str, Any]
@@ -170,20 +218,4 @@ class WriteSummary(beam.PTransform):
         super().__init__()
 
     def expand(self, counts):
-        path, extra = self.path, dict(self.extra)
-
-        def write(totals: dict) -> str:
-            summary = {**extra, **{name: count for name, count in totals.items() if "/" not in name}}
-            summary["rejected_by_reason"] = {name.split("/", 1)[1]: count for name, count in totals.items()
-                                             if name.startswith("rejected_by_reason/")}
-            if "read" in summary:
-                summary["unaccounted"] = summary["read"] - summary.get("parsed", 0) - summary.get("rejected", 0)
-            summary["notes"] = explain(summary)
-            return write_file(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-        return (
-            counts
-            | "Sum" >> beam.CombinePerKey(sum)
-            | "Together" >> beam.combiners.ToDict()
-            | "WriteJson" >> beam.Map(write)
-        )
+        return (counts,) | "Summary" >> WriteOutputs([SummaryFile(self.path, dict(self.extra))])
