@@ -1,4 +1,5 @@
 """Windowing and per-endpoint scoring transforms, on batches built in the test."""
+import json
 from pathlib import Path
 
 import apache_beam as beam
@@ -6,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import baseline, features, schemas, synthetic
@@ -204,3 +206,39 @@ def test_readme_pipeline_and_plain_python_examples_agree(tmp_path, capsys):
     exec(plain.replace("demo-out/zeek", str(logs)), names)
     found = names["reported"].to_pylist()
     assert printed and printed == sorted(f"{r['key']} {r['window_start']} {r['feature']} {r['value']}" for r in found)
+
+
+def test_one_grouping_writes_folders_the_summary_and_the_empty_table_marker(tmp_path):
+    from beamlytics.transforms.write import EmptyTableFile, SortedFolder, SummaryFile, WriteOutputs
+
+    rows = [{"source_file": f"f{i % 2}", "position": i, "reason": "bad", "excerpt": "x", "source_tool": "t"}
+            for i in (3, 1, 2)]
+    pairs = [("read", 5), ("parsed", 2), ("rejected", 2), ("rejected_by_reason/bad", 2), ("read", 1)]
+    with beam.Pipeline() as pipeline:
+        folder_rows = pipeline | "Rows" >> beam.Create(rows)
+        counts = pipeline | "Counts" >> beam.Create(pairs)
+        no_batches = pipeline | "NoBatches" >> beam.Create([pa.record_batch({"a": [1]})]) | beam.Filter(lambda _: False)
+        _ = (folder_rows, counts, no_batches) | WriteOutputs([
+            SortedFolder(str(tmp_path / "rejected"), schemas.REJECTED, ("source_file", "position"), 2),
+            SummaryFile(str(tmp_path / "summary.json"), {"table": "dns"}, ("windows",)),
+            EmptyTableFile(str(tmp_path / "dns"), "dns"),
+        ])
+    written = [pq.read_table(tmp_path / "rejected" / f"part-0000{shard}-of-00002.parquet")
+               for shard in (0, 1)]
+    by_shard = {features.stable_shard(name, 2): name for name in ("f0", "f1")}
+    for shard, table in enumerate(written):  # each file holds its shard's rows, sorted by position
+        expected = sorted(row["position"] for row in rows if by_shard.get(shard) == row["source_file"])
+        assert table.column("position").to_pylist() == expected
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # read 6 = parsed 2 + rejected 2 + 2 lost; the zero count is there although nothing counted it.
+    assert summary == {"table": "dns", "read": 6, "parsed": 2, "rejected": 2, "windows": 0, "unaccounted": 2,
+                       "rejected_by_reason": {"bad": 2}, "notes": summary["notes"]}
+    assert pq.read_table(tmp_path / "dns" / "empty.parquet").schema == schemas.DNS
+
+
+def test_the_empty_table_marker_is_not_written_when_there_are_rows(tmp_path):
+    from beamlytics.transforms.write import EmptyTableFile
+
+    marker = EmptyTableFile(str(tmp_path), "dns")
+    assert marker.write_shard(0, [None, 0, 3]) is None
+    assert not (tmp_path / "empty.parquet").exists()
