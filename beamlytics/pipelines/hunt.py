@@ -94,13 +94,12 @@ def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> 
     from beamlytics.hunts.findings import FINDINGS
     from beamlytics.pipelines.detect import _read, _write_rejected_and_summary
     from beamlytics.transforms.hunt import HuntFindings
-    from beamlytics.transforms.write import WriteSortedParquet
+    from beamlytics.transforms.write import SortedFolder
 
     reader = _read(settings.read)
     read = pipeline | "Read" >> reader
     table = settings.read.table
     result = read["records"] | "Hunt" >> HuntFindings(table, settings.hunts, settings.config, settings.allow)
-    result["findings"] | "WriteFindings" >> WriteSortedParquet(f"{output}/hunts", FINDINGS, FINDING_ORDER)
     config = settings.config
     explained = listed_when(config)
     extra = {
@@ -111,7 +110,8 @@ def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> 
                         for name in sorted(settings.hunts) for output_hunt in OUTPUT_HUNTS[name]},
         "skipped": reader.plan.skipped,
     }
-    _write_rejected_and_summary(read, output, extra, [result["counts"]])
+    _write_rejected_and_summary(read, output, extra, [result["counts"]],
+                                results=[(result["findings"], SortedFolder(f"{output}/hunts", FINDINGS, FINDING_ORDER))])
     return reader.plan
 
 
