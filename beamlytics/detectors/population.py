@@ -29,46 +29,75 @@ MIN_POOL = 100  # fewer endpoint-windows than this give no population model
 LEVEL = 0.98  # the share of the pool under the excess threshold, as SPOT's default
 
 PoolKey = tuple[str, str, str]  # (table, key kind, feature)
-Pool = list[tuple[int, float]]  # (hash, value), ascending, at most CAPACITY entries
 
 
-def entry_hash(table: str, key_kind: str, key: str, window_start: int, feature: str) -> int:
-    """A 64-bit hash of one endpoint-window's feature, the same on every run and machine."""
-    text = f"{table}|{key_kind}|{key}|{window_start}|{feature}".encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """A bottom-k sample: (hash, value) entries ascending by hash then value, at most CAPACITY of them.
+
+    Two numpy columns rather than a Python tuple per entry: pools are merged per shard and
+    pickled between workers, and 50,000 tuples per feature were most of the pooling's cost.
+    """
+
+    hashes: np.ndarray  # uint64
+    values: np.ndarray  # float64, all finite
+
+    def __len__(self) -> int:
+        return self.hashes.size
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Pool) and np.array_equal(self.hashes, other.hashes)
+                and np.array_equal(self.values, other.values))
+
+
+def _hashes(prefixes: Sequence[bytes], feature: str) -> np.ndarray:
+    """The 64-bit blake2b of each `table|key kind|key|window start|` prefix followed by `feature`, the same on
+    every run and machine: one C call per entry, no Python int per entry."""
+    blake2b, suffix = hashlib.blake2b, feature.encode("utf-8")
+    digests = b"".join([blake2b(prefix + suffix, digest_size=8).digest() for prefix in prefixes])
+    return np.frombuffer(digests, dtype=">u8").astype(np.uint64)
 
 
 def merge_pools(pools: Iterable[Pool], capacity: int = CAPACITY) -> Pool:
     """The `capacity` smallest (hash, value) entries of all pools: associative and order-free."""
-    return _smallest([entry for pool in pools for entry in pool], capacity)
+    pools = list(pools)
+    return _smallest(np.concatenate([np.empty(0, np.uint64), *(pool.hashes for pool in pools)]),
+                     np.concatenate([np.empty(0, np.float64), *(pool.values for pool in pools)]), capacity)
 
 
-def _smallest(entries: list[tuple[int, float]], capacity: int) -> Pool:
-    """`heapq.nsmallest(capacity, entries)`, sorted by numpy: its Python loop was most of a large run's pooling."""
-    if not entries:
-        return []
-    hashes = np.fromiter((entry[0] for entry in entries), np.uint64, len(entries))
-    values = np.fromiter((entry[1] for entry in entries), np.float64, len(entries))
+def _smallest(hashes: np.ndarray, values: np.ndarray, capacity: int) -> Pool:
+    """`heapq.nsmallest(capacity, zip(hashes, values))` as a pool."""
     kept = np.lexsort((values, hashes))[:capacity]
-    return list(zip(hashes[kept].tolist(), values[kept].tolist()))
+    return Pool(hashes[kept], values[kept])
 
 
 def pools_of(windows: pa.Table, feature_names: Sequence[str], capacity: int = CAPACITY) -> dict[PoolKey, Pool]:
     """Pools of a table of endpoint-windows (features.table_of_windows columns); non-finite values are left out."""
-    tables = windows.column("table").to_pylist()
-    kinds = windows.column("key_kind").to_pylist()
-    keys = windows.column("key").to_pylist()
-    starts = pc.cast(windows.column("window_start"), pa.int64()).to_pylist()
     pools: dict[PoolKey, Pool] = {}
-    for feature in feature_names:
-        values = pc.cast(windows.column(feature), pa.float64()).to_numpy(zero_copy_only=False)
-        by_kind: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        for table, kind, key, start, value in zip(tables, kinds, keys, starts, values.tolist()):
-            if math.isfinite(value):
-                by_kind.setdefault((table, kind), []).append((entry_hash(table, kind, key, start, feature), value))
-        for (table, kind), entries in by_kind.items():
-            pools[(table, kind, feature)] = _smallest(entries, capacity)
+    for (table, kind), rows in _rows_by_kind(windows).items():
+        # The hashed text of every endpoint-window built by Arrow once, not formatted per feature.
+        prefixes = pc.binary_join_element_wise(
+            table, kind, rows.column("key"), pc.cast(pc.cast(rows.column("window_start"), pa.int64()), pa.string()),
+            "", "|")
+        for feature in feature_names:
+            values = pc.cast(rows.column(feature), pa.float64()).to_numpy(zero_copy_only=False)
+            finite = np.isfinite(values)
+            hashed = prefixes if finite.all() else prefixes.filter(pa.array(finite))
+            hashes = _hashes(pc.cast(hashed, pa.binary()).to_pylist(), feature)
+            pools[(table, kind, feature)] = _smallest(hashes, values[finite], capacity)
     return pools
+
+
+def _rows_by_kind(windows: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """The rows of `windows` per (table, key kind): a run has one or a few."""
+    kinds = windows.select(["table", "key_kind"]).group_by(["table", "key_kind"], use_threads=False).aggregate([])
+    by_kind = {}
+    for table, kind in zip(kinds.column("table").to_pylist(), kinds.column("key_kind").to_pylist()):
+        if kinds.num_rows == 1:
+            return {(table, kind): windows}
+        by_kind[(table, kind)] = windows.filter(
+            pc.and_(pc.equal(windows.column("table"), table), pc.equal(windows.column("key_kind"), kind)))
+    return by_kind
 
 
 def merge_pool_maps(maps: Iterable[Mapping[PoolKey, Pool]], capacity: int = CAPACITY) -> dict[PoolKey, Pool]:
@@ -138,7 +167,7 @@ class Population:
 
     @classmethod
     def fit(cls, pools: Mapping[PoolKey, Pool]) -> "Population":
-        return cls({key: FeatureTail.fit(value for _, value in pool) for key, pool in sorted(pools.items())})
+        return cls({key: FeatureTail.fit(pool.values) for key, pool in sorted(pools.items())})
 
     @classmethod
     def of_windows(cls, windows: pa.Table, feature_names: Sequence[str]) -> "Population":
