@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -79,12 +80,19 @@ def outputs_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _timed_run(output: Path, inputs: Path, beam_args: list[str]) -> float:
+def _timed_run(output: Path, inputs: Path, beam_args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of the launching process, of its finished child processes)."""
     command = [sys.executable, "-m", "benchmarks.bench_scale", str(output), str(inputs), *beam_args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
-    return float(done.stdout.split()[-1])
+    wall, own, children = (float(word) for word in done.stdout.split()[-3:])
+    return wall, own, children
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run() -> list[Result]:
@@ -93,11 +101,11 @@ def run() -> list[Result]:
     results, reference = [], None
     with tempfile.TemporaryDirectory(prefix="beamlytics-scale-") as work:
         for engine, options in ENGINES.items():
-            seconds, loads = {}, []
+            seconds, loads, cpu = {}, [], {}
             for workers in (1, 2):
                 output = Path(work) / f"{engine.split()[0]}-{workers}"
                 try:
-                    seconds[workers] = _timed_run(output, inputs, options(workers))
+                    seconds[workers], *cpu[workers] = _timed_run(output, inputs, options(workers))
                     loads.append(os.getloadavg()[0])  # on a shared machine the figures mean little without it
                 except RuntimeError as error:
                     print(f"{engine}, {workers} worker(s): not measured: {str(error).splitlines()[-1]}", flush=True)
@@ -110,10 +118,15 @@ def run() -> list[Result]:
                 print(f"{engine:<32} 1 worker {seconds[1]:7.1f} s   2 workers {seconds[2]:7.1f} s   "
                       f"speed-up {seconds[1] / seconds[2]:.2f}x   outputs identical   "
                       f"load average {loads[0]:.1f} / {loads[1]:.1f}", flush=True)
+                # Load distorts CPU seconds less than wall time: the launcher (the runner, or Prism's
+                # LOOPBACK harness) against its child processes (SDK workers, the Prism binary).
+                print(" " * 33 + "   ".join(f"{n} worker(s): CPU {cpu[n][0]:.1f} s launcher, {cpu[n][1]:.1f} s children"
+                                            for n in (1, 2)), flush=True)
                 results.append(Result(f"detect pipeline, {engine}, 2 workers", RECORDS / seconds[2], "records/s",
                                       "1 worker", RECORDS / seconds[1]))
     return results
 
 
 if __name__ == "__main__":
-    print(f"{run_pipeline(sys.argv[1], sys.argv[2], sys.argv[3:]):.3f}")
+    wall = run_pipeline(sys.argv[1], sys.argv[2], sys.argv[3:])
+    print(f"{wall:.3f} {_cpu_seconds(resource.RUSAGE_SELF):.2f} {_cpu_seconds(resource.RUSAGE_CHILDREN):.2f}")

@@ -12,7 +12,7 @@ from beamlytics import features
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointWindow, score_table
 from beamlytics.detectors.population import FeatureTail, Population, merge_pool_maps, pools_of
 from beamlytics.detectors.verdict import ALARM, POPULATION, VerdictSettings, judge
-from beamlytics.transforms.score import REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
+from beamlytics.transforms.score import JudgeShards
 from tests.conftest import collect
 
 MINUTE = 60_000_000
@@ -111,9 +111,8 @@ def test_pools_are_the_same_in_any_order_and_sharding():
 def run_verdicts(tables, shards):
     def build(pipeline):
         windows = pipeline | beam.Create(tables, reshuffle=False)
-        scores = windows | ScoreEndpoints(CONFIG, shards=shards)
-        judged = scores | JudgeWindows(VerdictSettings(), CONFIG.features, windows)
-        return judged[VERDICTS_TAG]
+        return (windows | JudgeShards(CONFIG, VerdictSettings(), shards)
+                | beam.Map(lambda result: result.verdicts))
 
     rows = [row for table in collect(build) for row in table.to_pylist()]
     return sorted(rows, key=lambda row: (row["key"], row["window_start"]))

@@ -6,14 +6,12 @@ from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import baseline, features, schemas
 from beamlytics.analytics.sql import query_batch
-from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
 from beamlytics.features import WindowSpec
@@ -21,7 +19,7 @@ from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import Rejected
 from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
-from beamlytics.transforms.score import COUNTS_TAG, REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
+from beamlytics.transforms.score import JudgeShards, ShardResult
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
 from beamlytics.transforms.progress import TallyCounts
 from beamlytics.transforms.write import EmptyTableFile, SortedFolder, SummaryFile, WriteBatches, WriteOutputs
@@ -72,32 +70,30 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     records = read["records"]
     if settings.query:
         records = records | "Query" >> beam.FlatMap(query_batch, settings.query, spec.table)
-    windows = records | "Windows" >> WindowFeatures(spec, settings.windowing)
-    to_score, rejected, counts = windows, [read["rejected"]], []
+    # Windows are merged in the output shards: each shard's windows are then one table, scored, judged
+    # and written where they were merged.
+    windows = records | "Windows" >> WindowFeatures(spec, settings.windowing, settings.shards)
+    rejected, counts, calibration = [read["rejected"]], [], None
     if settings.baseline:
         calibration = pipeline | "Baseline" >> ReadBaseline(settings.baseline, spec)
-        to_score = (windows, calibration.windows) | "WithBaseline" >> beam.Flatten()
         rejected.append(calibration[REJECTED_TAG])
         counts.append(calibration[REJECTED_TAG]
                       | "CountBaselineRejected" >> beam.Map(lambda _: ("baseline_rejected", 1)))
-    scores = to_score | "Score" >> ScoreEndpoints(settings.detector, settings.train_until_us)
-    judged = scores | "Verdicts" >> JudgeWindows(settings.verdict, settings.detector.features, windows)
-    found = judged[REPORTED_TAG]
-
+        calibration = calibration.windows
+    results = windows | "Judge" >> JudgeShards(settings.detector, settings.verdict, settings.shards,
+                                                settings.train_until_us, calibration)
     shards = settings.shards
-    results = [
-        (scores, SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key")),
-        (found, SortedFolder(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key")),
-        (judged[VERDICTS_TAG], SortedFolder(f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key")),
-        (windows, SortedFolder(f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards,
-                               "key")),
+    folders = [  # in the order of `_write_results`' tables
+        SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key"),
+        SortedFolder(f"{output}/anomalies", schemas.ANOMALIES, SCORE_ORDER, shards, "key"),
+        SortedFolder(f"{output}/verdicts", schemas.VERDICTS, VERDICT_ORDER, shards, "key"),
+        SortedFolder(f"{output}/features", features.feature_schema(spec.table), SCORE_ORDER[:4], shards, "key"),
     ]
+    results | "WriteResults" >> beam.FlatMap(_write_results, folders)
     counts += [
         windows | "CountWindows" >> TallyCounts(lambda table: [("windows", table.num_rows)]),
-        found | "CountAnomalies" >> TallyCounts(lambda table: [("anomalies", table.num_rows)]),
-        scores | "CountScores" >> TallyCounts(_score_counts),
+        results | "CountResults" >> TallyCounts(lambda result: result.counts),
         count_untimed(read["records"], spec),
-        judged[COUNTS_TAG],
     ]
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
@@ -106,13 +102,13 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     _write_rejected_and_summary(read, output, extra, counts,
                                 ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected",
                                  "verdicts", "alarms", "allowed", *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
-                                rejected, results)
+                                rejected)
     return reader.plan
 
 
-def _score_counts(scores: pa.Table) -> list[tuple[str, int]]:
-    calibrating = pc.sum(pc.cast(pc.equal(scores.column("status"), Status.CALIBRATING), pa.int64())).as_py() or 0
-    return [("scores", scores.num_rows), ("calibrating", calibrating)]
+def _write_results(result: ShardResult, folders: Sequence[SortedFolder]) -> list[str]:
+    tables = ([result.scores], [result.reported], [result.verdicts], list(result.windows))
+    return [folder.write_shard(result.shard, shard_tables) for folder, shard_tables in zip(folders, tables)]
 
 
 def _read(settings: ReadSettings) -> ReadRecords:

@@ -3,9 +3,9 @@
 Each is usable in a pipeline of your own; see the README for a ten-line example.
 """
 from beamlytics.transforms.read import ReadRecords
-from beamlytics.transforms.score import JudgeWindows, ScoreEndpoints
+from beamlytics.transforms.score import JudgeShards, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures
 from beamlytics.transforms.write import WriteBatches, WriteSortedParquet, WriteSummary
 
 __all__ = ["ReadRecords", "ScoreEndpoints", "WindowFeatures", "WriteBatches", "WriteSortedParquet", "WriteSummary",
-           "JudgeWindows"]
+           "JudgeShards"]

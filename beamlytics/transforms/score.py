@@ -29,7 +29,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics import features, schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, score_table
-from beamlytics.detectors.population import CAPACITY, Population, merge_pool_maps, pools_of
+from beamlytics.detectors.base import Status
+from beamlytics.detectors.population import CAPACITY, FeatureTail, Population, merge_pools, pools_of
 from beamlytics.detectors.verdict import VerdictSettings, judge
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
@@ -174,60 +175,108 @@ class ScoreEndpoints(beam.PTransform):
 
 
 
-class PoolPopulation(beam.CombineFn):
-    """Tables of endpoint-windows → the run's `Population`: a bounded sample per (table, key kind, feature)
-    that is the same whatever the order and sharding of its inputs."""
+@dataclass(frozen=True)
+class ShardResult:
+    """What batch `detect` makes of one shard of endpoints, written by the worker that made it."""
 
-    def __init__(self, feature_names: tuple[str, ...], capacity: int = CAPACITY):
-        self.feature_names = feature_names
+    shard: int
+    windows: tuple[pa.Table, ...]  # the run's endpoint-windows (not calibration ones)
+    scores: pa.Table  # `schemas.ANOMALIES` rows
+    verdicts: pa.Table
+    reported: pa.Table  # the fired features' rows of reported alarms
+    counts: tuple[tuple[str, int], ...]
+
+
+def tagged_by_shard(windows: pa.Table, shards: int, written: bool):
+    """(shard, (written, the rows of that shard's endpoints, packed)): `written` for the run's own windows."""
+    for shard, packed in by_shard(windows, shards):
+        yield shard, (written, packed)
+
+
+def judged_shard(shard: int, pieces, config: DetectorConfig, population: Population,
+                 settings: VerdictSettings) -> ShardResult:
+    """A shard's windows scored and judged against the run's population."""
+    tagged = [(written, packed.table()) for written, packed in (piece for piece in pieces if piece is not None)]
+    scores = (score_table(pa.concat_tables([table for _, table in tagged]), config) if tagged
+              else schemas.ANOMALIES.empty_table())
+    verdicts, reported, counts = judge(scores, population, settings)
+    calibrating = pc.sum(pc.cast(pc.equal(scores.column("status"), Status.CALIBRATING), pa.int64())).as_py() or 0
+    counts = {**counts, "scores": scores.num_rows, "calibrating": calibrating, "anomalies": reported.num_rows}
+    return ShardResult(shard, tuple(table for written, table in tagged if written), scores, verdicts, reported,
+                       tuple(sorted(counts.items())))
+
+
+def population_of(windows, feature_names: tuple[str, ...]):
+    """The run's `Population`, a side input. Pooled per (table, key kind, feature), each pool merged and its tail
+    fitted on whichever worker holds that key: only the fitted tails meet, not one worker merging every pool."""
+    tails = (
+        windows
+        | "Pools" >> beam.FlatMap(lambda table: pools_of(table, feature_names).items())
+        | "MergePools" >> beam.CombinePerKey(MergePools())
+        | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.fit(value for _, value in pool)))
+    )
+    return beam.pvalue.AsDict(tails)
+
+
+class MergePools(beam.CombineFn):
+    """Pools of one (table, key kind, feature) → the bounded sample `merge_pools` keeps: the same in any order."""
+
+    def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity
 
     def create_accumulator(self):
-        return {}
+        return []
 
-    def add_input(self, pools, windows: pa.Table):
-        return merge_pool_maps([pools, pools_of(windows, self.feature_names, self.capacity)], self.capacity)
+    def add_input(self, pool, more):
+        return merge_pools([pool, more], self.capacity)
 
-    def merge_accumulators(self, accumulators):
-        return merge_pool_maps(accumulators, self.capacity)
+    def merge_accumulators(self, pools):
+        return merge_pools(pools, self.capacity)
 
-    def extract_output(self, pools) -> Population:
-        return Population.fit(pools)
-
-
-VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG = "verdicts", "reported", "counts"
+    def extract_output(self, pool):
+        return pool
 
 
-def judge_scores(scores: pa.Table, population: Population, settings: VerdictSettings):
-    verdicts, reported, counts = judge(scores, population, settings)
-    yield beam.pvalue.TaggedOutput(VERDICTS_TAG, verdicts)
-    yield beam.pvalue.TaggedOutput(REPORTED_TAG, reported)
-    for name, count in sorted(counts.items()):
-        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (name, count))
+def _judged_with(shard_pieces, config: DetectorConfig, tails, settings: VerdictSettings) -> ShardResult:
+    shard, pieces = shard_pieces
+    return judged_shard(shard, pieces, config, Population(dict(sorted(tails.items()))), settings)
 
 
 @dataclass
-class JudgeWindows(beam.PTransform):
-    """Score tables → ranked verdicts, the reported anomaly rows and (name, count) pairs for the summary.
+class JudgeShards(beam.PTransform):
+    """Batch: tables of endpoint-windows → one `ShardResult` per shard of endpoints, every shard even when empty.
 
-    Batch: the population of every endpoint-window of `windows` is pooled in one global combine and
-    reaches the judges as a side input. With `windows` None (the streaming scorer, whose global
-    combine would never fire on unbounded input) there is no population: windows whose own detector
-    still calibrates are unjudged (`no_model`), a documented limitation.
+    The windows of each shard are gathered once, scored by `ScoreEndpoints`' rule and judged
+    against the population of every endpoint-window of `windows` (a side input). Whoever
+    consumes the results in the same step (the writers) gets the tables where they were made:
+    score rows, by far the largest data of a run, never cross to another worker. Shards are
+    cut by the writers' rule (`features.stable_shard` of the endpoint), so one result is one
+    output file per folder. `calibration` windows (an earlier run's) calibrate and are not written.
     """
 
+    config: DetectorConfig
     settings: VerdictSettings
-    feature_names: tuple[str, ...]
-    windows: Any = None
+    shards: int
+    train_until_us: int | None = None
+    calibration: Any = None
 
     def __post_init__(self):
         super().__init__()
 
-    def expand(self, scores):
-        if self.windows is None:
-            population = beam.pvalue.AsSingleton(scores.pipeline | "NoPopulation" >> beam.Create([Population({})]))
-        else:
-            population = beam.pvalue.AsSingleton(
-                self.windows | "Population" >> beam.CombineGlobally(PoolPopulation(self.feature_names)))
-        return scores | "Judge" >> beam.FlatMap(judge_scores, population, self.settings).with_outputs(
-            VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG)
+    def expand(self, windows):
+        config, settings, shards = self.config, self.settings, self.shards
+        population = population_of(windows, config.features)
+        run = windows
+        if self.train_until_us is not None:
+            run = run | "TrainingPeriod" >> beam.Map(mark_training, self.train_until_us)
+        keyed = [run | "ByShard" >> beam.FlatMap(tagged_by_shard, shards, True)]
+        if self.calibration is not None:
+            keyed.append(self.calibration | "CalibrationByShard" >> beam.FlatMap(tagged_by_shard, shards, False))
+        every_shard = windows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)],
+                                                                     reshuffle=False)
+        return (
+            (*keyed, every_shard)
+            | "Together" >> beam.Flatten()
+            | "Gather" >> beam.GroupByKey()
+            | "Judge" >> beam.Map(_judged_with, config, population, settings)
+        )

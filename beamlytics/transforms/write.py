@@ -43,12 +43,17 @@ def write_file(path: str, data: bytes) -> str:
     return path
 
 
+def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`schema`'s columns of `table`, in its order, with its field types and flags."""
+    return pa.Table.from_arrays([table.column(name) for name in schema.names], schema=schema)
+
+
 def shard_pieces(element: pa.Table | Mapping[str, Any], schema: pa.Schema, column: str, shards: int):
     """(shard, rows of `element` in it), by a stable hash of `column`: a table is cut and packed, a dict row kept."""
     if not isinstance(element, pa.Table):
         yield features.stable_shard(element[column], shards), element
     elif element.num_rows:
-        table = pa.Table.from_arrays([element.column(name) for name in schema.names], schema=schema)
+        table = conformed(element, schema)
         for shard, piece in features.split_table(table, features.endpoint_shards(table.column(column), shards)).items():
             yield shard, features.Packed.of(piece)
 
@@ -73,9 +78,12 @@ class SortedFolder:
             yield (output, shard), piece
 
     def write_shard(self, shard: int, elements) -> str:
+        """The shard's file, of `elements`: packed pieces, Arrow tables or dict rows, in any order."""
         elements = [element for element in elements if element is not None]
-        rows = [row for row in elements if not isinstance(row, features.Packed)]
-        table = pa.concat_tables([*(element.table() for element in elements if isinstance(element, features.Packed)),
+        rows = [row for row in elements if isinstance(row, Mapping)]
+        table = pa.concat_tables([*(element.table() if isinstance(element, features.Packed)
+                                    else conformed(element, self.schema)
+                                    for element in elements if not isinstance(element, Mapping)),
                                   pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
             table = table.take(pc.sort_indices(table, [
