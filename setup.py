@@ -1,5 +1,13 @@
 """beamlytics: anomalies in network traffic logs, as Apache Beam pipelines."""
-from setuptools import find_packages, setup
+import sys
+
+from setuptools import Extension, find_packages, setup
+
+# SPOT's GPD refit in C (beamlytics/detectors/_gpd.c). Optional: without a compiler the build
+# goes on and spot.py uses its numpy path. No fused multiply-add, which would change
+# libspot's bits wherever the target has FMA.
+GPD_FIT = Extension("beamlytics.detectors._gpd", ["beamlytics/detectors/_gpd.c"], optional=True,
+                    extra_compile_args=[] if sys.platform == "win32" else ["-ffp-contract=off"])
 
 setup(
     name="beamlytics",
@@ -9,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["beamlytics", "beamlytics.*"]),
+    ext_modules=[GPD_FIT],
     install_requires=[
         "apache-beam>=2.60",
         "numpy>=1.24",

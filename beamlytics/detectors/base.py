@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,30 @@ class SeriesVerdicts:
 def json_number(value: float) -> str:
     """A float as `Verdict.evidence_json` writes it (non-finite values as strings)."""
     return repr(value) if math.isfinite(value) else f'"{value!r}"'
+
+
+# Per set of evidence keys (in insertion order): the JSON text as a %-template with the keys
+# sorted, and what picks the values in that order.
+_FLAT_TEMPLATES: dict[tuple[str, ...], tuple[str, Callable[[Mapping[str, Any]], tuple]]] = {}
+
+
+def flat_evidence_json(evidence: Mapping[str, float | int]) -> str:
+    """`Verdict.evidence_json` of evidence whose values are all Python floats and ints (no bool,
+    no numpy scalar): the text from a template cached per set of keys, since %r writes such values
+    as json.dumps does. A detector's evidence comes in a handful of key sets. Non-finite values (a
+    sum that is not finite has one) take Verdict's way, which writes them as strings."""
+    keys = tuple(evidence)
+    if len(keys) < 2:  # itemgetter of one key gives a value, not a tuple
+        return json.dumps(_json_safe(evidence), sort_keys=True, allow_nan=False)
+    if keys not in _FLAT_TEMPLATES:
+        ordered = sorted(keys)
+        _FLAT_TEMPLATES[keys] = ("{" + ", ".join(f'"{key}": %r' for key in ordered) + "}",
+                                 operator.itemgetter(*ordered))
+    template, values_of = _FLAT_TEMPLATES[keys]
+    values = values_of(evidence)
+    if math.isfinite(sum(values)):
+        return template % values
+    return json.dumps(_json_safe(evidence), sort_keys=True, allow_nan=False)
 
 
 def _json_safe(value: Any) -> Any:

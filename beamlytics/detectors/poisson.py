@@ -25,8 +25,9 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
 
-from beamlytics.detectors.base import Detector, SeriesVerdicts, Status, Verdict
+from beamlytics.detectors.base import Detector, SeriesVerdicts, Status, Verdict, flat_evidence_json
 from beamlytics.detectors.health import HEALTH_MODELS, HealthModel, health_model_from_dict, make_health_model
 
 # Added to both distributions before renormalising, as in the seed notebook, so that the
@@ -295,9 +296,9 @@ class PoissonDetector(Detector):
         self.windows_learned = len(windows)
         self.baseline = True
 
-    def _learn(self, counts: np.ndarray) -> None:
-        self.total_count += int(counts.sum())
-        self.total_slots += int(counts.size)
+    def _learn(self, total: int, slots: int) -> None:
+        self.total_count += total
+        self.total_slots += slots
         self.windows_learned += 1
 
     def observe(self, value: Sequence[float]) -> Verdict:
@@ -305,23 +306,27 @@ class PoissonDetector(Detector):
             return Verdict(Status.MISSING)
         counts = _slot_counts(value)
         lam = self.rate
-        return self._judge(counts, lam, _score_counts(counts, lam, self.beta, counts.size) if lam is not None else None)
+        scores = _score_counts(counts, lam, self.beta, counts.size) if lam is not None else None
+        return Verdict(*self._judge(int(counts.sum()), counts.size, lam, scores))
 
-    def _judge(self, counts: np.ndarray, lam: float | None, scores: Mapping[str, float] | None) -> Verdict:
-        """The verdict on a window already scored against λ (None before any window was learned), and learning."""
-        mean = float(counts.mean())
+    def _judge(self, total: int, slots: int, lam: float | None, scores: Mapping[str, float] | None
+               ) -> tuple[str, float | None, float, str | None, dict[str, Any]]:
+        """The fields of the Verdict (status, score, threshold, direction, evidence) on a window of
+        `total` records in `slots` slots, already scored against λ (None before any window was
+        learned), and learning from it."""
+        mean = total / slots  # np.mean's bits: an integer sum is exact in a double
         if not self.baseline and self.windows_learned < self.n_init:
-            self._learn(counts)
+            self._learn(total, slots)
             evidence = self._evidence(mean, lam, scores) if scores else {"windows": self.windows_learned}
-            return Verdict(Status.CALIBRATING, scores["eta"] if scores else None, self.ra_threshold, None, evidence)
+            return Status.CALIBRATING, scores["eta"] if scores else None, self.ra_threshold, None, evidence
 
+        eta, c2 = scores["eta"], scores["C2"]
         for model in self.health.values():
-            model.update(scores["eta"], scores["C2"])
-        if not self.baseline and scores["eta"] < self.learn_below:
-            self._learn(counts)
+            model.update(eta, c2)
+        if not self.baseline and eta < self.learn_below:
+            self._learn(total, slots)
         status = Status.ANOMALY if self.health[self.health_model].ra < self.ra_threshold else Status.NORMAL
-        evidence = self._evidence(mean, lam, scores)
-        return Verdict(status, scores["eta"], self.ra_threshold, _direction(mean, lam), evidence)
+        return status, eta, self.ra_threshold, _direction(mean, lam), self._evidence(mean, lam, scores)
 
     @classmethod
     def score_series(cls, params, observations, train, starts, population=None) -> SeriesVerdicts:
@@ -329,47 +334,45 @@ class PoissonDetector(Detector):
 
         λ and health stay per series and move window by window exactly as in `observe`; only the
         scoring of a window against its series' λ is batched, with the same bits (see `score_windows`).
+        Verdicts go straight into the columns, their evidence JSON from a template (`flat_evidence_json`).
         """
         if population is not None:
             return super().score_series(params, observations, train, starts, population)
         ends = [*starts.tolist()[1:], len(observations)]
         series = [cls._calibrated(params, observations, train, first, end) for first, end in zip(starts.tolist(), ends)]
-        verdicts: dict[int, Verdict] = {}
+        verdicts: dict[int, tuple] = {}
         running = [index for index, (_, judged) in enumerate(series) if judged < ends[index]]
         step = 0
         while running:
-            by_size: dict[int, list[tuple[PoissonDetector, int, np.ndarray]]] = {}
+            by_size: dict[int, list[tuple[PoissonDetector, int]]] = {}
             for index in running:
                 detector, judged = series[index]
                 at = judged + step
-                if len(observations[at]) == 0:
-                    verdicts[at] = Verdict(Status.MISSING)
-                    continue
-                counts = _slot_counts(observations[at])
-                if detector.rate is None:
-                    verdicts[at] = detector._judge(counts, None, None)
-                    continue
-                by_size.setdefault(counts.size, []).append((detector, at, counts))
+                size = len(observations[at])
+                if size == 0:
+                    verdicts[at] = _MISSING
+                elif detector.rate is None:
+                    counts = _slot_counts(observations[at])
+                    verdicts[at] = _columns(detector._judge(int(counts.sum()), counts.size, None, None))
+                else:
+                    by_size.setdefault(size, []).append((detector, at))
             for size, windows in by_size.items():
-                rates = [detector.rate for detector, _, _ in windows]
-                scores = score_windows(np.stack([counts for _, _, counts in windows]), np.array(rates),
-                                       windows[0][0].beta, size)
+                counts = _slot_count_rows([observations[at] for _, at in windows])
+                rates = [detector.rate for detector, _ in windows]
+                scores = score_windows(counts, np.array(rates), windows[0][0].beta, size)
                 rows = zip(*(scores[name].tolist() for name in SCORE_NAMES))
-                for (detector, at, counts), lam, row in zip(windows, rates, rows):
-                    verdicts[at] = detector._judge(counts, lam, dict(zip(SCORE_NAMES, row)))
+                for (detector, at), lam, total, row in zip(windows, rates, counts.sum(axis=1).tolist(), rows):
+                    verdicts[at] = _columns(detector._judge(total, size, lam, dict(zip(SCORE_NAMES, row))))
             step += 1
             running = [index for index in running if series[index][1] + step < ends[index]]
-        return SeriesVerdicts.of(verdicts[at] for at in sorted(verdicts))
+        columns = list(zip(*(verdicts[at] for at in sorted(verdicts)))) or [()] * 5
+        return SeriesVerdicts(*(pa.array(column, kind) for column, kind in zip(columns, _COLUMN_TYPES)))
 
     def _evidence(self, mean: float, lam: float, scores: Mapping[str, float]) -> dict[str, float]:
-        health = {f"Ra_{name}": model.ra for name, model in self.health.items()}
-        return {
-            "lambda": lam,
-            "mean": mean,
-            **scores,
-            "Ra": self.health[self.health_model].ra,
-            **health,
-        }
+        evidence = {"lambda": lam, "mean": mean, **scores, "Ra": self.health[self.health_model].ra}
+        for name, model in self.health.items():
+            evidence[_HEALTH_KEYS[name]] = model.ra
+        return evidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -392,6 +395,24 @@ class PoissonDetector(Detector):
             name: health_model_from_dict(name, model_state) for name, model_state in state["health"].items()
         }
         return detector
+
+
+_HEALTH_KEYS = {name: f"Ra_{name}" for name in HEALTH_MODELS}
+_MISSING = (Status.MISSING, None, None, None, "{}")
+_COLUMN_TYPES = (pa.string(), pa.float64(), pa.float64(), pa.string(), pa.string())  # SeriesVerdicts' fields
+
+
+def _columns(verdict: tuple[str, float | None, float, str | None, dict[str, Any]]) -> tuple:
+    """A `_judge` result as one row of the SeriesVerdicts columns."""
+    return (*verdict[:4], flat_evidence_json(verdict[4]))
+
+
+def _slot_count_rows(windows: Sequence[Sequence[float]]) -> np.ndarray:
+    """`_slot_counts` of windows of one size at once, as the rows of an int64 matrix."""
+    values = np.asarray(windows)
+    if values.ndim != 2:  # some window is not a flat sequence: let it raise its own error
+        return np.stack([_slot_counts(window) for window in windows])
+    return _slot_counts(values.ravel()).reshape(values.shape)
 
 
 def _direction(mean: float, lam: float) -> str | None:

@@ -24,10 +24,16 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+
+from beamlytics.detectors.base import Detector, Observation, SeriesVerdicts, Status, Verdict, flat_evidence_json
+
+try:
+    from beamlytics.detectors import _gpd
+except ImportError:  # a source tree setup.py has not built, or a machine without a C compiler
+    _gpd = None
 
 _running_sum = np.add.accumulate
-
-from beamlytics.detectors.base import Detector, Observation, Status, Verdict
 
 # Step codes, as libspot's.
 NORMAL = 0
@@ -316,7 +322,7 @@ def _grimshaw(excesses: _Excesses) -> tuple[float, float, float]:
     return best
 
 
-def _fit_gpd(excesses: _Excesses) -> tuple[float, float]:
+def _fit_gpd_numpy(excesses: _Excesses) -> tuple[float, float]:
     """γ and σ of the estimator with the highest log-likelihood (the first if undefined)."""
     with np.errstate(all="ignore"):
         best = None
@@ -325,6 +331,16 @@ def _fit_gpd(excesses: _Excesses) -> tuple[float, float]:
             if best is None or best[2] != best[2] or likelihood > best[2]:
                 best = (gamma, sigma, likelihood)
     return float(best[0]), float(best[1])
+
+
+def _fit_gpd_compiled(excesses: _Excesses) -> tuple[float, float]:
+    """`_fit_gpd_numpy` in C (_gpd.c): the same operations in the same order, one loop a pass."""
+    return _gpd.fit(excesses.values(), excesses.total, excesses.total_sq, excesses.minimum,
+                    excesses.maximum)
+
+
+# The numpy path is what runs where setup.py could not compile _gpd.c (it builds it optionally).
+_fit_gpd = _fit_gpd_numpy if _gpd is None else _fit_gpd_compiled
 
 
 def _brent(function: Callable[[float], float], a: float, b: float,
@@ -522,8 +538,11 @@ class Spot:
 
     def probability(self, z: float) -> float:
         """P(X beyond z) under the current model (the GPD formula, unclamped, as libspot)."""
+        return self._probability_at(self._sign * (float(z) - self.excess_threshold))
+
+    def _probability_at(self, distance: float) -> float:
+        """`probability` of the value `distance` beyond the excess threshold, towards the tail."""
         share = _div(float(self.Nt), float(self.n))
-        distance = self._sign * (float(z) - self.excess_threshold)
         if self.gamma == 0.0:
             return share * _exp(_div(-distance, self.sigma))
         reach = 1.0 + distance * _div(self.gamma, self.sigma)
@@ -736,7 +755,7 @@ def tail_probability(spot: Spot, value: float, offset: float = 0.0) -> float:
     distance = spot._sign * (value - offset - spot.excess_threshold)
     if spot.gamma != 0.0 and not 1.0 + distance * _div(spot.gamma, spot.sigma) > 0.0:
         return 0.0 if distance > 0.0 else 1.0
-    return min(spot.probability(value - offset), 1.0)
+    return min(spot._probability_at(distance), 1.0)
 
 
 def _score(probability: float) -> float | None:
@@ -744,6 +763,10 @@ def _score(probability: float) -> float | None:
         return None
     return -math.log10(max(probability, _SMALLEST_PROBABILITY))
 
+
+# Evidence keys of each tail, in `_evidence`'s order.
+_TAIL_KEYS = {direction: tuple(f"{direction}_{name}" for name in (
+    "excess_threshold", "anomaly_threshold", "gamma", "sigma", "n", "Nt")) for direction in ("up", "down")}
 
 class _SpotAdapter(Detector):
     """What SpotDetector and DSpotDetector share: calibration, verdicts, state."""
@@ -798,43 +821,66 @@ class _SpotAdapter(Detector):
         self.calibration = self.calibration[max(0, len(self.calibration) - self.n_init + 1):]
 
     def observe(self, value: Observation) -> Verdict:
-        value = float(value)
-        if math.isnan(value):
-            return Verdict(Status.MISSING)
+        return Verdict(*self._judge(float(value)))
+
+    @classmethod
+    def score_series(cls, params: Mapping[str, Any], observations: Sequence[Observation], train: np.ndarray,
+                     starts: np.ndarray, population: Mapping[str, Any] | None = None) -> SeriesVerdicts:
+        """`Detector.score_series` without a Verdict per window: each judgement goes straight into
+        the columns, its evidence JSON from a template (`flat_evidence_json`)."""
+        if population is not None:
+            return super().score_series(params, observations, train, starts, population)
+        status, score, threshold, direction, evidence = [], [], [], [], []
+        bounds = [*starts.tolist(), len(observations)]
+        for first, end in zip(bounds[:-1], bounds[1:]):
+            detector, judged = cls._calibrated(params, observations, train, first, end)
+            judge = detector._judge
+            for value in observations[judged:end]:
+                verdict = judge(float(value))
+                status.append(verdict[0])
+                score.append(verdict[1])
+                threshold.append(verdict[2])
+                direction.append(verdict[3])
+                evidence.append(flat_evidence_json(verdict[4]))
+        return SeriesVerdicts(pa.array(status, pa.string()), pa.array(score, pa.float64()),
+                              pa.array(threshold, pa.float64()), pa.array(direction, pa.string()),
+                              pa.array(evidence, pa.string()))
+
+    def _judge(self, value: float) -> tuple[str, float | None, float | None, str | None, dict[str, Any]]:
+        """The fields of the value's Verdict (status, score, threshold, direction, evidence), then
+        the model learns from it."""
+        if value != value:
+            return Status.MISSING, None, None, None, {}
         if self.model is None:
             return self._calibrate(value)
         offset = self._offset()
         evidence, probabilities = self._evidence(value, offset)
         code = self.model.step(value)
         direction = self.model.last_direction if code != NORMAL else None
-        concerned = direction or min(probabilities, key=lambda d: probabilities[d])
-        evidence["probability"] = probabilities[concerned]
-        return Verdict(
-            status=_STATUS[code],
-            score=_score(probabilities[concerned]),
-            threshold=evidence[f"{concerned}_anomaly_threshold"],
-            direction=direction,
-            evidence=evidence,
-        )
+        concerned = direction or min(probabilities, key=probabilities.__getitem__)
+        probability = evidence["probability"] = probabilities[concerned]
+        return (_STATUS[code], _score(probability), evidence[_TAIL_KEYS[concerned][1]], direction,
+                evidence)
 
-    def _calibrate(self, value: float) -> Verdict:
+    def _calibrate(self, value: float) -> tuple[str, None, None, None, dict[str, Any]]:
         if math.isfinite(value):
             self.calibration.append(value)
             if len(self.calibration) >= self.n_init:
                 self._try_fit()
-        return Verdict(Status.CALIBRATING, evidence={"value": value, "calibration": len(self.calibration)})
+        return Status.CALIBRATING, None, None, None, {"value": value, "calibration": len(self.calibration)}
 
     def _evidence(self, value: float, offset: float) -> tuple[dict[str, Any], dict[str, float]]:
         """The model the value is judged by (before it learns from it)."""
         evidence: dict[str, Any] = {"value": value}
         probabilities = {}
         for direction, spot in self.model.tails():
-            evidence[f"{direction}_excess_threshold"] = spot.excess_threshold + offset
-            evidence[f"{direction}_anomaly_threshold"] = spot.anomaly_threshold + offset
-            evidence[f"{direction}_gamma"] = spot.gamma
-            evidence[f"{direction}_sigma"] = spot.sigma
-            evidence[f"{direction}_n"] = spot.n
-            evidence[f"{direction}_Nt"] = spot.Nt
+            excess, anomaly, gamma, sigma, n, nt = _TAIL_KEYS[direction]
+            evidence[excess] = spot.excess_threshold + offset
+            evidence[anomaly] = spot.anomaly_threshold + offset
+            evidence[gamma] = spot.gamma
+            evidence[sigma] = spot.sigma
+            evidence[n] = spot.n
+            evidence[nt] = spot.Nt
             probabilities[direction] = tail_probability(spot, value, offset)
         return evidence, probabilities
 
