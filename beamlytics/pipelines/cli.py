@@ -28,6 +28,7 @@ from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.registry import DETECTORS
 from beamlytics.detectors.verdict import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS, VerdictSettings
 from beamlytics.features import WINDOWINGS
+from beamlytics.hunts import detect_hunts
 from beamlytics.hunts.allow import AllowList, AllowListError
 from beamlytics.live import options as live_options
 from beamlytics.parsers.formats import FORMATS, tables_of
@@ -179,6 +180,10 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
     parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
                         "optionally with a feature name; their alarms are scored, counted, not reported")
+    parser.add_argument("--hunts", default="all", metavar="HUNTS",
+                        help="hunts whose findings over a UTC day are evidence in the verdicts: all (default: "
+                        "beacon,long,strobe,scan on named_flows, dns_tunnel on dns, none on http), none, or a "
+                        "comma-separated list; a finding at score 0.5 alarms its windows (docs/hunts.md)")
     parser.add_argument("--query", metavar="SQL", help="row-by-row SQL over the records first, the table named "
                         "netlytics, e.g. \"SELECT * FROM netlytics WHERE proto = 'tcp'\" (docs/analytics.md)")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
@@ -412,6 +417,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     try:
         allow = AllowList.read(args.allow) if args.allow else AllowList()
         verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
+        hunts = detect_hunts(args.hunts, args.table)
     except (AllowListError, ValueError) as error:
         raise UsageError(str(error)) from None
     if args.query:
@@ -422,7 +428,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         except QueryError as error:
             raise UsageError(f"--query: {error}") from None
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict,
-                              args.query)
+                              args.query, hunts)
     with outputs.open_output(args.output, "detect", args.overwrite,
                              [*args.inputs, *filter(None, [args.baseline, args.allow])],
                              read.inputs) as staging:

@@ -17,9 +17,12 @@ from beamlytics.detectors.base import Status
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
 from beamlytics.features import WindowSpec
+from beamlytics.hunts.config import HuntConfig
+from beamlytics.hunts.marks import finding_marks
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import Rejected
+from beamlytics.transforms.hunt import HuntFindings
 from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import COUNTS_TAG, REPORTED_TAG, VERDICTS_TAG, JudgeWindows, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
@@ -52,6 +55,7 @@ class DetectSettings:
     shards: int = 1
     verdict: VerdictSettings = VerdictSettings()
     query: str | None = None  # row-by-row SQL over the records first (table `netlytics`), as NetLytics' --query
+    hunts: frozenset = frozenset()  # hunts whose findings are evidence in the verdicts (batch only)
 
 
 def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> formats.Plan:
@@ -94,7 +98,8 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
         counts.append(calibration[REJECTED_TAG]
                       | "CountBaselineRejected" >> beam.Map(lambda _: ("baseline_rejected", 1)))
     scores = to_score | "Score" >> ScoreEndpoints(settings.detector, settings.train_until_us)
-    judged = scores | "Verdicts" >> JudgeWindows(settings.verdict, settings.detector.features, windows)
+    judged = scores | "Verdicts" >> JudgeWindows(settings.verdict, settings.detector.features, windows,
+                                                 _hunt_marks(records, settings))
     found = judged[REPORTED_TAG]
 
     shards = settings.shards
@@ -114,12 +119,25 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "skipped": reader.plan.skipped, "alarm_rate": settings.verdict.alarm_rate,
-             "min_records": settings.verdict.min_records, "allow_entries": len(settings.verdict.allow.entries)}
+             "min_records": settings.verdict.min_records, "allow_entries": len(settings.verdict.allow.entries),
+             "hunts": sorted(settings.hunts)}
     _write_rejected_and_summary(read, output, extra, counts,
                                 ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected",
-                                 "verdicts", "alarms", "allowed", *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
+                                 "verdicts", "alarms", "allowed", "hunt_alarms",
+                                 *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
                                 rejected)
     return reader.plan
+
+
+def _hunt_marks(records, settings: DetectSettings):
+    """(key, window start, Mark) of every endpoint-window holding a hunt finding's records; None without hunts.
+
+    The hunts run with their documented defaults (a UTC-day horizon) and the run's allow-list."""
+    if not settings.hunts:
+        return None
+    found = records | "Hunts" >> HuntFindings(settings.spec.table, settings.hunts, HuntConfig(),
+                                              settings.verdict.allow)
+    return records | "HuntMarks" >> beam.FlatMap(finding_marks, settings.spec, beam.pvalue.AsList(found["findings"]))
 
 
 def _tallied(elements, name: str, to_counts):

@@ -31,6 +31,7 @@ from beamlytics import features, schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, score_table
 from beamlytics.detectors.population import CAPACITY, Population, merge_pool_maps, pools_of
 from beamlytics.detectors.verdict import VerdictSettings, judge
+from beamlytics.hunts.marks import strongest
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
@@ -198,8 +199,8 @@ class PoolPopulation(beam.CombineFn):
 VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG = "verdicts", "reported", "counts"
 
 
-def judge_scores(scores: pa.Table, population: Population, settings: VerdictSettings):
-    verdicts, reported, counts = judge(scores, population, settings)
+def judge_scores(scores: pa.Table, population: Population, settings: VerdictSettings, marks=()):
+    verdicts, reported, counts = judge(scores, population, settings, strongest(marks))
     yield beam.pvalue.TaggedOutput(VERDICTS_TAG, verdicts)
     yield beam.pvalue.TaggedOutput(REPORTED_TAG, reported)
     for name, count in sorted(counts.items()):
@@ -211,7 +212,8 @@ class JudgeWindows(beam.PTransform):
     """Score tables → ranked verdicts, the reported anomaly rows and (name, count) pairs for the summary.
 
     Batch: the population of every endpoint-window of `windows` is pooled in one global combine and
-    reaches the judges as a side input. With `windows` None (the streaming scorer, whose global
+    reaches the judges as a side input, as do `marks`, the hunts' (key, window start, `Mark`) triples
+    when hunts run (`beamlytics.hunts.marks`). With `windows` None (the streaming scorer, whose global
     combine would never fire on unbounded input) there is no population: windows whose own detector
     still calibrates are unjudged (`no_model`), a documented limitation.
     """
@@ -219,15 +221,18 @@ class JudgeWindows(beam.PTransform):
     settings: VerdictSettings
     feature_names: tuple[str, ...]
     windows: Any = None
+    marks: Any = None
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, scores):
+        marks = beam.pvalue.AsList(self.marks if self.marks is not None else
+                                   scores.pipeline | "NoHunts" >> beam.Create([]))
         if self.windows is None:
             population = beam.pvalue.AsSingleton(scores.pipeline | "NoPopulation" >> beam.Create([Population({})]))
         else:
             population = beam.pvalue.AsSingleton(
                 self.windows | "Population" >> beam.CombineGlobally(PoolPopulation(self.feature_names)))
-        return scores | "Judge" >> beam.FlatMap(judge_scores, population, self.settings).with_outputs(
+        return scores | "Judge" >> beam.FlatMap(judge_scores, population, self.settings, marks).with_outputs(
             VERDICTS_TAG, REPORTED_TAG, COUNTS_TAG)
