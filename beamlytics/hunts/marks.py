@@ -60,16 +60,9 @@ def _record_columns(batch: pa.RecordBatch, spec) -> pa.Table | None:
     return pa.table(columns)
 
 
-def _findings_on(findings: Sequence[Mapping], hunts: Sequence[str], keys: Sequence[str]) -> pa.Table:
-    rows = [finding for finding in findings if finding["hunt"] in hunts]
-    columns = {name: [row[name] for row in rows] for name in (*keys, "hunt", "score", "summary")}
-    columns["horizon_start"] = pa.array([row["horizon_start"] for row in rows], pa.int64())
-    columns["horizon_end"] = pa.array([row["horizon_end"] for row in rows], pa.int64())
-    if "port" in columns:
-        columns["port"] = pa.array(columns["port"], pa.int32())
-    return pa.table({name: columns[name] if isinstance(columns[name], pa.Array) else
-                     pa.array(columns[name], pa.float64() if name == "score" else pa.string())
-                     for name in columns})
+def _joined(columns: Sequence[pa.Array]) -> pa.Array:
+    """One string per row of the key columns, to match records and findings on (null where a part is)."""
+    return pc.binary_join_element_wise(*(pc.cast(column, pa.string()) for column in columns), "\x1f")
 
 
 def finding_marks(batch: pa.RecordBatch, spec, findings: Sequence[Mapping]) -> list[tuple[str, int, Mark]]:
@@ -88,14 +81,24 @@ def finding_marks(batch: pa.RecordBatch, spec, findings: Sequence[Mapping]) -> l
                    (("src", "proto", "port"), ("src", "proto", "port"), ("horizontal_scan",))]
     found = []
     for record_keys, finding_keys, hunts in matches:
-        wanted = _findings_on(findings, hunts, finding_keys)
-        if wanted.num_rows == 0:
+        # Findings are few, records many: an Arrow membership test first, Python only for the matching rows.
+        wanted: dict[str, list[tuple[int, int, Mark]]] = {}
+        for row in findings:
+            if row["hunt"] in hunts and all(row[name] is not None for name in finding_keys):
+                joined = "\x1f".join(str(row[name]) for name in finding_keys)
+                wanted.setdefault(joined, []).append((row["horizon_start"], row["horizon_end"],
+                                                      Mark(row["hunt"], row["score"], row["summary"])))
+        if not wanted:
             continue
-        joined = records.join(wanted, list(record_keys), list(finding_keys), join_type="inner", use_threads=False)
-        inside = pc.and_(pc.greater_equal(joined["time"], joined["horizon_start"]),
-                         pc.less(joined["time"], joined["horizon_end"]))
-        joined = joined.filter(inside)
-        found.extend(zip(joined["key"].to_pylist(), joined["window_start"].to_pylist(),
-                         map(Mark, joined["hunt"].to_pylist(), joined["score"].to_pylist(),
-                             joined["summary"].to_pylist())))
+        record_key = _joined([records[name] for name in record_keys])
+        rows = np.flatnonzero(pc.fill_null(pc.is_in(record_key, pa.array(sorted(wanted), pa.string())),
+                                           False).to_numpy(zero_copy_only=False))
+        if rows.size == 0:
+            continue
+        picked = pa.array(rows)
+        for joined, key, start, time in zip(record_key.take(picked).to_pylist(),
+                                            records["key"].take(picked).to_pylist(),
+                                            records["window_start"].take(picked).to_pylist(),
+                                            records["time"].take(picked).to_pylist()):
+            found.extend((key, start, mark) for first, last, mark in wanted[joined] if first <= time < last)
     return [(key, start, mark) for (key, start), mark in sorted(strongest(found).items())]
