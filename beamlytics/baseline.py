@@ -65,6 +65,8 @@ def _problem(row: dict, spec: WindowSpec) -> str | None:
         return "records missing or negative"
     for name in features.FEATURES[spec.table]:
         value = row[name]
+        if name in features.UNKNOWABLE_FEATURES and isinstance(value, float) and math.isnan(value):
+            continue
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return f"feature {name} missing, NaN or infinite"
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +62,8 @@ DEFAULT_FEATURES = {
     "named_flows": ("records", "distinct_peers", "distinct_ports", "failed_ratio", "c_bytes", "active_seconds"),
 }
 
+# Features that are NaN where a window's records cannot tell (no flow carried a state): unknown, not 0.
+UNKNOWABLE_FEATURES = frozenset({"failed_ratio"})
 # ICMP over IPv4 and IPv6 as the parsers name it (pcap flows, Zeek conn, Tstat).
 ICMP_PROTOCOLS = ("icmp", "icmpv6")
 # Query types that carry the most payload per answer, or ask for everything: tunnels and amplification.
@@ -388,7 +391,8 @@ def _table_measures(table: str, batch: pa.RecordBatch, names: tuple[pa.Array, pa
     else:
         durations = flow_durations(batch)
         sums = {name: batch.column(name) for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes")}
-        sums.update(failed=_flag(failed_attempts(batch)), timed=_flag(pc.is_valid(durations)), duration_us=durations,
+        failed = failed_attempts(batch)
+        sums.update(failed=_flag(failed), stated=_flag(pc.is_valid(failed)), timed=_flag(pc.is_valid(durations)), duration_us=durations,
                     icmp=_flag(pc.is_in(batch.column("proto"), pa.array(ICMP_PROTOCOLS))))
         maxima = {"duration_us": durations}
     return sums, maxima
@@ -511,7 +515,8 @@ def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
         for name in ("c_pkt", "s_pkt", "c_bytes", "s_bytes"):
             values[name] = measured(f"sum_{name}")
         values.update(
-            failed_ratio=share("sum_failed"), mean_duration=share("sum_duration_us", "sum_timed") / 1e6,
+            failed_ratio=known_share(measured("sum_failed"), measured("sum_stated")),
+            mean_duration=share("sum_duration_us", "sum_timed") / 1e6,
             max_duration=measured("max_duration_us") / 1e6, active_flows=measured("sum_active"),
             active_seconds=measured("sum_active_us") / 1e6, icmp_ratio=share("sum_icmp"))
 
@@ -530,6 +535,11 @@ def window_table(part: WindowPartials, spec: WindowSpec) -> pa.Table:
     }
     return pa.Table.from_arrays([pa.chunked_array(_chunks(columns[field.name]), field.type) for field in schema],
                                 schema=schema)
+
+
+def known_share(numerator: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """numerator / known, NaN where no record of the window was known either way: unknown is not 0."""
+    return np.divide(numerator, known, out=np.full(len(known), math.nan), where=known > 0)
 
 
 def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:

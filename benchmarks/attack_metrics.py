@@ -1,9 +1,9 @@
 """Per-case detection metrics from a `detect` run's outputs: plain pandas, no Beam.
 
-The one place that reads how a run ranks its endpoint-windows is `window_scores`: today the
-best `score` among a key-window's `anomalies/` rows (one row per feature that fired); a run
-whose `anomalies/` holds one ranked verdict per key-window gives the same frame, its single
-row's score being the best.
+How a run ranks its endpoint-windows is read from `verdicts/` (one ranked verdict per
+key-window) by `rejudged`, which also re-judges them at another alarm rate exactly: a
+verdict's `p_value` and `hunt_score` do not depend on the rate, only its status and score do
+(`beamlytics.detectors.verdict`).
 """
 from __future__ import annotations
 
@@ -13,16 +13,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from beamlytics.hunts.config import HuntConfig
+
 WINDOW = ["key", "window_start"]
 
 
-def window_scores(anomalies: pd.DataFrame) -> pd.DataFrame:
-    """One row per alarmed (key, window_start) with its best score (inf sorts first, NaN counts as -inf)."""
-    if anomalies.empty:
+def rejudged(verdicts: pd.DataFrame, alarm_rate: float, hunt_alarm: float = HuntConfig.alarm) -> pd.DataFrame:
+    """The alarmed (key, window_start) of `verdicts/` rows at `alarm_rate`, with their scores there: alarm when
+    p_value ≤ the rate or hunt_score ≥ the hunts' alarm level; score max(−log10 p, −log10(rate) · hunt / level)."""
+    if verdicts.empty:
         return pd.DataFrame({"key": [], "window_start": [], "score": []})
-    scores = anomalies[[*WINDOW, "score"]].copy()
-    scores["score"] = scores["score"].astype(float).fillna(-math.inf)
-    return scores.groupby(WINDOW, as_index=False)["score"].max()
+    p = verdicts["p_value"].astype(float).to_numpy()
+    hunt = verdicts["hunt_score"].astype(float).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alarm = (p <= alarm_rate) | (hunt >= hunt_alarm)
+        score = np.fmax(-np.log10(np.maximum(p, 5e-324)), -math.log10(alarm_rate) * hunt / hunt_alarm)
+    alarmed = verdicts.loc[alarm & ~verdicts["allowed"].astype(bool).to_numpy(), WINDOW].copy()
+    alarmed["score"] = score[alarm & ~verdicts["allowed"].astype(bool).to_numpy()]
+    return alarmed.reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ def attacker_windows(features: pd.DataFrame, attacker: str, start: pd.Timestamp,
 def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFrame, attacker: str,
                 start: pd.Timestamp, end: pd.Timestamp) -> CaseResult:
     """Metrics of one run: `features` every endpoint-window, `alarms` the alarmed ones with scores
-    (as `window_scores` gives), `ranked` the scored windows hosts are ranked by."""
+    (as `rejudged` gives), `ranked` the scored windows hosts are ranked by."""
     attack = attacker_windows(features, attacker, start, end)
     is_attack = _member(features, attack)
     is_alarm = _member(features, alarms)

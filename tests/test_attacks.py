@@ -113,11 +113,18 @@ def _windows(rows: list[tuple[str, int]]) -> pd.DataFrame:
                          "window_end": [start + pd.Timedelta(minutes=1) for start in starts]})
 
 
-def test_window_scores_keep_the_best_feature_per_window():
-    rows = _windows([("a", 0), ("a", 0), ("a", 1), ("b", 0)])
-    rows["score"] = [2.0, 5.0, math.nan, math.inf]
-    best = attack_metrics.window_scores(rows)
-    assert best["score"].tolist() == [5.0, -math.inf, math.inf]
+def test_rejudged_verdicts_at_other_alarm_rates_by_hand():
+    verdicts = _windows([("a", 0), ("b", 0), ("c", 0), ("d", 0), ("e", 0)])
+    verdicts["p_value"] = [0.0005, 0.003, math.nan, 0.5, 0.0001]  # c: unjudged
+    verdicts["hunt_score"] = [math.nan, math.nan, 0.5, 0.25, math.nan]
+    verdicts["allowed"] = [False, False, False, False, True]  # e: the allow-list's
+    strict = attack_metrics.rejudged(verdicts, 0.001)
+    # a by p; c by its hunt (0.5: the alarm level, scored on the threshold, 3); b over the rate; d's hunt too weak.
+    assert strict["key"].tolist() == ["a", "c"] and strict["score"].tolist() == pytest.approx([3.30103, 3.0], 1e-5)
+    loose = attack_metrics.rejudged(verdicts, 0.01)
+    # At 0.01 b alarms too; the hunt level moves with the threshold: c at 2, d (0.25) at 1 (not an alarm).
+    assert loose["key"].tolist() == ["a", "b", "c"] and loose["score"].tolist() == pytest.approx([3.30103, 2.52288, 2.0],
+                                                                                                 1e-5)
 
 
 def test_case_result_hand_worked():

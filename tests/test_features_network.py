@@ -31,6 +31,12 @@ def batch_of(schema: pa.Schema, rows: list[dict]) -> pa.RecordBatch:
     return schemas.batch_from_columns(schema, columns, len(rows))
 
 
+def assert_same_windows(left: pa.Table, right: pa.Table) -> None:
+    """Equal tables of endpoint-windows, NaN (an unknown failed ratio) equal to NaN."""
+    assert left.schema.equals(right.schema)
+    pd.testing.assert_frame_equal(left.to_pandas(), right.to_pandas(), check_exact=True)
+
+
 def by_window(table: pa.Table) -> dict[tuple[str, int], dict]:
     rows = {}
     for window in features.endpoint_windows(table):
@@ -99,6 +105,29 @@ def test_resets_and_flows_without_a_state_fail_only_when_the_server_stayed_silen
     assert window["failed_ratio"] == pytest.approx(3 / 5)
 
 
+def test_flows_with_no_state_and_no_server_packets_are_unknown_not_failed():
+    # Like Zeek ssl.log connections: neither conn_state nor packet counts.
+    unknown = [flow(0, 0, None, "192.0.2.1", 443), flow(1, 1, None, "192.0.2.2", 443)]
+    known = [flow(2, 2, "S0", "192.0.2.3", 22), flow(3, 3, "SF", "192.0.2.4", 22), flow(4, 4, "REJ", "192.0.2.5", 23)]
+    windows = by_window(features.window_features(
+        [batch_of(schemas.NAMED_FLOWS, unknown), batch_of(schemas.NAMED_FLOWS, [{**row, "c_ip": "10.0.0.2"}
+                                                                              for row in unknown + known])],
+        WindowSpec("named_flows", "c_ip")))
+    # 10.0.0.1: nothing known -> NaN (was 1.0: every unknown counted failed).
+    assert np.isnan(windows[("10.0.0.1", 0)]["failed_ratio"])
+    # 10.0.0.2: S0 and REJ failed, SF did not; the two unknown flows count in neither: 2 / 3, not 4 / 5.
+    assert windows[("10.0.0.2", 0)]["failed_ratio"] == pytest.approx(2 / 3)
+    assert windows[("10.0.0.2", 0)]["records"] == 5
+
+
+def test_a_baseline_window_with_an_unknown_failed_ratio_still_calibrates():
+    spec = WindowSpec("named_flows")
+    written = features.window_features([batch_of(schemas.NAMED_FLOWS, [flow(0, 0, None, "192.0.2.1", 443)])],
+                                       spec).drop_columns(["train"])
+    [window] = baseline.baseline_windows(written, spec, "base.parquet")
+    assert not isinstance(window, Rejected) and np.isnan(window.features["failed_ratio"])
+
+
 def test_a_long_connection_is_active_in_every_window_it_spans():
     windows = by_window(features.window_features([batch_of(schemas.NAMED_FLOWS, HAND_FLOWS)],
                                                  WindowSpec("named_flows", "c_ip")))
@@ -106,7 +135,8 @@ def test_a_long_connection_is_active_in_every_window_it_spans():
     for index, seconds in ((1, 60), (2, 50)):
         later = windows[("10.0.0.1", index)]
         # No flow starts there, so no records and no ratios; the open flow is counted and its time apportioned.
-        assert later["records"] == 0 and later["failed_ratio"] == 0 and later["c_bytes"] == 0
+        # No flow starts there, so no state is known: the failed ratio is unknown, not 0.
+        assert later["records"] == 0 and np.isnan(later["failed_ratio"]) and later["c_bytes"] == 0
         assert later["active_flows"] == 1
         assert later["active_seconds"] == pytest.approx(seconds)
     assert sum(window["active_seconds"] for window in windows.values()) == pytest.approx(10 + 150 + 1)
@@ -132,7 +162,7 @@ def test_long_spans_are_expanded_in_bounded_chunks(monkeypatch):
     batch = batch_of(schemas.NAMED_FLOWS, HAND_FLOWS)
     whole = features.window_features([batch], WindowSpec("named_flows"))
     monkeypatch.setattr(features, "_SPAN_CHUNK", 2)
-    assert features.window_features([batch], WindowSpec("named_flows")).equals(whole)
+    assert_same_windows(features.window_features([batch], WindowSpec("named_flows")), whole)
 
 
 def query(name: str, qtype: str = "A", rcode: str | None = "NOERROR", ttls: list[int] | None = None,
@@ -276,8 +306,8 @@ def test_features_are_the_same_however_records_are_batched_and_ordered(table):
     # Merge partials in a tree of a different shape than a left fold.
     parts = [features.partial_windows(batch, spec) for batch in pieces]
     halves = [features.merge_partials(parts[:5]), features.merge_partials(parts[5:])]
-    assert features.window_table(features.merge_partials(halves[::-1]), spec).equals(whole)
-    assert features.window_features(pieces, spec).equals(whole)
+    assert_same_windows(features.window_table(features.merge_partials(halves[::-1]), spec), whole)
+    assert_same_windows(features.window_features(pieces, spec), whole)
 
 
 @pytest.mark.parametrize("windowing", ["key", "beam"])
@@ -285,7 +315,7 @@ def test_long_flows_span_windows_the_same_in_a_pipeline(windowing):
     rows = random_rows("named_flows", seed=3, count=600)
     spec = WindowSpec("named_flows", "c_ip")
     batches = [batch_of(schemas.NAMED_FLOWS, rows[start:start + 150]) for start in range(0, len(rows), 150)]
-    assert run_windows(batches, spec, windowing).equals(features.window_features(batches, spec))
+    assert_same_windows(run_windows(batches, spec, windowing), features.window_features(batches, spec))
 
 
 # ------------------------------------------------------------------ real logs, against the tools' own fields
@@ -408,11 +438,12 @@ def test_a_baseline_holds_the_new_features_and_rejects_what_cannot_calibrate():
     assert [window.features["active_seconds"] for window in loaded] == pytest.approx([51, 60, 50])
     assert all(window.train for window in loaded)
 
-    broken = written.set_column(written.schema.get_field_index("failed_ratio"), "failed_ratio",
+    # failed_ratio may be unknown (NaN: tested above); a NaN byte count cannot calibrate.
+    broken = written.set_column(written.schema.get_field_index("c_bytes"), "c_bytes",
                                 pa.array([0.4, float("nan"), 0.0]))
     items = list(baseline.baseline_windows(broken, spec, "base.parquet"))
     [rejected] = [item for item in items if isinstance(item, Rejected)]
-    assert (rejected.position, rejected.reason) == (2, "feature failed_ratio missing, NaN or infinite")
+    assert (rejected.position, rejected.reason) == (2, "feature c_bytes missing, NaN or infinite")
     assert len(items) == 3
 
     [older] = baseline.baseline_windows(written.drop_columns(["active_flows", "active_seconds"]), spec, "old.parquet")

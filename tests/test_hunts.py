@@ -265,9 +265,10 @@ def test_failed_attempts_from_conn_state_or_packet_counts():
             flow("a", "b", DAY, state=None, c_pkt=1, s_pkt=1),  # SYN, RST back: no handshake
             flow("a", "b", DAY, state=None, c_pkt=8, s_pkt=7),  # a conversation
             flow("a", "b", DAY, state=None, proto="udp", c_pkt=1, s_pkt=0),  # never answered
-            flow("a", "b", DAY, state=None, proto="udp", c_pkt=1, s_pkt=1)]
+            flow("a", "b", DAY, state=None, proto="udp", c_pkt=1, s_pkt=1),
+            flow("a", "b", DAY, state=None, c_pkt=None, s_pkt=None)]  # no state, no packet counts (ssl.log): unknown
     table = pa.Table.from_batches([flows(rows)])
-    assert failed_attempts(table).to_pylist() == [True, False, True, False, True, False, True, False]
+    assert failed_attempts(table).to_pylist() == [True, False, True, False, True, False, True, False, None]
 
 
 def test_cap_bounds_lists_and_marks_the_key(generated):

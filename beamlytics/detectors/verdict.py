@@ -14,6 +14,15 @@ features, and its score −log10 of it: finite (p is floored at the smallest flo
 across tables, keys and detectors, and monotone (no feature's p can fall without the score
 rising or staying). The window alarms when p ≤ the alarm rate: under benign traffic whose
 population the tails describe, at most that share of judged windows.
+
+Hunt findings (`beamlytics.hunts.marks`: beacons, long connections, strobes, scans, DNS tunnels
+over the run's horizon, with RITA's and Zeek's documented thresholds) are a second, rule-based
+test a hunter trusts as it is. A finding over the window's records alarms when its score reaches
+the hunts' alarm level (0.5, RITA's "low"), whatever p is, and whatever the window's record count:
+a rule judges the key over the horizon, not the window. It enters the score on the same scale,
+linearly anchored so that the alarm level sits on the alarm threshold: level = −log10(alarm rate) ·
+hunt score / alarm level; the window's score is max(−log10 p, level), so status alarm ⇔ score ≥
+−log10(alarm rate). The verdict names the hunt and its sentence; `p_value` stays the statistical p.
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ from beamlytics import schemas
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.population import Population
 from beamlytics.hunts.allow import AllowList
+from beamlytics.hunts.config import HuntConfig
+from beamlytics.hunts.marks import Mark
 
 DEFAULT_ALARM_RATE = 1e-3
 DEFAULT_MIN_RECORDS = 3
@@ -48,6 +59,7 @@ class VerdictSettings:
     alarm_rate: float = DEFAULT_ALARM_RATE
     min_records: int = DEFAULT_MIN_RECORDS
     allow: AllowList = AllowList()
+    hunt_alarm: float = HuntConfig.alarm  # a hunt finding's score at which its windows alarm
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alarm_rate < 1.0:
@@ -67,6 +79,11 @@ def combined_p(probabilities: np.ndarray) -> float:
 def score_of(p: float) -> float:
     """−log10 p, floored so that it stays finite: 0 for p = 1, ≈ 323.3 for p = 0."""
     return -math.log10(max(p, _SMALLEST))
+
+
+def hunt_levels(hunt_scores: np.ndarray, settings: VerdictSettings) -> np.ndarray:
+    """Hunt scores on the verdict's −log10 scale: the alarm level lands on −log10(alarm rate); NaN stays NaN."""
+    return score_of(settings.alarm_rate) * hunt_scores / settings.hunt_alarm
 
 
 def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.ndarray, list[str | None]]:
@@ -103,16 +120,19 @@ def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.
     return p, source
 
 
-def judge(scores: pa.Table, population: Population, settings: VerdictSettings) -> tuple[pa.Table, pa.Table, dict]:
+def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
+          marks: Mapping[tuple[str, int], Mark] | None = None) -> tuple[pa.Table, pa.Table, dict]:
     """Score rows (`schemas.ANOMALIES`) → (verdicts, the fired features' rows of reported alarms, counts).
 
     Every window in `scores` gets a verdict; one with fewer than `min_records` records, or with
-    no feature anyone can judge, is `unjudged` with the reason. An alarm whose endpoint, or
+    no feature anyone can judge, is `unjudged` with the reason, unless a hunt finding (`marks`, by
+    (key, window start µs)) at the alarm level covers it. An alarm whose endpoint, or
     (endpoint, feature) pair, the allow-list names is still a verdict (`allowed` true) but its
     rows do not go to anomalies. Verdicts come in the order of each window's first score row.
     Columnar: Python runs once per population model and per alarm, not per row.
     """
-    counts = {"verdicts": 0, "alarms": 0, "allowed": 0, **{f"unjudged_{reason}": 0 for reason in UNJUDGED_REASONS}}
+    counts = {"verdicts": 0, "alarms": 0, "allowed": 0, "hunt_alarms": 0,
+              **{f"unjudged_{reason}": 0 for reason in UNJUDGED_REASONS}}
     if scores.num_rows == 0:
         return schemas.VERDICTS.empty_table(), schemas.ANOMALIES.empty_table(), counts
     p, source = feature_probabilities(scores, population)
@@ -131,16 +151,23 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings) -
     windows = len(starts)
     per_row = np.repeat(np.arange(windows), np.diff(offsets))
     fired = is_judged[per_row] & finite & (judged[per_row] * p_sorted <= settings.alarm_rate)
-    status = np.where(~is_judged, UNJUDGED, np.where(combined <= settings.alarm_rate, ALARM, NORMAL))
     feature = scores.column("feature").take(pa.array(order)).combine_chunks()
     keys = scores.column("key").take(pa.array(first)).to_pylist()
+    window_marks = _window_marks(marks or {}, keys, scores.column("window_start").take(pa.array(first)))
+    hunt_scores = np.array([math.nan if mark is None else mark.score for mark in window_marks])
+    hunt_alarm = hunt_scores >= settings.hunt_alarm  # NaN: no finding, no alarm
+    status = np.where(hunt_alarm | (is_judged & (combined <= settings.alarm_rate)), ALARM,
+                      np.where(is_judged, NORMAL, UNJUDGED))
+    reasons = np.where(status == UNJUDGED, reasons, None)
+    statistical = np.array([score_of(p) if judged_ok and math.isfinite(p) else math.nan
+                            for p, judged_ok in zip(combined.tolist(), is_judged.tolist())])
+    scored = np.fmax(statistical, hunt_levels(hunt_scores, settings))
     allowed = np.zeros(windows, dtype=bool)
     features_in_order = feature.to_pylist()
     for window in np.flatnonzero(status == ALARM):
         allowed[window] = any(settings.allow.suppresses_endpoint(keys[window], features_in_order[i])
                               for i in range(offsets[window], offsets[window + 1]) if fired[i])
     expected, limits = _population_columns(scores, order, judged[per_row], source, population, settings.alarm_rate)
-    scored = [score_of(value) for value in combined.tolist()]
     verdicts = pa.table({
         **{name: scores.column(name).take(pa.array(first)) for name in ("table", "key_kind", "key", "window_start",
                                                                         "window_end", "records", "detector")},
@@ -148,7 +175,7 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings) -
         "reason": pa.array(reasons.tolist(), pa.string()),
         "allowed": pa.array(allowed),
         "p_value": pa.array(combined, mask=~is_judged | np.isnan(combined)),
-        "score": pa.array(scored, pa.float64(), mask=~is_judged | np.isnan(combined)),
+        "score": pa.array(scored, pa.float64(), mask=(status == UNJUDGED) | np.isnan(scored)),
         "features_fired": pa.ListArray.from_arrays(
             pa.array(np.r_[0, np.cumsum(np.add.reduceat(fired.astype(np.int64), starts))].astype(np.int32)),
             feature.filter(pa.array(fired))),
@@ -157,15 +184,26 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings) -
             expected, limits, pa.array(p_sorted, mask=~finite),
             pa.array([source[i] for i in order.tolist()], pa.string())],
             fields=list(schemas.VERDICTS.field("evidence").type.value_type))),
+        "hunt": pa.array([None if mark is None else mark.hunt for mark in window_marks], pa.string()),
+        "hunt_score": pa.array(hunt_scores, mask=np.isnan(hunt_scores)),
+        "hunt_evidence": pa.array([None if mark is None else mark.summary for mark in window_marks], pa.string()),
     })
     counts["verdicts"] = windows
     for reason in UNJUDGED_REASONS:
         counts[f"unjudged_{reason}"] = int((reasons == reason).sum())
     alarms = status == ALARM
     counts["allowed"], counts["alarms"] = int((alarms & allowed).sum()), int((alarms & ~allowed).sum())
+    counts["hunt_alarms"] = int((hunt_alarm & ~allowed).sum())
     reported = _reported_rows(scores, population, p, source, group, judged, limits, order, fired,
                               np.flatnonzero(alarms & ~allowed), offsets)
     return verdicts.cast(schemas.VERDICTS), reported, counts
+
+
+def _window_marks(marks: Mapping[tuple[str, int], Mark], keys: list, starts: pa.ChunkedArray) -> list[Mark | None]:
+    if not marks:
+        return [None] * len(keys)
+    micros = pc.cast(starts, pa.int64()).to_pylist()
+    return [marks.get((key, start)) for key, start in zip(keys, micros)]
 
 
 def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,6 +37,16 @@ def check_hunts(table: str, hunts: Sequence[str]) -> frozenset:
     return frozenset(hunts)
 
 
+def detect_hunts(text: str, table: str) -> frozenset:
+    """`detect --hunts`: all (every hunt of `table`, none for http), none, or a comma-separated list."""
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    if words == ["all"]:
+        return frozenset(HUNTS_OF_TABLE.get(table, ()))
+    if words == ["none"]:
+        return frozenset()
+    return check_hunts(table, words)
+
+
 def families(hunts: Iterable[str]) -> tuple[Family, ...]:
     chosen: list[Family] = []
     for name in sorted(hunts):

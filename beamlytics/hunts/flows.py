@@ -31,12 +31,13 @@ def _timed_pairs(batch: pa.RecordBatch, config: HuntConfig) -> pa.Table:
 
 
 def failed_attempts(table: pa.Table) -> pa.Array:
-    """True for attempts that never became a working connection.
+    """True for attempts that never became a working connection, null where nothing says.
 
     Zeek's conn_state says so directly; a reset counts when the server sent at most one
     packet (its SYN-ACK). Flows built from captures carry no conn_state, and there an attempt
     failed when the server never answered, or, over TCP, answered with one packet at most
-    (a RST or a SYN-ACK, then nothing): no data ever came back.
+    (a RST or a SYN-ACK, then nothing): no data ever came back. A flow with neither a state
+    nor the server's packet count (a Zeek ssl.log connection, say) is unknown, not failed.
     """
     state = table["conn_state"]
     s_pkt = pc.fill_null(table["s_pkt"], 0)
@@ -45,7 +46,8 @@ def failed_attempts(table: pa.Table) -> pa.Array:
                       pc.and_(pc.is_in(state, pa.array(sorted(RESET_STATES))), server_silent))
     tcp = pc.equal(pc.fill_null(table["proto"], ""), "tcp")
     inferred = pc.or_(pc.equal(s_pkt, 0), pc.and_(tcp, server_silent))
-    return pc.if_else(pc.is_valid(state), by_state, inferred)
+    unknown = pa.nulls(len(state), pa.bool_())
+    return pc.if_else(pc.is_valid(state), by_state, pc.if_else(pc.is_valid(table["s_pkt"]), inferred, unknown))
 
 
 # ---------------------------------------------------------------- pairs: beacon, long, strobe

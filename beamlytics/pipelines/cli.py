@@ -203,6 +203,10 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
     parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
                         "optionally with a feature name; their alarms are scored, counted, not reported")
+    parser.add_argument("--hunts", default="all", metavar="HUNTS",
+                        help="hunts whose findings over a UTC day are evidence in the verdicts: all (default: "
+                        "beacon,long,strobe,scan on named_flows, dns_tunnel on dns, none on http), none, or a "
+                        "comma-separated list; a finding at score 0.5 alarms its windows (docs/hunts.md)")
     parser.add_argument("--query", metavar="SQL", help="row-by-row SQL over the records first, the table named "
                         "netlytics, e.g. \"SELECT * FROM netlytics WHERE proto = 'tcp'\" (docs/analytics.md)")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
@@ -435,6 +439,7 @@ def run_parse(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beamlytics import features
     from beamlytics.detectors.verdict import VerdictSettings
+    from beamlytics.hunts import detect_hunts
     from beamlytics.hunts.allow import AllowList, AllowListError
     from beamlytics.inputs import total_bytes
     from beamlytics.pipelines.detect import DetectSettings, baseline_files, build_detect
@@ -465,6 +470,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     try:
         allow = AllowList.read(args.allow) if args.allow else AllowList()
         verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
+        hunts = detect_hunts(args.hunts, args.table)
     except (AllowListError, ValueError) as error:
         raise UsageError(str(error)) from None
     if args.query:
@@ -475,7 +481,7 @@ def run_detect(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         except QueryError as error:
             raise UsageError(f"--query: {error}") from None
     settings = DetectSettings(read, spec, config, args.windowing, args.baseline, args.train_until, shards, verdict,
-                              args.query)
+                              args.query, hunts)
     with outputs.open_output(args.output, "detect", args.overwrite,
                              [*args.inputs, *filter(None, [args.baseline, args.allow])],
                              read.inputs) as staging:

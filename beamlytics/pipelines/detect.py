@@ -15,9 +15,12 @@ from beamlytics.analytics.sql import query_batch
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
 from beamlytics.features import WindowSpec
+from beamlytics.hunts.config import HuntConfig
+from beamlytics.hunts.marks import finding_marks
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import Rejected
+from beamlytics.transforms.hunt import HuntFindings
 from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import JudgeShards, ShardResult
 from beamlytics.transforms.windows import WindowFeatures, count_untimed
@@ -49,6 +52,7 @@ class DetectSettings:
     shards: int = 1
     verdict: VerdictSettings = VerdictSettings()
     query: str | None = None  # row-by-row SQL over the records first (table `netlytics`), as NetLytics' --query
+    hunts: frozenset = frozenset()  # hunts whose findings are evidence in the verdicts (batch only)
 
 
 def build_parse(pipeline: beam.Pipeline, settings: ReadSettings, output: str) -> formats.Plan:
@@ -81,7 +85,8 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
                       | "CountBaselineRejected" >> beam.Map(lambda _: ("baseline_rejected", 1)))
         calibration = calibration.windows
     results = windows | "Judge" >> JudgeShards(settings.detector, settings.verdict, settings.shards,
-                                                settings.train_until_us, calibration)
+                                                settings.train_until_us, calibration,
+                                                _hunt_marks(records, settings))
     shards = settings.shards
     folders = [  # in the order of `_write_results`' tables
         SortedFolder(f"{output}/scores", schemas.SCORES, SCORE_ORDER, shards, "key"),
@@ -98,12 +103,25 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     extra = {"table": spec.table, "key": spec.key, "window_seconds": spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "skipped": reader.plan.skipped, "alarm_rate": settings.verdict.alarm_rate,
-             "min_records": settings.verdict.min_records, "allow_entries": len(settings.verdict.allow.entries)}
+             "min_records": settings.verdict.min_records, "allow_entries": len(settings.verdict.allow.entries),
+             "hunts": sorted(settings.hunts)}
     _write_rejected_and_summary(read, output, extra, counts,
                                 ("windows", "anomalies", "untimed", "scores", "calibrating", "baseline_rejected",
-                                 "verdicts", "alarms", "allowed", *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
+                                 "verdicts", "alarms", "allowed", "hunt_alarms",
+                                 *(f"unjudged_{r}" for r in UNJUDGED_REASONS)),
                                 rejected)
     return reader.plan
+
+
+def _hunt_marks(records, settings: DetectSettings):
+    """(key, window start, Mark) of every endpoint-window holding a hunt finding's records; None without hunts.
+
+    The hunts run with their documented defaults (a UTC-day horizon) and the run's allow-list."""
+    if not settings.hunts:
+        return None
+    found = records | "Hunts" >> HuntFindings(settings.spec.table, settings.hunts, HuntConfig(),
+                                              settings.verdict.allow)
+    return records | "HuntMarks" >> beam.FlatMap(finding_marks, settings.spec, beam.pvalue.AsList(found["findings"]))
 
 
 def _write_results(result: ShardResult, folders: Sequence[SortedFolder]) -> list[str]:

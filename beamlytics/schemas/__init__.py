@@ -155,7 +155,8 @@ VERDICTS = pa.schema(
         pa.field("reason", pa.string()),  # why unjudged: too_few_records | no_model
         pa.field("allowed", pa.bool_(), nullable=False),  # an alarm the allow-list suppresses
         pa.field("p_value", pa.float64()),  # Bonferroni-corrected minimum of the features' tail probabilities
-        pa.field("score", pa.float64()),  # -log10(p_value): finite, larger is more anomalous
+        # max(-log10 p_value, the hunt finding's level): finite, larger is more anomalous (detectors.verdict)
+        pa.field("score", pa.float64()),
         pa.field("features_fired", pa.list_(pa.string()), nullable=False),  # most significant first
         pa.field("evidence", pa.list_(pa.struct([
             pa.field("feature", pa.string()),
@@ -166,6 +167,10 @@ VERDICTS = pa.schema(
             pa.field("p_value", pa.float64()),  # uncorrected
             pa.field("judged_by", pa.string()),  # population | own history
         ])), nullable=False),
+        # The strongest hunt finding over the window's records (beamlytics.hunts.marks), if any.
+        pa.field("hunt", pa.string()),  # beacon | long | strobe | vertical_scan | horizontal_scan | dns_tunnel
+        pa.field("hunt_score", pa.float64()),  # the finding's score in [0, 1]; at 0.5 (RITA "low") it alarms
+        pa.field("hunt_evidence", pa.string()),  # the finding's sentence
     ]
 )
 

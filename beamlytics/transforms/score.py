@@ -32,6 +32,7 @@ from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, Endpoint
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.population import CAPACITY, FeatureTail, Population, merge_pools, pools_of
 from beamlytics.detectors.verdict import VerdictSettings, judge
+from beamlytics.hunts.marks import strongest
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
@@ -194,12 +195,13 @@ def tagged_by_shard(windows: pa.Table, shards: int, written: bool):
 
 
 def judged_shard(shard: int, pieces, config: DetectorConfig, population: Population,
-                 settings: VerdictSettings) -> ShardResult:
-    """A shard's windows scored and judged against the run's population."""
+                 settings: VerdictSettings, marks=None) -> ShardResult:
+    """A shard's windows scored and judged against the run's population and the hunts' `marks`
+    (the strongest `Mark` per (key, window start µs), `beamlytics.hunts.marks.strongest`)."""
     tagged = [(written, packed.table()) for written, packed in (piece for piece in pieces if piece is not None)]
     scores = (score_table(pa.concat_tables([table for _, table in tagged]), config) if tagged
               else schemas.ANOMALIES.empty_table())
-    verdicts, reported, counts = judge(scores, population, settings)
+    verdicts, reported, counts = judge(scores, population, settings, marks)
     calibrating = pc.sum(pc.cast(pc.equal(scores.column("status"), Status.CALIBRATING), pa.int64())).as_py() or 0
     counts = {**counts, "scores": scores.num_rows, "calibrating": calibrating, "anomalies": reported.num_rows}
     return ShardResult(shard, tuple(table for written, table in tagged if written), scores, verdicts, reported,
@@ -237,9 +239,9 @@ class MergePools(beam.CombineFn):
         return pool
 
 
-def _judged_with(shard_pieces, config: DetectorConfig, tails, settings: VerdictSettings) -> ShardResult:
+def _judged_with(shard_pieces, config: DetectorConfig, tails, settings: VerdictSettings, marks) -> ShardResult:
     shard, pieces = shard_pieces
-    return judged_shard(shard, pieces, config, Population(dict(sorted(tails.items()))), settings)
+    return judged_shard(shard, pieces, config, Population(dict(sorted(tails.items()))), settings, strongest(marks))
 
 
 @dataclass
@@ -252,6 +254,8 @@ class JudgeShards(beam.PTransform):
     score rows, by far the largest data of a run, never cross to another worker. Shards are
     cut by the writers' rule (`features.stable_shard` of the endpoint), so one result is one
     output file per folder. `calibration` windows (an earlier run's) calibrate and are not written.
+    `marks`, the hunts' (key, window start, `Mark`) triples when hunts run (`beamlytics.hunts.marks`),
+    reach the judges as a side input too.
     """
 
     config: DetectorConfig
@@ -259,6 +263,7 @@ class JudgeShards(beam.PTransform):
     shards: int
     train_until_us: int | None = None
     calibration: Any = None
+    marks: Any = None
 
     def __post_init__(self):
         super().__init__()
@@ -266,6 +271,8 @@ class JudgeShards(beam.PTransform):
     def expand(self, windows):
         config, settings, shards = self.config, self.settings, self.shards
         population = population_of(windows, config.features)
+        marks = beam.pvalue.AsList(self.marks if self.marks is not None else
+                                   windows.pipeline | "NoHunts" >> beam.Create([]))
         run = windows
         if self.train_until_us is not None:
             run = run | "TrainingPeriod" >> beam.Map(mark_training, self.train_until_us)
@@ -278,5 +285,5 @@ class JudgeShards(beam.PTransform):
             (*keyed, every_shard)
             | "Together" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
-            | "Judge" >> beam.Map(_judged_with, config, population, settings)
+            | "Judge" >> beam.Map(_judged_with, config, population, settings, marks)
         )
