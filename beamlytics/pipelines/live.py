@@ -60,6 +60,7 @@ class LiveSettings:
     source: live.LiveSource
     spec: WindowSpec
     detector: DetectorConfig
+    endpoint_idle_us: int | None = None  # an endpoint idle this long (event time) is forgotten; None: never
     kafka_output: tuple[str, str] | None = None  # (bootstrap, topic) for the anomalies as JSON messages
 
 
@@ -107,7 +108,8 @@ def kafka_output_of(name: str | None, source: live.LiveSource) -> tuple[str, str
 def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> None:
     followed = pipeline | "Follow" >> live.FollowSource(settings.source)
     windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
-    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
+    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True,
+                                                 idle_timeout_us=settings.endpoint_idle_us)
     # The streaming scorer has no population (docs/guide.md, verdicts): a pane holds the features each
     # endpoint's own detector calls anomalous, as batch `detect` marks them in scores/.
     own = scores | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
@@ -176,6 +178,7 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
     extra = {"table": settings.spec.table, "key": settings.spec.key, "window_seconds": settings.spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6,
+             "endpoint_idle_seconds": None if settings.endpoint_idle_us is None else settings.endpoint_idle_us / 1e6,
              "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output)}
     STOP.clear()
     progress.reset_local_counts()
@@ -266,13 +269,14 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                           args.slot if config.detector_class.input_kind == "slots" else None)
         source = source_of(args.inputs, args.table, lateness, poll, args.kafka_start, args.drain_file)
         kafka_output = kafka_output_of(args.kafka_output, source)
+        idle = None if args.endpoint_idle.strip().lower() == "never" else cli.duration_us(args.endpoint_idle)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise cli.UsageError(str(error)) from None
     if args.baseline or args.train_until is not None:
         raise cli.UsageError("--follow does not take --baseline or --train-until yet")
     cli.check_output_folder(args.output)
     try:
-        summary = run_live(options, LiveSettings(source, spec, config, kafka_output), args.output,
+        summary = run_live(options, LiveSettings(source, spec, config, idle, kafka_output), args.output,
                            every / 1e6, args.quiet)
     except outputs.OutputError as error:
         raise cli.UsageError(str(error)) from None
