@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -199,15 +200,15 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
         prepare_folder(folder)
         pipeline = beam.Pipeline(options=options)
         build_live(pipeline, settings, folder)
-        try:
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, stop)
-        except ValueError:
-            pass  # not the main thread: the caller stops the run with STOP or the drain file
+        _take_signals(stop)
         result = pipeline.run()
+        # Starting the job server, Beam put its own Ctrl-C handler first, which kills Prism before ours can
+        # cancel the job: ours again, and the server stops at exit, after the cancel.
+        _take_signals(stop)
         results.append(result)
         while not _finished(result, refresh_seconds):
             if STOP.is_set():
+                _quiet_worker_channels()
                 # Every pane of a closed window is written in one atomic step, so cancelling between
                 # them loses none: what is not written yet is computed again by the next run.
                 try:
@@ -229,6 +230,41 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
         except ValueError:
             pass
         outputs.release_lock(folder, fd)
+
+
+def _take_signals(stop) -> None:
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, stop)
+    except ValueError:
+        pass  # not the main thread: the caller stops the run with STOP or the drain file
+
+
+class _MainThreadOnly:
+    """A text stream that passes on what the main thread writes and drops what other threads write."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self.stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _quiet_worker_channels() -> None:
+    """After our cancel, the bundles in flight fail: Prism logs "pipeline canceled", the in-process SDK worker
+    prints the traceback of each failed bundle to stderr and logs it, and its gRPC threads end on their closed
+    channels with a traceback each. A stop the user asked for is not a failure: from here Beam's loggers keep
+    only critical messages and stderr carries the main thread's lines alone. Both stay so, as the worker's
+    threads end after the run returns."""
+    for name in ("apache_beam", "PrismJobServer"):  # Beam logs Prism's output under its job server's class
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not isinstance(sys.stderr, _MainThreadOnly):
+        sys.stderr = _MainThreadOnly(sys.stderr)
 
 
 def _finished(result, seconds: float, stopping: bool = False) -> bool:
