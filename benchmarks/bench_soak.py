@@ -131,8 +131,9 @@ def run(minutes: float = 2.0) -> list[Result]:
     p50, p99 = (np.percentile(latencies, q) if latencies else float("nan") for q in (50, 99))
     print(f"soak: {minutes:g} min, exit {code}, {produced[0]} records produced, {summary['anomalies']} anomalies "
           f"({len(latencies)} timed), {summary['rejected']} rejected ({summary['late']} late); "
-          f"record->anomaly latency p50 {p50:.2f} s, p99 {p99:.2f} s; RSS {rss.get('start', 0):.0f} MB after 20 s, "
-          f"{rss.get('end', 0):.0f} MB at the end")
+          f"{summary['records_read']} read; record->anomaly latency p50 {p50:.2f} s, p99 {p99:.2f} s; "
+          f"RSS (this process and Prism) {rss[0]:.0f} MB after 20 s, {rss[-1]:.0f} MB at the end, "
+          f"{max(rss):.0f} MB at most ({len(rss)} samples, one a minute)")
     return [Result("soak: Kafka -> detect --follow on Prism (records)", produced[0] / elapsed, "records/s")]
 
 

@@ -5,6 +5,7 @@ layout), and a run stopped mid-stream then started again must lose nothing and r
 nothing twice. Prism and the Kafka broker come from `beamlytics runners install prism kafka`;
 without them these tests skip (fail under CI=true).
 """
+import datetime
 import json
 import os
 import signal
@@ -251,6 +252,7 @@ def test_a_run_stopped_mid_stream_and_started_again_loses_nothing_and_reports_no
     run.send_signal(signal.SIGINT)  # Ctrl-C
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr[-3000:]  # a stop asked for is no failure
     first = anomalies(out)
     assert first
     assert json.loads((out / "summary.json").read_text())["running"] is False
@@ -268,3 +270,74 @@ def test_a_run_stopped_mid_stream_and_started_again_loses_nothing_and_reports_no
     expected = batch_anomalies("gaussian")
     assert final == expected  # nothing lost, and no (endpoint, window, feature) twice
     assert all(row in expected for row in first)  # what the first run wrote was already final
+
+
+DNS_HEADER = (b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n"
+              b"#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\tquery\tqtype_name"
+              b"\trcode_name\n"
+              b"#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tcount\tstring\tstring\tstring\n")
+
+
+def idle_gap_records(returning_as: str) -> list[tuple[int, list[bytes]]]:
+    """(minute, lines) of three steady clients and one, 10.0.0.9, busy for 30 minutes, silent for two hours,
+    then back quiet with a burst; its records after the gap are written as `returning_as`'s."""
+    import random
+
+    rng = random.Random(11)
+    minutes = []
+    for minute in range(200):
+        lines = []
+        clients = [("10.0.0.1", 6), ("10.0.0.2", 7), ("10.0.0.4", 5)]
+        if minute < 30:
+            clients.append(("10.0.0.9", 50))
+        elif minute >= 150:
+            clients.append((returning_as, 60 if minute == 185 else 5))
+        for client, count in clients:
+            for serial in range(count + rng.randrange(3)):
+                second = 1714521600 + minute * 60 + rng.randrange(60)
+                name = f"h{rng.randrange(10_000 if count == 60 else 12)}.example"
+                lines.append((second, f"{second}.{serial:06d}\tC{minute}x{serial}\t{client}\t5353\t10.0.0.254\t53\t"
+                                      f"udp\t{serial}\t{name}\tA\tNOERROR\n".encode()))
+        minutes.append((minute, [line for _, line in sorted(lines)]))
+    return minutes
+
+
+def test_an_endpoint_idle_past_endpoint_idle_is_forgotten_and_judged_afresh_when_it_returns(tmp_path):
+    """On Prism, with --endpoint-idle 1h: after two hours of silence the client's windows are judged as a new
+    client's, which batch `detect` shows by giving its returning records another address."""
+    require("prism")
+    reference = {}
+    for name, returning in (("renamed", "10.0.0.99"), ("continued", "10.0.0.9")):
+        log = tmp_path / name / "dns.log"
+        log.parent.mkdir()
+        log.write_bytes(DNS_HEADER + b"".join(line for _, lines in idle_gap_records(returning) for line in lines))
+        assert cli.main(["detect", "--table", "dns", "--detector", "gaussian", "--quiet",
+                         "--output", str(tmp_path / f"batch-{name}"), str(log)]) == 0
+        reference[name] = [{**row, "key": "10.0.0.9" if row["key"] == "10.0.0.99" else row["key"]}
+                           for row in anomalies(tmp_path / f"batch-{name}", "scores")]
+    expected = sorted(reference["renamed"], key=lambda row: [row[name] for name in SCORE_ORDER])
+    back = datetime.datetime(2024, 5, 1, 2, 30, tzinfo=datetime.timezone.utc)
+    assert [row for row in expected if row["key"] == "10.0.0.9" and row["window_start"] >= back], \
+        "the returning client's burst must be an anomaly of a fresh detector"
+    assert expected != sorted(reference["continued"], key=lambda row: [row[name] for name in SCORE_ORDER]), \
+        "a detector that remembered the busy client must judge its return otherwise, or the test proves nothing"
+
+    records = idle_gap_records("10.0.0.9")
+    watched, out, drain = tmp_path / "zeek", tmp_path / "out", tmp_path / "drain"
+    watched.mkdir()
+
+    def zeek_writes():  # the busy half hour, the two silent hours (other clients only), the return: three polls
+        with open(watched / "dns.log", "wb") as handle:
+            handle.write(DNS_HEADER)
+            for first, end in ((0, 30), (30, 150), (150, 200)):
+                handle.write(b"".join(line for minute, lines in records[first:end] for line in lines))
+                handle.flush()
+                time.sleep(2)
+        drain.touch()
+
+    writer, errors = in_thread(zeek_writes)
+    assert follow([watched], out, "gaussian", drain, ["--endpoint-idle", "1h"]) == 0
+    writer.join()
+    assert not errors
+    assert anomalies(out) == expected
+    assert json.loads((out / "summary.json").read_text())["endpoint_idle_seconds"] == 3600

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "write it and end")
     group.add_argument("--refresh", default="10s", metavar="DURATION",
                        help="--follow: how often summary.json and the manifest are rewritten (10s)")
+    group.add_argument("--endpoint-idle", default="1h", metavar="DURATION",
+                       help="--follow: an endpoint with no window for this long (event time) is forgotten, its "
+                            "state freed; if it comes back its detectors start afresh (1h; never: keep every one)")
     group.add_argument("--kafka-output", metavar="TOPIC",
                        help="--follow: also send each anomaly as a JSON message to this Kafka topic, for a SIEM: "
                             "TOPIC on the cluster read, or kafka://HOST:PORT/TOPIC")

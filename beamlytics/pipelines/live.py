@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -60,6 +61,7 @@ class LiveSettings:
     source: live.LiveSource
     spec: WindowSpec
     detector: DetectorConfig
+    endpoint_idle_us: int | None = None  # an endpoint idle this long (event time) is forgotten; None: never
     kafka_output: tuple[str, str] | None = None  # (bootstrap, topic) for the anomalies as JSON messages
 
 
@@ -107,7 +109,8 @@ def kafka_output_of(name: str | None, source: live.LiveSource) -> tuple[str, str
 def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> None:
     followed = pipeline | "Follow" >> live.FollowSource(settings.source)
     windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
-    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True)
+    scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True,
+                                                 idle_timeout_us=settings.endpoint_idle_us)
     # The streaming scorer has no population (docs/guide.md, verdicts): a pane holds the features each
     # endpoint's own detector calls anomalous, as batch `detect` marks them in scores/.
     own = scores | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
@@ -176,6 +179,7 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
     extra = {"table": settings.spec.table, "key": settings.spec.key, "window_seconds": settings.spec.window_us / 1e6,
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6,
+             "endpoint_idle_seconds": None if settings.endpoint_idle_us is None else settings.endpoint_idle_us / 1e6,
              "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output)}
     STOP.clear()
     progress.reset_local_counts()
@@ -196,15 +200,15 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
         prepare_folder(folder)
         pipeline = beam.Pipeline(options=options)
         build_live(pipeline, settings, folder)
-        try:
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, stop)
-        except ValueError:
-            pass  # not the main thread: the caller stops the run with STOP or the drain file
+        _take_signals(stop)
         result = pipeline.run()
+        # Starting the job server, Beam put its own Ctrl-C handler first, which kills Prism before ours can
+        # cancel the job: ours again, and the server stops at exit, after the cancel.
+        _take_signals(stop)
         results.append(result)
         while not _finished(result, refresh_seconds):
             if STOP.is_set():
+                _quiet_worker_channels()
                 # Every pane of a closed window is written in one atomic step, so cancelling between
                 # them loses none: what is not written yet is computed again by the next run.
                 try:
@@ -226,6 +230,41 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
         except ValueError:
             pass
         outputs.release_lock(folder, fd)
+
+
+def _take_signals(stop) -> None:
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, stop)
+    except ValueError:
+        pass  # not the main thread: the caller stops the run with STOP or the drain file
+
+
+class _MainThreadOnly:
+    """A text stream that passes on what the main thread writes and drops what other threads write."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self.stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _quiet_worker_channels() -> None:
+    """After our cancel, the bundles in flight fail: Prism logs "pipeline canceled", the in-process SDK worker
+    prints the traceback of each failed bundle to stderr and logs it, and its gRPC threads end on their closed
+    channels with a traceback each. A stop the user asked for is not a failure: from here Beam's loggers keep
+    only critical messages and stderr carries the main thread's lines alone. Both stay so, as the worker's
+    threads end after the run returns."""
+    for name in ("apache_beam", "PrismJobServer"):  # Beam logs Prism's output under its job server's class
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not isinstance(sys.stderr, _MainThreadOnly):
+        sys.stderr = _MainThreadOnly(sys.stderr)
 
 
 def _finished(result, seconds: float, stopping: bool = False) -> bool:
@@ -266,13 +305,14 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                           args.slot if config.detector_class.input_kind == "slots" else None)
         source = source_of(args.inputs, args.table, lateness, poll, args.kafka_start, args.drain_file)
         kafka_output = kafka_output_of(args.kafka_output, source)
+        idle = None if args.endpoint_idle.strip().lower() == "never" else cli.duration_us(args.endpoint_idle)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise cli.UsageError(str(error)) from None
     if args.baseline or args.train_until is not None:
         raise cli.UsageError("--follow does not take --baseline or --train-until yet")
     cli.check_output_folder(args.output)
     try:
-        summary = run_live(options, LiveSettings(source, spec, config, kafka_output), args.output,
+        summary = run_live(options, LiveSettings(source, spec, config, idle, kafka_output), args.output,
                            every / 1e6, args.quiet)
     except outputs.OutputError as error:
         raise cli.UsageError(str(error)) from None

@@ -9,8 +9,9 @@ Input and output are Arrow tables: endpoint-window features in, score rows
 - `streaming=True` (unbounded input): one element per endpoint-window, keyed by endpoint,
   into a stateful DoFn. Each endpoint's windows wait in a bag until the watermark passes
   their end; an event-time timer that follows the earliest waiting window then scores the
-  due ones oldest first. The detectors' state is plain data (JSON), so runners can
-  checkpoint it and it reads the same on every runner.
+  due ones oldest first; with an idle timeout, the same timer, once nothing waits, fires at
+  the endpoint's expiry and clears its state. The detectors' state is plain data (JSON), so
+  runners can checkpoint it and it reads the same on every runner.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from beamlytics import features, schemas
-from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, score_table
+from beamlytics.detectors.endpoint import TRAIN_COLUMN, DetectorConfig, EndpointScorer, EndpointWindow, score_table
 from beamlytics.detectors.base import Status
 from beamlytics.detectors.population import CAPACITY, FeatureTail, Population, merge_pools, pools_of
 from beamlytics.detectors.verdict import VerdictSettings, judge
@@ -49,15 +50,35 @@ class JsonCoder(coders.Coder):
         return True
 
 
+def idle_expiry(window: EndpointWindow, idle_timeout_us: int) -> int:
+    """When an endpoint whose newest window is `window` has been idle long enough to be forgotten: at least
+    `idle_timeout_us` after the window's end, on the window grid, so that every window starting before it
+    reaches the scorer before the watermark does (whether a window starts afresh depends on event time alone)."""
+    length = window.window_end - window.window_start
+    return window.window_end + -(-idle_timeout_us // length) * length
+
+
 class _ScoreInEventTimeOrder(beam.DoFn):
+    """Per endpoint: windows wait in `pending` until the watermark passes their end, then are scored oldest first.
+
+    `pending` is bounded: a window reaches this DoFn only once the watermark has passed its end (fixed windows
+    fire then), so it waits at most until the next watermark step, and the bag holds the windows closed by
+    one step. With `idle_timeout_us`, an endpoint with no window for that long is forgotten (a timer clears
+    its state), and a window starting at or after its expiry is scored by fresh detectors, as a new endpoint's.
+    """
+
     PENDING = BagStateSpec("pending", coders.PickleCoder())
     TRAINING = BagStateSpec("training", coders.PickleCoder())
     DETECTORS = ReadModifyWriteStateSpec("detectors", JsonCoder())
     NEXT_FLUSH = ReadModifyWriteStateSpec("next_flush", coders.VarIntCoder())
+    EXPIRES_AT = ReadModifyWriteStateSpec("expires_at", coders.VarIntCoder())
+    # One event-time timer does both jobs (scoring due windows, forgetting an idle endpoint): one timer per
+    # key to reason about, and no processing-time timer, whose firing would depend on the machine's clock.
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: DetectorConfig):
+    def __init__(self, config: DetectorConfig, idle_timeout_us: int | None = None):
         self.config = config
+        self.idle_timeout_us = idle_timeout_us
 
     def process(
         self,
@@ -87,30 +108,46 @@ class _ScoreInEventTimeOrder(beam.DoFn):
         training=beam.DoFn.StateParam(TRAINING),
         detectors=beam.DoFn.StateParam(DETECTORS),
         next_flush=beam.DoFn.StateParam(NEXT_FLUSH),
+        expires_at=beam.DoFn.StateParam(EXPIRES_AT),
         flush=beam.DoFn.TimerParam(FLUSH),
     ):
         watermark_us = fired_at.micros
         waiting = list(pending.read())
         due = sorted((w for w in waiting if w.window_end <= watermark_us), key=lambda w: w.window_start)
         later = [w for w in waiting if w.window_end > watermark_us]
+        expiry = expires_at.read()
+        if not due and not later:
+            if expiry is not None and expiry <= watermark_us:  # idle since: forget the endpoint
+                for state in (pending, training, detectors, next_flush, expires_at):
+                    state.clear()
+            return
 
         scorer = EndpointScorer(self.config, detectors.read())
         baseline = list(training.read())
         if baseline:
             scorer.fit(baseline)
             training.clear()
-        rows = [row for window in due for row in scorer.score(window)]
+        rows = []
+        for window in due:
+            if expiry is not None and window.window_start >= expiry:
+                scorer = EndpointScorer(self.config)  # back after its state expired: a new endpoint
+            rows.extend(scorer.score(window))
+            if self.idle_timeout_us is not None:
+                expiry = idle_expiry(window, self.idle_timeout_us)
         if rows:
             yield pa.Table.from_pylist(rows, schema=schemas.ANOMALIES)
         detectors.write(scorer.state())
+        if due and expiry is not None:
+            expires_at.write(expiry)
 
         pending.clear()
         for window in later:
             pending.add(window)
-        if later:
-            earliest = min(w.window_end for w in later)
-            flush.set(Timestamp(micros=earliest))
-            next_flush.write(earliest)
+        # Next: the earliest waiting window, else the expiry (a window arriving before it moves the timer).
+        following = min(w.window_end for w in later) if later else expiry
+        if following is not None:
+            flush.set(Timestamp(micros=following))
+            next_flush.write(following)
         else:
             next_flush.clear()
 
@@ -151,6 +188,7 @@ class ScoreEndpoints(beam.PTransform):
     train_until_us: int | None = None
     streaming: bool = False
     shards: int = DEFAULT_SHARDS
+    idle_timeout_us: int | None = None  # streaming: an endpoint's state is forgotten after this much idle time
 
     def __post_init__(self):
         super().__init__()
@@ -165,7 +203,7 @@ class ScoreEndpoints(beam.PTransform):
                 # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
                 # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
                 | "ByEndpoint" >> beam.FlatMap(by_endpoint).with_output_types(Tuple[str, Any])
-                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config))
+                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config, self.idle_timeout_us))
             )
         return (
             windows
