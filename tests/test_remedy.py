@@ -291,6 +291,40 @@ def test_the_command_reports_the_rogue_resolver_from_raw_logs(tmp_path, capsys):
     assert (out / "result.csv").is_file() and (out / "rejected").is_dir() and (out / "summary.json").is_file()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_output_file_holds_the_report_and_the_pairs_beside_it(tmp_path, capsys, suffix):
+    logs = _zeek_dns_log(tmp_path / "logs")
+    common = ["remedy", logs, "--table", "dns", "--asn-db", write_ipasn(tmp_path / "ipasn.dat"),
+              "--min-resolutions", str(CONFIG.min_resolutions), "--quiet"]
+    assert cli.main([*common, "--output", str(tmp_path / "folder")]) == 0
+    target = tmp_path / f"rogue{suffix}"
+    assert cli.main([*common, "--output", str(target)]) == 0
+    pairs = tmp_path / f"rogue.pairs{suffix}"
+    if suffix == ".csv":
+        assert target.read_bytes() == (tmp_path / "folder" / "result.csv").read_bytes()
+        assert pairs.read_bytes() == (tmp_path / "folder" / "pairs.csv").read_bytes()
+    else:
+        assert pq.read_table(target).equals(pq.read_table(tmp_path / "folder" / "result.parquet"))
+        assert pq.read_table(pairs).equals(pq.read_table(tmp_path / "folder" / "pairs.parquet"))
+    assert (tmp_path / "rogue.rejected.parquet").is_file()
+    # A second run must not replace the pairs file unless told to.
+    target.unlink()
+    capsys.readouterr()
+    assert cli.main([*common, "--output", str(target)]) == 2
+    assert f"rogue.pairs{suffix} exists" in capsys.readouterr().err and not target.exists()
+    assert cli.main([*common, "--output", str(target), "--overwrite"]) == 0
+
+
+def test_truncated_pairs_are_said_on_stderr(tmp_path, capsys):
+    logs = _zeek_dns_log(tmp_path / "logs")
+    assert cli.main(["remedy", logs, "--table", "dns", "--min-resolutions", str(CONFIG.min_resolutions),
+                     "--max-pair-values", "2", "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    # Every (resolver, domain) pair has at least 3 clients (one per repeat), more than 2: all 42 are cut.
+    pairs = len(RESOLVERS) * (len(SERVICES) + 1)
+    assert f"{pairs} (resolver, domain) pairs had more than 2 distinct values" in capsys.readouterr().err
+    assert pq.read_table(tmp_path / "out" / "pairs.parquet")["truncated"].to_pylist() == [True] * 5
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--asn-db", "/nonexistent/ipasn.dat"], "no such file"),
     (["--min-agree", "9"], "min-agree cannot exceed min-resolvers"),
