@@ -26,9 +26,9 @@ import shutil
 import tempfile
 from typing import Any, BinaryIO, Iterator, Mapping
 
-from beamlytics.parsers import pcap_flows
+from beamlytics.parsers import pcap, pcap_flows
 from beamlytics.parsers.base import BATCH_ROWS, STREAM_ERRORS, ParseItem, Read, Rejected, RowBuffer
-from beamlytics.parsers.packets import Packet, PacketReader, capture_format
+from beamlytics.parsers.packets import Packet, PacketReader
 
 FORMAT = "nfstream"
 TABLES = {"pcap": frozenset({"named_flows"})}
@@ -41,9 +41,8 @@ _FLAGS = (("fin", "F"), ("syn", "S"), ("rst", "R"), ("psh", "P"), ("ack", "A"), 
           ("cwr", "C"))
 
 
-def sniff(name: str, head: bytes) -> str | None:
-    """"pcap" for any capture nfstream is asked to read (it is chosen by `--format nfstream`, never sniffed)."""
-    return "pcap" if capture_format(head) else None
+# The captures pcap reads: nfstream is chosen by `--format nfstream`, never by sniffing (see formats.py).
+sniff = pcap.sniff
 
 
 def parse(
