@@ -10,7 +10,7 @@ times are nfstream's, whole milliseconds; `tcp_flags` from its per-direction fla
 payload, which nfstream does not report, and it is not guessed.
 
 nfstream reads a local file, so the (decompressed) stream is copied to a temporary file first. On the
-way our own capture reader walks the same bytes, because nfstream stops silently where a capture is
+way our own capture reader frames the same records, because nfstream stops silently where a capture is
 damaged (libpcap stops, or reads on out of step): the first damaged record is dead-lettered, saying that
 nfstream's flows past it are incomplete. A file nfstream
 refuses (its reason), a capture with IP packets of which nfstream made no flow (a link type it does not
@@ -21,6 +21,7 @@ the `Read` count is the flows nfstream delivered.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 from beamlytics.parsers import pcap, pcap_flows
 from beamlytics.parsers.base import BATCH_ROWS, STREAM_ERRORS, ParseItem, Read, Rejected, RowBuffer
-from beamlytics.parsers.packets import Packet, PacketReader
+from beamlytics.parsers.packets import Packet, PacketReader, capture_records
 
 FORMAT = "nfstream"
 TABLES = {"pcap": frozenset({"named_flows"})}
@@ -71,7 +72,7 @@ def _parse(source: str, stream: BinaryIO, batch_rows: int, options: Mapping[str,
     with tempfile.TemporaryDirectory(prefix="beamlytics-nfstream-") as folder:
         local = os.path.join(folder, "capture")
         with open(local, "wb") as copy:
-            damage, ip_packets = _copy_and_walk(source, stream, copy)
+            damage = _copy_and_walk(source, stream, copy)
         yield from damage
         flows, failure = 0, None
         buffer = RowBuffer("named_flows", FORMAT, source, batch_rows)
@@ -87,12 +88,14 @@ def _parse(source: str, stream: BinaryIO, batch_rows: int, options: Mapping[str,
                     yield batch
         except (ValueError, OSError, RuntimeError) as error:  # nfstream's reasons for a file it cannot read
             failure = f"nfstream cannot read this capture: {error}"
+        # No flow at all: our reader says whether the capture had IP packets nfstream could have metered.
+        ip_packets = _ip_packets(local) if flows == 0 and not failure else 0
     last = buffer.flush()
     if last is not None:
         yield last  # the flows nfstream gave before it failed are kept
     if failure:
         yield _whole_file(source, failure)
-    elif flows == 0 and ip_packets:
+    elif ip_packets:
         yield _whole_file(source, f"nfstream made no flow of this capture's {ip_packets} IP packets "
                                   "(a link type it does not decode?); --format pcap reads it")
     yield Read(source, flows)
@@ -107,32 +110,26 @@ def _timeouts(options: Mapping[str, Any]) -> tuple[int, int] | str:
     return int(values[0]), int(values[1])
 
 
-def _copy_and_walk(source: str, stream: BinaryIO, copy: BinaryIO) -> tuple[list[Rejected], int]:
-    """Copy `stream` to `copy` while our capture reader walks it: (the first damage, IP packets seen)."""
+def _copy_and_walk(source: str, stream: BinaryIO, copy: BinaryIO) -> list[Rejected]:
+    """Copy `stream` to `copy` while our capture reader frames its records: the first damage, if any.
+
+    Framing only, no decoding: a record libpcap cannot frame is where nfstream goes wrong, while a packet
+    inside a sound record is nfstream's to judge.
+    """
     tee = _Tee(stream, copy)
-    ip_packets = 0
-    damage: list[Rejected] = []
-    for item in PacketReader(source, tee):
-        if item.__class__ is Packet:
-            ip_packets += 1
-        elif isinstance(item, Rejected) and _is_framing_damage(item):
-            damage.append(Rejected(source, item.position, f"{item.reason}; {PAST_DAMAGE}",
-                                   item.excerpt, FORMAT, units=0))
-            break
+    damage = [Rejected(source, item.position, f"{item.reason}; {PAST_DAMAGE}", item.excerpt, FORMAT, units=0)
+              for item in itertools.islice((item for item in capture_records(source, tee)
+                                            if isinstance(item, Rejected)), 1)]
     try:
         shutil.copyfileobj(stream, copy, _COPY_BYTES)  # what the reader left: nfstream is given every byte
     except STREAM_ERRORS:
         pass  # a stream that broke: the reader has said where, and nfstream gets what came before
-    return damage, ip_packets
+    return damage
 
 
-def _is_framing_damage(rejected: Rejected) -> bool:
-    """A capture record (not a packet inside one) is broken: libpcap, and so nfstream, does not resynchronise.
-
-    Our reader says so with a whole-file or rest-of-file dead letter, or by resuming past a bad record
-    header; a packet it cannot decode is nfstream's to judge, not ours.
-    """
-    return rejected.units == 0 or "resumed at byte" in rejected.reason
+def _ip_packets(path: str) -> int:
+    with open(path, "rb") as capture:
+        return sum(1 for item in PacketReader(path, capture) if item.__class__ is Packet)
 
 
 class _Tee:
