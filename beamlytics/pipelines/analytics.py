@@ -5,8 +5,8 @@ rejected/ records and summary.json), and/or earlier `parse` output folders, read
 The analytic runs on the whole table in this process (DuckDB or Arrow), except cluster assignment
 (Beam's RunInference) and REMeDy's pair statistics, which run on the chosen runner: OUT/result.parquet
 and OUT/result.csv hold its answer.
-`--output X.csv` or `X.parquet` writes that one file instead, and the rejected records of raw
-inputs beside it (X.rejected.parquet).
+`--output X.csv` or `X.parquet` writes that one file instead, and beside it remedy's pairs (X.pairs.csv)
+and the rejected records of raw inputs (X.rejected.parquet).
 """
 from __future__ import annotations
 
