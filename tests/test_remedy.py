@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import schemas
-from beamlytics.analytics.remedy import AsnDatabaseError, AsnLookup, RemedyConfig, pair_stats, remedy
+from beamlytics.analytics.remedy import (
+    AsnDatabaseError, AsnLookup, PairStats, RemedyConfig, Thresholds, merge_all, pair_stats, remedy, thresholds,
+)
 from beamlytics.pipelines import cli
 
 pyasn = pytest.importorskip("pyasn")
@@ -27,6 +29,10 @@ CDN_SERVERS = {"192.0.2.1": "198.51.20.5", "192.0.2.2": "198.51.20.5"}
 CDN_DEFAULT = "198.51.21.5"
 UNMAPPED = "100.64.5.5"  # not in the ASN file: stands for 100.64.0.0/16
 REPEATS = 3
+# The rogue's many clients ask its manipulated names often: NetLytics' second rule wants more answers per
+# registered domain than the median (ASN, domain) gets.
+ROGUE_REPEATS = 12
+MANIPULATED = ("bank1.com", "login.bank1.com", "bank2.com", "bank3.com")
 
 IPASN_LINES = [f"198.51.{n}.0/24\t{64500 + n}" for n in range(1, 10)] + [
     "198.51.20.0/24\t64520", "198.51.21.0/24\t64521", f"203.0.113.0/24\t{ROGUE_ASN}"]
@@ -38,8 +44,8 @@ def write_ipasn(path) -> str:
     return str(path)
 
 
-def answer(resolver: str, domain: str) -> tuple[list[str], list[int]]:
-    if resolver == ROGUE and domain in ("bank1.com", "login.bank1.com", "bank2.com", "bank3.com"):
+def answer(resolver: str, domain: str, repeat: int = 0) -> tuple[list[str], list[int]]:
+    if resolver == ROGUE and domain in MANIPULATED:
         return [ROGUE_SERVER], [86400]
     if domain == CDN:
         return [f"edge.{CDN}", CDN_SERVERS.get(resolver, CDN_DEFAULT)], [60, 20]
@@ -49,12 +55,13 @@ def answer(resolver: str, domain: str) -> tuple[list[str], list[int]]:
     return [f"edge.{domain}", address], [300, 300]
 
 
-def planted_rows() -> list[dict]:
+def planted_rows(rogue_repeats: int = ROGUE_REPEATS, answer=answer) -> list[dict]:
     rows = []
     for resolver in RESOLVERS:
         for domain in [*SERVICES, CDN]:
-            for repeat in range(REPEATS):
-                answers, ttls = answer(resolver, domain)
+            repeats = rogue_repeats if resolver == ROGUE and domain in MANIPULATED else REPEATS
+            for repeat in range(repeats):
+                answers, ttls = answer(resolver, domain, repeat)
                 rows.append({"c_ip": f"10.0.{RESOLVERS.index(resolver)}.{repeat + 1}", "s_ip": resolver,
                              "query": domain.upper() + "." if repeat == 2 else domain, "resp_code": "NOERROR",
                              "flags": "QR RD RA", "answers": answers, "answer_ttls": ttls})
@@ -78,48 +85,142 @@ CONFIG = RemedyConfig(min_resolutions=len(RESOLVERS) * REPEATS, min_resolvers=3,
 
 
 def test_the_planted_rogue_resolver_is_reported_with_its_domains(tmp_path):
-    report, pairs = remedy(dns_table(planted_rows()), CONFIG, AsnLookup(write_ipasn(tmp_path / "ipasn.dat")))
+    report, pairs, truncated = remedy(dns_table(planted_rows()), CONFIG,
+                                      AsnLookup(write_ipasn(tmp_path / "ipasn.dat")))
     # Worked by hand: the rogue answers 4 names of 3 registered domains from one server, without the CNAME
-    # and with a day-long TTL; nobody else returns its ASN for them.
+    # and with a day-long TTL; nobody else returns its ASN for them. Second stage: the consistent answers put
+    # one registered domain in each ASN (median 1) and give the (ASN, domain)s 6, 12, 15, 15, 15, 18 and 30
+    # answers (cdn.net in 64520 and 64521, bank2, bank3, example.org, bank4 through all six resolvers,
+    # bank1.com's two names through the five honest ones): median 15. The rogue's 48 answers into its ASN
+    # cover 3 registered domains (16 each > 15) and its clen, nip and ttl never vary.
     assert report.to_pylist() == [{
         "resolver": ROGUE, "asn": str(ROGUE_ASN), "registered_domains": 3,
         "domains": "bank1.com bank2.com bank3.com login.bank1.com", "servers": ROGUE_SERVER,
-        "features": "clen ttl asn", "responses": 4 * REPEATS, "clients": REPEATS}]
+        "features": "clen ttl asn", "responses": 4 * ROGUE_REPEATS, "clients": ROGUE_REPEATS,
+        "asn_domains": 3, "answers_per_domain": 16.0, "fixed_features": "clen nip ttl",
+        "median_domains_per_asn": 1.0, "median_answers_per_domain": 15.0, "truncated": False}]
     # The honest resolver with one odd answer is inconsistent on that domain, but sends one domain only.
     assert pairs.to_pylist() == [
-        {"resolver": "192.0.2.3", "domain": "news.example.org", "responses": REPEATS, "features": "asn"},
-        *({"resolver": ROGUE, "domain": domain, "responses": REPEATS, "features": "clen ttl asn"}
-          for domain in ("bank1.com", "bank2.com", "bank3.com", "login.bank1.com"))]
+        {"resolver": "192.0.2.3", "domain": "news.example.org", "responses": REPEATS, "features": "asn",
+         "truncated": False},
+        *({"resolver": ROGUE, "domain": domain, "responses": ROGUE_REPEATS, "features": "clen ttl asn",
+           "truncated": False} for domain in ("bank1.com", "bank2.com", "bank3.com", "login.bank1.com"))]
+    assert truncated == 0
+
+
+def test_the_second_rule_wants_many_answers_per_domain(tmp_path):
+    # The same rogue with as few clients as every resolver has: 12 answers for 3 registered domains, 4 each,
+    # not above the median 15 (the consistent answers are those of the test above).
+    lookup = AsnLookup(write_ipasn(tmp_path / "ipasn.dat"))
+    rows = planted_rows(rogue_repeats=REPEATS)
+    report, pairs, _ = remedy(dns_table(rows), CONFIG, lookup)
+    assert report.num_rows == 0
+    assert [row["resolver"] for row in pairs.to_pylist()].count(ROGUE) == 4  # the first stage still finds them
+    inconsistent = {(row["resolver"], row["domain"]): tuple(row["features"].split()) for row in pairs.to_pylist()}
+    assert thresholds(pair_stats(dns_table(rows), lookup), inconsistent) == Thresholds(1.0, 15.0)
+
+
+MIRROR = "192.0.2.4"  # an honest resolver's local cache for the banks, in a network of its own
+MIRROR_SERVERS, MIRROR_ASN = ("203.0.114.1", "203.0.114.2"), 64777
+
+
+def _mirror_answer(varying: bool):
+    def mirrored(resolver: str, domain: str, repeat: int = 0):
+        if resolver != MIRROR or domain not in MANIPULATED:
+            return answer(resolver, domain, repeat)
+        chain = [f"cache.{domain}", f"m.cache.{domain}"]
+        if varying and repeat % 2:  # two servers and a short TTL every other time, as a CDN's answers go
+            return [*chain, *MIRROR_SERVERS], [120, 120, 120, 120]
+        return [*chain, MIRROR_SERVERS[0]], [300, 300, 300]
+    return mirrored
+
+
+@pytest.mark.parametrize("varying", [True, False])
+def test_the_second_rule_wants_answers_that_never_vary(tmp_path, varying):
+    ipasn = tmp_path / "ipasn.dat"
+    write_ipasn(ipasn)
+    ipasn.write_text(ipasn.read_text() + f"203.0.114.0/24\t{MIRROR_ASN}\n")
+    rows = planted_rows(answer=_mirror_answer(varying))
+    for extra in range(ROGUE_REPEATS - REPEATS):  # as busy as the rogue on those names
+        rows += [{"c_ip": f"10.0.9.{extra}", "s_ip": MIRROR, "query": domain, "resp_code": "NOERROR",
+                  "flags": "QR RD RA", **dict(zip(("answers", "answer_ttls"),
+                                                 _mirror_answer(varying)(MIRROR, domain, extra + REPEATS)))}
+                 for domain in MANIPULATED]
+    report, pairs, _ = remedy(dns_table(rows), CONFIG, AsnLookup(str(ipasn)))
+    features = {(row["resolver"], row["domain"]): row["features"] for row in pairs.to_pylist()}
+    # Both stages by hand. First: the mirror's ASN and its two-CNAME chains are its own, on 3 registered domains.
+    assert all(features[(MIRROR, domain)] == "clen asn" for domain in MANIPULATED)
+    # Second: without the rogue's and the mirror's pairs, bank1.com gets 4 x 6 answers, bank2/bank3 12 each,
+    # bank4 18, example.org 15, cdn.net 6 and 12: median 12; both send 48 answers for 3 domains, 16 each.
+    rows_by_resolver = {row["resolver"]: row for row in report.to_pylist()}
+    assert rows_by_resolver[ROGUE]["median_answers_per_domain"] == 12.0
+    if varying:  # nip and ttl vary: only clen is fixed, and one fixed feature is not enough
+        assert set(rows_by_resolver) == {ROGUE}
+    else:
+        assert set(rows_by_resolver) == {ROGUE, MIRROR}
+        assert rows_by_resolver[MIRROR]["fixed_features"] == "clen nip ttl"
+        assert rows_by_resolver[MIRROR]["answers_per_domain"] == 16.0
 
 
 def test_registered_domains_not_names_are_counted():
     config = RemedyConfig(CONFIG.min_resolutions, 3, 2, min_domains=4)
-    report, pairs = remedy(dns_table(planted_rows()), config)
+    report, pairs, _ = remedy(dns_table(planted_rows()), config)
     assert report.num_rows == 0  # bank1.com and login.bank1.com are one registered domain
     assert pairs.num_rows == 5
 
 
 def test_without_an_asn_file_each_address_stands_for_its_16():
-    report, _ = remedy(dns_table(planted_rows()), CONFIG)
-    assert report["asn"].to_pylist() == ["203.0.0.0/16"]
+    table = dns_table(planted_rows())
+    stats = pair_stats(table, AsnLookup())
+    assert set(stats[(ROGUE, "bank2.com")].asn) == {"203.0.0.0/16"}
+    assert set(stats[("192.0.2.1", "bank2.com")].asn) == {"198.51.0.0/16"}
+    # Every true server is in 198.51.0.0/16: that one network serves 6 registered domains, the median, and
+    # the rogue's 3 do not exceed it. Lumping networks together hides a rogue: give an --asn-db.
+    report, pairs, _ = remedy(table, CONFIG)
+    assert report.num_rows == 0 and pairs.num_rows == 5
 
 
 def test_a_domain_with_too_few_answers_or_resolvers_is_not_judged():
     rows = planted_rows()
-    assert remedy(dns_table(rows), RemedyConfig(min_resolutions=len(RESOLVERS) * REPEATS + 1))[1].num_rows == 0
-    assert remedy(dns_table(rows), RemedyConfig(min_resolutions=1, min_resolvers=7, min_agree=2))[1].num_rows == 0
+    busiest = len(HONEST) * REPEATS + ROGUE_REPEATS  # the answers of each manipulated name
+    assert remedy(dns_table(rows), RemedyConfig(min_resolutions=busiest + 1)).pairs.num_rows == 0
+    assert remedy(dns_table(rows), RemedyConfig(min_resolutions=1, min_resolvers=7, min_agree=2)).pairs.num_rows == 0
 
 
 def test_pair_statistics_are_an_independent_count_of_the_rows(tmp_path):
     lookup = AsnLookup(write_ipasn(tmp_path / "ipasn.dat"))
     pairs = pair_stats(dns_table(planted_rows()), lookup)
     bank2 = pairs[(ROGUE, "bank2.com")]
+    many = ROGUE_REPEATS
     assert (bank2.responses, dict(bank2.clen), dict(bank2.nip), dict(bank2.ttl), dict(bank2.asn)) == (
-        REPEATS, {0: REPEATS}, {1: REPEATS}, {86400: REPEATS}, {str(ROGUE_ASN): REPEATS})
+        many, {0: many}, {1: many}, {86400: many}, {str(ROGUE_ASN): many})
+    assert bank2.by_asn == {str(ROGUE_ASN): [many, (0,), (1,), (86400,)]}
+    assert bank2.servers == {(str(ROGUE_ASN), ROGUE_SERVER)} and len(bank2.clients) == many
     cdn = pairs[("192.0.2.3", CDN)]
     assert dict(cdn.ttl) == {60: REPEATS} and dict(cdn.clen) == {1: REPEATS} and dict(cdn.asn) == {"64521": REPEATS}
     assert (ROGUE, "bank4.com") in pairs and pairs[(ROGUE, "bank4.com")].responses == REPEATS  # others ignored
     assert len(pairs) == len(RESOLVERS) * (len(SERVICES) + 1)
+
+
+def test_a_pair_keeps_at_most_max_pair_values_per_set_whatever_the_merge_order():
+    # A hostile resolver: one name answered with 40 networks, TTLs and clients.
+    rows = [{"c_ip": f"10.1.0.{n}", "s_ip": ROGUE, "query": "flood.example", "resp_code": "NOERROR",
+             "flags": "QR RD RA", "answers": [f"{n + 1}.2.3.4"], "answer_ttls": [100 + 5 * n]} for n in range(40)]
+    table = dns_table(rows)
+    whole = pair_stats(table, AsnLookup(), max_values=10)[(ROGUE, "flood.example")]
+    networks = sorted(f"{n + 1}.2.0.0/16" for n in range(40))[:10]  # the 10 smallest, as text
+    assert whole.truncated and whole.responses == 40 and sum(whole.nip.values()) == 40
+    assert sorted(whole.ttl) == [100 + 5 * n for n in range(10)]
+    assert sorted(whole.asn) == networks and sorted(whole.by_asn) == networks
+    assert whole.clients == set(sorted(f"10.1.0.{n}" for n in range(40))[:10])
+    assert len(whole.servers) == 10
+    parts = [pair_stats(table.slice(start, 7), AsnLookup(), max_values=10)[(ROGUE, "flood.example")]
+             for start in range(0, 40, 7)]
+    forward, backward = merge_all(parts), merge_all(reversed(parts))
+    assert forward == backward == whole
+    assert remedy(table, RemedyConfig(min_resolutions=1, min_resolvers=1, min_agree=1, max_pair_values=10)
+                  ).truncated_pairs == 1
+    assert not pair_stats(table, AsnLookup(), max_values=40)[(ROGUE, "flood.example")].truncated
 
 
 def test_asn_lookup_is_longest_prefix_of_the_file_with_the_netlytics_fallbacks(tmp_path):
@@ -152,9 +253,10 @@ def test_the_beam_transform_gives_the_in_process_answer(tmp_path):
     table = dns_table(planted_rows())
     lookup = AsnLookup(write_ipasn(tmp_path / "ipasn.dat"))
     batches = [table.slice(start, 7) for start in range(0, table.num_rows, 7)]
-    [(report, pairs)] = collect(lambda pipeline: pipeline | beam.Create(batches) | FindRogueResolvers(CONFIG, lookup))
-    expected_report, expected_pairs = remedy(table, CONFIG, lookup)
-    assert report.equals(expected_report) and pairs.equals(expected_pairs)
+    [verdict] = collect(lambda pipeline: pipeline | beam.Create(batches) | FindRogueResolvers(CONFIG, lookup))
+    expected = remedy(table, CONFIG, lookup)
+    assert verdict.report.equals(expected.report) and verdict.pairs.equals(expected.pairs)
+    assert verdict.report.num_rows == 1 and verdict.truncated_pairs == expected.truncated_pairs == 0
 
 
 def _zeek_dns_log(folder) -> str:
@@ -183,10 +285,44 @@ def test_the_command_reports_the_rogue_resolver_from_raw_logs(tmp_path, capsys):
     assert report["resolver"].to_pylist() == [ROGUE] and report["asn"].to_pylist() == [str(ROGUE_ASN)]
     # The runner's merged pair statistics judge as the in-process function does on the parsed records.
     parsed = pq.read_table(out / "dns", schema=schemas.TABLES["dns"])
-    expected_report, expected_pairs = remedy(parsed, CONFIG, AsnLookup(str(tmp_path / "ipasn.dat")))
+    expected_report, expected_pairs, _ = remedy(parsed, CONFIG, AsnLookup(str(tmp_path / "ipasn.dat")))
     assert report.equals(expected_report) and pq.read_table(out / "pairs.parquet").equals(expected_pairs)
     assert expected_pairs.num_rows == 5
     assert (out / "result.csv").is_file() and (out / "rejected").is_dir() and (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_output_file_holds_the_report_and_the_pairs_beside_it(tmp_path, capsys, suffix):
+    logs = _zeek_dns_log(tmp_path / "logs")
+    common = ["remedy", logs, "--table", "dns", "--asn-db", write_ipasn(tmp_path / "ipasn.dat"),
+              "--min-resolutions", str(CONFIG.min_resolutions), "--quiet"]
+    assert cli.main([*common, "--output", str(tmp_path / "folder")]) == 0
+    target = tmp_path / f"rogue{suffix}"
+    assert cli.main([*common, "--output", str(target)]) == 0
+    pairs = tmp_path / f"rogue.pairs{suffix}"
+    if suffix == ".csv":
+        assert target.read_bytes() == (tmp_path / "folder" / "result.csv").read_bytes()
+        assert pairs.read_bytes() == (tmp_path / "folder" / "pairs.csv").read_bytes()
+    else:
+        assert pq.read_table(target).equals(pq.read_table(tmp_path / "folder" / "result.parquet"))
+        assert pq.read_table(pairs).equals(pq.read_table(tmp_path / "folder" / "pairs.parquet"))
+    assert (tmp_path / "rogue.rejected.parquet").is_file()
+    # A second run must not replace the pairs file unless told to.
+    target.unlink()
+    capsys.readouterr()
+    assert cli.main([*common, "--output", str(target)]) == 2
+    assert f"rogue.pairs{suffix} exists" in capsys.readouterr().err and not target.exists()
+    assert cli.main([*common, "--output", str(target), "--overwrite"]) == 0
+
+
+def test_truncated_pairs_are_said_on_stderr(tmp_path, capsys):
+    logs = _zeek_dns_log(tmp_path / "logs")
+    assert cli.main(["remedy", logs, "--table", "dns", "--min-resolutions", str(CONFIG.min_resolutions),
+                     "--max-pair-values", "2", "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    # Every (resolver, domain) pair has at least 3 clients (one per repeat), more than 2: all 42 are cut.
+    pairs = len(RESOLVERS) * (len(SERVICES) + 1)
+    assert f"{pairs} (resolver, domain) pairs had more than 2 distinct values" in capsys.readouterr().err
+    assert pq.read_table(tmp_path / "out" / "pairs.parquet")["truncated"].to_pylist() == [True] * 5
 
 
 @pytest.mark.parametrize("extra, message", [

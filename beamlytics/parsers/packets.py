@@ -773,19 +773,8 @@ class PacketReader:
 
     def __iter__(self) -> Iterator[Packet | Rejected | None]:
         source = self.source
-        stream = _Input(self.stream, b"")
-        stream.ensure(12)
-        kind = capture_format(stream.data[:12])
-        if kind == "pcap":
-            records = _read_pcap(source, stream)
-        elif kind == "pcapng":
-            records = _read_pcapng(source, stream)
-        else:
-            reason = stream.rest_lost(source, 0, "the file header") if stream.damage else None
-            yield reason or _rejected(source, 0, "not a pcap or pcapng capture", stream.data[:12], 0)
-            return
         decoder = _Decoder()
-        for record in records:
+        for record in capture_records(source, self.stream):
             if isinstance(record, Rejected):
                 self.delivered += record.units
                 yield record
@@ -796,6 +785,21 @@ class PacketReader:
                 yield decoder.decode(number, ts_us, linktype, frame)
             except (BadPacket, struct.error) as error:
                 yield _rejected(source, number, str(error), frame[:64])
+
+
+def capture_records(source: str, stream: BinaryIO) -> Iterator[tuple | Rejected]:
+    """The records of a capture, framed but not decoded: (number, µs time, link type, frame) each, and a
+    Rejected wherever the framing itself is damaged (a whole file, the rest of one, or a record skipped)."""
+    data = _Input(stream, b"")
+    data.ensure(12)
+    kind = capture_format(data.data[:12])
+    if kind == "pcap":
+        yield from _read_pcap(source, data)
+    elif kind == "pcapng":
+        yield from _read_pcapng(source, data)
+    else:
+        reason = data.rest_lost(source, 0, "the file header") if data.damage else None
+        yield reason or _rejected(source, 0, "not a pcap or pcapng capture", data.data[:12], 0)
 
 
 def iter_packets(source: str, stream: BinaryIO) -> Iterator[Packet | Rejected | None]:

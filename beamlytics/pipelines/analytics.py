@@ -5,8 +5,8 @@ rejected/ records and summary.json), and/or earlier `parse` output folders, read
 The analytic runs on the whole table in this process (DuckDB or Arrow), except cluster assignment
 (Beam's RunInference) and REMeDy's pair statistics, which run on the chosen runner: OUT/result.parquet
 and OUT/result.csv hold its answer.
-`--output X.csv` or `X.parquet` writes that one file instead, and the rejected records of raw
-inputs beside it (X.rejected.parquet).
+`--output X.csv` or `X.parquet` writes that one file instead, and beside it remedy's pairs (X.pairs.csv)
+and the rejected records of raw inputs (X.rejected.parquet).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 COMMANDS = ("query", "domain-traffic", "top-dns", "what", "cluster", "remedy")
 _TABLE_OF = {"domain-traffic": "named_flows", "top-dns": "dns", "what": "named_flows", "remedy": "dns"}
 FILE_SUFFIXES = (".csv", ".parquet")
+_OTHER_RESULTS = {"remedy": ("pairs",)}  # results besides "result", written beside it as X.pairs.csv
 
 
 def add_commands(commands, add_read_arguments: Callable) -> None:
@@ -109,6 +110,9 @@ def _add_remedy_arguments(remedy: argparse.ArgumentParser) -> None:
                         help="resolvers that must return a value for it to be normal (2)")
     remedy.add_argument("--min-domains", type=int, default=3,
                         help="registered domains a resolver must send to one unusual ASN to be reported (3)")
+    remedy.add_argument("--max-pair-values", type=int, default=1000,
+                        help="distinct values (clients, servers, TTLs, ...) kept per resolver and domain; a pair with "
+                        "more is marked truncated and counted (1000)")
 
 
 def _analytic(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[str, pa.Table]]:
@@ -141,7 +145,8 @@ def _remedy(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[str,
     from beamlytics.pipelines import cli
 
     try:
-        config = remedy.RemedyConfig(args.min_resolutions, args.min_resolvers, args.min_agree, args.min_domains)
+        config = remedy.RemedyConfig(args.min_resolutions, args.min_resolvers, args.min_agree, args.min_domains,
+                                     max_pair_values=args.max_pair_values)
         if args.asn_db is not None and not os.path.isfile(args.asn_db):
             raise cli.UsageError(f"--asn-db {args.asn_db}: no such file")
         lookup = remedy.AsnLookup(args.asn_db)
@@ -153,25 +158,47 @@ def _remedy(args: argparse.Namespace, options) -> Callable[[pa.Table], dict[str,
 
 def _remedy_with_beam(table: pa.Table, config, lookup, options, batch_rows: int = 50_000) -> dict[str, pa.Table]:
     """REMeDy's report and pairs, the pair statistics computed and merged by `FindRogueResolvers` on the runner."""
+    from beamlytics.transforms.analytics import FindRogueResolvers
+
+    found = _on_runner(options, [table.slice(start, batch_rows) for start in range(0, table.num_rows, batch_rows)],
+                       FindRogueResolvers(config, lookup),
+                       lambda verdict: [("result", 0, verdict.report), ("pairs", 0, verdict.pairs),
+                                        ("truncated", 0, pa.table({"pairs": [verdict.truncated_pairs]}))])
+    truncated = found["truncated"][0]["pairs"][0].as_py()
+    if truncated:
+        print(f"beamlytics remedy: {truncated} (resolver, domain) pairs had more than {config.max_pair_values} "
+              "distinct values in a set (--max-pair-values); their counts are lower bounds (column truncated)",
+              file=sys.stderr)
+    return {name: found[name][0] for name in ("result", "pairs")}
+
+
+def _on_runner(options, elements: list, transform, tables_of: Callable) -> dict[str, list[pa.Table]]:
+    """Run `elements | transform` on the chosen runner and bring back the tables that `tables_of` makes of each
+    output element, as (name, part, table): by name, in part order.
+
+    They come back through Parquet files in a temporary folder, since a runner's workers need not share this
+    process's memory.
+    """
     import tempfile
 
     import apache_beam as beam
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from beamlytics.transforms.analytics import FindRogueResolvers
     from beamlytics.transforms.write import parquet_bytes, write_file
 
-    with tempfile.TemporaryDirectory(prefix="beamlytics-remedy-") as folder:
+    def write(element, folder: str) -> list:
+        return [write_file(f"{folder}/{name}.{part:012d}.parquet", parquet_bytes(result))
+                for name, part, result in tables_of(element)]
+
+    found: dict[str, list[pa.Table]] = {}
+    with tempfile.TemporaryDirectory(prefix="beamlytics-analytics-") as folder:
         with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline
-                 | "Records" >> beam.Create([table.slice(start, batch_rows)
-                                             for start in range(0, table.num_rows, batch_rows)])
-                 | "Remedy" >> FindRogueResolvers(config, lookup)
-                 | "Write" >> beam.FlatMap(lambda tables: [
-                     write_file(f"{folder}/{name}.parquet", parquet_bytes(result))
-                     for name, result in zip(("result", "pairs"), tables)]))
-        return {name: pq.read_table(os.path.join(folder, f"{name}.parquet")) for name in ("result", "pairs")}
+            _ = (pipeline | "Input" >> beam.Create(elements) | "Analytic" >> transform
+                 | "Write" >> beam.FlatMap(write, folder))
+        for file in sorted(os.listdir(folder)):
+            found.setdefault(file.split(".")[0], []).append(pq.read_table(os.path.join(folder, file)))
+    return found
 
 
 def _cluster_input(table: pa.Table, args: argparse.Namespace) -> pa.Table:
@@ -217,31 +244,23 @@ def _cluster(table: pa.Table, args: argparse.Namespace, options) -> pa.Table:
 
 def _assign_with_beam(table: pa.Table, fitted, model, options, batch_rows: int = 50_000):
     """(cluster ids, probabilities) of every row of `table`, assigned by RunInference on the chosen runner."""
-    import tempfile
-
     import apache_beam as beam
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from beamlytics.transforms.analytics import AssignClusters
-    from beamlytics.transforms.write import parquet_bytes, write_file
+
+    def labels(rows):
+        columns = {"position": [row[0] for row in rows], "cluster": [row[1] for row in rows],
+                   "probability": [row[2] for row in rows]}
+        return [("labels", min(columns["position"]), pa.table(columns))]
 
     batches = [(start, table.slice(start, batch_rows)) for start in range(0, table.num_rows, batch_rows)]
-    with tempfile.TemporaryDirectory(prefix="beamlytics-labels-") as folder:
-        with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline
-                 | "Rows" >> beam.Create(batches)
-                 | "Assign" >> AssignClusters(fitted, model)
-                 | "Batch" >> beam.BatchElements(min_batch_size=10_000, max_batch_size=100_000)
-                 | "Write" >> beam.Map(lambda rows: write_file(
-                     f"{folder}/{min(row[0] for row in rows):012d}.parquet",
-                     parquet_bytes(pa.table({"position": [row[0] for row in rows], "cluster": [row[1] for row in rows],
-                                             "probability": [row[2] for row in rows]})))))
-        parts = [pq.read_table(os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
-    assigned = pa.concat_tables(parts) if parts else pa.table({"position": pa.array([], pa.int64()),
-                                                               "cluster": pa.array([], pa.int64()),
-                                                               "probability": pa.array([], pa.float64())})
+    parts = _on_runner(options, batches, AssignClusters(fitted, model)
+                       | "Batch" >> beam.BatchElements(min_batch_size=10_000, max_batch_size=100_000), labels)
+    assigned = pa.concat_tables(parts["labels"]) if parts else pa.table({"position": pa.array([], pa.int64()),
+                                                                         "cluster": pa.array([], pa.int64()),
+                                                                         "probability": pa.array([], pa.float64())})
     assigned = assigned.sort_by("position")
     return (np.asarray(assigned["cluster"].to_numpy(), dtype=np.int64),
             np.asarray(assigned["probability"].to_numpy(), dtype=float))
@@ -266,7 +285,7 @@ def _check_file_output(args: argparse.Namespace, suffix: str) -> str:
         raise cli.UsageError(f"--output {args.output}: the feature vector of cluster has no CSV form; "
                              "give a .parquet file or a folder")
     rejected = args.output[: -len(suffix)] + ".rejected.parquet"
-    for path in (args.output, rejected):
+    for path in (args.output, *_beside_result(args, suffix).values(), rejected):
         if os.path.isdir(path):
             raise cli.UsageError(f"--output {args.output}: {path} is a folder")
         if os.path.lexists(path) and not args.overwrite:
@@ -279,6 +298,11 @@ def _check_file_output(args: argparse.Namespace, suffix: str) -> str:
     if not os.path.isdir(parent):
         raise cli.UsageError(f"--output {args.output}: no such folder {parent}")
     return rejected
+
+
+def _beside_result(args: argparse.Namespace, suffix: str) -> dict[str, str]:
+    """The command's other results (remedy's pairs) -> the files beside X.csv / X.parquet that hold them."""
+    return {name: f"{args.output[: -len(suffix)]}.{name}{suffix}" for name in _OTHER_RESULTS.get(args.command, ())}
 
 
 def _is_rejected_file(path: str) -> bool:
@@ -383,12 +407,14 @@ def _run_to_file(args, options, settings, earlier, analytic, days, suffix: str, 
     parent = os.path.dirname(os.path.abspath(args.output))
     with tempfile.TemporaryDirectory(prefix=".beamlytics-staging-", dir=parent) as staging:
         records, results = _analyse(args, options, settings, earlier, staging, analytic, days)
-        written = os.path.join(staging, "result" + suffix)
-        if suffix == ".csv":
-            pcsv.write_csv(results["result"], written)
-        else:
-            pq.write_table(results["result"], written)
-        moves = [(written, args.output)]
+        moves = []
+        for name, target in {"result": args.output, **_beside_result(args, suffix)}.items():
+            written = os.path.join(staging, name + suffix)
+            if suffix == ".csv":
+                pcsv.write_csv(results[name], written)
+            else:
+                pq.write_table(results[name], written)
+            moves.append((written, target))
         code, notes = 0, []
         if settings is not None:
             rejected = pq.read_table(os.path.join(staging, "rejected"))

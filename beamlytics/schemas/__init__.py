@@ -18,7 +18,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 UID_FIELD = pa.field("uid", pa.string())
 
 PROVENANCE_FIELDS = [
-    pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, bind, pcap
+    pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, bind, pcap, nfstream
     pa.field("source_file", pa.string(), nullable=False),
     # 1-based line number in the (decompressed) log, or 1-based packet number in a capture.
     pa.field("source_pos", pa.int64(), nullable=False),
@@ -83,7 +83,7 @@ NAMED_FLOWS = pa.schema(
         pa.field("s_port", pa.int32()),
         pa.field("proto", pa.string()),  # tcp | udp | icmp | ...
         pa.field("name", pa.string()),  # null for flows nothing could name: kept, not dropped
-        pa.field("name_source", pa.string()),  # sni | http_host | dns | squid_url | tstat
+        pa.field("name_source", pa.string()),  # sni | http_host | dns | squid_url | tstat | ndpi
         pa.field("c_pkt", pa.int64()),
         pa.field("s_pkt", pa.int64()),
         pa.field("c_bytes", pa.int64()),
@@ -93,6 +93,10 @@ NAMED_FLOWS = pa.schema(
         pa.field("time_end", TIMESTAMP),
         # Zeek's conn_state vocabulary (S0, REJ, SF, RSTO, ...) where the source gives or implies it.
         pa.field("conn_state", pa.string()),
+        # nDPI's application and its category (e.g. "TLS.YouTube", "Media"), from `--format nfstream` only:
+        # null for every other source. Columns of this table, not a side table, so named_flows keeps one shape.
+        pa.field("application", pa.string()),
+        pa.field("application_category", pa.string()),
         UID_FIELD,
         *PROVENANCE_FIELDS,
     ]

@@ -47,7 +47,7 @@ class AssignClusters(beam.PTransform):
 
 
 class FindRogueResolvers(beam.PTransform):
-    """dns Arrow batches -> (report of suspicious resolvers, inconsistent pairs), REMeDy across the runner.
+    """dns Arrow batches -> one `remedy.Verdict` (report, inconsistent pairs, truncated pairs), REMeDy across the runner.
 
     Each batch is reduced to per (resolver, domain) statistics where it is read; only those, merged per
     pair, meet in one place to be judged (a domain's verdict needs every resolver's answers for it).
@@ -62,7 +62,7 @@ class FindRogueResolvers(beam.PTransform):
         config, lookup = self._config, self._lookup
         return (
             batches
-            | "PairStats" >> beam.FlatMap(lambda batch: pair_items(batch, lookup, config.ttl_granularity))
+            | "PairStats" >> beam.FlatMap(lambda batch: pair_items(batch, lookup, config))
             | "MergePairs" >> beam.CombinePerKey(merge_all)
             | "AllPairs" >> beam.combiners.ToDict()
             | "Judge" >> beam.Map(judge, config)
