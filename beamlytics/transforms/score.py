@@ -253,7 +253,7 @@ def population_of(windows, feature_names: tuple[str, ...]):
         windows
         | "Pools" >> beam.FlatMap(lambda table: pools_of(table, feature_names).items())
         | "MergePools" >> beam.CombinePerKey(MergePools())
-        | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.fit(value for _, value in pool)))
+        | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.fit(pool.values)))
     )
     return beam.pvalue.AsDict(tails)
 
@@ -265,7 +265,7 @@ class MergePools(beam.CombineFn):
         self.capacity = capacity
 
     def create_accumulator(self):
-        return []
+        return merge_pools([], self.capacity)
 
     def add_input(self, pool, more):
         return merge_pools([pool, more], self.capacity)
