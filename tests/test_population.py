@@ -10,7 +10,7 @@ from scipy import stats
 
 from beamlytics import features
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointWindow, score_table
-from beamlytics.detectors.population import FeatureTail, Population, merge_pool_maps, pools_of
+from beamlytics.detectors.population import FeatureTail, Population, merge_pools, pools_of
 from beamlytics.detectors.verdict import ALARM, POPULATION, VerdictSettings, judge
 from beamlytics.transforms.score import JudgeShards
 from tests.conftest import collect
@@ -104,7 +104,8 @@ def test_pools_are_the_same_in_any_order_and_sharding():
     random.Random(7).shuffle(order)
     shuffled = windows.take(pa.array(order))
     pieces = [pools_of(shuffled.slice(start, 375), CONFIG.features, capacity) for start in range(0, 3000, 375)]
-    assert merge_pool_maps(pieces[::-1], capacity) == merge_pool_maps([whole], capacity)
+    for key, pool in whole.items():
+        assert merge_pools([piece[key] for piece in pieces[::-1]], capacity) == pool
     assert all(len(pool) == capacity for pool in whole.values())
 
 

@@ -100,14 +100,6 @@ def _rows_by_kind(windows: pa.Table) -> dict[tuple[str, str], pa.Table]:
     return by_kind
 
 
-def merge_pool_maps(maps: Iterable[Mapping[PoolKey, Pool]], capacity: int = CAPACITY) -> dict[PoolKey, Pool]:
-    gathered: dict[PoolKey, list[Pool]] = {}
-    for pools in maps:
-        for key, pool in pools.items():
-            gathered.setdefault(key, []).append(pool)
-    return {key: merge_pools(found, capacity) for key, found in sorted(gathered.items())}
-
-
 @dataclass(frozen=True)
 class FeatureTail:
     """The population of one feature: its sorted pooled values and SPOT's upper tail fitted on them."""
