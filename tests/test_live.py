@@ -145,6 +145,7 @@ def test_a_pane_is_written_once_atomically_and_named_by_its_content(tmp_path):
     (["--table", "dns", "kafka://localhost:9092/"], "no topic in kafka://localhost:9092/"),
     (["--table", "dns", "--allowed-lateness", "soon", "LOGS"], "not a duration: 'soon'"),
     (["--table", "dns", "--baseline", "x", "LOGS"], "--follow does not take --baseline"),
+    (["--table", "dns", "--query", "SELECT * FROM netlytics", "LOGS"], "--follow does not take --query"),
 ])
 def test_follow_mistakes_end_with_one_line_and_exit_2(arguments, message, tmp_path, capsys):
     from beamlytics.pipelines import cli

@@ -127,7 +127,7 @@ class LineReader:
         too_long = np.flatnonzero(ends - starts > self.max_line_bytes)
         first_line = 0
         for index in too_long.tolist():
-            cut, resume = int(starts[index]), int(ends[index]) + 1
+            cut = int(starts[index])
             oversized = (number + index, data[cut: cut + OVERSIZED_EXCERPT_BYTES])
             lines = _split_lines(data[int(starts[first_line]):cut]) if index > first_line else None
             yield self._block(number + first_line, lines, [oversized])

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from beamlytics import synthetic
-    from beamlytics.pipelines import cli, outputs  # the demo drives the real command line
+    from beamlytics.pipelines import cli  # the demo drives the real command line
     from beamlytics.report import folder
 
     cli.check_output_folder(args.output)

@@ -310,6 +310,8 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         raise cli.UsageError(str(error)) from None
     if args.baseline or args.train_until is not None:
         raise cli.UsageError("--follow does not take --baseline or --train-until yet")
+    if args.query:  # refused, not ignored: the live sources do not run the row SQL yet
+        raise cli.UsageError("--follow does not take --query yet: filter the records upstream, or run batch detect")
     cli.check_output_folder(args.output)
     try:
         summary = run_live(options, LiveSettings(source, spec, config, idle, kafka_output), args.output,
