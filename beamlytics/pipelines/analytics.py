@@ -161,15 +161,21 @@ def _remedy_with_beam(table: pa.Table, config, lookup, options, batch_rows: int 
     from beamlytics.transforms.analytics import FindRogueResolvers
 
     found = _on_runner(options, [table.slice(start, batch_rows) for start in range(0, table.num_rows, batch_rows)],
-                       FindRogueResolvers(config, lookup),
-                       lambda verdict: [("result", 0, verdict.report), ("pairs", 0, verdict.pairs),
-                                        ("truncated", 0, pa.table({"pairs": [verdict.truncated_pairs]}))])
+                       FindRogueResolvers(config, lookup), _remedy_tables)
     truncated = found["truncated"][0]["pairs"][0].as_py()
     if truncated:
         print(f"beamlytics remedy: {truncated} (resolver, domain) pairs had more than {config.max_pair_values} "
               "distinct values in a set (--max-pair-values); their counts are lower bounds (column truncated)",
               file=sys.stderr)
     return {name: found[name][0] for name in ("result", "pairs")}
+
+
+def _remedy_tables(verdict) -> list:
+    """(name, part, table) of a REMeDy verdict for `_on_runner`; imports pyarrow itself, as it runs on a worker."""
+    import pyarrow as pa
+
+    return [("result", 0, verdict.report), ("pairs", 0, verdict.pairs),
+            ("truncated", 0, pa.table({"pairs": [verdict.truncated_pairs]}))]
 
 
 def _on_runner(options, elements: list, transform, tables_of: Callable) -> dict[str, list[pa.Table]]:
