@@ -203,10 +203,11 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
     parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
                         "optionally with a feature name; their alarms are scored, counted, not reported")
-    parser.add_argument("--hunts", default="all", metavar="HUNTS",
-                        help="hunts whose findings over a UTC day are evidence in the verdicts: all (default: "
-                        "beacon,long,strobe,scan on named_flows, dns_tunnel on dns, none on http), none, or a "
-                        "comma-separated list; a finding at score 0.5 alarms its windows (docs/hunts.md)")
+    parser.add_argument("--hunts", default="none", metavar="HUNTS",
+                        help="hunts whose findings over a UTC day are evidence in the verdicts: none (default), all "
+                        "(beacon,long,strobe,scan on named_flows, dns_tunnel on dns, none on http), or a "
+                        "comma-separated list; a finding at score 0.5 alarms its windows (docs/hunts.md); "
+                        "costs memory with the records (docs/guide.md)")
     parser.add_argument("--query", metavar="SQL", help="row-by-row SQL over the records first, the table named "
                         "netlytics, e.g. \"SELECT * FROM netlytics WHERE proto = 'tcp'\" (docs/analytics.md)")
     group = parser.add_argument_group("detector parameters (defaults are each detector's own)")
