@@ -65,6 +65,19 @@ class SeriesVerdicts:
             pa.array([v.evidence_json() for v in verdicts], pa.string()),
         )
 
+    @classmethod
+    def of_judgements(cls, judgements: Iterable[tuple]) -> "SeriesVerdicts":
+        """Verdicts given as (status, score, threshold, direction, evidence) tuples, the evidence flat
+        (`flat_evidence_json`): what a detector that judges without a Verdict object per window hands over."""
+        rows = list(judgements)
+        return cls(
+            pa.array([row[0] for row in rows], pa.string()),
+            pa.array([row[1] for row in rows], pa.float64()),
+            pa.array([row[2] for row in rows], pa.float64()),
+            pa.array([row[3] for row in rows], pa.string()),
+            pa.array([flat_evidence_json(row[4]) for row in rows], pa.string()),
+        )
+
 
 def json_number(value: float) -> str:
     """A float as `Verdict.evidence_json` writes it (non-finite values as strings)."""

@@ -25,9 +25,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 
-from beamlytics.detectors.base import Detector, SeriesVerdicts, Status, Verdict, flat_evidence_json
+from beamlytics.detectors.base import Detector, SeriesVerdicts, Status, Verdict
 from beamlytics.detectors.health import HEALTH_MODELS, HealthModel, health_model_from_dict, make_health_model
 
 # Added to both distributions before renormalising, as in the seed notebook, so that the
@@ -334,13 +333,13 @@ class PoissonDetector(Detector):
 
         λ and health stay per series and move window by window exactly as in `observe`; only the
         scoring of a window against its series' λ is batched, with the same bits (see `score_windows`).
-        Verdicts go straight into the columns, their evidence JSON from a template (`flat_evidence_json`).
+        Verdicts go straight into the columns (`SeriesVerdicts.of_judgements`).
         """
         if population is not None:
             return super().score_series(params, observations, train, starts, population)
         ends = [*starts.tolist()[1:], len(observations)]
         series = [cls._calibrated(params, observations, train, first, end) for first, end in zip(starts.tolist(), ends)]
-        verdicts: dict[int, tuple] = {}
+        verdicts: dict[int, tuple] = {}  # window -> `_judge`'s fields
         running = [index for index, (_, judged) in enumerate(series) if judged < ends[index]]
         step = 0
         while running:
@@ -353,7 +352,7 @@ class PoissonDetector(Detector):
                     verdicts[at] = _MISSING
                 elif detector.rate is None:
                     counts = _slot_counts(observations[at])
-                    verdicts[at] = _columns(detector._judge(int(counts.sum()), counts.size, None, None))
+                    verdicts[at] = detector._judge(int(counts.sum()), counts.size, None, None)
                 else:
                     by_size.setdefault(size, []).append((detector, at))
             for size, windows in by_size.items():
@@ -362,11 +361,10 @@ class PoissonDetector(Detector):
                 scores = score_windows(counts, np.array(rates), windows[0][0].beta, size)
                 rows = zip(*(scores[name].tolist() for name in SCORE_NAMES))
                 for (detector, at), lam, total, row in zip(windows, rates, counts.sum(axis=1).tolist(), rows):
-                    verdicts[at] = _columns(detector._judge(total, size, lam, dict(zip(SCORE_NAMES, row))))
+                    verdicts[at] = detector._judge(total, size, lam, dict(zip(SCORE_NAMES, row)))
             step += 1
             running = [index for index in running if series[index][1] + step < ends[index]]
-        columns = list(zip(*(verdicts[at] for at in sorted(verdicts)))) or [()] * 5
-        return SeriesVerdicts(*(pa.array(column, kind) for column, kind in zip(columns, _COLUMN_TYPES)))
+        return SeriesVerdicts.of_judgements(verdicts[at] for at in sorted(verdicts))
 
     def _evidence(self, mean: float, lam: float, scores: Mapping[str, float]) -> dict[str, float]:
         evidence = {"lambda": lam, "mean": mean, **scores, "Ra": self.health[self.health_model].ra}
@@ -398,13 +396,7 @@ class PoissonDetector(Detector):
 
 
 _HEALTH_KEYS = {name: f"Ra_{name}" for name in HEALTH_MODELS}
-_MISSING = (Status.MISSING, None, None, None, "{}")
-_COLUMN_TYPES = (pa.string(), pa.float64(), pa.float64(), pa.string(), pa.string())  # SeriesVerdicts' fields
-
-
-def _columns(verdict: tuple[str, float | None, float, str | None, dict[str, Any]]) -> tuple:
-    """A `_judge` result as one row of the SeriesVerdicts columns."""
-    return (*verdict[:4], flat_evidence_json(verdict[4]))
+_MISSING = (Status.MISSING, None, None, None, {})
 
 
 def _slot_count_rows(windows: Sequence[Sequence[float]]) -> np.ndarray:

@@ -24,9 +24,8 @@ from collections import deque
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 
-from beamlytics.detectors.base import Detector, Observation, SeriesVerdicts, Status, Verdict, flat_evidence_json
+from beamlytics.detectors.base import Detector, Observation, SeriesVerdicts, Status, Verdict
 
 try:
     from beamlytics.detectors import _gpd
@@ -827,24 +826,15 @@ class _SpotAdapter(Detector):
     def score_series(cls, params: Mapping[str, Any], observations: Sequence[Observation], train: np.ndarray,
                      starts: np.ndarray, population: Mapping[str, Any] | None = None) -> SeriesVerdicts:
         """`Detector.score_series` without a Verdict per window: each judgement goes straight into
-        the columns, its evidence JSON from a template (`flat_evidence_json`)."""
+        the columns (`SeriesVerdicts.of_judgements`)."""
         if population is not None:
             return super().score_series(params, observations, train, starts, population)
-        status, score, threshold, direction, evidence = [], [], [], [], []
+        judgements = []
         bounds = [*starts.tolist(), len(observations)]
         for first, end in zip(bounds[:-1], bounds[1:]):
             detector, judged = cls._calibrated(params, observations, train, first, end)
-            judge = detector._judge
-            for value in observations[judged:end]:
-                verdict = judge(float(value))
-                status.append(verdict[0])
-                score.append(verdict[1])
-                threshold.append(verdict[2])
-                direction.append(verdict[3])
-                evidence.append(flat_evidence_json(verdict[4]))
-        return SeriesVerdicts(pa.array(status, pa.string()), pa.array(score, pa.float64()),
-                              pa.array(threshold, pa.float64()), pa.array(direction, pa.string()),
-                              pa.array(evidence, pa.string()))
+            judgements.extend(map(detector._judge, map(float, observations[judged:end])))
+        return SeriesVerdicts.of_judgements(judgements)
 
     def _judge(self, value: float) -> tuple[str, float | None, float | None, str | None, dict[str, Any]]:
         """The fields of the value's Verdict (status, score, threshold, direction, evidence), then

@@ -153,8 +153,8 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     fired = is_judged[per_row] & finite & (judged[per_row] * p_sorted <= settings.alarm_rate)
     feature = scores.column("feature").take(pa.array(order)).combine_chunks()
     keys = scores.column("key").take(pa.array(first)).to_pylist()
-    window_marks = _window_marks(marks or {}, keys, scores.column("window_start").take(pa.array(first)))
-    hunt_scores = np.array([math.nan if mark is None else mark.score for mark in window_marks])
+    window_starts = scores.column("window_start").take(pa.array(first))
+    hunt_scores, hunts, hunt_evidence = _hunt_columns(marks, keys, window_starts)
     hunt_alarm = hunt_scores >= settings.hunt_alarm  # NaN: no finding, no alarm
     status = np.where(hunt_alarm | (is_judged & (combined <= settings.alarm_rate)), ALARM,
                       np.where(is_judged, NORMAL, UNJUDGED))
@@ -184,9 +184,9 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
             expected, limits, pa.array(p_sorted, mask=~finite),
             pa.array([source[i] for i in order.tolist()], pa.string())],
             fields=list(schemas.VERDICTS.field("evidence").type.value_type))),
-        "hunt": pa.array([None if mark is None else mark.hunt for mark in window_marks], pa.string()),
+        "hunt": hunts,
         "hunt_score": pa.array(hunt_scores, mask=np.isnan(hunt_scores)),
-        "hunt_evidence": pa.array([None if mark is None else mark.summary for mark in window_marks], pa.string()),
+        "hunt_evidence": hunt_evidence,
     })
     counts["verdicts"] = windows
     for reason in UNJUDGED_REASONS:
@@ -199,11 +199,17 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     return verdicts.cast(schemas.VERDICTS), reported, counts
 
 
-def _window_marks(marks: Mapping[tuple[str, int], Mark], keys: list, starts: pa.ChunkedArray) -> list[Mark | None]:
+def _hunt_columns(marks: Mapping[tuple[str, int], Mark] | None, keys: list, starts: pa.ChunkedArray
+                  ) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """Each window's strongest hunt finding: its score (NaN: none), hunt and sentence (null: none).
+    Without findings (the default) no window is looked up."""
     if not marks:
-        return [None] * len(keys)
+        return np.full(len(keys), math.nan), pa.nulls(len(keys), pa.string()), pa.nulls(len(keys), pa.string())
     micros = pc.cast(starts, pa.int64()).to_pylist()
-    return [marks.get((key, start)) for key, start in zip(keys, micros)]
+    found = [marks.get((key, start)) for key, start in zip(keys, micros)]
+    return (np.array([math.nan if mark is None else mark.score for mark in found]),
+            pa.array([None if mark is None else mark.hunt for mark in found], pa.string()),
+            pa.array([None if mark is None else mark.summary for mark in found], pa.string()))
 
 
 def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
