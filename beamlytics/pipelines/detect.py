@@ -20,6 +20,7 @@ from beamlytics.hunts.marks import finding_marks
 from beamlytics.inputs import DayRange
 from beamlytics.parsers import formats
 from beamlytics.parsers.base import Rejected
+from beamlytics.report import evidence
 from beamlytics.transforms.hunt import HuntFindings
 from beamlytics.transforms.read import REJECTED_TAG, ReadRecords
 from beamlytics.transforms.score import JudgeShards, ShardResult
@@ -72,6 +73,10 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
     read = pipeline | "Read" >> reader
     spec = settings.spec
     records = read["records"]
+    # For the incident report after the run: the records as parsed, before --query (as it always counted them).
+    records | "KeepEvidence" >> beam.FlatMap(evidence.write_batch, evidence.folder_of(output),
+                                             evidence.columns_for(spec),
+                                             {path: index for index, path in enumerate(settings.read.inputs)})
     if settings.query:
         records = records | "Query" >> beam.FlatMap(query_batch, settings.query, spec.table)
     # Windows are merged in the output shards: each shard's windows are then one table, scored, judged

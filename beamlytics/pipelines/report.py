@@ -30,9 +30,12 @@ def add_commands(commands) -> None:
 def finish_detect(output: str, paths: Sequence[str], fmt: str, options: Mapping[str, Any]) -> str:
     """After the detect pipeline, in its output (staging) folder: OUT/incidents/ and OUT/report.html; returns
     the top incidents as a terminal table, which detect prints last."""
-    from beamlytics.report import folder, incidents
+    from beamlytics.report import evidence, folder, incidents
 
-    found = folder.write_incidents(output, incidents.Inputs(tuple(paths), fmt, dict(options)))
+    try:
+        found = folder.write_incidents(output, incidents.Inputs(tuple(paths), fmt, dict(options)))
+    finally:
+        evidence.remove(output)
     folder.write_report(output)
     return folder.top_incidents(found, folder.read_summary(output))
 

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import features, schemas
 from beamlytics.manifest import MANIFEST
-from beamlytics.report import html, incidents, words
+from beamlytics.report import evidence, html, incidents, words
 from beamlytics.transforms.write import parquet_bytes, write_file
 
 INCIDENTS_FILE = "incidents/part-00000-of-00001.parquet"
@@ -71,14 +71,16 @@ def read_summary(output: str) -> dict[str, Any]:
 
 
 def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
-    """OUT/incidents/ from the other outputs, the inputs recorded in its metadata for `show`."""
+    """OUT/incidents/ from the other outputs and the records the pipeline kept (`evidence`; without them the
+    incidents' records are unknown), the inputs recorded in its metadata for `show`."""
     output = output.rstrip("/")
     summary = read_summary(output)
     table_name = summary["table"]
     verdicts = read_folder(f"{output}/verdicts", schemas.VERDICTS)
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     feature_table = read_folder(f"{output}/features", features.feature_schema(table_name))
-    batches = inputs.record_batches(table_name) if inputs.local else None
+    kept = evidence.kept_files(output)
+    batches = evidence.batches(kept) if kept else None
     found = incidents.build_incidents(verdicts, anomalies, feature_table, float(summary["window_seconds"]), batches)
     found = found.replace_schema_metadata({incidents.INPUTS_METADATA: inputs.to_json()})
     write_file(f"{output}/{INCIDENTS_FILE}", parquet_bytes(found))
