@@ -257,6 +257,15 @@ def test_detect_writes_one_incident_for_the_burst_pointing_at_its_lines(detected
     assert list(zip(records.column("source_pos").to_pylist(), records.column("query").to_pylist())) == lines
 
 
+def test_the_finished_output_holds_what_its_manifest_lists_and_no_kept_records(detected):
+    from beamlytics.manifest import MANIFEST
+
+    out = detected[1]
+    listed = {entry["path"] for entry in json.loads((out / MANIFEST).read_text())["files"]}
+    present = {str(path.relative_to(out)) for path in out.rglob("*") if path.is_file() and path.name != MANIFEST}
+    assert present == listed and not any(".beamlytics-evidence" in name for name in present)
+
+
 def test_incidents_record_the_inputs_for_show(detected):
     logs, out = detected
     metadata = pq.read_schema(next((out / "incidents").glob("*.parquet"))).metadata
@@ -278,11 +287,12 @@ def test_distinct_values_stop_being_tracked_at_the_bound_and_the_counts_say_so(m
     assert (row["distinct_names"], row["distinct_exact"]) == (3, False)
 
 
-def test_remote_inputs_are_not_read_again_and_records_stay_unknown(detected, tmp_path):
+def test_without_the_kept_records_inputs_are_not_parsed_again_and_records_stay_unknown(detected, tmp_path):
     from beamlytics.report import folder
 
     out = shutil.copytree(detected[1], tmp_path / "out")  # the module's run stays as it was
-    found = folder.write_incidents(str(out), incidents.Inputs(("gs://bucket/dns.log",)))
+    # A finished output holds no kept records (an older one never did); its inputs are still there.
+    found = folder.write_incidents(str(out), incidents.Inputs(tuple(map(str, detected[0].rglob("*.log")))))
     assert found.column("records").to_pylist() == [None]
     assert found.column("record_files").to_pylist() == [None]
 

@@ -118,3 +118,21 @@ def test_a_squid_log_read_in_ranges_by_two_workers_writes_the_same_bytes(tmp_pat
     assert two == one
     rejected = pq.read_table(tmp_path / "one" / "rejected")
     assert rejected.num_rows == 90 and pq.read_table(tmp_path / "one" / "anomalies").num_rows > 0
+
+
+def test_incidents_from_the_kept_records_equal_those_of_parsing_the_inputs_again(log, tmp_path):
+    """The records the pipeline keeps, read in byte ranges by two workers, tally as a fresh parse of the log does."""
+    from beamlytics import features, schemas
+    from beamlytics.report import evidence, folder, incidents
+
+    out = run_detect(log, tmp_path / "out", 2, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+                     split_bytes=log.stat().st_size // 5)
+    assert len(evidence.kept_files(str(out))) > 1
+    found = folder.write_incidents(str(out), incidents.Inputs((str(log),)))
+    again = incidents.build_incidents(
+        folder.read_folder(str(out / "verdicts"), schemas.VERDICTS),
+        folder.read_folder(str(out / "anomalies"), schemas.ANOMALIES),
+        folder.read_folder(str(out / "features"), features.feature_schema("dns")), 60.0,
+        incidents.Inputs((str(log),)).record_batches("dns"))
+    assert found.num_rows > 0 and sum(found.column("records").to_pylist()) > 0
+    assert found.replace_schema_metadata(None).equals(again)
