@@ -103,6 +103,13 @@ def p2_quantile(p: float, values: Sequence[float]) -> float:
 
     NaN for fewer than 5 values (libspot's convention: no estimate).
     """
+    if _gpd is None:
+        return _p2_quantile_python(p, np.asarray(values, dtype=np.float64).tolist())
+    return _gpd.p2_quantile(float(p), np.ascontiguousarray(values, dtype=np.float64))
+
+
+def _p2_quantile_python(p: float, values: Sequence[float]) -> float:
+    """`p2_quantile` where _gpd.c is not built: one Python step per value."""
     if len(values) < 5:
         return math.nan
     heights = sorted(float(v) for v in values[:5])
@@ -459,7 +466,7 @@ class Spot:
             raise ValueError("fit values must not contain NaN")
         self.Nt = 0
         self.n = int(data.size)
-        threshold = p2_quantile(1.0 - self.level if self.low else self.level, data.tolist())
+        threshold = p2_quantile(1.0 - self.level if self.low else self.level, data)
         if math.isnan(threshold):
             raise ValueError("The excess threshold has not been initialized")
         self.excess_threshold = threshold
