@@ -674,3 +674,23 @@ def test_example_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch)
     error = capsys.readouterr().err
     assert error.startswith("error: data file not found") and error.count("\n") == 1
     sys.modules.pop("mawi_spot", None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.lists(st.floats(0.0, 1e6, allow_nan=False), max_size=60),
+       st.lists(st.one_of(st.floats(1e-9, 1e9, allow_nan=False), st.sampled_from([1.0, 2.0, math.inf])),
+                max_size=300))
+def test_excesses_extend_is_push_after_push(capacity, before, values):
+    """The compiled extend (SPOT's fit) leaves the buffer, cursor, sums, min and max bit for bit as pushes do."""
+    if spot_module._gpd is None:
+        skip_or_fail_in_ci("beamlytics/detectors/_gpd.c is not built (pip install -e . builds it)")
+    pushed, extended = spot_module._Excesses(capacity), spot_module._Excesses(capacity)
+    for excesses in (pushed, extended):
+        for x in before:
+            excesses.push(x)
+    for x in values:
+        pushed.push(x)
+    extended.extend(np.array(values, dtype=np.float64))
+    state = ("cursor", "filled", "total", "total_sq", "minimum", "maximum")
+    assert repr([getattr(extended, name) for name in state]) == repr([getattr(pushed, name) for name in state])
+    assert extended.buffer.tobytes() == pushed.buffer.tobytes()

@@ -206,6 +206,16 @@ class _Excesses:
             if overwritten <= self.minimum or overwritten >= self.maximum:
                 self._recompute()
 
+    def extend(self, values: np.ndarray) -> None:
+        """`push` of each of `values` (float64) in turn."""
+        if _gpd is None:
+            for x in values.tolist():
+                self.push(x)
+            return
+        (self.cursor, self.filled, self.total, self.total_sq, self.minimum, self.maximum) = _gpd.extend(
+            self.buffer, np.ascontiguousarray(values, dtype=np.float64), self.cursor, self.filled, self.total,
+            self.total_sq, self.minimum, self.maximum)
+
     def _recompute(self) -> None:
         values = self.values()
         self.total = _sequential_sum(values.copy())
@@ -473,9 +483,8 @@ class Spot:
         with np.errstate(invalid="ignore"):  # inf - inf: NaN, not an excess, as in C
             excesses = self._sign * (data - threshold)
             excesses = excesses[excesses > 0]
-        for excess in excesses.tolist():
-            self.Nt += 1
-            self._excesses.push(excess)
+        self.Nt += int(excesses.size)
+        self._excesses.extend(excesses)
         self._refit()
         if math.isnan(self.anomaly_threshold):
             raise ValueError("The anomaly threshold has not been initialized")
