@@ -3,9 +3,9 @@ import sys
 
 from setuptools import Extension, find_packages, setup
 
-# SPOT's GPD refit in C (beamlytics/detectors/_gpd.c). Optional: without a compiler the build
-# goes on and spot.py uses its numpy path. No fused multiply-add, which would change
-# libspot's bits wherever the target has FMA.
+# SPOT's GPD refit, P² quantile and excess pushes in C (beamlytics/detectors/_gpd.c). Optional:
+# without a compiler the build goes on and spot.py uses its numpy and Python paths. No fused
+# multiply-add, which would change libspot's bits wherever the target has FMA.
 GPD_FIT = Extension("beamlytics.detectors._gpd", ["beamlytics/detectors/_gpd.c"], optional=True,
                     extra_compile_args=[] if sys.platform == "win32" else ["-ffp-contract=off"])
 

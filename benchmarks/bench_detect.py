@@ -3,8 +3,10 @@
 For each input size, A B A B: `beamlytics detect` (gaussian, 60 s windows per client, the
 default features) and the reference doing the same, each in its own process, timed with its
 peak RSS. The features and verdicts of both must be equal, or the benchmark fails. Then:
-- per-stage costs of beamlytics' plain-Python path (parse, window, score, write), and the
-  Beam overhead (the run minus their sum), beside the reference's own stages;
+- per-stage costs of beamlytics' plain-Python path (parse, window, score, write), and of the
+  timed run itself (`benchmarks/detect_phases.py`): its pipeline, the Beam overhead (the pipeline
+  minus those stages), the incident report after it and the rest (imports, options), beside the
+  reference's own stages;
 - a cost model fitted to each: seconds = fixed + per record + per endpoint-window;
 - on the largest input, 2 workers against 1 (`--direct_running_mode=multi_processing`).
 
@@ -112,8 +114,13 @@ def _timed(command: list[str]) -> tuple[float, float]:
 
 
 def _ours(inputs: Path, output: Path, *options: str) -> tuple[float, float]:
-    return _timed([sys.executable, "-m", "beamlytics.pipelines.cli", "detect", "--table", "dns", "--window", "60s",
-                   "--output", str(output), *options, str(inputs)])
+    """`beamlytics detect` timed; its phases (pipeline, report, rest) go to OUTPUT's sibling .phases.json."""
+    return _timed([sys.executable, "-m", "benchmarks.detect_phases", str(_phases_file(output)), "detect",
+                   "--table", "dns", "--window", "60s", "--output", str(output), *options, str(inputs)])
+
+
+def _phases_file(output: Path) -> Path:
+    return output.with_name(output.name + ".phases.json")  # beside: detect owns its output folder
 
 
 def _reference(inputs: Path, output: Path) -> tuple[float, float]:
@@ -155,7 +162,7 @@ def disagreements(ours: Path, reference: Path) -> list[str]:
 
 
 def stage_seconds(inputs: Path) -> dict[str, float]:
-    """beamlytics' plain-Python path, stage by stage, in this process."""
+    """beamlytics' plain-Python path, stage by stage, in this process (the report: see `detect_phases`)."""
     seconds = {}
     start = time.perf_counter()
     batches = [item.records for item in formats.parse_paths(expand_inputs([str(inputs)]), "dns")
@@ -203,9 +210,10 @@ def _run(work: Path) -> list[Result]:
         windows = json.loads((outputs / "ours-0" / "summary.json").read_text())["windows"]
         (our_seconds, our_rss), (their_seconds, their_rss) = min(ours), min(theirs)
         stages = stage_seconds(inputs)
+        phases = json.loads(_phases_file(outputs / f"ours-{ours.index(min(ours))}").read_text())
         reference_stages = json.loads((outputs / "reference-0" / "timings.json").read_text())
         rows.append((size, windows, our_seconds, their_seconds, max(r for _, r in ours), max(r for _, r in theirs),
-                     stages, reference_stages))
+                     stages, phases, reference_stages))
         for name, value in (("records", size.records), ("windows", windows), ("ours", our_seconds),
                             ("reference", their_seconds)):
             model[name].append(value)
@@ -214,15 +222,18 @@ def _run(work: Path) -> list[Result]:
 
     print(f"{'input':<22}{'endpoint-windows':>17}{'ours s':>9}{'script s':>10}{'time x':>8}"
           f"{'ours MiB':>10}{'script MiB':>12}{'RSS x':>7}  same results")
-    for size, windows, our_seconds, their_seconds, our_rss, their_rss, _, _ in rows:
+    for size, windows, our_seconds, their_seconds, our_rss, their_rss, *_ in rows:
         print(f"{size.label:<22}{windows:>17,}{our_seconds:>9.2f}{their_seconds:>10.2f}"
               f"{our_seconds / their_seconds:>8.1f}{our_rss:>10.0f}{their_rss:>12.0f}{our_rss / their_rss:>7.1f}  yes")
-    print("per stage, seconds (ours: plain-Python path, one process; beam = run - stages):")
-    for size, _, our_seconds, _, _, _, stages, reference_stages in rows:
+    print("per stage, seconds. ours: parse, window, score, write on the plain-Python path in one process; of the "
+          "timed run: its pipeline, beam = pipeline - those stages, report (after the pipeline), rest (imports, "
+          "options, summary):")
+    for size, _, our_seconds, _, _, _, stages, phases, reference_stages in rows:
         ours_text = ", ".join(f"{name} {value:.2f}" for name, value in stages.items())
         theirs_text = ", ".join(f"{name} {value:.2f}" for name, value in reference_stages.items())
-        print(f"  {size.label:<22} ours: {ours_text}, beam {our_seconds - sum(stages.values()):.2f} | "
-              f"script: {theirs_text}")
+        print(f"  {size.label:<22} ours: {ours_text}; pipeline {phases['pipeline']:.2f}, "
+              f"beam {phases['pipeline'] - sum(stages.values()):.2f}, report {phases['report']:.2f}, "
+              f"rest {phases['rest']:.2f} | script: {theirs_text}")
     for who in ("ours", "reference"):
         fixed, per_record, per_window = fit_cost_model(model["records"], model["windows"], model[who])
         print(f"cost model, {who}: {fixed:.2f} s + {per_record * 1e6:.2f} µs/record "

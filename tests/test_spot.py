@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import struct
 import sys
 from collections import Counter, deque
 from pathlib import Path
@@ -290,15 +291,29 @@ def test_fuzz_steps_equal_step_by_step(calibration, stream, max_excess, low, dis
     assert json.dumps(batch.to_dict()) == json.dumps(one.to_dict())
 
 
-def test_p2_quantile_hand_worked():
+@pytest.mark.parametrize("quantile", [p2_quantile, spot_module._p2_quantile_python], ids=["default", "python"])
+def test_p2_quantile_hand_worked(quantile):
     # five values: the markers are the sorted values and the middle one is the estimate
-    assert p2_quantile(0.5, [5.0, 1.0, 4.0, 2.0, 3.0]) == 3.0
+    assert quantile(0.5, [5.0, 1.0, 4.0, 2.0, 3.0]) == 3.0
     # 1..8, p = 0.5. At 8: positions [0,1,2,4,7], desired [0,1.75,3.5,5.25,7]. Marker 2
     # lags by 1.5: parabolic 3 + 1/3·(2·2/2 + 1·1/1) = 4; then marker 3 moves to 6.
-    assert p2_quantile(0.5, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == 4.0
+    assert quantile(0.5, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == 4.0
     # 1..6: 6 only moves the top marker; nothing lags by a whole position yet
-    assert p2_quantile(0.5, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == 3.0
-    assert math.isnan(p2_quantile(0.98, [1.0, 2.0, 3.0, 4.0]))
+    assert quantile(0.5, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == 3.0
+    assert math.isnan(quantile(0.98, [1.0, 2.0, 3.0, 4.0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([0.5, 0.02, 0.98, 0.999]),
+       st.lists(st.one_of(st.floats(allow_nan=False, width=64), st.sampled_from([0.0, -0.0, 1.0, 2.0])),
+                max_size=400))
+def test_p2_quantile_compiled_gives_the_python_bits(p, values):
+    """The compiled P² (_gpd.c) against the Python loop: ties, signed zeros, infinities, any order."""
+    if spot_module._gpd is None:
+        skip_or_fail_in_ci("beamlytics/detectors/_gpd.c is not built (pip install -e . builds it)")
+    expected = spot_module._p2_quantile_python(p, values)
+    found = spot_module._gpd.p2_quantile(p, np.asarray(values, dtype=np.float64))
+    assert (math.isnan(expected) and math.isnan(found)) or struct.pack("<d", expected) == struct.pack("<d", found)
 
 
 def test_p2_quantile_close_to_numpy_on_a_large_sample():
@@ -659,3 +674,23 @@ def test_example_reports_missing_data_in_one_line(tmp_path, capsys, monkeypatch)
     error = capsys.readouterr().err
     assert error.startswith("error: data file not found") and error.count("\n") == 1
     sys.modules.pop("mawi_spot", None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.lists(st.floats(0.0, 1e6, allow_nan=False), max_size=60),
+       st.lists(st.one_of(st.floats(1e-9, 1e9, allow_nan=False), st.sampled_from([1.0, 2.0, math.inf])),
+                max_size=300))
+def test_excesses_extend_is_push_after_push(capacity, before, values):
+    """The compiled extend (SPOT's fit) leaves the buffer, cursor, sums, min and max bit for bit as pushes do."""
+    if spot_module._gpd is None:
+        skip_or_fail_in_ci("beamlytics/detectors/_gpd.c is not built (pip install -e . builds it)")
+    pushed, extended = spot_module._Excesses(capacity), spot_module._Excesses(capacity)
+    for excesses in (pushed, extended):
+        for x in before:
+            excesses.push(x)
+    for x in values:
+        pushed.push(x)
+    extended.extend(np.array(values, dtype=np.float64))
+    state = ("cursor", "filled", "total", "total_sq", "minimum", "maximum")
+    assert repr([getattr(extended, name) for name in state]) == repr([getattr(pushed, name) for name in state])
+    assert extended.buffer.tobytes() == pushed.buffer.tobytes()

@@ -178,3 +178,20 @@ def test_boxplot_evidence_is_numpys_through_a_sliding_history():
         if verdict.status != Status.ANOMALY:
             accepted.append(value)
     assert verdict.status == Status.ANOMALY
+
+
+def test_gaussian_lockstep_evidence_with_non_finite_mean_and_spread():
+    """Values near the float limit overflow Welford's sums: evidence then writes σ (or the mean) as a string.
+
+    Hand-worked, first series: after 1e200, -1e200, 1e200 the mean is 1e200 / 3 and m2 overflowed
+    (2e400), so σ is inf; the second series overflows the mean itself (1e308 - (-1e308))."""
+    values = np.array([1e200, -1e200, 1e200, 0.5, 1e308, -1e308, 1e308, 2.0, 1.0, 2.0, 3.0, 4.0])
+    train, starts = np.zeros(len(values), dtype=bool), np.array([0, 4, 8])
+    params = {"k": 3.0, "n_init": 3}
+    with np.errstate(over="ignore", invalid="ignore"):
+        lockstep = Gaussian.score_features(params, [values], train, starts)
+        assert lockstep == [Gaussian.score_series(params, values, train, starts)]
+    evidence = lockstep[0].evidence.to_pylist()
+    assert evidence[3] == f'{{"mean": {1e200 / 3!r}, "n": 3, "std": "inf"}}'
+    assert evidence[7] == '{"mean": "nan", "n": 3, "std": "nan"}'
+    assert evidence[11] == '{"mean": 2.0, "n": 3, "std": 1.0}'  # 1, 2, 3 learnt

@@ -19,8 +19,32 @@ from tests.test_population import windows_table
 OWN_PROBABILITY = {"spot", "dspot"}
 
 
+def probabilities_by_row(scores: pa.Table, population: Population) -> tuple[np.ndarray, list]:
+    """`feature_probabilities` one row at a time, from each row's dict."""
+    p, source = [], []
+    for row in scores.to_pylist():
+        value = math.nan if row["value"] is None else float(row["value"])
+        tail = population.tail(row["table"], row["key_kind"], row["feature"])
+        from_population = float(tail.probabilities(np.array([value]))[0]) if tail is not None else math.nan
+        if row["status"] in ("calibrating", "missing"):
+            p.append(math.nan if math.isnan(value) else from_population)
+            source.append(POPULATION if math.isfinite(from_population) else None)
+            continue
+        if row["detector"] in OWN_PROBABILITY:
+            own = json.loads(row["evidence"]).get("probability")
+            own = float(own) if isinstance(own, (int, float)) else math.nan
+            chosen = max(own, from_population) if math.isfinite(from_population) else own
+        elif row["status"] != "anomaly":
+            chosen = 1.0
+        else:
+            chosen = from_population
+        p.append(chosen)
+        source.append(OWN_HISTORY if math.isfinite(chosen) else None)
+    return np.array(p), source
+
+
 def oracle(scores: pa.Table, population: Population, settings: VerdictSettings):
-    p, source = feature_probabilities(scores, population)
+    p, source = probabilities_by_row(scores, population)
     rows = scores.drop_columns(["evidence"]).to_pylist()
     windows: dict[tuple, list[int]] = {}
     for index, row in enumerate(rows):
@@ -103,6 +127,10 @@ def test_columnar_judge_equals_the_row_by_row_rules(case):
         assert {TOO_FEW_RECORDS, NO_MODEL} <= set(expected_verdicts.column("reason").to_pylist())
     assert verdicts.equals(expected_verdicts)
     assert reported.equals(expected_reported)
+    p, source = feature_probabilities(scores, population)
+    expected_p, expected_source = probabilities_by_row(scores, population)
+    np.testing.assert_array_equal(p, expected_p)
+    assert source.tolist() == expected_source
     reasons = expected_verdicts.column("reason").to_pylist()
     allowed = expected_verdicts.column("allowed").to_pylist()
     assert counts == {"verdicts": len(statuses),

@@ -11,6 +11,16 @@
  * fit(values, total, total_sq, minimum, maximum) -> (gamma, sigma)
  *   values: the stored excesses in buffer order, a C-contiguous float64 buffer;
  *   the four numbers: the running statistics the circular buffer keeps beside them.
+ *
+ * extend(buffer, values, cursor, filled, total, total_sq, minimum, maximum)
+ *     -> (cursor, filled, total, total_sq, minimum, maximum)
+ *   spot.py's `_Excesses.push` of each of `values` in turn, writing into `buffer` (the circular
+ *   buffer's float64 array): SPOT's fit pushes every excess of a pool (about a thousand), each
+ *   overwrite of the minimum or maximum a full recompute of the buffer's sums.
+ *
+ * p2_quantile(p, values) -> the P² estimate of spot.py's `_p2_quantile_python`, the same
+ *   comparisons and float operations in its order: a sequential pass that numpy cannot batch,
+ *   run on every population pool (50,000 values each) when a run fits its prior.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -222,14 +232,180 @@ static PyObject *fit(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
     return Py_BuildValue("(dd)", best.gamma, best.sigma);
 }
 
+/* spot.py's _Excesses._recompute: running sums in buffer order, from the first value */
+static void recompute(const double *values, Py_ssize_t size, double *total, double *total_sq, double *minimum,
+                      double *maximum) {
+    double sum = values[0], sum_sq = values[0] * values[0], low = values[0], high = values[0];
+    for (Py_ssize_t i = 1; i < size; i++) {
+        double v = values[i];
+        sum += v;
+        sum_sq += v * v;
+        if (v < low) low = v;
+        if (v > high) high = v;
+    }
+    *total = sum;
+    *total_sq = sum_sq;
+    *minimum = low;
+    *maximum = high;
+}
+
+static PyObject *extend(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "extend(buffer, values, cursor, filled, total, total_sq, minimum, maximum)");
+        return NULL;
+    }
+    Py_buffer buffer_view, values_view;
+    if (PyObject_GetBuffer(args[0], &buffer_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &values_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&buffer_view);
+        return NULL;
+    }
+    int typed = buffer_view.itemsize == sizeof(double) && buffer_view.format != NULL &&
+        strcmp(buffer_view.format, "d") == 0 && values_view.itemsize == sizeof(double) &&
+        values_view.format != NULL && strcmp(values_view.format, "d") == 0;
+    Py_ssize_t capacity = buffer_view.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t cursor = PyLong_AsSsize_t(args[2]);
+    int filled = PyObject_IsTrue(args[3]);
+    double total = PyFloat_AsDouble(args[4]), total_sq = PyFloat_AsDouble(args[5]);
+    double minimum = PyFloat_AsDouble(args[6]), maximum = PyFloat_AsDouble(args[7]);
+    if (!typed || capacity < 1 || cursor < 0 || cursor >= capacity || PyErr_Occurred()) {
+        PyBuffer_Release(&buffer_view);
+        PyBuffer_Release(&values_view);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "float64 buffers and a cursor inside the buffer");
+        }
+        return NULL;
+    }
+    double *buffer = (double *)buffer_view.buf;
+    const double *values = (const double *)values_view.buf;
+    Py_ssize_t count = values_view.len / (Py_ssize_t)sizeof(double);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        double x = values[index];
+        double overwritten = filled ? buffer[cursor] : NAN;
+        buffer[cursor] = x;
+        if (++cursor == capacity) {
+            cursor = 0;
+            filled = 1;
+        }
+        total += x;
+        total_sq += x * x;
+        int first = (filled ? capacity : cursor) == 1;
+        if (first || x < minimum) minimum = x;
+        if (first || x > maximum) maximum = x;
+        if (overwritten == overwritten) {
+            total -= overwritten;
+            total_sq -= overwritten * overwritten;
+            if (overwritten <= minimum || overwritten >= maximum) {
+                recompute(buffer, filled ? capacity : cursor, &total, &total_sq, &minimum, &maximum);
+            }
+        }
+    }
+    PyBuffer_Release(&buffer_view);
+    PyBuffer_Release(&values_view);
+    return Py_BuildValue("(nNdddd)", cursor, PyBool_FromLong(filled), total, total_sq, minimum, maximum);
+}
+
+/* spot.py's _p2_cell: the cell x falls in; an x outside all cells becomes an end marker */
+static int p2_cell(double *heights, double x) {
+    if (x < heights[0]) {
+        heights[0] = x;
+        return 0;
+    }
+    if (x > heights[4]) {
+        heights[4] = x;
+        return 3;
+    }
+    int cell = 1;
+    while (x > heights[cell]) {
+        cell++;
+    }
+    return cell - 1;
+}
+
+/* spot.py's _p2_adjust: move marker i one position towards where it should be */
+static void p2_adjust(double *h, double *n, int i, double drift) {
+    if (!((drift >= 1.0 && n[i + 1] - n[i] > 1.0) || (drift <= -1.0 && n[i - 1] - n[i] < -1.0))) {
+        return;
+    }
+    int d = drift > 0 ? 1 : -1;
+    double height = h[i] + ((double)d / (n[i + 1] - n[i - 1])) *
+        ((n[i] - n[i - 1] + d) * (h[i + 1] - h[i]) / (n[i + 1] - n[i])
+         + (n[i + 1] - n[i] - d) * (h[i] - h[i - 1]) / (n[i] - n[i - 1]));
+    if (!(h[i - 1] < height && height < h[i + 1])) {
+        height = h[i] + d * (h[i + d] - h[i]) / (n[i + d] - n[i]);
+    }
+    h[i] = height;
+    n[i] += d;
+}
+
+static PyObject *p2_quantile(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "p2_quantile(p, values)");
+        return NULL;
+    }
+    double p = PyFloat_AsDouble(args[0]);
+    if (p == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        return NULL;
+    }
+    if (view.itemsize != sizeof(double) || view.format == NULL || strcmp(view.format, "d") != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "values must be a contiguous float64 buffer");
+        return NULL;
+    }
+    const double *values = (const double *)view.buf;
+    Py_ssize_t size = view.len / (Py_ssize_t)sizeof(double);
+    if (size < 5) {
+        PyBuffer_Release(&view);
+        return PyFloat_FromDouble(NAN);
+    }
+    double heights[5];
+    for (int k = 0; k < 5; k++) { /* a stable insertion sort, as Python's sorted() of five */
+        int j = k;
+        while (j > 0 && values[k] < heights[j - 1]) {
+            heights[j] = heights[j - 1];
+            j--;
+        }
+        heights[j] = values[k];
+    }
+    double positions[5] = {0.0, 1.0, 2.0, 3.0, 4.0};
+    double desired[5] = {0.0, 2.0 * p, 4.0 * p, 2.0 + 2.0 * p, 4.0};
+    double increments[5] = {0.0, p / 2.0, p, (p + 1.0) / 2.0, 1.0};
+    for (Py_ssize_t index = 5; index < size; index++) {
+        int cell = p2_cell(heights, values[index]);
+        for (int i = cell + 1; i < 5; i++) {
+            positions[i] += 1.0;
+        }
+        for (int i = 1; i < 4; i++) {
+            desired[i] += increments[i];
+        }
+        for (int i = 1; i < 4; i++) {
+            p2_adjust(heights, positions, i, desired[i] - positions[i]);
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyFloat_FromDouble(heights[2]);
+}
+
 static PyMethodDef methods[] = {
     {"fit", (PyCFunction)(void (*)(void))fit, METH_FASTCALL,
      "fit(values, total, total_sq, minimum, maximum) -> (gamma, sigma): SPOT's GPD refit."},
+    {"extend", (PyCFunction)(void (*)(void))extend, METH_FASTCALL,
+     "extend(buffer, values, cursor, filled, total, total_sq, minimum, maximum): _Excesses.push of each value."},
+    {"p2_quantile", (PyCFunction)(void (*)(void))p2_quantile, METH_FASTCALL,
+     "p2_quantile(p, values) -> the P² estimate of the p-quantile of a float64 buffer."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_definition = {
-    PyModuleDef_HEAD_INIT, "_gpd", "SPOT's GPD refit, compiled (see spot.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_gpd", "SPOT's GPD refit and P² quantile, compiled (see spot.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__gpd(void) { return PyModule_Create(&module_definition); }

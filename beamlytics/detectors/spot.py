@@ -103,6 +103,13 @@ def p2_quantile(p: float, values: Sequence[float]) -> float:
 
     NaN for fewer than 5 values (libspot's convention: no estimate).
     """
+    if _gpd is None:
+        return _p2_quantile_python(p, np.asarray(values, dtype=np.float64).tolist())
+    return _gpd.p2_quantile(float(p), np.ascontiguousarray(values, dtype=np.float64))
+
+
+def _p2_quantile_python(p: float, values: Sequence[float]) -> float:
+    """`p2_quantile` where _gpd.c is not built: one Python step per value."""
     if len(values) < 5:
         return math.nan
     heights = sorted(float(v) for v in values[:5])
@@ -198,6 +205,16 @@ class _Excesses:
             self.total_sq -= overwritten * overwritten
             if overwritten <= self.minimum or overwritten >= self.maximum:
                 self._recompute()
+
+    def extend(self, values: np.ndarray) -> None:
+        """`push` of each of `values` (float64) in turn."""
+        if _gpd is None:
+            for x in values.tolist():
+                self.push(x)
+            return
+        (self.cursor, self.filled, self.total, self.total_sq, self.minimum, self.maximum) = _gpd.extend(
+            self.buffer, np.ascontiguousarray(values, dtype=np.float64), self.cursor, self.filled, self.total,
+            self.total_sq, self.minimum, self.maximum)
 
     def _recompute(self) -> None:
         values = self.values()
@@ -459,16 +476,15 @@ class Spot:
             raise ValueError("fit values must not contain NaN")
         self.Nt = 0
         self.n = int(data.size)
-        threshold = p2_quantile(1.0 - self.level if self.low else self.level, data.tolist())
+        threshold = p2_quantile(1.0 - self.level if self.low else self.level, data)
         if math.isnan(threshold):
             raise ValueError("The excess threshold has not been initialized")
         self.excess_threshold = threshold
         with np.errstate(invalid="ignore"):  # inf - inf: NaN, not an excess, as in C
             excesses = self._sign * (data - threshold)
             excesses = excesses[excesses > 0]
-        for excess in excesses.tolist():
-            self.Nt += 1
-            self._excesses.push(excess)
+        self.Nt += int(excesses.size)
+        self._excesses.extend(excesses)
         self._refit()
         if math.isnan(self.anomaly_threshold):
             raise ValueError("The anomaly threshold has not been initialized")

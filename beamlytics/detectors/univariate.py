@@ -191,20 +191,35 @@ class _LockstepVerdicts:
     def columns(self, keep: np.ndarray, feature: int) -> SeriesVerdicts:
         status = self.status[keep, feature]
         limited = status >= _NORMAL
-        evidence = [
-            f'{{"mean": {json_number(mean)}, "n": {n}, "std": {json_number(std)}}}' if code >= _NORMAL
-            else f'{{"history": {n}}}' if code == _CALIBRATING else "{}"
-            for code, n, mean, std in zip(status.tolist(), self.n[keep, feature].tolist(),
-                                          self.mean[keep, feature].tolist(), self.std[keep, feature].tolist())
-        ]
         threshold = self.threshold[keep, feature]
         return SeriesVerdicts(
             status=pa.array(_STATUS_NAMES, pa.string()).take(pa.array(status)),
             score=pa.array(self.score[keep, feature], mask=~limited),
             threshold=pa.array(threshold, mask=np.isnan(threshold)),
             direction=pa.array(_DIRECTION_NAMES, pa.string()).take(pa.array(self.direction[keep, feature])),
-            evidence=pa.array(evidence, pa.string()),
+            evidence=pa.array(_gaussian_evidence(status, self.n[keep, feature], self.mean[keep, feature],
+                                                 self.std[keep, feature]), pa.string()),
         )
+
+
+_LIMITED_EVIDENCE = '{"mean": %r, "n": %d, "std": %r}'
+
+
+def _gaussian_evidence(status: np.ndarray, n: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """`Verdict.evidence_json` of each window's Gaussian evidence, built per kind of row: one
+    %-template over whole columns where mean and σ are finite (%r writes a float as json_number
+    does), json_number's strings only for the rare non-finite ones."""
+    texts = np.full(len(status), "{}", dtype=object)
+    calibrating = status == _CALIBRATING
+    texts[calibrating] = ['{"history": %d}' % history for history in n[calibrating].tolist()]
+    limited = status >= _NORMAL
+    finite = limited & np.isfinite(mean) & np.isfinite(std)
+    texts[finite] = list(map(_LIMITED_EVIDENCE.__mod__,
+                             zip(mean[finite].tolist(), n[finite].tolist(), std[finite].tolist())))
+    other = limited & ~finite
+    texts[other] = [f'{{"mean": {json_number(m)}, "n": {count}, "std": {json_number(s)}}}'
+                    for m, count, s in zip(mean[other].tolist(), n[other].tolist(), std[other].tolist())]
+    return texts
 
 
 class BoxPlot(_OnlineRule):

@@ -86,38 +86,48 @@ def hunt_levels(hunt_scores: np.ndarray, settings: VerdictSettings) -> np.ndarra
     return score_of(settings.alarm_rate) * hunt_scores / settings.hunt_alarm
 
 
-def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.ndarray, list[str | None]]:
-    """Per score row: the tail probability the verdict uses, and who gave it (population or own history)."""
+def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.ndarray, np.ndarray]:
+    """Per score row: the tail probability the verdict uses, and who gave it (population, own history or
+    None, an object array). Python runs per population model and per spot/dspot row (its evidence JSON)."""
     count = scores.num_rows
     values = pc.cast(scores.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
-    status = np.asarray(scores.column("status").to_pylist(), dtype=object)
+    status = scores.column("status")
+
+    def status_is(name: str) -> np.ndarray:
+        return pc.fill_null(pc.equal(status, name), False).to_numpy(zero_copy_only=False)
+
     p_population = np.full(count, math.nan)
-    # One code per (table, key kind, feature) by Arrow, not a Python string per row.
-    models = pc.binary_join_element_wise(scores.column("table"), scores.column("key_kind"), scores.column("feature"),
-                                         "|").combine_chunks().dictionary_encode()
-    model_of_row = models.indices.to_numpy(zero_copy_only=False)
-    for code, name in sorted(enumerate(models.dictionary.to_pylist()), key=lambda item: item[1]):
-        table, kind, feature = name.split("|", 2)
-        tail = population.tail(table, kind, feature)
+    models, model_of_row = _model_codes(scores)
+    for code, name in sorted(enumerate(models), key=lambda item: item[1]):
+        tail = population.tail(*name.split("|", 2))
         if tail is not None:
             rows = np.flatnonzero(model_of_row == code)
             p_population[rows] = tail.probabilities(values[rows])
-    calibrated = (status != Status.CALIBRATING) & (status != Status.MISSING)
-    detectors = scores.column("detector").to_pylist()
-    evidence = scores.column("evidence").to_pylist()
+    calibrated = ~(status_is(Status.CALIBRATING) | status_is(Status.MISSING))
+    own_probability = calibrated & pc.is_in(scores.column("detector"), pa.array(sorted(_OWN_PROBABILITY))
+                                            ).to_numpy(zero_copy_only=False)
     p = p_population.copy()
-    source: list[str | None] = [POPULATION if math.isfinite(x) else None for x in p_population]
-    for row in np.flatnonzero(calibrated):
-        if detectors[row] in _OWN_PROBABILITY:
-            own = json.loads(evidence[row]).get("probability")
-            own = float(own) if isinstance(own, (int, float)) else math.nan
-            # Extreme for its own history and among its peers: the larger p is a valid p for both at once.
-            p[row] = max(own, p[row]) if math.isfinite(p[row]) else own
-        elif status[row] != Status.ANOMALY:
-            p[row] = 1.0
-        source[row] = OWN_HISTORY if math.isfinite(p[row]) else None
+    p[calibrated & ~own_probability & ~status_is(Status.ANOMALY)] = 1.0
+    own_rows = np.flatnonzero(own_probability)
+    for row, text in zip(own_rows.tolist(), scores.column("evidence").take(pa.array(own_rows)).to_pylist()):
+        own = json.loads(text).get("probability")
+        own = float(own) if isinstance(own, (int, float)) else math.nan
+        # Extreme for its own history and among its peers: the larger p is a valid p for both at once.
+        p[row] = max(own, p[row]) if math.isfinite(p[row]) else own
+    source = np.full(count, None, dtype=object)
+    source[np.isfinite(p_population)] = POPULATION
+    source[calibrated] = None
+    source[calibrated & np.isfinite(p)] = OWN_HISTORY
     p[np.isnan(values) & ~calibrated] = math.nan
     return p, source
+
+
+def _model_codes(scores: pa.Table) -> tuple[list[str], np.ndarray]:
+    """The population models ("table|key kind|feature") of the rows, and each row's index among them:
+    one code per row by Arrow, not a Python string per row."""
+    models = pc.binary_join_element_wise(scores.column("table"), scores.column("key_kind"), scores.column("feature"),
+                                         "|").combine_chunks().dictionary_encode()
+    return models.dictionary.to_pylist(), models.indices.to_numpy(zero_copy_only=False)
 
 
 def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
@@ -182,7 +192,7 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
         "evidence": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.StructArray.from_arrays([
             feature, pa.array(fired), pc.cast(scores.column("value"), pa.float64()).take(pa.array(order)).combine_chunks(),
             expected, limits, pa.array(p_sorted, mask=~finite),
-            pa.array([source[i] for i in order.tolist()], pa.string())],
+            pa.array(source[order], pa.string())],
             fields=list(schemas.VERDICTS.field("evidence").type.value_type))),
         "hunt": hunts,
         "hunt_score": pa.array(hunt_scores, mask=np.isnan(hunt_scores)),
@@ -240,32 +250,32 @@ def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndar
     return group, order, offsets
 
 
-def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray, source: list[str | None],
+def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray, source: np.ndarray,
                         population: Population, alarm_rate: float) -> tuple[pa.Array, pa.Array]:
     """Per row in `order`: the population median ("expected") and the value the feature had to exceed: the
-    population's at the per-feature risk; for spot/dspot judged by their own tail, the higher of it and theirs."""
-    models = [f"{t}|{k}|{f}" for t, k, f in zip(*(scores.column(name).take(pa.array(order)).to_pylist()
-                                                  for name in ("table", "key_kind", "feature")))]
-    tails = {name: population.tail(*name.split("|", 2)) for name in set(models)}
-    medians = {name: tail.median if tail is not None and tail.values.size else None for name, tail in tails.items()}
-    risks: dict[tuple[str, int], float] = {}
-    limits = np.empty(len(order))
-    for index, (name, count) in enumerate(zip(models, judged.tolist())):
-        if (name, count) not in risks:
-            tail = tails[name]
-            risks[(name, count)] = tail.threshold(alarm_rate / max(count, 1)) if tail is not None else math.nan
-        limits[index] = risks[(name, count)]
+    population's at the per-feature risk; for spot/dspot judged by their own tail, the higher of it and theirs.
+    A threshold is computed once per (model, judged count)."""
+    models, model_of_row = _model_codes(scores.select(["table", "key_kind", "feature"]).take(pa.array(order)))
+    tails = [population.tail(*name.split("|", 2)) for name in models]
+    medians = np.array([tail.median if tail is not None and tail.values.size else math.nan for tail in tails])
+    has_median = np.array([tail is not None and tail.values.size > 0 for tail in tails], dtype=bool)
+    pairs, pair_of_row = np.unique(np.column_stack([model_of_row.astype(np.int64), judged]), axis=0,
+                                   return_inverse=True)
+    risks = np.array([tails[code].threshold(alarm_rate / max(count, 1)) if tails[code] is not None else math.nan
+                      for code, count in pairs.tolist()])
+    limits = risks[pair_of_row.ravel()] if len(order) else np.empty(0)
     own_tail = np.isin(scores.column("detector").take(pa.array(order)).to_numpy(zero_copy_only=False),
                        list(_OWN_PROBABILITY))
-    own_tail &= np.array([source[i] == OWN_HISTORY for i in order.tolist()], dtype=bool)
+    own_tail &= source[order] == OWN_HISTORY
     own = scores.column("threshold").take(pa.array(order))
     own_tail &= pc.is_valid(own).to_numpy(zero_copy_only=False)
     own_values = pc.fill_null(own, math.nan).to_numpy(zero_copy_only=False)
     limits = np.where(own_tail, np.where(np.isfinite(limits), np.fmax(limits, own_values), own_values), limits)
-    return pa.array([medians[name] for name in models], pa.float64()), pa.array(limits, mask=~np.isfinite(limits))
+    return (pa.array(medians[model_of_row], mask=~has_median[model_of_row]),
+            pa.array(limits, mask=~np.isfinite(limits)))
 
 
-def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, source: list[str | None],
+def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, source: np.ndarray,
                    group: np.ndarray, judged: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
                    alarms: np.ndarray, offsets: np.ndarray) -> pa.Table:
     """The fired rows of reported alarms, in window order and each window's row order."""

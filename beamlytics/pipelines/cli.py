@@ -544,6 +544,10 @@ def _report(output: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     silence_foreign_warnings()
+    # Before pyarrow is imported, and inherited by worker processes: the system allocator returns what
+    # a stage freed, where Arrow's default (mimalloc) kept ~70 MiB more at the peak of a 50 k-record
+    # detect (docs/benchmarks.md, issue 14) for no measured gain in time. A user's choice stands.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     parser = build_parser()
     try:
         args, beam_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
