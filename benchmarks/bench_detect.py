@@ -103,14 +103,16 @@ def generate_logs(folder: Path, records: int, hosts: int, seed: int = 1) -> Path
 
 
 def _timed(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB, of the largest process) of a command run to completion."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if status:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    """Wall seconds and peak RSS (MiB, of the largest process) of a command run to completion, measured by
+    `benchmarks.peak` so that this process's own memory is not counted in the command's."""
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "peak"
+        process = subprocess.run([sys.executable, "-m", "benchmarks.peak", str(result), *command],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if process.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.decode()[-2000:]}")
+        seconds, kib = result.read_text().split()
+    return float(seconds), int(kib) / 1024
 
 
 def _ours(inputs: Path, output: Path, *options: str) -> tuple[float, float]:
