@@ -179,8 +179,8 @@ def run_and_list_heavy_modules(argv: list[str]) -> tuple[int, str, list[str]]:
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["report"],
                                   *([command, "--help"] for command in subcommands())], ids=" ".join)
 def test_help_version_and_light_commands_import_neither_beam_nor_arrow(argv):
-    # pyarrow and numpy took `detect --help` from 0.12 to 0.65 CPU seconds: the choices and defaults the
-    # options show come from beamlytics.options_catalog, which imports neither.
+    # pyarrow and numpy took `detect --help` from 0.14 to 0.46 CPU seconds (docs/benchmarks.md): the choices
+    # and defaults the options show come from beamlytics.options_catalog, which imports neither.
     status, _, loaded = run_and_list_heavy_modules(argv)
     assert loaded == []
     assert status == (2 if argv == ["report"] else 0)

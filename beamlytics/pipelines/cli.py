@@ -48,8 +48,9 @@ class CommandParser(argparse.ArgumentParser):
 
     Abbreviations are off because options this parser does not know go to Beam: with them,
     `--direct_num_worker=2` would be taken for `--direct_num_workers` by one parser and not the other.
-    Arguments wait because their choices and defaults come from modules that import pyarrow and numpy:
-    `beamlytics --help`, `--version` and the light commands do not pay for them.
+    Arguments wait so that `beamlytics --help` and `--version` neither declare every command's options nor
+    import the modules that declare them. Their choices and defaults come from `beamlytics.options_catalog`,
+    so a command's own `--help` imports no numpy, pyarrow or Beam either.
     """
 
     def __init__(self, *args, arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
