@@ -6,7 +6,6 @@ rows around it still calibrate the detectors.
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 from typing import Iterator
 
@@ -16,14 +15,10 @@ import pyarrow.compute as pc
 from beamlytics import features
 from beamlytics.detectors.endpoint import EndpointWindow
 from beamlytics.features import WindowSpec
+from beamlytics.options_catalog import MAX_US, MIN_US
 from beamlytics.parsers.base import Rejected
 
 SOURCE_TOOL = "beamlytics-features"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-# The times Python's datetime holds, which every reader of the outputs converts to.
-MIN_US = (dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc) - _EPOCH) // dt.timedelta(microseconds=1)
-MAX_US = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc) - _EPOCH) // dt.timedelta(
-    microseconds=1)
 _TIMES = ("window_start", "window_end")
 
 

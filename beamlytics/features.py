@@ -24,43 +24,12 @@ from beamlytics import schemas
 from beamlytics.detectors.endpoint import TRAIN_COLUMN, EndpointWindow, repeated
 from beamlytics.hunts.stats import subdomain_measures
 from beamlytics.hunts.flows import failed_attempts
+from beamlytics.options_catalog import DEFAULT_FEATURES, DOMAIN_KEY, FEATURES, KEY_COLUMNS, KEYS, WINDOWINGS
 from beamlytics.schemas import domains
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
-# A dns key that no record carries: the registered domain of `query`, derived per batch.
-DOMAIN_KEY = "registered_domain"
-
-# Endpoint keys an operator can choose, per table: option value -> column.
-KEY_COLUMNS = {
-    "dns": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "query", "domain": DOMAIN_KEY},
-    "http": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "host"},
-    "named_flows": {"c_ip": "c_ip", "s_ip": "s_ip", "name": "name"},
-}
 NAME_COLUMN = {"dns": "query", "http": "host", "named_flows": "name"}
-KEYS = tuple(dict.fromkeys(key for columns in KEY_COLUMNS.values() for key in columns))
-
-# Features of each table, in output order (docs/guide.md, "Window features", says what each means).
-# Ratios are fractions of the window's records.
-FEATURES = {
-    "dns": ("records", "distinct_peers", "distinct_names", "nxdomain_ratio", "unanswered_ratio",
-            "max_query_length", "distinct_domains", "max_subdomains", "mean_subdomain_length",
-            "max_subdomain_length", "mean_subdomain_entropy", "max_subdomain_entropy", "txt_null_any_ratio",
-            "zero_ttl_ratio"),
-    "http": ("records", "distinct_peers", "distinct_names", "error_ratio", "request_bytes",
-             "response_bytes", "distinct_uris", "mean_uri_length", "max_uri_length", "client_error_ratio",
-             "server_error_ratio", "post_ratio", "other_method_ratio", "distinct_user_agents"),
-    "named_flows": ("records", "distinct_peers", "distinct_names", "distinct_ports", "c_pkt", "s_pkt",
-                    "c_bytes", "s_bytes", "failed_ratio", "mean_duration", "max_duration", "active_flows",
-                    "active_seconds", "max_peer_ports", "max_port_peers", "max_service_connections", "icmp_ratio"),
-}
-# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Each default is
-# one more test in the verdict's multiple-testing correction, so few.
-DEFAULT_FEATURES = {
-    "dns": ("records", "nxdomain_ratio", "max_subdomains", "max_subdomain_entropy", "txt_null_any_ratio"),
-    "http": ("records", "distinct_names", "error_ratio", "max_uri_length", "distinct_user_agents"),
-    "named_flows": ("records", "distinct_peers", "distinct_ports", "failed_ratio", "c_bytes", "active_seconds"),
-}
 
 # Features that are NaN where a window's records cannot tell (no flow carried a state): unknown, not 0.
 UNKNOWABLE_FEATURES = frozenset({"failed_ratio"})
@@ -74,9 +43,6 @@ MAX_SPAN_WINDOWS = 1440
 # Rows of (flow, window) expanded at once when apportioning long flows: bounds memory per batch.
 _SPAN_CHUNK = 1 << 20
 
-
-# How records are placed in windows (see transforms/windows.py); here so that the CLI needs no Beam.
-WINDOWINGS = ("key", "beam")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
-    bench_attacks, bench_detect, bench_hostile, bench_logs, bench_nfstream, bench_pcap_dns, bench_pcap_flows,
+    bench_attacks, bench_detect, bench_help, bench_hostile, bench_logs, bench_nfstream, bench_pcap_dns, bench_pcap_flows,
     bench_poisson, bench_scale, bench_soak, bench_spot, bench_zeek,
 )
 
 BENCHMARKS = {
     "zeek": bench_zeek, "logs": bench_logs, "pcap_dns": bench_pcap_dns, "pcap_flows": bench_pcap_flows,
     "spot": bench_spot, "poisson": bench_poisson, "detect": bench_detect, "hostile": bench_hostile, "scale": bench_scale,
-    "nfstream": bench_nfstream,
+    "nfstream": bench_nfstream, "help": bench_help,
     # Embeds real attacks in real background and runs `detect` on each (minutes, not seconds).
     "attacks": bench_attacks, "attacks_all": bench_attacks.EVERY_DETECTOR,
     "soak": bench_soak,

@@ -3,6 +3,7 @@
 Each user mistake ends with exit status 2 and one line on stderr naming it; each empty
 result says why on stderr and in summary.json; long runs report progress.
 """
+import argparse
 import importlib.metadata
 import importlib.util
 import io
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import baseline, features, schemas, synthetic
+from beamlytics import options_catalog as catalog
 from beamlytics.features import WindowSpec
 from beamlytics.parsers.base import Rejected
 from beamlytics.pipelines import cli
@@ -157,17 +159,72 @@ def test_help_version_and_option_errors_do_not_import_beam(argv):
     assert int(status) == (2 if "--k" in argv else 0)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["runners", "--help"], ["show", "--help"],
-                                  ["report", "--help"], ["report"]])
-def test_help_version_and_light_commands_import_neither_beam_nor_arrow(argv):
-    # pyarrow and numpy took --help from 0.15 to 0.85 CPU seconds: the options that need them (choices of
-    # tables, formats, features) are added only when their command is parsed.
+def subcommands() -> list[str]:
+    (commands,) = [action for action in cli.build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return sorted(commands.choices)
+
+
+HEAVY_MODULES = ("apache_beam", "pyarrow", "numpy")
+
+
+def run_and_list_heavy_modules(argv: list[str]) -> tuple[int, str, list[str]]:
+    """Exit status, stdout before the last line, and which of HEAVY_MODULES `cli.main(argv)` imported."""
     result = python("import sys\nfrom beamlytics.pipelines import cli\n"
                     f"status = cli.main({argv!r})\n"
-                    "print(status, *(name in sys.modules for name in ('apache_beam', 'pyarrow', 'numpy')))")
-    status, *loaded = result.stdout.split()[-4:]
-    assert loaded == ["False", "False", "False"], result.stdout
-    assert int(status) == (2 if argv == ["report"] else 0)
+                    f"print(status, *(name for name in {HEAVY_MODULES!r} if name in sys.modules))")
+    *text, last = result.stdout.splitlines()
+    status, *loaded = last.split()
+    return int(status), "\n".join(text), loaded
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["report"],
+                                  *([command, "--help"] for command in subcommands())], ids=" ".join)
+def test_help_version_and_light_commands_import_neither_beam_nor_arrow(argv):
+    # pyarrow and numpy took `detect --help` from 0.14 to 0.46 CPU seconds (docs/benchmarks.md): the choices
+    # and defaults the options show come from beamlytics.options_catalog, which imports neither.
+    status, _, loaded = run_and_list_heavy_modules(argv)
+    assert loaded == []
+    assert status == (2 if argv == ["report"] else 0)
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    ("detect", ["--format {auto,bind,nfstream,pcap,squid,tstat,zeek}", "--table {dns,http,named_flows}",
+                "--key {c_ip,s_ip,name,domain}", "--windowing {key,beam}",
+                "--detector {dspot,gaussian,iqr,poisson,spot}", "skipped (1048576)", "as a bomb (200)",
+                "TO exclusive (1970..2100)", "false alarms (0.001)", "not judged (3)",
+                "dns: records,nxdomain_ratio,max_subdomains,max_subdomain_entropy,txt_null_any_ratio;"]),
+    ("hunt", ["--table {dns,http,named_flows}", "marked capped (86400)", "as a bomb (200)"]),
+    ("evaluate", ["--detector {dspot,gaussian,iqr,poisson,spot}", "--table {dns,http,named_flows}",
+                  "--format {auto,bind,nfstream,pcap,squid,tstat,zeek}"]),
+    ("demo", ["--detector {dspot,gaussian,iqr,poisson,spot}"]),
+    ("cluster", ["--algorithm {kmeans,bisecting_kmeans,gaussian_mixture,dbscan}", "--key {c_ip,s_ip,name,domain}"]),
+])
+def test_help_shows_the_choices_and_defaults_written_out_here(command, shown):
+    status, text, _ = run_and_list_heavy_modules([command, "--help"])
+    unwrapped = "".join(text.split())  # argparse wraps lines, long words too, at the terminal's width
+    assert status == 0
+    assert [fragment for fragment in shown if "".join(fragment.split()) not in unwrapped] == []
+
+
+def test_help_defaults_are_what_runs():
+    parser = cli.build_parser()
+    detect, _ = parser.parse_known_args(["detect", "--table", "dns", "--output", "o", "in"])
+    assert (detect.time_range, detect.max_line_bytes, detect.max_decompression_ratio, detect.alarm_rate,
+            detect.min_records) == ("1970..2100", 1 << 20, 200, 1e-3, 3)
+    hunt, _ = parser.parse_known_args(["hunt", "--table", "named_flows", "--hunt", "beacon", "--output", "o", "in"])
+    assert (hunt.horizon, hunt.cap) == (86_400_000_000, 86_400)
+
+
+def test_the_catalog_names_what_the_heavy_modules_hold():
+    from beamlytics.detectors.registry import DETECTORS
+    from beamlytics.hunts.config import HuntConfig
+    from beamlytics.parsers.formats import FORMATS
+
+    assert sorted(catalog.TABLE_NAMES) == sorted(schemas.TABLES)
+    assert sorted(catalog.FORMAT_NAMES) == sorted(FORMATS)
+    assert sorted(catalog.DETECTOR_NAMES) == sorted(DETECTORS)
+    assert (HuntConfig().cap, HuntConfig().horizon_us) == (86_400, 86_400_000_000)
+    assert set(catalog.KEYS) == {"c_ip", "s_ip", "name", "domain"}
 
 
 @pytest.mark.parametrize("chosen, expected", [(None, "system"), ("mimalloc", "mimalloc")])

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ALGORITHMS = ("kmeans", "bisecting_kmeans", "gaussian_mixture", "dbscan")
+from beamlytics.options_catalog import CLUSTER_ALGORITHMS as ALGORITHMS
+
 MAX_DBSCAN_ROWS = 200_000
 
 

@@ -41,9 +41,8 @@ from beamlytics.detectors.population import Population
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
+from beamlytics.options_catalog import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS
 
-DEFAULT_ALARM_RATE = 1e-3
-DEFAULT_MIN_RECORDS = 3
 _SMALLEST = 5e-324
 _OWN_PROBABILITY = frozenset({"spot", "dspot"})  # detectors whose evidence holds the tail probability
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DAY_US = 86_400_000_000
+from beamlytics.options_catalog import DAY_US, HUNT_CAP
 
 FLOW_HUNTS = ("beacon", "long", "strobe", "scan")
 DNS_HUNTS = ("dns_tunnel",)
@@ -27,7 +27,7 @@ OPEN_STATES = frozenset({"S1", "S2", "S3"})
 class HuntConfig:
     horizon_us: int = DAY_US  # aligned to the epoch, so a day horizon is a UTC day
     slide_us: int | None = None  # a new horizon starts every slide; None: horizons follow each other (tumbling)
-    cap: int = 86_400  # timestamps/sizes/targets kept per key; beyond it the key is marked capped
+    cap: int = HUNT_CAP
     # Beacons (RITA: unique_connection_threshold, score weights, histogram and duration settings).
     beacon_min_connections: int = 4
     beacon_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)  # timestamps, sizes, duration, histogram

@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
+from beamlytics.options_catalog import MAX_DECOMPRESSION_RATIO
 from beamlytics.parsers.base import Rejected, decompressed
 
-# Real logs compress 5-50x; a stream beyond this ratio is treated as a decompression bomb
-# once it is past FREE_BYTES (small files may compress better than any ratio).
-MAX_DECOMPRESSION_RATIO = 200
 FREE_BYTES = 64 << 20
 DEAD_LETTERS_PER_REASON = 1000
 

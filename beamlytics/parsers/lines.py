@@ -13,14 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
+from beamlytics.options_catalog import MAX_LINE_BYTES
 from beamlytics.parsers.base import STREAM_ERRORS, Batch, Rejected, excerpt
 
 BLOCK_BYTES = 1 << 20
 # A read step: a decompressor that breaks part-way loses at most the step it broke in.
 READ_BYTES = 64 << 10
-# A "line" longer than this is not text from a logging tool: it is rejected and reading
-# resumes after its newline, so one hostile line never costs memory or the rest of the file.
-MAX_LINE_BYTES = 1 << 20
 OVERSIZED_EXCERPT_BYTES = 800
 
 

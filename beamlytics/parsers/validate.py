@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beamlytics.options_catalog import DEFAULT_TIME_RANGE
 from beamlytics.parsers.addresses import normalise_addresses
 from beamlytics.parsers.base import Batch, Rejected, excerpt
 
@@ -26,7 +27,6 @@ ADDRESS_COLUMNS = ("c_ip", "s_ip")
 HOSTNAME_CLIENTS = frozenset({"squid"})  # tools that may log a client by name
 _HOSTNAME = r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}\.)*[A-Za-z0-9_-]{0,63}\.?$"
 _NUMERIC = r"^[0-9.]*$"  # a malformed IPv4 address, not a name
-DEFAULT_TIME_RANGE = "1970..2100"
 
 
 @dataclass(frozen=True)

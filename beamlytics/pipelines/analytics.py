@@ -75,11 +75,10 @@ def _add_what_arguments(what: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_arguments(cluster: argparse.ArgumentParser) -> None:
-    from beamlytics import features
-    from beamlytics.analytics.cluster import ALGORITHMS
+    from beamlytics import options_catalog as catalog
     from beamlytics.pipelines.cli import duration_us
 
-    cluster.add_argument("--algorithm", required=True, choices=ALGORITHMS)
+    cluster.add_argument("--algorithm", required=True, choices=catalog.CLUSTER_ALGORITHMS)
     cluster.add_argument("--numerical", default="", help="comma-separated numerical columns, e.g. c_bytes,s_bytes")
     cluster.add_argument("--categorical", default="", help="comma-separated columns one-hot encoded, e.g. proto")
     cluster.add_argument("--normalise", action="store_true", help="standardise each feature (mean 0, σ 1)")
@@ -95,7 +94,7 @@ def _add_cluster_arguments(cluster: argparse.ArgumentParser) -> None:
     cluster.add_argument("--windows", action="store_true",
                          help="cluster per endpoint-window features (--key, --window) instead of records; "
                          "--numerical defaults to every feature")
-    cluster.add_argument("--key", default="c_ip", choices=features.KEYS, help="--windows: the endpoint (c_ip)")
+    cluster.add_argument("--key", default="c_ip", choices=catalog.KEYS, help="--windows: the endpoint (c_ip)")
     cluster.add_argument("--window", type=duration_us, default=duration_us("60s"),
                          help="--windows: tumbling event-time window, e.g. 5m (60s)")
 

@@ -23,6 +23,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from beamlytics import options_catalog as catalog
 from beamlytics.pipelines import analytics, outputs, report, runners
 
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ class CommandParser(argparse.ArgumentParser):
 
     Abbreviations are off because options this parser does not know go to Beam: with them,
     `--direct_num_worker=2` would be taken for `--direct_num_workers` by one parser and not the other.
-    Arguments wait because their choices and defaults come from modules that import pyarrow and numpy:
-    `beamlytics --help`, `--version` and the light commands do not pay for them.
+    Arguments wait so that `beamlytics --help` and `--version` neither declare every command's options nor
+    import the modules that declare them. Their choices and defaults come from `beamlytics.options_catalog`,
+    so a command's own `--help` imports no numpy, pyarrow or Beam either.
     """
 
     def __init__(self, *args, arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
@@ -86,11 +88,9 @@ def duration_us(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a positive whole number of microseconds: {text!r}")
     # Record times end with year 9999 (what datetime and the parsers hold): a longer window has no meaning,
     # and window ends past it overflow 64-bit microseconds.
-    from beamlytics.baseline import MAX_US
-
-    if value > MAX_US:
+    if value > catalog.MAX_US:
         raise argparse.ArgumentTypeError(f"{text!r} is longer than record times reach "
-                                         f"(at most {MAX_US // _UNITS_US['d']}d)")
+                                         f"(at most {catalog.MAX_US // _UNITS_US['d']}d)")
     return int(value)
 
 
@@ -132,17 +132,11 @@ def timestamp_us(text: str) -> int:
 
 
 def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
-    from beamlytics import schemas
-    from beamlytics.parsers.formats import FORMATS
-    from beamlytics.parsers.limits import MAX_DECOMPRESSION_RATIO
-    from beamlytics.parsers.lines import MAX_LINE_BYTES
-    from beamlytics.parsers.validate import DEFAULT_TIME_RANGE
-
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="log files, captures, folders (searched recursively) or globs")
-    parser.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)],
+    parser.add_argument("--format", default="auto", choices=["auto", *sorted(catalog.FORMAT_NAMES)],
                         help="input format; auto recognises each file by its content (default)")
-    parser.add_argument("--table", required=True, choices=sorted(schemas.TABLES),
+    parser.add_argument("--table", required=True, choices=sorted(catalog.TABLE_NAMES),
                         help="the data table to build: dns, http or named_flows")
     parser.add_argument("--output", required=True, metavar="OUT",
                         help="output folder (local or any Beam filesystem): new, empty, or holding an earlier result")
@@ -154,40 +148,39 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captures → named_flows: a flow longer than this is split (1800)")
     parser.add_argument("--idle-timeout", type=finite_float, default=120.0, metavar="SECONDS",
                         help="captures → named_flows: a flow silent this long ends (120)")
-    parser.add_argument("--time-range", default=DEFAULT_TIME_RANGE, metavar="FROM..TO",
-                        help=f"records timed outside are rejected; years or YYYY-MM-DD, TO exclusive ({DEFAULT_TIME_RANGE})")
+    parser.add_argument("--time-range", default=catalog.DEFAULT_TIME_RANGE, metavar="FROM..TO",
+                        help="records timed outside are rejected; years or YYYY-MM-DD, TO exclusive "
+                        f"({catalog.DEFAULT_TIME_RANGE})")
     parser.add_argument("--year", type=int, help="year of log times that have none (BIND via syslog); else they stay untimed")
     parser.add_argument("--timezone", metavar="ZONE",
                         help="IANA zone of log times written without one (BIND), e.g. Europe/Paris (default UTC)")
-    parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES, metavar="BYTES",
-                        help=f"longer lines are rejected and skipped ({MAX_LINE_BYTES})")
+    parser.add_argument("--max-line-bytes", type=int, default=catalog.MAX_LINE_BYTES, metavar="BYTES",
+                        help=f"longer lines are rejected and skipped ({catalog.MAX_LINE_BYTES})")
     parser.add_argument("--split-bytes", type=int, metavar="BYTES",
                         help="uncompressed Zeek, Squid, BIND and Tstat flow logs bigger than this are read "
                         "in ranges of about this size, in parallel (32 MiB)")
-    parser.add_argument("--max-decompression-ratio", type=finite_float, default=MAX_DECOMPRESSION_RATIO, metavar="RATIO",
-                        help=f"a compressed file growing beyond this ratio is cut off as a bomb ({MAX_DECOMPRESSION_RATIO})")
+    parser.add_argument("--max-decompression-ratio", type=finite_float, default=catalog.MAX_DECOMPRESSION_RATIO,
+                        metavar="RATIO", help="a compressed file growing beyond this ratio is cut off as a bomb "
+                        f"({catalog.MAX_DECOMPRESSION_RATIO})")
     parser.add_argument("--quiet", action="store_true", help="no progress reports on stderr")
 
 
 def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
-    from beamlytics import features
-    from beamlytics.detectors.registry import DETECTORS
-    from beamlytics.detectors.verdict import DEFAULT_ALARM_RATE, DEFAULT_MIN_RECORDS
     from beamlytics.live import options as live_options
 
     _add_read_arguments(parser)
-    parser.add_argument("--key", default="c_ip", choices=features.KEYS,
+    parser.add_argument("--key", default="c_ip", choices=catalog.KEYS,
                         help="the endpoint: client IP (default), server IP, the queried/requested name, "
                         "or (dns) the registered domain of the query")
     parser.add_argument("--window", type=duration_us, default=duration_us("60s"),
                         help="tumbling event-time window, e.g. 30s, 5m, 1h (60s)")
-    parser.add_argument("--windowing", choices=features.WINDOWINGS, default="key",
+    parser.add_argument("--windowing", choices=catalog.WINDOWINGS, default="key",
                         help="key: window start in the grouping key (fast, batch); beam: Beam FixedWindows (streaming)")
-    parser.add_argument("--detector", choices=sorted(DETECTORS), default="gaussian",
+    parser.add_argument("--detector", choices=sorted(catalog.DETECTOR_NAMES), default="gaussian",
                         help="gaussian (mean ± kσ), iqr (boxplot fences), spot, dspot, poisson (default gaussian)")
     parser.add_argument("--features", help="comma-separated features to score; defaults per table: "
-                        + "; ".join(f"{t}: {','.join(f)}" for t, f in features.DEFAULT_FEATURES.items())
-                        + ". All: " + "; ".join(f"{t}: {','.join(f)}" for t, f in features.FEATURES.items()))
+                        + "; ".join(f"{t}: {','.join(f)}" for t, f in catalog.DEFAULT_FEATURES.items())
+                        + ". All: " + "; ".join(f"{t}: {','.join(f)}" for t, f in catalog.FEATURES.items()))
     parser.add_argument("--slot", type=duration_us, default=duration_us("1s"),
                         help="poisson: slot length; the detector sees record counts per slot (1s)")
     parser.add_argument("--baseline", metavar="FEATURES_DIR",
@@ -196,11 +189,11 @@ def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="windows ending by this UTC time calibrate the detectors and are not judged")
     parser.add_argument("--shards", type=int, help="Parquet files per output folder (default: one per 16 MiB of "
                         "input, at most 64; the rows are the same whatever the count)")
-    parser.add_argument("--alarm-rate", type=float, default=DEFAULT_ALARM_RATE, metavar="RISK",
+    parser.add_argument("--alarm-rate", type=float, default=catalog.DEFAULT_ALARM_RATE, metavar="RISK",
                         help="the share of benign endpoint-windows allowed to alarm: higher finds more, "
-                        f"and raises more false alarms ({DEFAULT_ALARM_RATE:g})")
-    parser.add_argument("--min-records", type=int, default=DEFAULT_MIN_RECORDS,
-                        help=f"windows with fewer records are scored but not judged ({DEFAULT_MIN_RECORDS})")
+                        f"and raises more false alarms ({catalog.DEFAULT_ALARM_RATE:g})")
+    parser.add_argument("--min-records", type=int, default=catalog.DEFAULT_MIN_RECORDS,
+                        help=f"windows with fewer records are scored but not judged ({catalog.DEFAULT_MIN_RECORDS})")
     parser.add_argument("--allow", metavar="FILE", help="allow-list: hosts, CIDR networks, registered domains, "
                         "optionally with a feature name; their alarms are scored, counted, not reported")
     parser.add_argument("--hunts", default="none", metavar="HUNTS",

@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from beamlytics.detectors.registry import DETECTORS
+from beamlytics import options_catalog as catalog
 from beamlytics.pipelines import outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-out", metavar="OUT",
                         help="folder for the generated logs (OUT/zeek) and the detection (OUT/detect)")
-    parser.add_argument("--detector", default="poisson", choices=sorted(DETECTORS),
+    parser.add_argument("--detector", default="poisson", choices=sorted(catalog.DETECTOR_NAMES),
                         help="detector to run (default poisson: the burst is a change of request rate, "
                         "which the Poisson model judges against each host's own learned rate)")
 

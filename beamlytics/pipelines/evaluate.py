@@ -18,8 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from beamlytics import schemas
-from beamlytics.parsers.formats import FORMATS
+from beamlytics import options_catalog as catalog
 from beamlytics.pipelines import cli, outputs
 
 DEFAULT_WINDOWS = "30s,40s,50s"
@@ -37,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate these earlier detect outputs instead of running the detection")
     parser.add_argument("--findings", nargs="+", metavar="RUN_DIR",
                         help="evaluate these earlier `beamlytics hunt` outputs, per key (labels' key: src, or the domain)")
-    parser.add_argument("--detector", default="poisson", choices=["dspot", "gaussian", "iqr", "poisson", "spot"],
+    parser.add_argument("--detector", default="poisson", choices=sorted(catalog.DETECTOR_NAMES),
                         help="detector to run or whose --scores to judge (poisson)")
-    parser.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)],
+    parser.add_argument("--format", default="auto", choices=["auto", *sorted(catalog.FORMAT_NAMES)],
                         help="input format, as for detect (auto)")
-    parser.add_argument("--table", choices=sorted(schemas.TABLES),
+    parser.add_argument("--table", choices=sorted(catalog.TABLE_NAMES),
                         help="data table to build from the inputs: dns, http or named_flows")
     parser.add_argument("--key", default="c_ip", choices=["c_ip", "s_ip", "name"],
                         help="the endpoint, as for detect (c_ip)")

@@ -11,13 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from beamlytics.hunts import check_hunts
-from beamlytics.hunts.allow import AllowList, AllowListError
-from beamlytics.hunts.config import DAY_US, OUTPUT_HUNTS, HuntConfig
+from beamlytics import options_catalog as catalog
 
 if TYPE_CHECKING:
     import apache_beam as beam
 
+    from beamlytics.hunts.allow import AllowList
+    from beamlytics.hunts.config import HuntConfig
     from beamlytics.parsers.formats import Plan
     from beamlytics.pipelines.detect import ReadSettings
 
@@ -29,12 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser, duration: type) -> None:
                         help="comma-separated: beacon,long,strobe,scan (named_flows) or dns_tunnel (dns)")
     parser.add_argument("--allow", metavar="FILE",
                         help="allow-list: hosts, CIDR networks, registered domains, optionally with a hunt name")
-    parser.add_argument("--horizon", type=duration, default=DAY_US,
+    parser.add_argument("--horizon", type=duration, default=catalog.DAY_US,
                         help="span judged together, aligned to UTC midnight: 1d (default), 12h, ...")
     parser.add_argument("--slide", type=duration, metavar="DURATION",
                         help="start a horizon every DURATION (sliding; must divide --horizon); default: tumbling")
-    parser.add_argument("--cap", type=int, default=HuntConfig.cap,
-                        help=f"timestamps/targets kept per key; keys beyond it are marked capped ({HuntConfig.cap})")
+    parser.add_argument("--cap", type=int, default=catalog.HUNT_CAP,
+                        help=f"timestamps/targets kept per key; keys beyond it are marked capped ({catalog.HUNT_CAP})")
 
 
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -48,6 +48,8 @@ _OWN_OPTIONS = ("horizon_us", "slide_us", "cap")
 
 def hunt_config(horizon_us: int, slide_us: int | None, cap: int, params: Sequence[str]) -> HuntConfig:
     """The configuration from the options and NAME=VALUE parameters; ValueError naming what is wrong."""
+    from beamlytics.hunts.config import HuntConfig
+
     names = sorted(field.name for field in dataclasses.fields(HuntConfig) if field.name not in _OWN_OPTIONS)
     values: dict = {"horizon_us": horizon_us, "slide_us": slide_us, "cap": cap}
     for param in params:
@@ -91,6 +93,7 @@ def listed_when(config: HuntConfig) -> dict[str, str]:
 
 def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> Plan:
     """Wire the hunt pipeline; returns what reading will do (files to parse, skipped, rejected)."""
+    from beamlytics.hunts.config import OUTPUT_HUNTS
     from beamlytics.hunts.findings import FINDINGS
     from beamlytics.pipelines.detect import _read, _write_rejected_and_summary
     from beamlytics.transforms.hunt import HuntFindings
@@ -117,6 +120,8 @@ def build_hunt(pipeline: beam.Pipeline, settings: HuntSettings, output: str) -> 
 
 def run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     # cli imports this module to register the command, so its helpers are looked up at run time.
+    from beamlytics.hunts import check_hunts
+    from beamlytics.hunts.allow import AllowList, AllowListError
     from beamlytics.pipelines import cli, outputs
 
     options = cli.beam_options(beam_args)  # first: an unknown option also swallows the word after it

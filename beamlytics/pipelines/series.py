@@ -15,7 +15,6 @@ import importlib.util
 import os
 import sys
 
-from beamlytics import schemas
 from beamlytics.pipelines import cli, outputs
 
 
@@ -55,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from beamlytics import schemas
     from beamlytics.series import daily
 
     if args.spot_n_init < 5:
@@ -101,6 +101,7 @@ def _run_from_detect(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from beamlytics import schemas
     from beamlytics.series import windows
 
     if args.period is not None and args.period < 2:
