@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.population import Population
+from beamlytics.detectors.population import Population, fisher_statistic
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
@@ -142,15 +142,14 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     p_sorted = p[order]
     finite = np.isfinite(p_sorted)
     judged = np.add.reduceat(finite.astype(np.int64), starts)
-    smallest = np.minimum.reduceat(np.where(finite, p_sorted, np.inf), starts)
-    with np.errstate(invalid="ignore"):  # 0 judged × inf: those windows have no p
-        combined = np.where(judged > 0, np.minimum(1.0, judged * smallest), math.nan)
     records = pc.fill_null(scores.column("records"), 0).to_numpy()[first]
     reasons = np.where(records < settings.min_records, TOO_FEW_RECORDS, np.where(judged == 0, NO_MODEL, None))
     is_judged = reasons == None  # noqa: E711 (element-wise on an object array)
     windows = len(starts)
     per_row = np.repeat(np.arange(windows), np.diff(offsets))
-    fired = is_judged[per_row] & finite & (judged[per_row] * p_sorted <= settings.alarm_rate)
+    kinds = [scores.column(name).take(pa.array(first)).to_pylist() for name in ("table", "key_kind")]
+    combined, fired, alone, risk = _window_tests(p_sorted, per_row, offsets, judged, is_judged, list(zip(*kinds)),
+                                                 population, settings.alarm_rate)
     feature = scores.column("feature").take(pa.array(order)).combine_chunks()
     keys = scores.column("key").take(pa.array(first)).to_pylist()
     window_starts = scores.column("window_start").take(pa.array(first))
@@ -167,7 +166,7 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     for window in np.flatnonzero(status == ALARM):
         allowed[window] = any(settings.allow.suppresses_endpoint(keys[window], features_in_order[i])
                               for i in range(offsets[window], offsets[window + 1]) if fired[i])
-    expected, limits = _population_columns(scores, order, judged[per_row], source, population, settings.alarm_rate)
+    expected, limits = _population_columns(scores, order, risk, source, population)
     verdicts = pa.table({
         **{name: scores.column(name).take(pa.array(first)) for name in ("table", "key_kind", "key", "window_start",
                                                                         "window_end", "records", "detector")},
@@ -194,9 +193,54 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     alarms = status == ALARM
     counts["allowed"], counts["alarms"] = int((alarms & allowed).sum()), int((alarms & ~allowed).sum())
     counts["hunt_alarms"] = int((hunt_alarm & ~allowed).sum())
-    reported = _reported_rows(scores, population, p, source, group, judged, limits, order, fired,
+    reported = _reported_rows(scores, population, p, source, group, alone, limits, order, fired,
                               np.flatnonzero(alarms & ~allowed), offsets)
     return verdicts.cast(schemas.VERDICTS), reported, counts
+
+
+def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray, judged: np.ndarray,
+                  is_judged: np.ndarray, kinds: list[tuple[str, str]], population: Population, alarm_rate: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per window its p; per row (in evidence order) whether it fired, the window p it alone would give, and
+    the feature p at which it alone alarms.
+
+    Where the population calibrates the combined statistic (`population.CombinedTail`), the window's p is the
+    population's share of windows whose Fisher statistic is at least its own, and the fired features are the
+    fewest of its strongest whose terms alone reach the alarm threshold: what it takes to alarm. Elsewhere
+    (no population, or one too small) the Bonferroni-corrected minimum, and fired is each feature that alone
+    passes it.
+    """
+    windows = len(judged)
+    finite = np.isfinite(p_sorted)
+    with np.errstate(invalid="ignore"):  # 0 judged × inf: those windows have no p
+        smallest = np.minimum.reduceat(np.where(finite, p_sorted, np.inf), offsets[:-1])
+        combined = np.where(judged > 0, np.minimum(1.0, judged * smallest), math.nan)
+    alone = np.minimum(1.0, judged[per_row] * p_sorted)
+    risk = alarm_rate / np.maximum(judged[per_row], 1)
+    fired = is_judged[per_row] & finite & (alone <= alarm_rate)
+    terms = np.where(finite, -2.0 * np.log(np.maximum(np.where(finite, p_sorted, 1.0), _SMALLEST)), 0.0)
+    statistic = fisher_statistic(p_sorted, per_row, windows)
+    # The sum of the terms of the window's stronger features, added up within the window (not a running sum over
+    # all rows, whose rounding would depend on where the window sits).
+    position = np.arange(len(p_sorted)) - offsets[:-1][per_row]
+    before = np.zeros(len(p_sorted))
+    for rank in range(1, int(position.max(initial=0)) + 1):
+        rows = np.flatnonzero(position == rank)
+        before[rows] = before[rows - 1] + terms[rows - 1]
+    kind_of_window = np.array([f"{table}|{kind}" for table, kind in kinds], dtype=object)
+    for name in sorted(set(kind_of_window.tolist())):
+        calibration = population.combined(*name.split("|", 1))
+        if calibration is None:
+            continue
+        mine = kind_of_window == name
+        rows = mine[per_row]
+        combined[mine] = np.where(judged[mine] > 0, calibration.probabilities(statistic[mine]), math.nan)
+        limit = calibration.threshold(alarm_rate)
+        alone[rows] = np.where(finite[rows], calibration.probabilities(terms[rows]), math.nan)
+        risk[rows] = math.exp(-limit / 2.0)
+        alarmed = (is_judged & (combined <= alarm_rate))[per_row]
+        fired[rows] = (alarmed & finite & (before < limit))[rows]
+    return combined, fired, alone, risk
 
 
 def _hunt_columns(marks: Mapping[tuple[str, int], Mark] | None, keys: list, starts: pa.ChunkedArray
@@ -240,21 +284,21 @@ def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndar
     return group, order, offsets
 
 
-def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray, source: list[str | None],
-                        population: Population, alarm_rate: float) -> tuple[pa.Array, pa.Array]:
-    """Per row in `order`: the population median ("expected") and the value the feature had to exceed: the
-    population's at the per-feature risk; for spot/dspot judged by their own tail, the higher of it and theirs."""
+def _population_columns(scores: pa.Table, order: np.ndarray, risk: np.ndarray, source: list[str | None],
+                        population: Population) -> tuple[pa.Array, pa.Array]:
+    """Per row in `order`: the population median ("expected") and the value at which the feature alone alarms its
+    window: the population's at `risk`; for spot/dspot judged by their own tail, the higher of it and theirs."""
     models = [f"{t}|{k}|{f}" for t, k, f in zip(*(scores.column(name).take(pa.array(order)).to_pylist()
                                                   for name in ("table", "key_kind", "feature")))]
     tails = {name: population.tail(*name.split("|", 2)) for name in set(models)}
     medians = {name: tail.median if tail is not None and tail.values.size else None for name, tail in tails.items()}
-    risks: dict[tuple[str, int], float] = {}
+    thresholds: dict[tuple[str, float], float] = {}
     limits = np.empty(len(order))
-    for index, (name, count) in enumerate(zip(models, judged.tolist())):
-        if (name, count) not in risks:
+    for index, (name, at) in enumerate(zip(models, risk.tolist())):
+        if (name, at) not in thresholds:
             tail = tails[name]
-            risks[(name, count)] = tail.threshold(alarm_rate / max(count, 1)) if tail is not None else math.nan
-        limits[index] = risks[(name, count)]
+            thresholds[(name, at)] = tail.threshold(at) if tail is not None else math.nan
+        limits[index] = thresholds[(name, at)]
     own_tail = np.isin(scores.column("detector").take(pa.array(order)).to_numpy(zero_copy_only=False),
                        list(_OWN_PROBABILITY))
     own_tail &= np.array([source[i] == OWN_HISTORY for i in order.tolist()], dtype=bool)
@@ -266,7 +310,7 @@ def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray,
 
 
 def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, source: list[str | None],
-                   group: np.ndarray, judged: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
+                   group: np.ndarray, alone: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
                    alarms: np.ndarray, offsets: np.ndarray) -> pa.Table:
     """The fired rows of reported alarms, in window order and each window's row order."""
     position = np.empty(len(order), dtype=np.int64)
@@ -280,20 +324,21 @@ def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, sour
     reported = []
     for index, row in zip(chosen, rows):
         tail = population.tail(row["table"], row["key_kind"], row["feature"])
-        reported.append(_reported_row(scores, index, row, p[index], source[index], int(judged[group[index]]),
+        reported.append(_reported_row(scores, index, row, p[index], source[index], float(alone[position[index]]),
                                       thresholds[position[index]], tail))
     return pa.Table.from_pylist(reported, schema=schemas.ANOMALIES)
 
 
 def _reported_row(scores: pa.Table, index: int, row: Mapping[str, Any], p: float, source: str | None,
-                  judged: int, threshold: float | None, tail) -> dict:
-    """A fired feature's score row as anomalies/ holds it: its score is the feature's corrected −log10 p, its
-    detector `population` when the population judged it (its threshold is then in the feature's units)."""
+                  alone: float, threshold: float | None, tail) -> dict:
+    """A fired feature's score row as anomalies/ holds it: its score is −log10 of the window p it alone would
+    give, its detector `population` when the population judged it (its threshold is then in the feature's
+    units)."""
     evidence = {**json.loads(scores.column("evidence")[index].as_py()), "p_value": p, "judged_by": source}
     if tail is not None:
         evidence["population_median"] = tail.median
         evidence["population_threshold"] = threshold
-    reported = {**row, "status": Status.ANOMALY, "score": score_of(min(1.0, judged * p)),
+    reported = {**row, "status": Status.ANOMALY, "score": score_of(alone),
                 "evidence": json.dumps(evidence, sort_keys=True, allow_nan=False)}
     if source == POPULATION:
         reported["detector"] = POPULATION
