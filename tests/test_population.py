@@ -81,7 +81,8 @@ CONFIG = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
 def test_a_host_seen_in_one_window_only_is_judged_by_the_population():
     windows = windows_table(newcomer_records=2_000)
     population = Population.of_windows(windows, CONFIG.features)
-    verdicts, reported, _ = judge(score_table(windows, CONFIG), population, VerdictSettings())
+    # At 0.001 neither feature's term alone reaches the threshold: both fired (at the default, the stronger alone).
+    verdicts, reported, _ = judge(score_table(windows, CONFIG), population, VerdictSettings(alarm_rate=0.001))
     newcomer = [row for row in verdicts.to_pylist() if row["key"] == "10.9.9.9"]
     assert len(newcomer) == 1 and newcomer[0]["status"] == ALARM
     assert set(newcomer[0]["features_fired"]) == {"records", "distinct_names"}
