@@ -54,8 +54,8 @@ FEATURES = {
                     "c_bytes", "s_bytes", "failed_ratio", "mean_duration", "max_duration", "active_flows",
                     "active_seconds", "max_peer_ports", "max_port_peers", "max_service_connections", "icmp_ratio"),
 }
-# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Each default is
-# one more test in the verdict's multiple-testing correction, so few.
+# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Few: each default
+# adds its benign spread to the verdict's combined statistic (docs/evaluation.md measured three more flow features).
 DEFAULT_FEATURES = {
     "dns": ("records", "nxdomain_ratio", "max_subdomains", "max_subdomain_entropy", "txt_null_any_ratio"),
     "http": ("records", "distinct_names", "error_ratio", "max_uri_length", "distinct_user_agents"),
