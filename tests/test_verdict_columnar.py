@@ -49,7 +49,7 @@ def oracle(scores: pa.Table, population: Population, settings: VerdictSettings):
             fired, total = [], 0.0
             if reason is None and combined <= settings.alarm_rate:
                 for i in (i for i in by_strength if i in term):
-                    if total >= limit:
+                    if fired and total >= limit:
                         break
                     fired.append(i)
                     total += term[i]

@@ -246,7 +246,8 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
         alone[rows] = np.where(finite[rows], calibration.probabilities(terms[rows]), math.nan)
         risk[rows] = math.exp(-limit / 2.0)
         alarmed = (is_judged & (combined <= alarm_rate))[per_row]
-        fired[rows] = (alarmed & finite & (before < limit))[rows]
+        # The strongest always fires: a threshold of 0 (most of the population at statistic 0) is reached by none.
+        fired[rows] = (alarmed & finite & ((before < limit) | (position == 0)))[rows]
     return combined, fired, alone, risk
 
 
