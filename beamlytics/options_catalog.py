@@ -39,8 +39,8 @@ FEATURES = {
                     "c_bytes", "s_bytes", "failed_ratio", "mean_duration", "max_duration", "active_flows",
                     "active_seconds", "max_peer_ports", "max_port_peers", "max_service_connections", "icmp_ratio"),
 }
-# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Each default is
-# one more test in the verdict's multiple-testing correction, so few.
+# What a hunter looks at first: volume, fan-out, failures, and the shape of names and URIs. Few: each default
+# adds its benign spread to the verdict's combined statistic (docs/evaluation.md measured three more flow features).
 DEFAULT_FEATURES = {
     "dns": ("records", "nxdomain_ratio", "max_subdomains", "max_subdomain_entropy", "txt_null_any_ratio"),
     "http": ("records", "distinct_names", "error_ratio", "max_uri_length", "distinct_user_agents"),
@@ -50,7 +50,9 @@ DEFAULT_FEATURES = {
 # How records are placed in windows (see transforms/windows.py).
 WINDOWINGS = ("key", "beam")
 
-DEFAULT_ALARM_RATE = 1e-3
+# Issue 9's budget itself: the verdict's p is calibrated on the population, so this is the share of benign
+# judged windows expected to alarm (measured: 0.37 % on the attack benchmark, docs/evaluation.md).
+DEFAULT_ALARM_RATE = 5e-3
 DEFAULT_MIN_RECORDS = 3
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

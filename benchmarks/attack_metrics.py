@@ -99,3 +99,11 @@ def isolation_forest_scores(features: pd.DataFrame, seed: int = 0) -> tuple[pd.D
     scored = features[WINDOW].copy()
     scored["score"] = -model.score_samples(numeric.to_numpy())
     return scored[model.predict(numeric.to_numpy()) == -1].reset_index(drop=True), scored
+
+
+def top_share(scored: pd.DataFrame, share: float) -> pd.DataFrame:
+    """The `share` of windows with the highest score (at least one; ties at the cut by key and window, so the
+    count is exact): a baseline's alarms at the same benign budget as the verdict's."""
+    count = max(1, math.ceil(share * len(scored)))
+    ranked = scored.sort_values(["score", "key", "window_start"], ascending=[False, True, True], kind="stable")
+    return ranked.head(count).reset_index(drop=True)

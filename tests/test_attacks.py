@@ -181,3 +181,11 @@ def test_fields_like_drops_flow_lengths_the_background_does_not_have():
     assert embed.fields_like(attack, background)["time_end"].to_pylist() == [T0]
     with_lengths = flows([{"time_start": T0, "time_end": T0 + dt.timedelta(seconds=1)}])
     assert embed.fields_like(attack, with_lengths)["time_end"].to_pylist() == [T0 + dt.timedelta(seconds=64)]
+
+
+def test_top_share_takes_the_highest_scores_with_ties_cut_by_key_by_hand():
+    scored = pd.DataFrame({"key": ["d", "a", "c", "b", "e"], "window_start": [0, 0, 0, 0, 0],
+                           "score": [0.9, 0.5, 0.5, 0.5, 0.1]})
+    # 40 % of 5 windows = 2: the best (d) and, of the three tied at 0.5, the smallest key (a).
+    assert attack_metrics.top_share(scored, 0.4)["key"].tolist() == ["d", "a"]
+    assert attack_metrics.top_share(scored, 0.001)["key"].tolist() == ["d"]  # at least one

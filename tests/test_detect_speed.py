@@ -24,14 +24,14 @@ def test_merged_pools_are_the_smallest_entries_heapq_picks():
 
 
 def reference_pools(rows: list[dict], feature_names, capacity):
-    """The pools as the first version computed them: a blake2b and a Python tuple per endpoint-window."""
+    """The pools as a plain loop computes them: a blake2b and a Python tuple per endpoint-window."""
     pools = {}
     for feature in feature_names:
         by_kind = {}
         for row in rows:
             value = row[feature]
             if value is not None and math.isfinite(value):
-                text = f"{row['table']}|{row['key_kind']}|{row['key']}|{row['window_start']}|{feature}"
+                text = f"{row['table']}|{row['key_kind']}|{row['key']}|{row['window_start']}"  # the window, not the feature
                 digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
                 by_kind.setdefault((row["table"], row["key_kind"]), []).append((int.from_bytes(digest, "big"), value))
         for (table, kind), entries in by_kind.items():

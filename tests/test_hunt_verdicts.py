@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beamlytics.detectors.verdict import ALARM, NORMAL, VerdictSettings, hunt_levels, judge
+from beamlytics.detectors.verdict import ALARM, DEFAULT_ALARM_RATE, NORMAL, VerdictSettings, hunt_levels, judge
 from beamlytics.features import WindowSpec
 from beamlytics.hunts import detect_hunts
 from beamlytics.hunts.config import DAY_US
@@ -138,7 +138,7 @@ def test_detect_ranks_a_vertical_scan_by_its_hunt_in_any_record_order(tmp_path):
     [scan] = [v for v in verdicts if v["key"] == "10.1.0.77"]
     # bucket_score(40 ports, (5, 15, 100, 1000)) = 0.5 + 25/85 · 0.25 = 0.5735... -> 0.574 (three decimals).
     assert (scan["status"], scan["hunt"], scan["hunt_score"]) == (ALARM, "vertical_scan", 0.574)
-    assert scan["score"] >= 3 * 0.574 / 0.5 - 1e-9 and "40 ports of 192.0.2.80" in scan["hunt_evidence"]
+    assert scan["score"] >= -math.log10(DEFAULT_ALARM_RATE) * 0.574 / 0.5 - 1e-9 and "40 ports of 192.0.2.80" in scan["hunt_evidence"]
     summary = json.loads((outputs[0] / "summary.json").read_text())
     assert summary["hunt_alarms"] >= 1 and summary["hunts"] == ["beacon", "long", "scan", "strobe"]
     none = tmp_path / "none"

@@ -202,7 +202,7 @@ def test_only_reported_verdicts_make_incidents_and_a_suppressed_window_splits_th
 
 
 # An hour of 6 clients is ~360 endpoint-windows: a 5-minute burst is ~1 % of the population, above the
-# default alarm rate (0.001, set for days of traffic), so these small fixtures allow 2 %.
+# default alarm rate (0.005), so these small fixtures allow 2 %.
 ALARM_RATE = "0.02"
 SCENARIO = synthetic.Scenario(hours=1, clients=6, anomalous_client="10.0.0.4", anomaly_start_minute=40,
                               anomaly_minutes=3)

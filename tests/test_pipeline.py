@@ -26,7 +26,7 @@ def zeek_logs(tmp_path_factory):
 
 
 def detect(logs, out, *extra):
-    # 360 endpoint-windows: a burst of 3 has a population p near 3/360, above the default rate of 0.001.
+    # 360 endpoint-windows: a burst of 3 has a population p near 3/360, above the default rate of 0.005.
     status = cli.main(["detect", "--table", "dns", "--alarm-rate", "0.02", "--output", str(out), *extra, str(logs)])
     assert status == 0
     return json.loads((Path(out) / "summary.json").read_text())
@@ -60,8 +60,9 @@ def test_gaussian_reports_the_injected_host(zeek_logs, tmp_path):
     detect(zeek_logs, tmp_path, "--detector", "gaussian")
     anomalies = pq.read_table(tmp_path / "anomalies").to_pylist()
     burst = set(SCENARIO.anomaly_window_starts_us(60_000_000))
+    # Any fired feature: the verdict names the fewest strongest that reach its threshold, not every one.
     flagged = {int(row["window_start"].timestamp() * 1e6) for row in anomalies
-               if row["key"] == SCENARIO.anomalous_client and row["feature"] == "records"}
+               if row["key"] == SCENARIO.anomalous_client}
     assert burst <= flagged
     scores = pq.read_table(tmp_path / "scores")
     features = pq.read_table(tmp_path / "features")

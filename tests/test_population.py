@@ -81,14 +81,20 @@ CONFIG = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
 def test_a_host_seen_in_one_window_only_is_judged_by_the_population():
     windows = windows_table(newcomer_records=2_000)
     population = Population.of_windows(windows, CONFIG.features)
-    verdicts, reported, _ = judge(score_table(windows, CONFIG), population, VerdictSettings())
+    # At 0.001 neither feature's term alone reaches the threshold: both fired (at the default, the stronger alone).
+    verdicts, reported, _ = judge(score_table(windows, CONFIG), population, VerdictSettings(alarm_rate=0.001))
     newcomer = [row for row in verdicts.to_pylist() if row["key"] == "10.9.9.9"]
     assert len(newcomer) == 1 and newcomer[0]["status"] == ALARM
     assert set(newcomer[0]["features_fired"]) == {"records", "distinct_names"}
-    # The verdict's p is the Bonferroni-corrected smallest of the population tails, computed here directly.
+    # The verdict's p: Fisher's statistic of the population tails' p, referred to the statistic's own tail fitted
+    # on every window's, each computed here row by row from the windows (not from the pools).
     tails = {name: population.tail("dns", "c_ip", name) for name in CONFIG.features}
-    p = min(tails[name].probabilities(np.array([2_000.0]))[0] for name in CONFIG.features)
-    assert newcomer[0]["p_value"] == pytest.approx(min(1.0, 2 * p))
+    def statistic(row):
+        return sum(-2.0 * math.log(max(tails[name].probabilities(np.array([float(row[name])]))[0], 5e-324))
+                   for name in CONFIG.features)
+    statistics = FeatureTail.fit([statistic(row) for row in windows.to_pylist()])
+    own = statistic({"records": 2_000, "distinct_names": 2_000})
+    assert newcomer[0]["p_value"] == pytest.approx(statistics.probabilities(np.array([own]))[0], rel=1e-9)
     assert all(item["judged_by"] == POPULATION for item in newcomer[0]["evidence"])
     # The pool's median, not the newcomer's own (it has none), is what it is compared with.
     assert newcomer[0]["evidence"][0]["expected"] == pytest.approx(

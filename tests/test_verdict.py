@@ -126,3 +126,97 @@ def test_bad_allow_list_or_alarm_rate_is_one_line_and_exit_2(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("beamlytics detect: error:")
     with pytest.raises(AllowListError):
         AllowList.parse(["10.0.0.5 nonsense"])
+
+
+# The combined statistic: Fisher's −2 Σ ln p, calibrated on the population's own windows.
+
+def two_feature_windows(a, b, start=T0):
+    """One dns c_ip endpoint-window per (a, b) pair, features `records` = a and `distinct_names` = b."""
+    return pa.table({
+        "table": ["dns"] * len(a), "key_kind": ["c_ip"] * len(a), "key": [f"h{i}" for i in range(len(a))],
+        "window_start": pa.array([start] * len(a), pa.timestamp("us", tz="UTC")),
+        "records": np.asarray(a, float), "distinct_names": np.asarray(b, float)})
+
+
+def rows_for(window_values, records=50):
+    return score_rows([{**row(key, value, records=records), "feature": feature}
+                       for key, values in window_values.items() for feature, value in values.items()])
+
+
+def test_fully_dependent_features_pay_no_bonferroni_factor_by_hand():
+    # Two copies of one feature over 1,000 windows: 0, 1, ..., 999. The window at 900 has p = 100/1000 on each
+    # (the share at or above it); its Fisher statistic −4 ln 0.1 is reached by exactly the 100 population windows
+    # at 900 or more (the statistic rises with the value), so its p is 0.1, where Bonferroni would give 0.2.
+    values = np.arange(1000.0)
+    population = Population.of_windows(two_feature_windows(values, values), ("records", "distinct_names"))
+    verdicts, _, _ = judge(rows_for({"x": {"records": 900.0, "distinct_names": 900.0}}), population,
+                           VerdictSettings(alarm_rate=0.15))
+    assert verdicts.column("p_value").to_pylist() == [pytest.approx(0.1)]
+    assert verdicts.column("status").to_pylist() == [ALARM]
+
+
+def test_independent_features_are_referred_to_the_joint_population_by_hand():
+    # A 100 × 100 grid: every (i, j) once, the two features exactly independent. The window (80, 80) has
+    # p = 20/100 on each, so p_a · p_b = 0.04; the population windows whose product of p is at most that are the
+    # pairs (x, y) of 1..100 with x · y ≤ 400 (x = 100 − i: p in hundredths). Those below 400 number
+    # Σ_x ⌈400 / x⌉ − 1 = 1,591, those at most 400 1,602 (the 11 ties x · y = 400 compare floating sums of logs,
+    # either way); only the values 98 and 99 lie in SPOT's tail (p smaller than their share), and every pair with
+    # one of them is counted either way (x ≤ 2: x · y ≤ 200). χ² with 4 degrees of freedom, which assumes
+    # continuous p, would say e^−3.22 · 4.22 = 0.168 instead of ~0.16.
+    i, j = np.divmod(np.arange(10_000), 100)
+    population = Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names"))
+    assert population.tail("dns", "c_ip", "records").probabilities(np.array([80.0]))[0] == pytest.approx(0.2)
+    assert population.tail("dns", "c_ip", "records").spot.excess_threshold > 97.0
+    verdicts, _, _ = judge(rows_for({"x": {"records": 80.0, "distinct_names": 80.0}}), population,
+                           VerdictSettings(alarm_rate=0.01))
+    below = sum(1 for x in range(1, 101) for y in range(1, 101) if x * y < 400)
+    at_most = sum(1 for x in range(1, 101) for y in range(1, 101) if x * y <= 400)
+    assert (below, at_most) == (1591, 1602)
+    assert below / 10_000 <= verdicts.column("p_value")[0].as_py() <= at_most / 10_000
+    assert verdicts.column("status").to_pylist() == [NORMAL]
+
+
+@pytest.mark.parametrize("alarm_rate", [0.005, 0.02])
+def test_alarm_share_of_unseen_benign_windows_is_the_budget_within_binomial_error(alarm_rate):
+    # Correlated features (distinct names are a share of records, hosts of different rates), one window per host
+    # so every window is judged by the population; calibrated on one draw, judged on another of the same traffic.
+    config = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
+    calibration = windows_table(hosts=6000, minutes=1, seed=21)
+    fresh = windows_table(hosts=6000, minutes=1, seed=22)
+    _, _, counts = judge(score_table(fresh, config), Population.of_windows(calibration, config.features),
+                         VerdictSettings(alarm_rate=alarm_rate, min_records=0))
+    judged = counts["verdicts"] - counts["unjudged_too_few_records"] - counts["unjudged_no_model"]
+    assert judged == 6000
+    sigma = math.sqrt(alarm_rate * (1 - alarm_rate) / judged)
+    assert abs(counts["alarms"] / judged - alarm_rate) <= 4 * sigma
+
+
+def test_combined_verdicts_are_the_same_in_shuffled_order():
+    config = DetectorConfig("gaussian", {}, ("records", "distinct_names", "nxdomain_ratio"))
+    windows = windows_table(hosts=200, minutes=12, seed=8, newcomer_records=700)
+    order = np.random.default_rng(9).permutation(windows.num_rows)
+    shuffled = windows.take(pa.array(order))
+
+    def verdict_rows(table):
+        verdicts, reported, _ = judge(score_table(table, config), Population.of_windows(table, config.features),
+                                      VerdictSettings(alarm_rate=0.01))
+        assert verdicts.column("status").to_pylist().count(ALARM) > 0
+        return (sorted(verdicts.to_pylist(), key=lambda v: (v["key"], v["window_start"])),
+                sorted(reported.to_pylist(), key=lambda v: (v["key"], v["window_start"], v["feature"])))
+
+    assert verdict_rows(windows) == verdict_rows(shuffled)
+
+
+def test_combined_p_falls_with_the_statistic_and_its_score_stays_finite():
+    i, j = np.divmod(np.arange(10_000), 100)
+    calibration = Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names")).combined("dns", "c_ip")
+    statistics = np.linspace(0.0, 3000.0, 30_001)  # the body, SPOT's tail, and p = 0 (−2 ln 5e-324 ≈ 1489 a feature)
+    p = calibration.probabilities(statistics)
+    assert np.all(np.diff(p) <= 0) and p[0] == 1.0
+    assert all(math.isfinite(score_of(x)) for x in p)
+    # The features that fired are the fewest strongest reaching the alarm threshold: one extreme feature alone.
+    verdicts, reported, _ = judge(rows_for({"x": {"records": 1e9, "distinct_names": 50.0}}),
+                                  Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names")),
+                                  VerdictSettings(alarm_rate=0.001))
+    assert verdicts.column("features_fired").to_pylist() == [["records"]]
+    assert math.isfinite(verdicts.column("score")[0].as_py()) and reported.column("feature").to_pylist() == ["records"]

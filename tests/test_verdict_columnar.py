@@ -52,17 +52,37 @@ def oracle(scores: pa.Table, population: Population, settings: VerdictSettings):
     verdicts, reported = [], []
     for (table, key_kind, key, window_start), members in windows.items():
         first = rows[members[0]]
-        combined = combined_p(p[members])
         judged = int(np.isfinite(p[members]).sum())
         reason = TOO_FEW_RECORDS if (first["records"] or 0) < settings.min_records else (
             NO_MODEL if judged == 0 else None)
-        fired = [i for i in members if reason is None and math.isfinite(p[i]) and judged * p[i] <= settings.alarm_rate]
+        by_strength = sorted(members, key=lambda i: (p[i] if math.isfinite(p[i]) else 2.0, rows[i]["feature"]))
+        calibration = population.combined(table, key_kind)
+        if calibration is None:  # Bonferroni: each feature that alone passes it fires
+            combined = combined_p(p[members])
+            alone = {i: min(1.0, judged * p[i]) for i in members}
+            risk = settings.alarm_rate / max(judged, 1)
+            fired = [i for i in members if reason is None and math.isfinite(p[i]) and alone[i] <= settings.alarm_rate]
+        else:  # Fisher's statistic against the population's; the fewest strongest features that reach the threshold
+            term = {i: -2.0 * math.log(max(p[i], 5e-324)) for i in members if math.isfinite(p[i])}
+            statistic = sum(term.values())
+            combined = float(calibration.probabilities(np.array([statistic]))[0]) if judged else math.nan
+            alone = {i: float(calibration.probabilities(np.array([term[i]]))[0]) if i in term else math.nan
+                     for i in members}
+            limit = calibration.threshold(settings.alarm_rate)
+            risk = math.exp(-limit / 2.0)
+            fired, total = [], 0.0
+            if reason is None and combined <= settings.alarm_rate:
+                for i in (i for i in by_strength if i in term):
+                    if fired and total >= limit:
+                        break
+                    fired.append(i)
+                    total += term[i]
         status = UNJUDGED if reason else (ALARM if combined <= settings.alarm_rate else NORMAL)
         allowed = status == ALARM and any(settings.allow.suppresses_endpoint(key, rows[i]["feature"]) for i in fired)
         evidence, limits = [], {}
-        for i in sorted(members, key=lambda i: (p[i] if math.isfinite(p[i]) else 2.0, rows[i]["feature"])):
+        for i in by_strength:
             tail = population.tail(table, key_kind, rows[i]["feature"])
-            limit = tail.threshold(settings.alarm_rate / max(judged, 1)) if tail is not None else math.nan
+            limit = tail.threshold(risk) if tail is not None else math.nan
             if source[i] == OWN_HISTORY and rows[i]["detector"] in OWN_PROBABILITY and rows[i]["threshold"] is not None:
                 limit = max(limit, rows[i]["threshold"]) if math.isfinite(limit) else rows[i]["threshold"]
             limits[i] = limit if math.isfinite(limit) else None
@@ -79,14 +99,14 @@ def oracle(scores: pa.Table, population: Population, settings: VerdictSettings):
             "features_fired": [rows[i]["feature"] for i in sorted(fired, key=lambda i: (p[i], rows[i]["feature"]))],
             "evidence": evidence})
         if status == ALARM and not allowed:
-            for i in fired:
+            for i in sorted(fired):  # in score-row order
                 evidence_json = {**json.loads(scores.column("evidence")[i].as_py()), "p_value": p[i],
                                  "judged_by": source[i]}
                 tail = population.tail(table, key_kind, rows[i]["feature"])
                 if tail is not None:
                     evidence_json["population_median"] = tail.median
                     evidence_json["population_threshold"] = limits[i]
-                one = {**rows[i], "status": "anomaly", "score": score_of(min(1.0, judged * p[i])),
+                one = {**rows[i], "status": "anomaly", "score": score_of(alone[i]),
                        "evidence": json.dumps(evidence_json, sort_keys=True, allow_nan=False)}
                 if source[i] == POPULATION:
                     one.update(detector=POPULATION, direction="up", threshold=limits[i])

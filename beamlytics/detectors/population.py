@@ -6,12 +6,16 @@ kind give a tail model from the first window: SPOT's extreme-value (GPD) tail, f
 `spot.Spot` on the pool, turns any value into a tail probability and any risk into a threshold.
 
 The pool is bounded and the same whatever the arrival order or sharding: every value carries
-a stable hash of its (endpoint, window, feature); a pool keeps the `capacity` entries with
-the smallest (hash, value), a bottom-k sample that merges associatively and is exact while a
-run has at most `capacity` endpoint-windows.
+a stable hash of its endpoint-window; a pool keeps the `capacity` entries with the smallest
+(hash, value), a bottom-k sample that merges associatively and is exact while a run has at
+most `capacity` endpoint-windows. The hash leaves the feature out, so the pools of one kind
+sample the same windows and join on it: the population of whole windows, on which the
+verdict's combined statistic is calibrated (`CombinedTail`), under whatever dependence the
+features have.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -27,6 +31,7 @@ from beamlytics.detectors.spot import Spot, tail_probability
 CAPACITY = 50_000  # pooled values kept per (table, key kind, feature)
 MIN_POOL = 100  # fewer endpoint-windows than this give no population model
 LEVEL = 0.98  # the share of the pool under the excess threshold, as SPOT's default
+_SMALLEST = 5e-324  # p is floored here so that −log p stays finite
 
 PoolKey = tuple[str, str, str]  # (table, key kind, feature)
 
@@ -50,11 +55,11 @@ class Pool:
                 and np.array_equal(self.values, other.values))
 
 
-def _hashes(prefixes: Sequence[bytes], feature: str) -> np.ndarray:
-    """The 64-bit blake2b of each `table|key kind|key|window start|` prefix followed by `feature`, the same on
-    every run and machine: one C call per entry, no Python int per entry."""
-    blake2b, suffix = hashlib.blake2b, feature.encode("utf-8")
-    digests = b"".join([blake2b(prefix + suffix, digest_size=8).digest() for prefix in prefixes])
+def _hashes(identities: Sequence[bytes]) -> np.ndarray:
+    """The 64-bit blake2b of each `table|key kind|key|window start` identity, the same on every run and machine:
+    one C call per entry, no Python int per entry."""
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(identity, digest_size=8).digest() for identity in identities])
     return np.frombuffer(digests, dtype=">u8").astype(np.uint64)
 
 
@@ -76,15 +81,15 @@ def pools_of(windows: pa.Table, feature_names: Sequence[str], capacity: int = CA
     pools: dict[PoolKey, Pool] = {}
     for (table, kind), rows in _rows_by_kind(windows).items():
         # The hashed text of every endpoint-window built by Arrow once, not formatted per feature.
-        prefixes = pc.binary_join_element_wise(
-            table, kind, rows.column("key"), pc.cast(pc.cast(rows.column("window_start"), pa.int64()), pa.string()),
-            "", "|")
+        identities = pc.binary_join_element_wise(
+            table, kind, pc.cast(rows.column("key"), pa.string()),
+            pc.cast(pc.cast(rows.column("window_start"), pa.int64()), pa.string()),
+            "|")
+        hashes = _hashes(pc.cast(identities, pa.binary()).to_pylist())
         for feature in feature_names:
             values = pc.cast(rows.column(feature), pa.float64()).to_numpy(zero_copy_only=False)
             finite = np.isfinite(values)
-            hashed = prefixes if finite.all() else prefixes.filter(pa.array(finite))
-            hashes = _hashes(pc.cast(hashed, pa.binary()).to_pylist(), feature)
-            pools[(table, kind, feature)] = _smallest(hashes, values[finite], capacity)
+            pools[(table, kind, feature)] = _smallest(hashes[finite], values[finite], capacity)
     return pools
 
 
@@ -107,6 +112,11 @@ class FeatureTail:
     values: np.ndarray  # ascending
     spot: Spot | None  # None when the pool has no tail to fit (too small, constant)
     reason: str | None = None  # why there is no model
+    pool: Pool | None = None  # the values by window hash, for joining the features of a kind; None: not joinable
+
+    @classmethod
+    def of_pool(cls, pool: Pool) -> "FeatureTail":
+        return dataclasses.replace(cls.fit(pool.values), pool=pool)
 
     @classmethod
     def fit(cls, values: Iterable[float]) -> "FeatureTail":
@@ -151,15 +161,79 @@ class FeatureTail:
         return float(self.spot.quantile(risk))
 
 
+def fisher_statistic(probabilities: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
+    """Per window, Fisher's −2 Σ ln p over its rows' finite tail probabilities (p floored at the smallest float, so
+    the statistic stays finite); 0 for a window with none. It grows when any p falls: monotone in every feature."""
+    finite = np.isfinite(probabilities)
+    terms = -2.0 * np.log(np.maximum(probabilities[finite], _SMALLEST))
+    return np.bincount(window_of_row[finite], weights=terms, minlength=windows)
+
+
+@dataclass(frozen=True)
+class CombinedTail:
+    """The population's own distribution of the combined statistic over its whole windows.
+
+    Fisher's statistic is referred to the windows of the population, not to a χ² that assumes independent
+    features: the share of pooled windows whose statistic is at least a window's (SPOT's tail beyond the body)
+    is its p, so at an alarm rate r about r of the population's windows alarm, whatever the features' dependence,
+    and adding a feature costs no Bonferroni factor.
+    """
+
+    statistics: FeatureTail
+    features: tuple[str, ...]  # the features it combines
+
+    def probabilities(self, statistic: np.ndarray) -> np.ndarray:
+        return self.statistics.probabilities(statistic)
+
+    def threshold(self, alarm_rate: float) -> float:
+        """The statistic at which a window alarms at `alarm_rate`."""
+        return self.statistics.threshold(alarm_rate)
+
+
+def combined_tail(tails: Mapping[str, FeatureTail]) -> CombinedTail | None:
+    """The combined statistic's tail over the windows the pools of one kind share; None when they cannot be joined
+    (a tail without its pool) or too few windows have one."""
+    modelled = {feature: tail for feature, tail in sorted(tails.items()) if tail.spot is not None}
+    if not modelled or any(tail.pool is None for tail in modelled.values()):
+        return None
+    # A full pool holds the windows up to its largest hash; the others are complete: windows below every full
+    # pool's cut are exactly the population's (64-bit hashes: collisions are ignored).
+    cut = min((int(tail.pool.hashes[-1]) for tail in modelled.values() if len(tail.pool) >= CAPACITY),
+              default=None)
+    window_hashes = np.unique(np.concatenate([tail.pool.hashes for tail in modelled.values()]))
+    if cut is not None:
+        window_hashes = window_hashes[window_hashes <= np.uint64(cut)]
+    probabilities, rows = [], []
+    for tail in modelled.values():
+        position = np.searchsorted(window_hashes, tail.pool.hashes)
+        present = position < window_hashes.size
+        present[present] = window_hashes[position[present]] == tail.pool.hashes[present]
+        probabilities.append(tail.probabilities(tail.pool.values[present]))
+        rows.append(position[present])
+    statistics = fisher_statistic(np.concatenate(probabilities), np.concatenate(rows), window_hashes.size)
+    fitted = FeatureTail.fit(statistics)
+    return CombinedTail(fitted, tuple(modelled)) if fitted.spot is not None else None
+
+
 @dataclass(frozen=True)
 class Population:
-    """Tail models per (table, key kind, feature)."""
+    """Tail models per (table, key kind, feature), and per (table, key kind) the combined statistic's."""
 
     tails: Mapping[PoolKey, FeatureTail]
 
     @classmethod
     def fit(cls, pools: Mapping[PoolKey, Pool]) -> "Population":
-        return cls({key: FeatureTail.fit(pool.values) for key, pool in sorted(pools.items())})
+        return cls({key: FeatureTail.of_pool(pool) for key, pool in sorted(pools.items())})
+
+    @functools.cached_property  # fitted once per population, when a verdict first asks
+    def _combined(self) -> dict[tuple[str, str], CombinedTail | None]:
+        kinds: dict[tuple[str, str], dict[str, FeatureTail]] = {}
+        for (table, kind, feature), tail in sorted(self.tails.items()):
+            kinds.setdefault((table, kind), {})[feature] = tail
+        return {kind: combined_tail(tails) for kind, tails in kinds.items()}
+
+    def combined(self, table: str, key_kind: str) -> CombinedTail | None:
+        return self._combined.get((table, key_kind))
 
     @classmethod
     def of_windows(cls, windows: pa.Table, feature_names: Sequence[str]) -> "Population":

@@ -9,11 +9,16 @@ Each feature gets a tail probability p:
   whose score is not a probability (gaussian, iqr, poisson) give their verdict: the
   population's p where they call the window anomalous, else 1. A busy server is thus not
   flagged for being busy, nor a quiet host for a blip its peers make all the time.
-The window's p is the Bonferroni-corrected minimum, min(1, m · min p) over its m judged
-features, and its score −log10 of it: finite (p is floored at the smallest float), comparable
-across tables, keys and detectors, and monotone (no feature's p can fall without the score
-rising or staying). The window alarms when p ≤ the alarm rate: under benign traffic whose
-population the tails describe, at most that share of judged windows.
+The window's features are combined by Fisher's statistic −2 Σ ln p, referred not to χ² (which
+assumes independent features) but to the population's own windows (`population.CombinedTail`):
+the window's p is the share of the population's windows whose statistic is at least its own
+(SPOT's tail beyond the body). So about the alarm rate's share of the population's windows
+alarm whatever the features' dependence, and a feature more costs no Bonferroni factor. Where
+no population is joinable (the streaming scorer, a population too small), p is the
+Bonferroni-corrected minimum, min(1, m · min p) over the m judged features. The score is
+−log10 p: finite (p is floored at the smallest float), comparable across tables, keys and
+detectors, and monotone (no feature's p can fall without the score rising or staying). The
+window alarms when p ≤ the alarm rate.
 
 Hunt findings (`beamlytics.hunts.marks`: beacons, long connections, strobes, scans, DNS tunnels
 over the run's horizon, with RITA's and Zeek's documented thresholds) are a second, rule-based
@@ -37,7 +42,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.population import Population
+from beamlytics.detectors.population import Population, fisher_statistic
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
@@ -151,15 +156,14 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     p_sorted = p[order]
     finite = np.isfinite(p_sorted)
     judged = np.add.reduceat(finite.astype(np.int64), starts)
-    smallest = np.minimum.reduceat(np.where(finite, p_sorted, np.inf), starts)
-    with np.errstate(invalid="ignore"):  # 0 judged × inf: those windows have no p
-        combined = np.where(judged > 0, np.minimum(1.0, judged * smallest), math.nan)
     records = pc.fill_null(scores.column("records"), 0).to_numpy()[first]
     reasons = np.where(records < settings.min_records, TOO_FEW_RECORDS, np.where(judged == 0, NO_MODEL, None))
     is_judged = reasons == None  # noqa: E711 (element-wise on an object array)
     windows = len(starts)
     per_row = np.repeat(np.arange(windows), np.diff(offsets))
-    fired = is_judged[per_row] & finite & (judged[per_row] * p_sorted <= settings.alarm_rate)
+    kinds = [scores.column(name).take(pa.array(first)).to_pylist() for name in ("table", "key_kind")]
+    combined, fired, alone, risk = _window_tests(p_sorted, per_row, offsets, judged, is_judged, list(zip(*kinds)),
+                                                 population, settings.alarm_rate)
     feature = scores.column("feature").take(pa.array(order)).combine_chunks()
     keys = scores.column("key").take(pa.array(first)).to_pylist()
     window_starts = scores.column("window_start").take(pa.array(first))
@@ -176,7 +180,7 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     for window in np.flatnonzero(status == ALARM):
         allowed[window] = any(settings.allow.suppresses_endpoint(keys[window], features_in_order[i])
                               for i in range(offsets[window], offsets[window + 1]) if fired[i])
-    expected, limits = _population_columns(scores, order, judged[per_row], source, population, settings.alarm_rate)
+    expected, limits = _population_columns(scores, order, risk, source, population)
     verdicts = pa.table({
         **{name: scores.column(name).take(pa.array(first)) for name in ("table", "key_kind", "key", "window_start",
                                                                         "window_end", "records", "detector")},
@@ -203,9 +207,55 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
     alarms = status == ALARM
     counts["allowed"], counts["alarms"] = int((alarms & allowed).sum()), int((alarms & ~allowed).sum())
     counts["hunt_alarms"] = int((hunt_alarm & ~allowed).sum())
-    reported = _reported_rows(scores, population, p, source, group, judged, limits, order, fired,
+    reported = _reported_rows(scores, population, p, source, group, alone, limits, order, fired,
                               np.flatnonzero(alarms & ~allowed), offsets)
     return verdicts.cast(schemas.VERDICTS), reported, counts
+
+
+def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray, judged: np.ndarray,
+                  is_judged: np.ndarray, kinds: list[tuple[str, str]], population: Population, alarm_rate: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per window its p; per row (in evidence order) whether it fired, the window p it alone would give, and
+    the feature p at which it alone alarms.
+
+    Where the population calibrates the combined statistic (`population.CombinedTail`), the window's p is the
+    population's share of windows whose Fisher statistic is at least its own, and the fired features are the
+    fewest of its strongest whose terms alone reach the alarm threshold: what it takes to alarm. Elsewhere
+    (no population, or one too small) the Bonferroni-corrected minimum, and fired is each feature that alone
+    passes it.
+    """
+    windows = len(judged)
+    finite = np.isfinite(p_sorted)
+    with np.errstate(invalid="ignore"):  # 0 judged × inf: those windows have no p
+        smallest = np.minimum.reduceat(np.where(finite, p_sorted, np.inf), offsets[:-1])
+        combined = np.where(judged > 0, np.minimum(1.0, judged * smallest), math.nan)
+    alone = np.minimum(1.0, judged[per_row] * p_sorted)
+    risk = alarm_rate / np.maximum(judged[per_row], 1)
+    fired = is_judged[per_row] & finite & (alone <= alarm_rate)
+    terms = np.where(finite, -2.0 * np.log(np.maximum(np.where(finite, p_sorted, 1.0), _SMALLEST)), 0.0)
+    statistic = fisher_statistic(p_sorted, per_row, windows)
+    # The sum of the terms of the window's stronger features, added up within the window (not a running sum over
+    # all rows, whose rounding would depend on where the window sits).
+    position = np.arange(len(p_sorted)) - offsets[:-1][per_row]
+    before = np.zeros(len(p_sorted))
+    for rank in range(1, int(position.max(initial=0)) + 1):
+        rows = np.flatnonzero(position == rank)
+        before[rows] = before[rows - 1] + terms[rows - 1]
+    kind_of_window = np.array([f"{table}|{kind}" for table, kind in kinds], dtype=object)
+    for name in sorted(set(kind_of_window.tolist())):
+        calibration = population.combined(*name.split("|", 1))
+        if calibration is None:
+            continue
+        mine = kind_of_window == name
+        rows = mine[per_row]
+        combined[mine] = np.where(judged[mine] > 0, calibration.probabilities(statistic[mine]), math.nan)
+        limit = calibration.threshold(alarm_rate)
+        alone[rows] = np.where(finite[rows], calibration.probabilities(terms[rows]), math.nan)
+        risk[rows] = math.exp(-limit / 2.0)
+        alarmed = (is_judged & (combined <= alarm_rate))[per_row]
+        # The strongest always fires: a threshold of 0 (most of the population at statistic 0) is reached by none.
+        fired[rows] = (alarmed & finite & ((before < limit) | (position == 0)))[rows]
+    return combined, fired, alone, risk
 
 
 def _hunt_columns(marks: Mapping[tuple[str, int], Mark] | None, keys: list, starts: pa.ChunkedArray
@@ -249,20 +299,20 @@ def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndar
     return group, order, offsets
 
 
-def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray, source: np.ndarray,
-                        population: Population, alarm_rate: float) -> tuple[pa.Array, pa.Array]:
-    """Per row in `order`: the population median ("expected") and the value the feature had to exceed: the
-    population's at the per-feature risk; for spot/dspot judged by their own tail, the higher of it and theirs.
-    A threshold is computed once per (model, judged count)."""
+def _population_columns(scores: pa.Table, order: np.ndarray, risk: np.ndarray, source: np.ndarray,
+                        population: Population) -> tuple[pa.Array, pa.Array]:
+    """Per row in `order`: the population median ("expected") and the value at which the feature alone alarms its
+    window: the population's at `risk`; for spot/dspot judged by their own tail, the higher of it and theirs.
+    A threshold is computed once per (model, risk)."""
     models, model_of_row = _model_codes(scores.select(["table", "key_kind", "feature"]).take(pa.array(order)))
     tails = [population.tail(*name.split("|", 2)) for name in models]
     medians = np.array([tail.median if tail is not None and tail.values.size else math.nan for tail in tails])
     has_median = np.array([tail is not None and tail.values.size > 0 for tail in tails], dtype=bool)
-    pairs, pair_of_row = np.unique(np.column_stack([model_of_row.astype(np.int64), judged]), axis=0,
+    pairs, pair_of_row = np.unique(np.column_stack([model_of_row.astype(np.float64), risk]), axis=0,
                                    return_inverse=True)
-    risks = np.array([tails[code].threshold(alarm_rate / max(count, 1)) if tails[code] is not None else math.nan
-                      for code, count in pairs.tolist()])
-    limits = risks[pair_of_row.ravel()] if len(order) else np.empty(0)
+    thresholds = np.array([tails[int(code)].threshold(at) if tails[int(code)] is not None else math.nan
+                           for code, at in pairs.tolist()])
+    limits = thresholds[pair_of_row.ravel()] if len(order) else np.empty(0)
     own_tail = np.isin(scores.column("detector").take(pa.array(order)).to_numpy(zero_copy_only=False),
                        list(_OWN_PROBABILITY))
     own_tail &= source[order] == OWN_HISTORY
@@ -275,7 +325,7 @@ def _population_columns(scores: pa.Table, order: np.ndarray, judged: np.ndarray,
 
 
 def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, source: np.ndarray,
-                   group: np.ndarray, judged: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
+                   group: np.ndarray, alone: np.ndarray, limits: pa.Array, order: np.ndarray, fired: np.ndarray,
                    alarms: np.ndarray, offsets: np.ndarray) -> pa.Table:
     """The fired rows of reported alarms, in window order and each window's row order."""
     position = np.empty(len(order), dtype=np.int64)
@@ -289,20 +339,21 @@ def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, sour
     reported = []
     for index, row in zip(chosen, rows):
         tail = population.tail(row["table"], row["key_kind"], row["feature"])
-        reported.append(_reported_row(scores, index, row, p[index], source[index], int(judged[group[index]]),
+        reported.append(_reported_row(scores, index, row, p[index], source[index], float(alone[position[index]]),
                                       thresholds[position[index]], tail))
     return pa.Table.from_pylist(reported, schema=schemas.ANOMALIES)
 
 
 def _reported_row(scores: pa.Table, index: int, row: Mapping[str, Any], p: float, source: str | None,
-                  judged: int, threshold: float | None, tail) -> dict:
-    """A fired feature's score row as anomalies/ holds it: its score is the feature's corrected −log10 p, its
-    detector `population` when the population judged it (its threshold is then in the feature's units)."""
+                  alone: float, threshold: float | None, tail) -> dict:
+    """A fired feature's score row as anomalies/ holds it: its score is −log10 of the window p it alone would
+    give, its detector `population` when the population judged it (its threshold is then in the feature's
+    units)."""
     evidence = {**json.loads(scores.column("evidence")[index].as_py()), "p_value": p, "judged_by": source}
     if tail is not None:
         evidence["population_median"] = tail.median
         evidence["population_threshold"] = threshold
-    reported = {**row, "status": Status.ANOMALY, "score": score_of(min(1.0, judged * p)),
+    reported = {**row, "status": Status.ANOMALY, "score": score_of(alone),
                 "evidence": json.dumps(evidence, sort_keys=True, allow_nan=False)}
     if source == POPULATION:
         reported["detector"] = POPULATION

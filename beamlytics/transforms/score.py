@@ -253,7 +253,7 @@ def population_of(windows, feature_names: tuple[str, ...]):
         windows
         | "Pools" >> beam.FlatMap(lambda table: pools_of(table, feature_names).items())
         | "MergePools" >> beam.CombinePerKey(MergePools())
-        | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.fit(pool.values)))
+        | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.of_pool(pool)))
     )
     return beam.pvalue.AsDict(tails)
 
