@@ -191,7 +191,7 @@ def test_help_version_and_light_commands_import_neither_beam_nor_arrow(argv):
     ("detect", ["--format {auto,bind,nfstream,pcap,squid,tstat,zeek}", "--table {dns,http,named_flows}",
                 "--key {c_ip,s_ip,name,domain}", "--windowing {key,beam}",
                 "--detector {dspot,gaussian,iqr,poisson,spot}", "skipped (1048576)", "as a bomb (200)",
-                "TO exclusive (1970..2100)", "false alarms (0.001)", "not judged (3)",
+                "TO exclusive (1970..2100)", "false alarms (0.005)", "not judged (3)",
                 "dns: records,nxdomain_ratio,max_subdomains,max_subdomain_entropy,txt_null_any_ratio;"]),
     ("hunt", ["--table {dns,http,named_flows}", "marked capped (86400)", "as a bomb (200)"]),
     ("evaluate", ["--detector {dspot,gaussian,iqr,poisson,spot}", "--table {dns,http,named_flows}",
@@ -210,7 +210,7 @@ def test_help_defaults_are_what_runs():
     parser = cli.build_parser()
     detect, _ = parser.parse_known_args(["detect", "--table", "dns", "--output", "o", "in"])
     assert (detect.time_range, detect.max_line_bytes, detect.max_decompression_ratio, detect.alarm_rate,
-            detect.min_records) == ("1970..2100", 1 << 20, 200, 1e-3, 3)
+            detect.min_records) == ("1970..2100", 1 << 20, 200, 5e-3, 3)
     hunt, _ = parser.parse_known_args(["hunt", "--table", "named_flows", "--hunt", "beacon", "--output", "o", "in"])
     assert (hunt.horizon, hunt.cap) == (86_400_000_000, 86_400)
 
