@@ -76,9 +76,22 @@ class _ScoreInEventTimeOrder(beam.DoFn):
     # key to reason about, and no processing-time timer, whose firing would depend on the machine's clock.
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: DetectorConfig, idle_timeout_us: int | None = None):
+    def __init__(self, config: DetectorConfig, idle_timeout_us: int | None = None, baseline=None):
         self.config = config
         self.idle_timeout_us = idle_timeout_us
+        self.baseline = baseline  # a `live.baseline.LiveBaseline`: calibrates each endpoint's fresh detectors
+        self._calibration: dict[str, list[EndpointWindow]] = {}
+
+    def setup(self):
+        # Read here, not carried in the pipeline: a day's features would make every bundle's DoFn that large.
+        self._calibration = self.baseline.load().by_endpoint() if self.baseline is not None else {}
+
+    def _fresh_scorer(self, endpoint: str) -> EndpointScorer:
+        """New detectors for `endpoint`, calibrated on its baseline windows first, as batch `detect --baseline`."""
+        scorer = EndpointScorer(self.config)
+        if endpoint in self._calibration:
+            scorer.fit(self._calibration[endpoint])
+        return scorer
 
     def process(
         self,
@@ -122,7 +135,9 @@ class _ScoreInEventTimeOrder(beam.DoFn):
                     state.clear()
             return
 
-        scorer = EndpointScorer(self.config, detectors.read())
+        known = detectors.read()
+        endpoint = (due or later)[0].endpoint
+        scorer = EndpointScorer(self.config, known) if known is not None else self._fresh_scorer(endpoint)
         baseline = list(training.read())
         if baseline:
             scorer.fit(baseline)
@@ -130,7 +145,7 @@ class _ScoreInEventTimeOrder(beam.DoFn):
         rows = []
         for window in due:
             if expiry is not None and window.window_start >= expiry:
-                scorer = EndpointScorer(self.config)  # back after its state expired: a new endpoint
+                scorer = self._fresh_scorer(endpoint)  # back after its state expired: a new endpoint
             rows.extend(scorer.score(window))
             if self.idle_timeout_us is not None:
                 expiry = idle_expiry(window, self.idle_timeout_us)
@@ -189,6 +204,7 @@ class ScoreEndpoints(beam.PTransform):
     streaming: bool = False
     shards: int = DEFAULT_SHARDS
     idle_timeout_us: int | None = None  # streaming: an endpoint's state is forgotten after this much idle time
+    baseline: Any = None  # streaming: a `live.baseline.LiveBaseline` whose windows calibrate fresh detectors
 
     def __post_init__(self):
         super().__init__()
@@ -203,7 +219,7 @@ class ScoreEndpoints(beam.PTransform):
                 # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
                 # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
                 | "ByEndpoint" >> beam.FlatMap(by_endpoint).with_output_types(Tuple[str, Any])
-                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config, self.idle_timeout_us))
+                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config, self.idle_timeout_us, self.baseline))
             )
         return (
             windows
