@@ -409,3 +409,16 @@ def test_with_a_baseline_live_verdicts_equal_batch_judged_against_the_baseline_p
     assert anomalies(out) == rows(reported.select(schemas.SCORES.names), SCORE_ORDER)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdicts"] == verdicts.num_rows and summary["baseline"] == str(tmp_path / "base/features")
+
+
+def test_a_drain_file_present_at_the_start_replays_the_logs_and_ends(zeek_logs, batch_anomalies, tmp_path):
+    """The whole input is one backlog closed at once; the run ends with the batch anomalies."""
+    require("prism")
+    out, drain = tmp_path / "out", tmp_path / "drain"
+    drain.touch()
+    started = time.monotonic()
+    run = start_following([zeek_logs], out, "gaussian", drain)
+    _, errors = run.communicate(timeout=300)
+    assert run.returncode == 0, errors[-3000:]
+    assert time.monotonic() - started < 200
+    assert anomalies(out) == batch_anomalies("gaussian")

@@ -48,7 +48,7 @@ from beamlytics.detectors.base import Status
 from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER, VERDICT_ORDER
 from beamlytics.transforms import live, progress
 from beamlytics.transforms.progress import TallyCounts
-from beamlytics.transforms.score import ScoreEndpoints
+from beamlytics.transforms.score import ENDPOINTS_FORGOTTEN, ENDPOINTS_STARTED, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures
 
 ENTRIES = ("anomalies", "verdicts", "rejected", "summary.json")
@@ -217,7 +217,9 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
 
     def counted() -> dict:
         counts = progress.merged_counts(results[0] if results else None)
-        return {**extra, "records_read": counts.get("read", 0)}
+        started, forgotten = (counts.get(name, 0) for name in (ENDPOINTS_STARTED, ENDPOINTS_FORGOTTEN))
+        return {**extra, "records_read": counts.get("read", 0), "endpoints_started": started,
+                "endpoints_forgotten": forgotten, "endpoints_held": started - forgotten}
 
     try:
         prepare_folder(folder)
