@@ -1,6 +1,6 @@
 """The benchmarks, one after the other: `python -m benchmarks.run` runs the quick ones (`QUICK`, all but `LONG`);
 add names to pick some, which is how the long ones run: `attacks` and `attacks_all` detect real attacks for
-many minutes, `soak` streams through a Kafka broker for 2 minutes (or `--minutes N`).
+many minutes, `soak` streams through a Kafka broker for 3 minutes twice, A B (or `--minutes N`).
 
 Each compares beamlytics with a reference measured in the same run, so ratios hold across
 machines; absolute rates depend on the machine and its load.

@@ -144,14 +144,20 @@ def test_a_pane_is_written_once_atomically_and_named_by_its_content(tmp_path):
     (["--table", "dns", "LOGS", "kafka://localhost:9092/zeek"], "either folders or Kafka topics, not both"),
     (["--table", "dns", "kafka://localhost:9092/"], "no topic in kafka://localhost:9092/"),
     (["--table", "dns", "--allowed-lateness", "soon", "LOGS"], "not a duration: 'soon'"),
-    (["--table", "dns", "--baseline", "x", "LOGS"], "--follow does not take --baseline"),
+    (["--table", "dns", "--baseline", "x", "LOGS"], "--follow --baseline takes a local features/ folder"),
+    (["--table", "dns", "--baseline", "EMPTY", "LOGS"], "holds no .parquet files"),
+    (["--table", "dns", "--train-until", "2024-05-01T01:00:00", "LOGS"], "--follow does not take --train-until"),
+    (["--table", "dns", "--hunts", "all", "LOGS"], "--follow does not run hunts"),
+    (["--table", "dns", "--allow", "LOGS", "LOGS"], "--follow --allow needs --baseline"),
     (["--table", "dns", "--query", "SELECT * FROM netlytics", "LOGS"], "--follow does not take --query"),
 ])
 def test_follow_mistakes_end_with_one_line_and_exit_2(arguments, message, tmp_path, capsys):
     from beamlytics.pipelines import cli
 
     (tmp_path / "logs").mkdir()
-    arguments = [str(tmp_path / "logs") if item == "LOGS" else item for item in arguments]
+    (tmp_path / "empty").mkdir()
+    named = {"LOGS": str(tmp_path / "logs"), "EMPTY": str(tmp_path / "empty")}
+    arguments = [named.get(item, item) for item in arguments]
     assert cli.main(["detect", "--follow", "--output", str(tmp_path / "out"), *arguments]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0] and not (tmp_path / "out").exists()

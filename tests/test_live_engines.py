@@ -341,3 +341,84 @@ def test_an_endpoint_idle_past_endpoint_idle_is_forgotten_and_judged_afresh_when
     assert not errors
     assert anomalies(out) == expected
     assert json.loads((out / "summary.json").read_text())["endpoint_idle_seconds"] == 3600
+
+
+def reference_verdicts(baseline_features: Path, run_features: Path, detector: str):
+    """What batch `detect` makes of the run's windows, calibrated on the baseline's and judged against the
+    baseline's population: its scorer (`score_table`) and judge (`verdict.judge`) on the features both
+    batch runs wrote."""
+    from beamlytics import baseline as baseline_rows, features
+    from beamlytics.detectors.population import Population
+    from beamlytics.detectors.verdict import VerdictSettings, judge
+    from beamlytics.detectors.endpoint import score_table
+
+    spec = features.WindowSpec("dns", "c_ip", 60_000_000)
+    config = cli.detector_config(cli.build_parser().parse_args(["detect", "--table", "dns", "--detector", detector,
+                                                                *DETECTORS[detector], "--output", "x", "x"]))
+
+    def windows(folder, train):
+        found = [item._replace(train=train) for path in sorted(folder.glob("*.parquet"))
+                 for item in baseline_rows.baseline_windows(pq.read_table(path), spec, str(path))]
+        return features.table_of_windows(found, "dns")
+
+    calibration = windows(baseline_features, True)
+    scores = score_table(pa.concat_tables([calibration, windows(run_features, False)]), config)
+    verdicts, reported, _ = judge(scores, Population.of_windows(calibration, config.features), VerdictSettings())
+    return verdicts, reported
+
+
+def rows(table: pa.Table, order) -> list[dict]:
+    return table.sort_by([(name, "ascending") for name in order]).to_pylist()
+
+
+def test_with_a_baseline_live_verdicts_equal_batch_judged_against_the_baseline_population(zeek_logs, tmp_path):
+    require("prism")
+    normal_day = synthetic.Scenario(day=datetime.date(2024, 4, 30), hours=3, clients=8, anomalous_client="10.0.0.3",
+                                    anomaly_queries_per_minute=0, seed=3)
+    base_logs = Path(synthetic.write_zeek_logs(str(tmp_path / "base-logs"), normal_day))
+    detector = "spot"
+    for name, log, extra in (("base", base_logs, []), ("batch", zeek_logs, ["--baseline", str(tmp_path / "base/features")])):
+        assert cli.main(["detect", "--table", "dns", "--detector", detector, *DETECTORS[detector], "--quiet",
+                         *extra, "--output", str(tmp_path / name), str(log / "dns.log")]) == 0
+    verdicts, reported = reference_verdicts(tmp_path / "base/features", tmp_path / "batch/features", detector)
+    alarms = verdicts.filter(pc.equal(verdicts.column("status"), "alarm"))
+    assert "10.0.0.3" in alarms.column("key").to_pylist(), "the burst must alarm, or the test proves little"
+    # Batch `detect --baseline` pools the run's own windows, which a live run has not seen yet: not the same.
+    own_population = pa.concat_tables([pq.read_table(path) for path in sorted((tmp_path / "batch/verdicts").glob("*"))])
+    assert rows(own_population, ("key", "window_start")) != rows(verdicts, ("key", "window_start"))
+
+    watched, out, drain = tmp_path / "zeek", tmp_path / "out", tmp_path / "drain"
+    watched.mkdir()
+    header, records = log_parts(zeek_logs / "dns.log")
+
+    def zeek_writes():
+        with open(watched / "dns.log", "wb") as handle:
+            for part in (records[:len(records) // 2], records[len(records) // 2:]):
+                handle.write((b"" if handle.tell() else header) + b"".join(part))
+                handle.flush()
+                time.sleep(2)
+        drain.touch()
+
+    writer, errors = in_thread(zeek_writes)
+    assert follow([watched], out, detector, drain, ["--baseline", str(tmp_path / "base/features")]) == 0
+    writer.join()
+    assert not errors
+    live_verdicts = pa.concat_tables([pq.read_table(path) for path in sorted((out / "verdicts").glob("*.parquet"))])
+    order = ("key", "window_start")
+    assert rows(live_verdicts, order) == rows(verdicts, order)
+    assert anomalies(out) == rows(reported.select(schemas.SCORES.names), SCORE_ORDER)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdicts"] == verdicts.num_rows and summary["baseline"] == str(tmp_path / "base/features")
+
+
+def test_a_drain_file_present_at_the_start_replays_the_logs_and_ends(zeek_logs, batch_anomalies, tmp_path):
+    """The whole input is one backlog closed at once; the run ends with the batch anomalies."""
+    require("prism")
+    out, drain = tmp_path / "out", tmp_path / "drain"
+    drain.touch()
+    started = time.monotonic()
+    run = start_following([zeek_logs], out, "gaussian", drain)
+    _, errors = run.communicate(timeout=300)
+    assert run.returncode == 0, errors[-3000:]
+    assert time.monotonic() - started < 200
+    assert anomalies(out) == batch_anomalies("gaussian")

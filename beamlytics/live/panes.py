@@ -19,10 +19,12 @@ LIVE_COMMAND = "detect --follow"
 
 
 def write_pane(table: pa.Table, directory: str, order: tuple[str, ...], label: str) -> str | None:
-    """Write the rows of `table`, sorted by `order`, as one file of `directory`; the path, or None if empty."""
+    """Write the rows of `table`, sorted by `order` (`-name`: descending), as one file of `directory`; the path,
+    or None if empty."""
     if table.num_rows == 0:
         return None
-    data = parquet_bytes(table.sort_by([(name, "ascending") for name in order]))
+    data = parquet_bytes(table.sort_by([(name[1:], "descending") if name.startswith("-") else (name, "ascending")
+                                        for name in order]))
     path = os.path.join(directory, f"{label}-{hashlib.sha256(data).hexdigest()[:16]}.parquet")
     if os.path.exists(path):
         return path
@@ -60,6 +62,8 @@ def live_summary(output: str, extra: dict, running: bool) -> dict:
     rejected_files, rejected = folder_rows(os.path.join(output, "rejected"))
     summary = {**extra, "running": running, "anomaly_panes": panes, "anomalies": anomalies,
                "rejected": rejected, "late": late_rows(os.path.join(output, "rejected"))}
+    if extra.get("baseline"):  # only a run with a population writes verdicts
+        summary["verdict_panes"], summary["verdicts"] = folder_rows(os.path.join(output, "verdicts"))
     notes = []
     if not anomalies:
         notes.append("no anomaly yet: windows are written as the watermark closes them, and each endpoint's "

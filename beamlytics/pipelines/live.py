@@ -39,17 +39,19 @@ import pyarrow.compute as pc
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.features import WindowSpec
+from beamlytics.detectors.verdict import VerdictSettings
 from beamlytics.live import panes
+from beamlytics.live.baseline import LiveBaseline
 from beamlytics.live.kafka import KafkaSpec, topics_from
 from beamlytics.pipelines import outputs
 from beamlytics.detectors.base import Status
-from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER
+from beamlytics.pipelines.detect import REJECTED_ORDER, SCORE_ORDER, VERDICT_ORDER
 from beamlytics.transforms import live, progress
 from beamlytics.transforms.progress import TallyCounts
-from beamlytics.transforms.score import ScoreEndpoints
+from beamlytics.transforms.score import ENDPOINTS_FORGOTTEN, ENDPOINTS_STARTED, ScoreEndpoints
 from beamlytics.transforms.windows import WindowFeatures
 
-ENTRIES = ("anomalies", "rejected", "summary.json")
+ENTRIES = ("anomalies", "verdicts", "rejected", "summary.json")
 KAFKA_SCHEME = "kafka://"
 # Set on Ctrl-C or SIGTERM (or by a caller in another thread): the run ends after the closed windows' panes.
 STOP = threading.Event()
@@ -63,6 +65,8 @@ class LiveSettings:
     detector: DetectorConfig
     endpoint_idle_us: int | None = None  # an endpoint idle this long (event time) is forgotten; None: never
     kafka_output: tuple[str, str] | None = None  # (bootstrap, topic) for the anomalies as JSON messages
+    baseline: LiveBaseline | None = None  # a batch run's features/: calibration and the verdicts' population
+    verdict: VerdictSettings = VerdictSettings()
 
 
 def source_of(inputs: Sequence[str], table: str, allowed_lateness_us: int, poll_us: int, kafka_start: str,
@@ -110,14 +114,20 @@ def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> 
     followed = pipeline | "Follow" >> live.FollowSource(settings.source)
     windows = followed["records"] | "Windows" >> WindowFeatures(settings.spec, "beam")
     scores = windows | "Score" >> ScoreEndpoints(settings.detector, streaming=True,
-                                                 idle_timeout_us=settings.endpoint_idle_us)
-    # The streaming scorer has no population (docs/guide.md, verdicts): a pane holds the features each
-    # endpoint's own detector calls anomalous, as batch `detect` marks them in scores/.
-    own = scores | "OwnAnomalies" >> beam.Map(lambda table: table.filter(pc.equal(table.column("status"),
-                                                                                  Status.ANOMALY)))
-    own | "WriteAnomalyPanes" >> beam.FlatMap(_anomaly_pane, os.path.join(output, "anomalies"))
+                                                 idle_timeout_us=settings.endpoint_idle_us, baseline=settings.baseline)
+    if settings.baseline is None:
+        # No population to judge against (docs/guide.md, live): a pane holds the features each endpoint's own
+        # detector calls anomalous, as batch `detect` marks them in scores/.
+        reported = scores | "OwnAnomalies" >> beam.Map(
+            lambda table: table.filter(pc.equal(table.column("status"), Status.ANOMALY)))
+    else:
+        judged = scores | "Judge" >> live.JudgePanes(settings.baseline, settings.verdict)
+        reported = judged["reported"]
+        judged[live.VERDICTS_TAG] | "WriteVerdictPanes" >> beam.FlatMap(
+            _window_panes, os.path.join(output, "verdicts"), VERDICT_ORDER)
+    reported | "WriteAnomalyPanes" >> beam.FlatMap(_window_panes, os.path.join(output, "anomalies"), SCORE_ORDER)
     if settings.kafka_output is not None:
-        own | "SendAnomalies" >> live.SendAnomalies(*settings.kafka_output)
+        reported | "SendAnomalies" >> live.SendAnomalies(*settings.kafka_output)
     (
         followed[live.REJECTED_TAG]
         | "WriteRejectedPanes" >> beam.Map(_rejected_pane, os.path.join(output, "rejected"))
@@ -125,19 +135,28 @@ def build_live(pipeline: beam.Pipeline, settings: LiveSettings, output: str) -> 
     followed[live.COUNTS_TAG] | "TallyCounts" >> TallyCounts()
 
 
-def _anomaly_pane(table: pa.Table, directory: str) -> list[str]:
+def _window_panes(table: pa.Table, directory: str, order: tuple[str, ...]) -> list[str]:
     """One file per endpoint-window: a timer may judge several windows at once, and how many depends on when
     the watermark moved; per window, the file's bytes (hence its name) are the same on every run."""
     written = []
     for start in sorted(pc.unique(table.column("window_start")).to_pylist()):
         window = table.filter(pc.equal(table.column("window_start"), pa.scalar(start, schemas.TIMESTAMP)))
         label = f"{window.column('window_start')[0].value:020d}"
-        written.append(panes.write_pane(window, directory, SCORE_ORDER, label))
+        written.append(panes.write_pane(window, directory, order, label))
     return written
 
 
 def _rejected_pane(table: pa.Table, directory: str) -> str | None:
     return panes.write_pane(table, directory, REJECTED_ORDER, "rejected")
+
+
+def _write_baseline_rejected(baseline: LiveBaseline, folder: str) -> None:
+    """The baseline's rows that cannot be a training window, dead-lettered once per run as batch does; the
+    workers read the same files again and skip the same rows."""
+    rejected = baseline.load().rejected
+    if rejected:
+        table = pa.Table.from_pylist([item.as_row() for item in rejected], schema=schemas.REJECTED)
+        panes.write_pane(table, os.path.join(folder, "rejected"), REJECTED_ORDER, "baseline")
 
 
 def prepare_folder(folder: str) -> None:
@@ -180,7 +199,11 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
              "detector": settings.detector.name, "calibration_windows": settings.detector.new_detector().n_init,
              "allowed_lateness_seconds": settings.source.allowed_lateness_us / 1e6,
              "endpoint_idle_seconds": None if settings.endpoint_idle_us is None else settings.endpoint_idle_us / 1e6,
-             "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output)}
+             "kafka_output": None if settings.kafka_output is None else KAFKA_SCHEME + "/".join(settings.kafka_output),
+             "baseline": None if settings.baseline is None else settings.baseline.directory}
+    if settings.baseline is not None:
+        extra.update(alarm_rate=settings.verdict.alarm_rate, min_records=settings.verdict.min_records,
+                     allow_entries=len(settings.verdict.allow.entries))
     STOP.clear()
     progress.reset_local_counts()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -194,10 +217,14 @@ def run_live(options, settings: LiveSettings, output: str, refresh_seconds: floa
 
     def counted() -> dict:
         counts = progress.merged_counts(results[0] if results else None)
-        return {**extra, "records_read": counts.get("read", 0)}
+        started, forgotten = (counts.get(name, 0) for name in (ENDPOINTS_STARTED, ENDPOINTS_FORGOTTEN))
+        return {**extra, "records_read": counts.get("read", 0), "endpoints_started": started,
+                "endpoints_forgotten": forgotten, "endpoints_held": started - forgotten}
 
     try:
         prepare_folder(folder)
+        if settings.baseline is not None:
+            _write_baseline_rejected(settings.baseline, folder)
         pipeline = beam.Pipeline(options=options)
         build_live(pipeline, settings, folder)
         _take_signals(stop)
@@ -290,6 +317,7 @@ def _finished(result, seconds: float, stopping: bool = False) -> bool:
 
 def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     """`detect --follow`: check the arguments (UsageError, exit 2), then run until stopped."""
+    from beamlytics.hunts.allow import AllowList, AllowListError
     from beamlytics.pipelines import cli, runners
 
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
@@ -308,14 +336,31 @@ def run_follow(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         idle = None if args.endpoint_idle.strip().lower() == "never" else cli.duration_us(args.endpoint_idle)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise cli.UsageError(str(error)) from None
-    if args.baseline or args.train_until is not None:
-        raise cli.UsageError("--follow does not take --baseline or --train-until yet")
+    if args.train_until is not None:
+        raise cli.UsageError("--follow does not take --train-until: give --baseline, a batch run's features/")
+    if args.hunts.strip().lower() != "none":
+        raise cli.UsageError("--follow does not run hunts: they judge a UTC day at once (run batch detect --hunts)")
+    if args.allow and not args.baseline:
+        raise cli.UsageError("--follow --allow needs --baseline: without one no verdicts are made to allow")
+    baseline, verdict = None, VerdictSettings()
+    if args.baseline:
+        if "://" in args.baseline or not os.path.isdir(args.baseline):
+            raise cli.UsageError(f"--follow --baseline takes a local features/ folder: no such folder {args.baseline}")
+        baseline = LiveBaseline(os.path.abspath(args.baseline), spec, config.features)
+        if not baseline.files():
+            raise cli.UsageError(f"--baseline {args.baseline} holds no .parquet files: "
+                                 "give the features/ folder of an earlier detect run")
+        try:
+            allow = AllowList.read(args.allow) if args.allow else AllowList()
+            verdict = VerdictSettings(args.alarm_rate, args.min_records, allow)
+        except (AllowListError, ValueError) as error:
+            raise cli.UsageError(str(error)) from None
     if args.query:  # refused, not ignored: the live sources do not run the row SQL yet
         raise cli.UsageError("--follow does not take --query yet: filter the records upstream, or run batch detect")
     cli.check_output_folder(args.output)
     try:
-        summary = run_live(options, LiveSettings(source, spec, config, idle, kafka_output), args.output,
-                           every / 1e6, args.quiet)
+        summary = run_live(options, LiveSettings(source, spec, config, idle, kafka_output, baseline, verdict),
+                           args.output, every / 1e6, args.quiet)
     except outputs.OutputError as error:
         raise cli.UsageError(str(error)) from None
     print(json.dumps(summary, indent=1, sort_keys=True))

@@ -25,6 +25,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beamlytics import schemas
+from beamlytics.detectors.verdict import judge
 from beamlytics.live.chunks import parse_chunk
 from beamlytics.live.clock import EventClock
 from beamlytics.live.follow import FolderFollower
@@ -213,6 +214,48 @@ class FollowSource(beam.PTransform):
             | "Source" >> beam.Create([self.source])
             | "Follow" >> beam.ParDo(_Follow()).with_outputs(REJECTED_TAG, COUNTS_TAG, main="records")
         )
+
+
+VERDICTS_TAG = "verdicts"
+
+
+class _JudgePanes(beam.DoFn):
+    """Score tables of closed windows → their verdicts (`verdicts` tag) and reported anomaly rows (main), judged
+    against the baseline's population with batch `detect`'s `judge`.
+
+    No state: a window's verdict depends on its own score rows and the fixed population alone, so judging each
+    table of the scorer as it comes is judging the run's windows all at once, and the stage fuses with the
+    scorer's (a second stateful stage after it stalled Prism)."""
+
+    def __init__(self, baseline, settings):
+        self.baseline, self.settings = baseline, settings
+        self._population = None
+
+    def setup(self):
+        self._population = self.baseline.load().population()
+
+    def process(self, scores: pa.Table):
+        verdicts, reported, _ = judge(scores, self._population, self.settings)
+        if verdicts.num_rows:
+            yield beam.pvalue.TaggedOutput(VERDICTS_TAG, verdicts)
+        if reported.num_rows:
+            yield reported
+
+
+@dataclass
+class JudgePanes(beam.PTransform):
+    """Score tables → reported anomaly rows (main) and verdicts (`verdicts`), against a `LiveBaseline`'s
+    population under `settings` (`VerdictSettings`)."""
+
+    baseline: Any
+    settings: Any
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, scores):
+        return scores | "Judge" >> beam.ParDo(_JudgePanes(self.baseline, self.settings)).with_outputs(
+            VERDICTS_TAG, main="reported")
 
 
 class _SendAnomalies(beam.DoFn):

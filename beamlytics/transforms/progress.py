@@ -39,6 +39,14 @@ def result_counts(result) -> dict[str, int]:
     return counts
 
 
+def count(name: str, amount: int = 1) -> None:
+    """Count from inside a DoFn that is not a `TallyCounts` step (a stateful scorer's timer): its Beam counter
+    and this process's tally, as `TallyCounts` does."""
+    Metrics.counter(NAMESPACE, name).inc(amount)
+    with _local_lock:
+        _local_counts[name] += amount
+
+
 def merged_counts(result=None) -> Mapping[str, int]:
     """The larger of this process's tally and the runner's counters, per count."""
     counts = local_counts()

@@ -8,7 +8,7 @@ Input and output are Arrow tables: endpoint-window features in, score rows
   end anyway, which is the same as grouping by endpoint and scoring the sorted series.
 - `streaming=True` (unbounded input): one element per endpoint-window, keyed by endpoint,
   into a stateful DoFn. Each endpoint's windows wait in a bag until the watermark passes
-  their end; an event-time timer that follows the earliest waiting window then scores the
+  their end; an event-time timer that follows the latest waiting window then scores the
   due ones oldest first; with an idle timeout, the same timer, once nothing waits, fires at
   the endpoint's expiry and clears its state. The detectors' state is plain data (JSON), so
   runners can checkpoint it and it reads the same on every runner.
@@ -34,6 +34,7 @@ from beamlytics.detectors.base import Status
 from beamlytics.detectors.population import CAPACITY, FeatureTail, Population, merge_pools, pools_of
 from beamlytics.detectors.verdict import VerdictSettings, judge
 from beamlytics.hunts.marks import strongest
+from beamlytics.transforms import progress
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
@@ -58,12 +59,21 @@ def idle_expiry(window: EndpointWindow, idle_timeout_us: int) -> int:
     return window.window_end + -(-idle_timeout_us // length) * length
 
 
+# Counters of the streaming scorer: endpoints whose detectors started afresh, and endpoints whose state an idle
+# timeout cleared; their difference is the endpoints the scorer holds state for.
+ENDPOINTS_STARTED, ENDPOINTS_FORGOTTEN = "endpoints_started", "endpoints_forgotten"
+
+
 class _ScoreInEventTimeOrder(beam.DoFn):
     """Per endpoint: windows wait in `pending` until the watermark passes their end, then are scored oldest first.
 
     `pending` is bounded: a window reaches this DoFn only once the watermark has passed its end (fixed windows
     fire then), so it waits at most until the next watermark step, and the bag holds the windows closed by
-    one step. With `idle_timeout_us`, an endpoint with no window for that long is forgotten (a timer clears
+    one step. The timer follows the latest waiting window's end: once the watermark passes it, every waiting
+    window is complete (any earlier one of the endpoint, in flight, holds the watermark back), so one firing
+    scores them all. Following the earliest instead cost one firing, and one read and rewrite of the bag, per
+    window: quadratic in a watermark step, which a backlog (a replay, a restart, a drain file present at the
+    start) makes thousands of windows long. With `idle_timeout_us`, an endpoint with no window for that long is forgotten (a timer clears
     its state), and a window starting at or after its expiry is scored by fresh detectors, as a new endpoint's.
     """
 
@@ -76,9 +86,23 @@ class _ScoreInEventTimeOrder(beam.DoFn):
     # key to reason about, and no processing-time timer, whose firing would depend on the machine's clock.
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 
-    def __init__(self, config: DetectorConfig, idle_timeout_us: int | None = None):
+    def __init__(self, config: DetectorConfig, idle_timeout_us: int | None = None, baseline=None):
         self.config = config
         self.idle_timeout_us = idle_timeout_us
+        self.baseline = baseline  # a `live.baseline.LiveBaseline`: calibrates each endpoint's fresh detectors
+        self._calibration: dict[str, list[EndpointWindow]] = {}
+
+    def setup(self):
+        # Read here, not carried in the pipeline: a day's features would make every bundle's DoFn that large.
+        self._calibration = self.baseline.load().by_endpoint() if self.baseline is not None else {}
+
+    def _fresh_scorer(self, endpoint: str) -> EndpointScorer:
+        """New detectors for `endpoint`, calibrated on its baseline windows first, as batch `detect --baseline`."""
+        progress.count(ENDPOINTS_STARTED)
+        scorer = EndpointScorer(self.config)
+        if endpoint in self._calibration:
+            scorer.fit(self._calibration[endpoint])
+        return scorer
 
     def process(
         self,
@@ -94,9 +118,9 @@ class _ScoreInEventTimeOrder(beam.DoFn):
             return
         pending.add(window)
         due_at = window.window_end
-        scheduled = next_flush.read()
+        scheduled = next_flush.read()  # None: the timer waits for the expiry, or for nothing
         # Setting a timer costs more than the rest of this method: move it only when needed.
-        if scheduled is None or due_at < scheduled:
+        if scheduled is None or due_at > scheduled:
             flush.set(Timestamp(micros=due_at))
             next_flush.write(due_at)
 
@@ -120,9 +144,12 @@ class _ScoreInEventTimeOrder(beam.DoFn):
             if expiry is not None and expiry <= watermark_us:  # idle since: forget the endpoint
                 for state in (pending, training, detectors, next_flush, expires_at):
                     state.clear()
+                progress.count(ENDPOINTS_FORGOTTEN)
             return
 
-        scorer = EndpointScorer(self.config, detectors.read())
+        known = detectors.read()
+        endpoint = (due or later)[0].endpoint
+        scorer = EndpointScorer(self.config, known) if known is not None else self._fresh_scorer(endpoint)
         baseline = list(training.read())
         if baseline:
             scorer.fit(baseline)
@@ -130,7 +157,8 @@ class _ScoreInEventTimeOrder(beam.DoFn):
         rows = []
         for window in due:
             if expiry is not None and window.window_start >= expiry:
-                scorer = EndpointScorer(self.config)  # back after its state expired: a new endpoint
+                progress.count(ENDPOINTS_FORGOTTEN)  # back after its state expired: a new endpoint
+                scorer = self._fresh_scorer(endpoint)
             rows.extend(scorer.score(window))
             if self.idle_timeout_us is not None:
                 expiry = idle_expiry(window, self.idle_timeout_us)
@@ -143,12 +171,14 @@ class _ScoreInEventTimeOrder(beam.DoFn):
         pending.clear()
         for window in later:
             pending.add(window)
-        # Next: the earliest waiting window, else the expiry (a window arriving before it moves the timer).
-        following = min(w.window_end for w in later) if later else expiry
-        if following is not None:
+        # Next: the latest waiting window, else the expiry (a window arriving before it moves the timer).
+        if later:
+            following = max(w.window_end for w in later)
             flush.set(Timestamp(micros=following))
             next_flush.write(following)
         else:
+            if expiry is not None:
+                flush.set(Timestamp(micros=expiry))
             next_flush.clear()
 
 
@@ -189,6 +219,7 @@ class ScoreEndpoints(beam.PTransform):
     streaming: bool = False
     shards: int = DEFAULT_SHARDS
     idle_timeout_us: int | None = None  # streaming: an endpoint's state is forgotten after this much idle time
+    baseline: Any = None  # streaming: a `live.baseline.LiveBaseline` whose windows calibrate fresh detectors
 
     def __post_init__(self):
         super().__init__()
@@ -203,7 +234,7 @@ class ScoreEndpoints(beam.PTransform):
                 # The key type tells Beam to encode keys as UTF-8: state must find an endpoint by the same bytes
                 # on every worker, which a pickled key does not promise (Beam warns "may not be deterministic").
                 | "ByEndpoint" >> beam.FlatMap(by_endpoint).with_output_types(Tuple[str, Any])
-                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config, self.idle_timeout_us))
+                | "Score" >> beam.ParDo(_ScoreInEventTimeOrder(config, self.idle_timeout_us, self.baseline))
             )
         return (
             windows
