@@ -196,6 +196,19 @@ static Fit grimshaw(const Excesses *excesses) {
     return best;
 }
 
+/* A C-contiguous float64 view of `object`; on failure the error is set and nothing is held. */
+static int float64_view(PyObject *object, Py_buffer *view, int flags) {
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | flags) < 0) {
+        return -1;
+    }
+    if (view->itemsize != sizeof(double) || view->format == NULL || strcmp(view->format, "d") != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "values must be a contiguous float64 buffer");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *fit(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 5) {
@@ -203,12 +216,7 @@ static PyObject *fit(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        return NULL;
-    }
-    if (view.itemsize != sizeof(double) || view.format == NULL || strcmp(view.format, "d") != 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "values must be a contiguous float64 buffer");
+    if (float64_view(args[0], &view, 0) < 0) {
         return NULL;
     }
     Excesses excesses;
@@ -256,26 +264,23 @@ static PyObject *extend(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     Py_buffer buffer_view, values_view;
-    if (PyObject_GetBuffer(args[0], &buffer_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+    if (float64_view(args[0], &buffer_view, PyBUF_WRITABLE) < 0) {
         return NULL;
     }
-    if (PyObject_GetBuffer(args[1], &values_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+    if (float64_view(args[1], &values_view, 0) < 0) {
         PyBuffer_Release(&buffer_view);
         return NULL;
     }
-    int typed = buffer_view.itemsize == sizeof(double) && buffer_view.format != NULL &&
-        strcmp(buffer_view.format, "d") == 0 && values_view.itemsize == sizeof(double) &&
-        values_view.format != NULL && strcmp(values_view.format, "d") == 0;
     Py_ssize_t capacity = buffer_view.len / (Py_ssize_t)sizeof(double);
     Py_ssize_t cursor = PyLong_AsSsize_t(args[2]);
     int filled = PyObject_IsTrue(args[3]);
     double total = PyFloat_AsDouble(args[4]), total_sq = PyFloat_AsDouble(args[5]);
     double minimum = PyFloat_AsDouble(args[6]), maximum = PyFloat_AsDouble(args[7]);
-    if (!typed || capacity < 1 || cursor < 0 || cursor >= capacity || PyErr_Occurred()) {
+    if (capacity < 1 || cursor < 0 || cursor >= capacity || PyErr_Occurred()) {
         PyBuffer_Release(&buffer_view);
         PyBuffer_Release(&values_view);
         if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "float64 buffers and a cursor inside the buffer");
+            PyErr_SetString(PyExc_TypeError, "a cursor inside the buffer");
         }
         return NULL;
     }
@@ -352,12 +357,7 @@ static PyObject *p2_quantile(PyObject *module, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        return NULL;
-    }
-    if (view.itemsize != sizeof(double) || view.format == NULL || strcmp(view.format, "d") != 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "values must be a contiguous float64 buffer");
+    if (float64_view(args[1], &view, 0) < 0) {
         return NULL;
     }
     const double *values = (const double *)view.buf;
