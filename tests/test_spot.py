@@ -694,3 +694,15 @@ def test_excesses_extend_is_push_after_push(capacity, before, values):
     state = ("cursor", "filled", "total", "total_sq", "minimum", "maximum")
     assert repr([getattr(extended, name) for name in state]) == repr([getattr(pushed, name) for name in state])
     assert extended.buffer.tobytes() == pushed.buffer.tobytes()
+
+
+def test_a_compiled_module_built_from_an_older_source_is_not_used():
+    """A checkout updated without building again keeps an _gpd lacking newer functions: SPOT falls back to Python."""
+    import types
+
+    stale = types.ModuleType("_gpd")
+    stale.fit = lambda *args: (0.0, 1.0)  # only the oldest function, as the first build of _gpd.c had
+    assert spot_module._usable(stale) is None
+    current = types.ModuleType("_gpd")
+    current.fit = current.extend = current.p2_quantile = stale.fit
+    assert spot_module._usable(current) is current

@@ -32,6 +32,15 @@ try:
 except ImportError:  # a source tree setup.py has not built, or a machine without a C compiler
     _gpd = None
 
+
+def _usable(compiled):
+    """The compiled module, or None where it was built from an older _gpd.c (a checkout updated without building
+    again) and lacks a function: the Python paths give the same bits."""
+    return compiled if all(hasattr(compiled, name) for name in ("fit", "extend", "p2_quantile")) else None
+
+
+_gpd = _usable(_gpd)
+
 _running_sum = np.add.accumulate
 
 # Step codes, as libspot's.
