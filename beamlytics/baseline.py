@@ -7,7 +7,7 @@ rows around it still calibrate the detectors.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,6 +45,17 @@ def baseline_windows(table: pa.Table, spec: WindowSpec, source: str) -> Iterator
             yield Rejected(source, position, problem, _excerpt(row), SOURCE_TOOL)
             continue
         yield features.window_from_row(row, spec)._replace(train=True)
+
+
+def file_windows(read: Callable[[], pa.Table], spec: WindowSpec, path: str) -> Iterator[EndpointWindow | Rejected]:
+    """`baseline_windows` of the features/ file at `path`, read by `read` (Beam's filesystems in batch, a local
+    file live); a file that cannot be read as Parquet is one `Rejected`."""
+    try:
+        table = read()
+    except (OSError, pa.ArrowException) as error:
+        yield Rejected(path, 0, f"cannot read as Parquet: {error}", source_tool=SOURCE_TOOL)
+        return
+    yield from baseline_windows(table, spec, path)
 
 
 def _problem(row: dict, spec: WindowSpec) -> str | None:

@@ -161,12 +161,17 @@ class FeatureTail:
         return float(self.spot.quantile(risk))
 
 
-def fisher_statistic(probabilities: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
-    """Per window, Fisher's −2 Σ ln p over its rows' finite tail probabilities (p floored at the smallest float, so
-    the statistic stays finite); 0 for a window with none. It grows when any p falls: monotone in every feature."""
+def fisher_terms(probabilities: np.ndarray) -> np.ndarray:
+    """Each row's term of Fisher's statistic, −2 ln p (p floored at the smallest float, so it stays finite); 0 for a
+    row without a finite p."""
     finite = np.isfinite(probabilities)
-    terms = -2.0 * np.log(np.maximum(probabilities[finite], _SMALLEST))
-    return np.bincount(window_of_row[finite], weights=terms, minlength=windows)
+    return np.where(finite, -2.0 * np.log(np.maximum(np.where(finite, probabilities, 1.0), _SMALLEST)), 0.0)
+
+
+def fisher_statistic(terms: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
+    """Per window, Fisher's −2 Σ ln p: the sum of its rows' `fisher_terms`; 0 for a window with none. It grows when
+    any p falls: monotone in every feature."""
+    return np.bincount(window_of_row, weights=terms, minlength=windows)
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,8 @@ def combined_tail(tails: Mapping[str, FeatureTail]) -> CombinedTail | None:
         present[present] = window_hashes[position[present]] == tail.pool.hashes[present]
         probabilities.append(tail.probabilities(tail.pool.values[present]))
         rows.append(position[present])
-    statistics = fisher_statistic(np.concatenate(probabilities), np.concatenate(rows), window_hashes.size)
+    statistics = fisher_statistic(fisher_terms(np.concatenate(probabilities)), np.concatenate(rows),
+                                  window_hashes.size)
     fitted = FeatureTail.fit(statistics)
     return CombinedTail(fitted, tuple(modelled)) if fitted.spot is not None else None
 

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.population import Population, fisher_statistic
+from beamlytics.detectors.population import Population, fisher_statistic, fisher_terms
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
@@ -232,8 +232,8 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     alone = np.minimum(1.0, judged[per_row] * p_sorted)
     risk = alarm_rate / np.maximum(judged[per_row], 1)
     fired = is_judged[per_row] & finite & (alone <= alarm_rate)
-    terms = np.where(finite, -2.0 * np.log(np.maximum(np.where(finite, p_sorted, 1.0), _SMALLEST)), 0.0)
-    statistic = fisher_statistic(p_sorted, per_row, windows)
+    terms = fisher_terms(p_sorted)
+    statistic = fisher_statistic(terms, per_row, windows)
     # The sum of the terms of the window's stronger features, added up within the window (not a running sum over
     # all rows, whose rounding would depend on where the window sits).
     position = np.arange(len(p_sorted)) - offsets[:-1][per_row]

@@ -7,11 +7,11 @@ endpoint's detectors before its first live window, as batch `detect --baseline` 
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beamlytics import baseline, features
@@ -57,13 +57,7 @@ class LiveBaseline:
         """Every training window of the spec's series, and a dead letter for each row or file that is not one."""
         every, rejected = [], []
         for path in self.files():
-            try:
-                table = pq.read_table(path)
-            except (OSError, pa.ArrowException) as error:
-                rejected.append(Rejected(path, 0, f"cannot read as Parquet: {error}",
-                                         source_tool=baseline.SOURCE_TOOL))
-                continue
-            for item in baseline.baseline_windows(table, self.spec, path):
+            for item in baseline.file_windows(functools.partial(pq.read_table, path), self.spec, path):
                 if isinstance(item, Rejected):
                     rejected.append(item)
                 else:

@@ -1,6 +1,7 @@
 """The `parse` and `detect` pipelines: wiring of the composite transforms, nothing else."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -157,16 +158,14 @@ def baseline_files(directory: str) -> list[str]:
     return sorted(meta.path for meta in matched)
 
 
+def _read_parquet(path: str) -> pa.Table:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return pq.read_table(pa.BufferReader(handle.read()))
+
+
 def _baseline_file(path: str, spec: WindowSpec):
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            table = pq.read_table(pa.BufferReader(handle.read()))
-    except (OSError, pa.ArrowException) as error:
-        items = [Rejected(path, 0, f"cannot read as Parquet: {error}", source_tool=baseline.SOURCE_TOOL)]
-    else:
-        items = baseline.baseline_windows(table, spec, path)
     windows = []
-    for item in items:
+    for item in baseline.file_windows(functools.partial(_read_parquet, path), spec, path):
         if isinstance(item, Rejected):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, item.as_row())
         else:
