@@ -311,10 +311,6 @@ def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
             for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)])}
 
 
-def shard_labels(shards: int) -> Callable[[pa.Table], np.ndarray]:
-    return lambda table: endpoint_shards(table.column("key"), shards)
-
-
 def window_labels(table: pa.Table) -> np.ndarray:
     return table.column("window_start").to_numpy()
 
