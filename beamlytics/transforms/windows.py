@@ -63,9 +63,7 @@ class _MergedPerBundle(beam.DoFn):
     """Batches → (shard, partials of the whole bundle): few, compact elements to group.
 
     The same pre-merge as a lifted `CombinePerKey`, without its cost: on the local runner
-    the lifted combine held several times the partials' size in memory. The bundle's partials
-    are cut into shards once, when it ends: cutting each batch's hashed every endpoint of every
-    batch again (3.3 M `stable_shard` calls at 1 M records × 10,000 hosts, docs/benchmarks.md).
+    the lifted combine held several times the partials' size in memory.
     """
 
     def __init__(self, spec: WindowSpec, shards: int):
@@ -73,19 +71,16 @@ class _MergedPerBundle(beam.DoFn):
         self.shards = shards
 
     def start_bundle(self):
-        self.waiting: list[WindowPartials] = []
+        self.waiting: dict[int, list[WindowPartials]] = {}
 
     def process(self, batch):
-        part = features.partial_windows(batch, self.spec)
-        if part is not None:
-            self.waiting = _compacted([*self.waiting, part])
+        for shard, part in sharded_partials(batch, self.spec, self.shards):
+            self.waiting[shard] = _compacted([*self.waiting.get(shard, []), part])
 
     def finish_bundle(self):
-        if self.waiting:
-            merged = features.merge_partials(self.waiting)
-            for shard, part in sorted(split_by_shard(merged, self.shards).items()):
-                yield GlobalWindows.windowed_value((shard, part))
-        self.waiting = []
+        for shard in sorted(self.waiting):
+            yield GlobalWindows.windowed_value((shard, features.merge_partials(self.waiting[shard])))
+        self.waiting = {}
 
 
 def shard_features(shard_parts, spec: WindowSpec):
@@ -96,7 +91,8 @@ def shard_features(shard_parts, spec: WindowSpec):
 
 def split_by_shard(part: WindowPartials, shards: int) -> dict[int, WindowPartials]:
     """`part` cut into shards of endpoints. Every table of `part` holds only endpoints of its `measures`, so
-    each distinct endpoint is hashed once, not once per table."""
+    each distinct endpoint is hashed once, not once per table (of 3.3 M `stable_shard` calls at 1 M records ×
+    10,000 hosts, four fifths were the distinct-value tables'; docs/benchmarks.md)."""
     keys = pc.unique(part.measures.column("key"))
     of_key = features.endpoint_shards(keys, shards)
     return features.split_partials(
