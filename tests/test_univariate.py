@@ -195,3 +195,18 @@ def test_gaussian_lockstep_evidence_with_non_finite_mean_and_spread():
     assert evidence[3] == f'{{"mean": {1e200 / 3!r}, "n": 3, "std": "inf"}}'
     assert evidence[7] == '{"mean": "nan", "n": 3, "std": "nan"}'
     assert evidence[11] == '{"mean": 2.0, "n": 3, "std": 1.0}'  # 1, 2, 3 learnt
+
+
+def test_float_texts_write_what_json_number_writes():
+    """Arrow's float-to-text is used only where its notation is repr's; every boundary of that range,
+    whole numbers, non-finite values and random magnitudes are checked against json_number."""
+    from beamlytics.detectors.base import json_number
+    from beamlytics.detectors.univariate import _float_texts
+    powers = 10.0 ** np.arange(-8, 18)
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        powers, -powers, np.nextafter(powers, 0), np.nextafter(powers, np.inf), 9.999999 * powers,
+        [0.0, -0.0, 1.0, 3.0, 0.1, 1 / 3, np.nan, np.inf, -np.inf, 5e-324],
+        rng.uniform(-1, 1, 20_000) * 10.0 ** rng.uniform(-7, 17, 20_000),
+        np.round(rng.uniform(0, 1e9, 2_000))])
+    assert _float_texts(values).to_pylist() == [json_number(value) for value in values.tolist()]
