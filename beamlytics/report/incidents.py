@@ -184,11 +184,22 @@ class UsualValues:
         self.values = {name: chosen.column(name).to_numpy(zero_copy_only=False).astype(float) for name in self.names}
         self.valid = {name: chosen.column(name).is_valid().to_numpy(zero_copy_only=False) for name in self.names}
         # Each endpoint's rows are one slice [first, end) of the sorted columns.
-        endpoints = list(zip(*(chosen.column(name).to_pylist() for name in ("table", "key_kind", "key"))))
-        self.slices: dict[tuple[str, str, str], tuple[int, int]] = {}
-        for row, endpoint in enumerate(endpoints):
-            first, _ = self.slices.get(endpoint, (row, row))
-            self.slices[endpoint] = (first, row + 1)
+        rows = chosen.num_rows
+        opens = np.ones(rows, dtype=bool)  # the row opens its endpoint's slice
+        if rows > 1:
+            same = np.ones(rows - 1, dtype=bool)
+            for name in ("table", "key_kind", "key"):
+                column = chosen.column(name)
+                same &= pc.fill_null(pc.equal(column.slice(1), column.slice(0, rows - 1)), False).to_numpy(
+                    zero_copy_only=False)
+            opens[1:] = ~same
+        firsts = np.flatnonzero(opens)
+        ends = np.append(firsts[1:], rows)
+        heads = chosen.select(["table", "key_kind", "key"]).take(pa.array(firsts, pa.int64()))
+        self.slices: dict[tuple[str, str, str], tuple[int, int]] = {
+            endpoint: (int(first), int(end))
+            for endpoint, first, end in zip(zip(*(heads.column(name).to_pylist() for name in heads.column_names)),
+                                            firsts, ends)}
         self.normal = np.ones(len(self.starts), dtype=bool)
         anomalous_starts = collections.defaultdict(list)
         for table, key_kind, key, start in anomalous:
@@ -223,11 +234,23 @@ class UsualValues:
             for name in self.names:
                 values = self.values[name][first:before][earlier & self.valid[name][first:before]]
                 if values.size:
-                    medians[name] = float(np.median(values))
+                    medians[name] = median(values)
             return medians, "own history"
         if self.population:
             return dict(self.population), "population median"
         return {}, "none"
+
+
+def median(values: np.ndarray) -> float:
+    """`np.median` of a non-empty float array, the same bits, without its per-call overhead (which was most of
+    the report at 1 M records, 10,000 hosts: 40,000 calls, one per incident and feature)."""
+    if np.isnan(values).any():
+        return math.nan
+    half = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, half)[half])
+    low, high = np.partition(values, [half - 1, half])[half - 1:half + 1]
+    return float((low + high) / 2)
 
 
 class BoundedCounter(collections.Counter):
