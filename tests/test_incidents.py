@@ -1,9 +1,11 @@
 """Incidents: merging reported verdicts, usual values, the records behind them."""
 import hashlib
 import json
+import math
 import random
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -351,3 +353,11 @@ def test_the_rarest_user_agent_of_an_http_incident_is_counted_over_the_whole_run
     assert found[0]["records"] == 4
     assert ('Its rarest user agent, "evil/1.0" (2 requests), is sent by 1 of the 3 clients of the run that send one. Why:'
             in found[0]["evidence"])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 11, 1000])
+def test_median_is_numpys_median_bit_for_bit(size):
+    rng = np.random.default_rng(size)
+    for values in (rng.normal(size=size) * 1e6, rng.integers(0, 5, size=size).astype(float)):
+        assert incidents.median(values) == float(np.median(values))
+        assert math.isnan(incidents.median(np.append(values, math.nan)))
