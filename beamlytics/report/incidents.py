@@ -376,19 +376,6 @@ class _SpanIndex:
         return np.where(inside, self.order[np.maximum(place, 0)], -1)
 
 
-def _chunks(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The batches joined into batches of about `CHUNK_ROWS` rows (kept batches are a few hundred rows each)."""
-    pending, rows = [], 0
-    for batch in batches:
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= CHUNK_ROWS:
-            yield pa.concat_batches(pending)
-            pending, rows = [], 0
-    if pending:
-        yield pa.concat_batches(pending)
-
-
 def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
                   spans: Sequence[Span], agents: AgentRarity | None = None) -> list[RecordTally]:
     """One pass over the records: each span's peers, names, ports and record positions, and with `agents` the
@@ -398,7 +385,7 @@ def tally_records(batches: Iterable[pa.RecordBatch], spec: features.WindowSpec,
     index = _SpanIndex(spans) if spans else None
     name_column = features.NAME_COLUMN[spec.table]
     chosen, seen = [], 0
-    for chunk in _chunks(batches):
+    for chunk in features.coalesced_batches(batches, CHUNK_ROWS):  # kept batches are a few hundred rows each
         if agents is not None:
             agents.add(chunk)
         if index is not None:

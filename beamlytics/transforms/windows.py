@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import apache_beam as beam
-import pyarrow.compute as pc
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
@@ -89,21 +88,11 @@ def shard_features(shard_parts, spec: WindowSpec):
     return features.window_table(features.merge_partials(list(parts)), spec)
 
 
-def split_by_shard(part: WindowPartials, shards: int) -> dict[int, WindowPartials]:
-    """`part` cut into shards of endpoints. Every table of `part` holds only endpoints of its `measures`, so
-    each distinct endpoint is hashed once, not once per table (of 3.3 M `stable_shard` calls at 1 M records ×
-    10,000 hosts, four fifths were the distinct-value tables'; docs/benchmarks.md)."""
-    keys = pc.unique(part.measures.column("key"))
-    of_key = features.endpoint_shards(keys, shards)
-    return features.split_partials(
-        part, lambda table: of_key[pc.index_in(table.column("key"), value_set=keys).to_numpy(zero_copy_only=False)])
-
-
 def sharded_partials(batch, spec: WindowSpec, shards: int):
     """(shard, partials) of one batch."""
     part = features.partial_windows(batch, spec)
     if part is not None:
-        yield from split_by_shard(part, shards).items()
+        yield from features.split_by_shard(part, shards).items()
 
 
 def windowed_partials(batch, spec: WindowSpec, shards: int):
