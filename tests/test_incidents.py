@@ -361,3 +361,36 @@ def test_median_is_numpys_median_bit_for_bit(size):
     for values in (rng.normal(size=size) * 1e6, rng.integers(0, 5, size=size).astype(float)):
         assert incidents.median(values) == float(np.median(values))
         assert math.isnan(incidents.median(np.append(values, math.nan)))
+
+
+def test_tallies_of_many_incidents_at_once_match_a_record_by_record_count(monkeypatch):
+    # Several incidents per endpoint, records in many small batches, nulls, and a bound that cuts some.
+    monkeypatch.setattr(incidents, "TRACKED_VALUES", 2)
+    monkeypatch.setattr(incidents, "CHUNK_ROWS", 70)  # the chunks' seams fall inside batches' runs too
+    rng = random.Random(11)
+    rows = [(rng.choice(["a", "b", "c", "d", None]), rng.choice(["r1", "r2", "r3", "r4", "r5", "r6", None]),
+             f"n{rng.randrange(8)}.test", rng.randrange(40 * 60), rng.choice(["f1", "f2"]), position)
+            for position in range(600)]
+    batches = [dns_batch(rows[i:i + 25]) for i in range(0, len(rows), 25)]
+    spans = incidents.merge_windows([verdict(key, minute) for key in "abc" for minute in range(40)
+                                     if rng.random() < 0.3])
+    tallies = incidents.tally_records(batches, features.WindowSpec("dns"), spans)
+    for span, tally in zip(spans, tallies):
+        mine = [row for row in rows if row[0] == span.key and span.start_us <= T0 + row[3] * 1_000_000 < span.end_us]
+        peers, names, full = {}, {}, {"peers": False, "names": False}
+        for counter, column, label in ((peers, 1, "peers"), (names, 2, "names")):
+            for row in mine:
+                value = row[column]
+                if value is None:
+                    continue
+                if value in counter or len(counter) < 2:
+                    counter[value] = counter.get(value, 0) + 1
+                else:
+                    full[label] = True
+        files = {}
+        for row in mine:
+            first, last, count = files.get(row[4], (row[5], row[5], 0))
+            files[row[4]] = [min(first, row[5]), max(last, row[5]), count + 1]
+        assert (tally.records, dict(tally.peers), dict(tally.names), tally.files) == (len(mine), peers, names, files)
+        assert (tally.peers.full, tally.names.full) == (full["peers"], full["names"])
+    assert sum(tally.records for tally in tallies) > 50 and any(tally.names.full for tally in tallies)
