@@ -131,7 +131,7 @@ def bonferroni_verdicts(output: str, features: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     names = sorted(scores["feature"].unique())
     windows = pa.Table.from_pandas(features, preserve_index=False)
-    population = Population.of_windows(windows, names)
+    population = Population.of_windows(windows, names, VerdictSettings().min_records)
     unjoined = Population({key: dataclasses.replace(tail, pool=None) for key, tail in population.tails.items()})
     with_records = scores.merge(features[["table", "key_kind", "key", "window_start", "records"]],
                                 on=["table", "key_kind", "key", "window_start"], how="left")
@@ -160,10 +160,10 @@ class Row:
         r = self.result
         return [self.case, self.placement, self.method, "yes" if r.flagged else "no",
                 f"{r.windows_caught}/{r.attacker_windows}", "-" if r.rank is None else str(r.rank),
-                f"{r.alarms_per_1000:.1f}"]
+                f"{r.alarms_per_1000:.1f}", f"{1000.0 * _benign_share([r]):.1f}"]
 
 
-HEADER = ["case", "placement", "method", "flagged", "windows", "rank", "alarms/1k benign"]
+HEADER = ["case", "placement", "method", "flagged", "windows", "rank", "alarms/1k benign", "alarms/1k judged benign"]
 
 
 def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log: str, target: str,
@@ -186,15 +186,17 @@ def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log:
         if len(alarms) != len(cli_alarms):
             raise AssertionError(f"{case.name}/{placement}: re-judging at the run's rate gave {len(alarms)} alarms, "
                                  f"the run {len(cli_alarms)}")
-        result = attack_metrics.case_result(features, alarms, alarms, target, first, last)
+        judged = attack_metrics.judged_windows(verdicts)
+        result = attack_metrics.case_result(features, alarms, alarms, target, first, last, judged)
         rows.append(Row(case.name, placement, f"detect {detector or 'defaults'}", result))
         if detector is None:
             bonferroni = bonferroni_verdicts(output, features)
-            for family, judged in (("rate", verdicts), ("bonferroni", bonferroni)):
+            for family, rejudge in (("rate", verdicts), ("bonferroni", bonferroni)):
                 for rate in ALARM_RATES:
-                    at_rate = attack_metrics.rejudged(judged, rate)
+                    at_rate = attack_metrics.rejudged(rejudge, rate)
                     rows.append(Row(case.name, placement, f"{family} {rate:g}",
-                                    attack_metrics.case_result(features, at_rate, at_rate, target, first, last)))
+                                    attack_metrics.case_result(features, at_rate, at_rate, target, first, last,
+                                                               attack_metrics.judged_windows(rejudge))))
             forest_alarms, forest_scores = attack_metrics.isolation_forest_scores(features)
             result = attack_metrics.case_result(features, forest_alarms, forest_scores, target, first, last)
             rows.append(Row(case.name, placement, "IsolationForest", result))
@@ -217,15 +219,18 @@ def aggregate_lines(rows: list[Row]) -> list[str]:
         flagged = sum(r.flagged for r in mine)
         top3 = sum(r.rank is not None and r.rank <= 3 for r in mine)
         benign = sum(r.benign_windows for r in mine)
+        judged = sum(r.benign_judged for r in mine)
         alarms = sum(r.benign_alarms for r in mine)
         lines.append(f"aggregate {method}: flagged in {flagged} of {len(mine)}, true host top-3 in {top3} of "
-                     f"{len(mine)}, benign alarm rate {100.0 * alarms / benign:.2f}% ({alarms} of {benign})")
+                     f"{len(mine)}, benign alarm rate {100.0 * alarms / judged:.2f}% of judged ({alarms} of {judged}), "
+                     f"{100.0 * alarms / benign:.2f}% of all ({benign})")
     return lines
 
 
 def _benign_share(results: list[attack_metrics.CaseResult]) -> float:
-    benign = sum(r.benign_windows for r in results)
-    return sum(r.benign_alarms for r in results) / benign if benign else 0.0
+    """Benign alarms as a share of the benign windows judged: the unit of issue 9's budget and of the rate."""
+    judged = sum(r.benign_judged for r in results)
+    return sum(r.benign_alarms for r in results) / judged if judged else 0.0
 
 
 def leave_one_out_lines(rows: list[Row], family: str = "rate") -> list[str]:

@@ -138,8 +138,16 @@ def test_case_result_hand_worked():
     result = attack_metrics.case_result(features, alarms, alarms, "x", start, end)
     assert (result.flagged, result.windows_caught, result.attacker_windows) == (True, 1, 2)
     assert result.rank == 2  # b's best 9 beats x's best 4, which beats c's 3
-    assert (result.benign_alarms, result.benign_windows) == (3, 8)
+    assert (result.benign_alarms, result.benign_windows, result.benign_judged) == (3, 8, 8)
     assert result.alarms_per_1000 == pytest.approx(375.0)
+    # The verdict left b@3 and c@4 unjudged (say, under --min-records) and x@4: 6 of the 8 benign windows judged.
+    verdicts = _windows([("x", 0), ("x", 1), ("x", 2), ("x", 3), ("x", 4), ("b", 0), ("b", 2), ("b", 3),
+                         ("c", 0), ("c", 4)])
+    verdicts["status"] = ["normal", "alarm", "normal", "alarm", "unjudged", "normal", "alarm", "unjudged", "alarm",
+                          "unjudged"]
+    judged = attack_metrics.case_result(features, alarms, alarms, "x", start, end,
+                                        attack_metrics.judged_windows(verdicts))
+    assert (judged.benign_alarms, judged.benign_windows, judged.benign_judged) == (3, 8, 6)
 
 
 def test_case_result_when_the_attacker_is_never_alarmed():
