@@ -84,6 +84,23 @@ def judged_windows(verdicts: pd.DataFrame) -> pd.DataFrame:
     return verdicts.loc[verdicts["status"] != "unjudged", WINDOW].reset_index(drop=True)
 
 
+def closest_attacker_window(verdicts: pd.DataFrame, attacker: str, start: pd.Timestamp, end: pd.Timestamp
+                            ) -> str | None:
+    """Why a missed attacker was missed: its judged window with the smallest combined p, that p and each feature's
+    value and tail probability (smallest first), as one line; None when none of its windows was judged."""
+    if verdicts.empty:
+        return None
+    mine = verdicts[(verdicts["key"] == attacker) & (verdicts["window_start"] <= end) & (verdicts["window_end"] > start)
+                    & (verdicts["status"] != "unjudged")]
+    if mine.empty:
+        return None
+    window = mine.sort_values(["p_value", "window_start"], kind="stable").iloc[0]
+    features = sorted((item["p_value"], item["feature"], item["value"]) for item in window["evidence"]
+                      if item["p_value"] is not None and math.isfinite(item["p_value"]))
+    return (f"window {window['window_start']:%H:%M}, {window['records']} records, combined p {window['p_value']:.3g}: "
+            + ", ".join(f"{name} {value:g} (p {p:.3g})" for p, name, value in features))
+
+
 def host_rank(scored: pd.DataFrame, host: str) -> int | None:
     """1 + the number of hosts whose best score beats `host`'s (ties share the better rank)."""
     best = scored.groupby("key")["score"].max()

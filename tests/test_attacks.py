@@ -150,6 +150,26 @@ def test_case_result_hand_worked():
     assert (judged.benign_alarms, judged.benign_windows, judged.benign_judged) == (3, 8, 6)
 
 
+def test_closest_attacker_window_names_the_smallest_p_window_and_its_features():
+    # x's windows at minutes 0-3, the attack in minutes 1-2; x@0 (p 0.001) is before it, x@3 unjudged.
+    verdicts = _windows([("x", 0), ("x", 1), ("x", 2), ("x", 3), ("b", 1)])
+    verdicts["status"] = ["normal", "normal", "normal", "unjudged", "alarm"]
+    verdicts["records"] = [9, 30, 67, 2, 5]
+    verdicts["p_value"] = [0.001, 0.2, 0.03, math.nan, 0.0001]
+    item = {"fired": False, "expected": 1.0, "threshold": None, "judged_by": "population"}
+    verdicts["evidence"] = [[], [], [{**item, "feature": "records", "value": 67.0, "p_value": 0.021},
+                                     {**item, "feature": "distinct_peers", "value": 1.0, "p_value": 1.0},
+                                     {**item, "feature": "failed_ratio", "value": math.nan, "p_value": None},
+                                     {**item, "feature": "distinct_ports", "value": 2.0, "p_value": 0.0143}], [], []]
+    start, end = pd.Timestamp(T0) + pd.Timedelta(seconds=70), pd.Timestamp(T0) + pd.Timedelta(seconds=170)
+    line = attack_metrics.closest_attacker_window(verdicts, "x", start, end)
+    minute = f"{pd.Timestamp(T0) + pd.Timedelta(minutes=2):%H:%M}"
+    assert line == (f"window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), records 67 (p 0.021), "
+                    "distinct_peers 1 (p 1)")
+    assert attack_metrics.closest_attacker_window(verdicts, "x", end + pd.Timedelta(minutes=1),
+                                                  end + pd.Timedelta(minutes=1)) is None  # only x@3: unjudged
+
+
 def test_case_result_when_the_attacker_is_never_alarmed():
     features = _windows([("x", 0), ("b", 0)])
     alarms = _windows([("b", 0)])
