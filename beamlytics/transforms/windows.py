@@ -1,9 +1,9 @@
 """Event-time tumbling windows: Arrow batches → Arrow tables of endpoint-window features.
 
-Each batch becomes partial aggregates (Arrow tables), cut by a stable hash of the endpoint
-into `shards`; each shard's partials merge into one table of features, one row per
-endpoint-window (`features.window_table_schema`). Beam moves a few tables per batch, never
-one object per endpoint-window.
+A bundle's batches, joined up to `JOIN_ROWS` rows, become partial aggregates (Arrow tables),
+cut by a stable hash of the endpoint into `shards`; each shard's partials merge into one table
+of features, one row per endpoint-window (`features.window_table_schema`). Beam moves a few
+tables per joined batch, never one object per endpoint-window.
 
 Two ways to place records in windows, with identical results (tests check it):
 - `windowing="key"` (default): the window start is a column of the partials, grouped per
