@@ -1,9 +1,9 @@
 """Event-time tumbling windows: Arrow batches → Arrow tables of endpoint-window features.
 
-Each batch becomes partial aggregates (Arrow tables), cut by a stable hash of the endpoint
-into `shards`; each shard's partials merge into one table of features, one row per
-endpoint-window (`features.window_table_schema`). Beam moves a few tables per batch, never
-one object per endpoint-window.
+A bundle's batches, joined up to `JOIN_ROWS` rows, become partial aggregates (Arrow tables),
+cut by a stable hash of the endpoint into `shards`; each shard's partials merge into one table
+of features, one row per endpoint-window (`features.window_table_schema`). Beam moves a few
+tables per joined batch, never one object per endpoint-window.
 
 Two ways to place records in windows, with identical results (tests check it):
 - `windowing="key"` (default): the window start is a column of the partials, grouped per
@@ -30,6 +30,8 @@ from beamlytics.features import WINDOWINGS, WindowPartials, WindowSpec
 DEFAULT_SHARDS = 8
 # Partials kept per accumulator before they are merged: bounds memory, amortises merges.
 _MERGE_EVERY = 16
+# Rows of parsed batches joined before they become partials (the no-Beam path joins as many).
+JOIN_ROWS = 1 << 17
 
 
 class MergePartials(beam.CombineFn):
@@ -58,11 +60,13 @@ def _compacted(parts: list[WindowPartials]) -> list[WindowPartials]:
     return [features.merge_partials(parts)] if len(parts) >= _MERGE_EVERY else parts
 
 
-class _MergedPerBundle(beam.DoFn):
-    """Batches → (shard, partials of the whole bundle): few, compact elements to group.
+class _JoinedPartials(beam.DoFn):
+    """A bundle's batches joined into batches of about `JOIN_ROWS` rows, each made into partials.
 
-    The same pre-merge as a lifted `CombinePerKey`, without its cost: on the local runner
-    the lifted combine held several times the partials' size in memory.
+    The parsers' 10,000-row batches cost Acero ~10 ms a group-by each, and cutting each batch's partials
+    into shards hashed its endpoints again (docs/benchmarks.md); the partials merge associatively, so
+    joining changes no feature. Subclasses' `took` says what each (shard, partials) of a joined batch
+    becomes: outputs now, or kept until the bundle ends.
     """
 
     def __init__(self, spec: WindowSpec, shards: int):
@@ -70,16 +74,54 @@ class _MergedPerBundle(beam.DoFn):
         self.shards = shards
 
     def start_bundle(self):
-        self.waiting: dict[int, list[WindowPartials]] = {}
+        self.batches: list = []
+        self.rows = 0
 
     def process(self, batch):
-        for shard, part in sharded_partials(batch, self.spec, self.shards):
-            self.waiting[shard] = _compacted([*self.waiting.get(shard, []), part])
+        self.batches.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= JOIN_ROWS:
+            yield from self._flush()
 
     def finish_bundle(self):
+        yield from self._flush()
+
+    def _flush(self):
+        joined = features.coalesced_batches(self.batches, JOIN_ROWS)
+        self.batches, self.rows = [], 0
+        for batch in joined:
+            for shard, part in sharded_partials(batch, self.spec, self.shards):
+                yield from self.took(shard, part)
+
+
+class _MergedPerBundle(_JoinedPartials):
+    """Batches → (shard, partials of the whole bundle): few, compact elements to group.
+
+    The same pre-merge as a lifted `CombinePerKey`, without its cost: on the local runner
+    the lifted combine held several times the partials' size in memory.
+    """
+
+    def start_bundle(self):
+        super().start_bundle()
+        self.waiting: dict[int, list[WindowPartials]] = {}
+
+    def took(self, shard: int, part: WindowPartials):
+        self.waiting[shard] = _compacted([*self.waiting.get(shard, []), part])
+        return []
+
+    def finish_bundle(self):
+        yield from super().finish_bundle()
         for shard in sorted(self.waiting):
             yield GlobalWindows.windowed_value((shard, features.merge_partials(self.waiting[shard])))
         self.waiting = {}
+
+
+class _WindowedPartials(_JoinedPartials):
+    """Batches → (shard, partials of one window), stamped with the window's start for `WindowInto`."""
+
+    def took(self, shard: int, part: WindowPartials):
+        for start, piece in features.split_partials(part, features.window_labels).items():
+            yield GlobalWindows.windowed_value((shard, piece), timestamp=Timestamp(micros=start))
 
 
 def shard_features(shard_parts, spec: WindowSpec):
@@ -93,13 +135,6 @@ def sharded_partials(batch, spec: WindowSpec, shards: int):
     part = features.partial_windows(batch, spec)
     if part is not None:
         yield from features.split_by_shard(part, shards).items()
-
-
-def windowed_partials(batch, spec: WindowSpec, shards: int):
-    """(shard, partials of one window), stamped with the window's start."""
-    for shard, part in sharded_partials(batch, spec, shards):
-        for start, piece in features.split_partials(part, features.window_labels).items():
-            yield beam_window.TimestampedValue((shard, piece), Timestamp(micros=start))
 
 
 @dataclass
@@ -126,7 +161,7 @@ class WindowFeatures(beam.PTransform):
             )
         return (
             batches
-            | "Partials" >> beam.FlatMap(windowed_partials, spec, shards)
+            | "Partials" >> beam.ParDo(_WindowedPartials(spec, shards))
             | "Tumbling" >> beam.WindowInto(beam_window.FixedWindows(spec.window_us / 1e6))
             | "Merge" >> beam.CombinePerKey(MergePartials(spec))
             | "Tables" >> beam.Values()

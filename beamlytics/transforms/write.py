@@ -13,11 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from beamlytics import features, schemas
+from beamlytics import features, ordering, schemas
 from beamlytics.summary import explain
 
 # Default output shards: one per this much input, so no worker writes (or sorts) more than
@@ -86,7 +85,7 @@ class SortedFolder:
                                     for element in elements if not isinstance(element, Mapping)),
                                   pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
-            table = table.take(pc.sort_indices(table, [
+            table = table.take(ordering.sort_indices(table, [
                 (name[1:], "descending") if name.startswith("-") else (name, "ascending")
                 for name in self.sort_columns]))
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"

@@ -1,0 +1,33 @@
+"""Sorting through string ranks gives Arrow's own order of the strings, nulls and NaNs included."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamlytics.ordering import sort_indices, value_ranks
+
+
+def test_ranks_are_the_code_point_order_of_distinct_values_and_nulls_stay_null():
+    column = pa.chunked_array([["b", None, "ä"], ["Z", "b", "a"]])
+    # By code point "Z" < "a" < "b" < "ä", as Python's sorted() orders them.
+    assert sorted({"b", "ä", "Z", "a"}) == ["Z", "a", "b", "ä"]
+    assert value_ranks(column).to_pylist() == [2, None, 3, 0, 2, 1]
+
+
+def test_sort_indices_equal_arrow_sorting_the_strings_themselves():
+    rng = np.random.default_rng(14)
+    rows = 5000
+    score = rng.random(rows).round(2)
+    score[rng.random(rows) < 0.1] = np.nan
+    keys = rng.choice(["10.0.0.1", "10.0.0.10", "10.0.0.2", "fe80::1", "", "é"], rows).tolist()
+    table = pa.table({
+        "score": pa.array(score, mask=rng.random(rows) < 0.1),
+        "table": pa.chunked_array([rng.choice(["dns", "named_flows"], rows // 2).tolist(),
+                                   rng.choice(["dns", "named_flows"], rows - rows // 2).tolist()]),
+        "key": pa.array([None if rng.random() < 0.05 else key for key in keys], pa.string()),
+        "window_start": pa.array(rng.integers(0, 5, rows) * 60_000_000, pa.timestamp("us", tz="UTC")),
+        "feature": pa.array(rng.choice(["records", "nxdomain_ratio", "Zed"], rows).tolist(), pa.large_string()),
+    })
+    for keys_ in ([("table", "ascending"), ("key", "ascending"), ("window_start", "ascending"), ("feature", "ascending")],
+                  [("score", "descending"), ("table", "ascending"), ("key", "ascending"), ("window_start", "ascending")],
+                  [("key", "descending"), ("feature", "descending")]):
+        assert sort_indices(table, keys_).equals(pc.sort_indices(table, keys_))
