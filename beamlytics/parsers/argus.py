@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read, Rejected, RowBuffer, excerpt
 from beamlytics.parsers.lines import LineStart, broken_stream, line_reader
-from beamlytics.parsers.pcap_flows import TCP, UDP, _DATA, _SENT, conn_state as capture_conn_state
+from beamlytics.parsers.pcap_flows import TCP, UDP, conn_state as capture_conn_state, flag_letters, summary_side
 
 FORMAT = "argus"
 KIND = "binetflow"
@@ -54,8 +54,6 @@ ZEEK_STATES = frozenset({"S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "R
 TCP_SUMMARY_STATES = {"REQ": "S0", "EST": "S1", "CON": "S1", "FIN": "SF", "CLO": "SF"}
 # Argus' -Z letters, mapped on the capture flows' flag bits; printed in the capture flows' order.
 FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
-FLAG_ORDER = "FSRPAUEC"
-_PUSH = 0x08
 FLAG_STATE = re.compile(r"^([FSRPAUEC]*)_([FSRPAUEC]*)$")
 DATE_TIME = re.compile(r"^(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
 EPOCH = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
@@ -178,22 +176,20 @@ def flow_state(proto: str, state: str, c_pkt: int | None, s_pkt: int | None) -> 
     flagged = FLAG_STATE.match(state)
     if flagged and proto == "tcp":
         client, server = (_flag_mask(letters) for letters in flagged.groups())
-        client |= _SENT if c_pkt or client else 0
-        server |= _SENT if s_pkt or server else 0
-        letters = "".join(letter for letter in FLAG_ORDER if letter in flagged.group(1) + flagged.group(2))
-        return capture_conn_state(TCP, client, server), letters
+        state = capture_conn_state(TCP, summary_side(client, c_pkt), summary_side(server, s_pkt))
+        return state, flag_letters(client | server)
     if proto == "tcp":
         return TCP_SUMMARY_STATES.get(state), None
     if proto == "udp" and s_pkt is None:
         return None, None
-    return capture_conn_state(PROTOCOL_NUMBERS.get(proto, 0), 0, _SENT if s_pkt else 0), None
+    return capture_conn_state(PROTOCOL_NUMBERS.get(proto, 0), 0, summary_side(0, s_pkt)), None
 
 
 def _flag_mask(letters: str) -> int:
     mask = 0
     for letter in letters:
         mask |= FLAG_BITS[letter]
-    return mask | (_DATA if mask & _PUSH else 0)
+    return mask
 
 
 def start_micros(text: str) -> int | None:
