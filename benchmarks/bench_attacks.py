@@ -71,8 +71,8 @@ CASES = (
     Case("argus_vertical_scan", "named_flows", "labelled/argus/test11-portscan.binetflow", "10.8.0.69",
          "Slips test11: Argus flows of a vertical port scan (SOURCES.md); 10.8.0.69 originates all 66 flows"),
     Case("argus_malware_host", "named_flows", "labelled/argus/test2-malicious.binetflow", "10.8.0.69",
-         "Slips test2: a malicious capture, all of it malicious, one profile in Slips' integration test; "
-         "10.8.0.69 originates 6,731 of its 6,751 flows"),
+         "Slips test2 (SOURCES.md): a malicious capture, all of it malicious, of one host: 10.8.0.69 originates "
+         "6,731 of its 6,751 flows and is the destination of the other 20"),
     Case("dns2tcp_tunnel", "dns", "pcaps/dns/dns2tcp_tunnel_netrack_2018-03-23.pcap", "172.17.0.3",
          "netrack: dns2tcp session to *.hidemyself.org; the one client"),
     Case("malware_dns", "dns", "pcaps/attacks/slips_test7-malicious.pcap", "192.168.2.16",
