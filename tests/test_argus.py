@@ -197,3 +197,9 @@ def test_every_row_of_the_real_files(name, flows, rejected_protocols):
             states += 1
         assert row["source_tool"] == "argus"
     assert states > 0
+
+
+def test_a_header_without_a_required_column_rejects_its_rows():
+    rows, units, rejected, read = run("StartTime,Proto,SrcAddr,DstAddr,Dur\n2019/01/01 00:00:00,tcp,1.1.1.1,2.2.2.2,1\n")
+    assert rows == [] and units == 1 and read == 2
+    assert [(r.position, r.reason) for r in rejected] == [(2, "Argus header lacks the column TotPkts")]

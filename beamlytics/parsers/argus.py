@@ -33,12 +33,15 @@ What the fields mean (ra(1), argus(8)):
 """
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import Any, BinaryIO, Iterator, Mapping
 
-from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read, Rejected, RowBuffer, excerpt
-from beamlytics.parsers.lines import LineStart, broken_stream, line_reader
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read, Rejected, excerpt
+from beamlytics.parsers.lines import LineBlock, LineStart, batches_of, blank_mask, broken_stream, line_reader, rejected_lines
 from beamlytics.parsers.pcap_flows import TCP, UDP, conn_state as capture_conn_state, flag_letters, summary_side
 
 FORMAT = "argus"
@@ -55,12 +58,6 @@ TCP_SUMMARY_STATES = {"REQ": "S0", "EST": "S1", "CON": "S1", "FIN": "SF", "CLO":
 # Argus' -Z letters, mapped on the capture flows' flag bits; printed in the capture flows' order.
 FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
 FLAG_STATE = re.compile(r"^([FSRPAUEC]*)_([FSRPAUEC]*)$")
-DATE_TIME = re.compile(r"^(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
-EPOCH = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
-COUNT = re.compile(r"^\d{1,18}$")
-DURATION = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
-PORT = re.compile(r"^(?:\d{1,5}|0x[0-9A-Fa-f]{1,4})$")
-_EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 def header_columns(line: str) -> dict[str, int] | None:
@@ -92,81 +89,181 @@ def parse(
     if table not in TABLES.get(kind, ()):
         raise ValueError(f"argus {kind!r} does not feed table {table!r}")
     reader = line_reader(stream, options, start)
-    rows = RowBuffer("named_flows", FORMAT, source, batch_rows)
-    header = header_columns(start.header) if start.header is not None else None
-    separator = _separator(start.header) if start.header is not None else ","
+    header = _header(start.header) if start.header is not None else None
     for block in reader:
-        for offset, line in enumerate(block.lines.to_pylist()):
-            position = block.first + offset
-            columns = header_columns(line) if "SrcAddr" in line else None
-            if columns is not None:
-                header, separator = columns, _separator(line)
-                rows.add_units()
-            elif not line.strip():
-                rows.add_units()
-            elif header is None:
-                yield Rejected(source, position, "data line before any Argus header line", excerpt(line), FORMAT)
-            else:
-                record = flow_record(line.split(separator), header)
-                if isinstance(record, str):
-                    yield Rejected(source, position, record, excerpt(line), FORMAT)
-                else:
-                    rows.append(position, **record)
-                    rows.add_units()
-            batch = rows.take()
-            if batch:
-                yield batch
+        lines = block.lines
+        maybe = np.flatnonzero(pc.fill_null(pc.match_substring(lines, "SrcAddr"), False).to_numpy(zero_copy_only=False))
+        headers = {int(i): found for i in maybe if (found := _header(lines[int(i)].as_py())) is not None}
+        cuts = sorted({0, *headers, len(lines)})
+        for first, stop in zip(cuts, cuts[1:]):
+            header_units = 0
+            if first in headers:
+                header, first, header_units = headers[first], first + 1, 1
+            segment = LineBlock(block.first + first, lines.slice(first, stop - first))
+            yield from _segment(segment, header, source, batch_rows, header_units)
         yield from broken_stream(block, FORMAT, source)
-    batch = rows.flush()
-    if batch:
-        yield batch
     yield Read(source, reader.delivered)
 
 
-def flow_record(fields: list[str], columns: Mapping[str, int]) -> dict[str, Any] | str:
-    """One `named_flows` record from the fields of a data line, or why it cannot be one."""
-    if len(fields) != len(columns):
-        return f"expected {len(columns)} fields, as the Argus header says"
-    value = {name: fields[index].strip() for name, index in columns.items()}
-    missing = [name for name in REQUIRED_COLUMNS if name not in value]
+def _header(line: str) -> tuple[dict[str, int], str] | None:
+    columns = header_columns(line)
+    return None if columns is None else (columns, _separator(line))
+
+
+def _segment(block: LineBlock, header: tuple[dict[str, int], str] | None, source: str, batch_rows: int,
+             header_units: int) -> Iterator[ParseItem]:
+    """The rows of data lines under one header, and a dead letter for each line that is not one."""
+    blank = blank_mask(block.lines).to_numpy(zero_copy_only=False)
+    if header is None:
+        yield from batches_of("named_flows", {}, 0, int(blank.sum()) + header_units, batch_rows)
+        yield from rejected_lines(block, pa.array(~blank), "data line before any Argus header line", FORMAT, source)
+        return
+    columns, separator = header
+    parts = pc.split_pattern(block.lines, separator)
+    fits = pc.equal(pc.list_value_length(parts), len(columns)).to_numpy(zero_copy_only=False) & ~blank
+    reasons = np.full(len(blank), None, object)
+    reasons[~fits & ~blank] = f"expected {len(columns)} fields, as the Argus header says"
+    rows = np.flatnonzero(fits)
+    values, why = _flows(_Fields(parts, rows, columns))
+    reasons[rows] = why
+    kept = rows[_unset(why)]
+    values = {name: value.filter(pa.array(_unset(why))) for name, value in values.items()}
+    values.update(source_tool=pa.array([FORMAT] * len(kept)), source_file=pa.array([source] * len(kept)),
+                  source_pos=pa.array(kept + block.first, pa.int64()))
+    yield from batches_of("named_flows", values, len(kept), len(kept) + int(blank.sum()) + header_units, batch_rows)
+    dead = [Rejected(source, block.first + int(i), reasons[i], excerpt(block.lines[int(i)].as_py()), FORMAT)
+            for i in np.flatnonzero(~_unset(reasons))]
+    yield from dead
+
+
+def _unset(values: np.ndarray) -> np.ndarray:
+    """Where an object array of reasons holds none."""
+    return np.equal(values, None)
+
+
+class _Fields:
+    """The named, whitespace-trimmed fields of the chosen `rows` of split lines."""
+
+    def __init__(self, parts: pa.ListArray, rows: np.ndarray, columns: Mapping[str, int]):
+        self._values = parts.values
+        self._starts = parts.offsets.to_numpy()[rows]
+        self.columns = columns
+        self.rows = len(rows)
+
+    def text(self, name: str) -> pa.Array | None:
+        if name not in self.columns:
+            return None
+        return pc.utf8_trim_whitespace(self._values.take(pa.array(self._starts + self.columns[name])))
+
+
+START_TIME = r"^(?:(?P<date>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})|(?P<epoch>\d{1,12}))(?:\.(?P<fraction>\d{1,9}))?$"
+DECIMAL = r"^(?P<whole>\d{1,12})(?:\.(?P<fraction>\d{1,9}))?$"
+COUNT = r"^\d{1,18}$"
+DECIMAL_PORT, HEX_PORT = r"^\d{1,5}$", r"^0x[0-9A-Fa-f]{1,4}$"
+
+
+class _Reasons:
+    """The first reason each row fails for, in the order the checks are made."""
+
+    def __init__(self, rows: int):
+        self.why = np.full(rows, None, object)
+
+    def check(self, bad: pa.Array | np.ndarray, reason: str) -> None:
+        bad = bad.to_numpy(zero_copy_only=False) if isinstance(bad, (pa.Array, pa.ChunkedArray)) else bad
+        self.why[bad & _unset(self.why)] = reason
+
+
+def _flows(fields: _Fields) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """`named_flows` columns of every row, and why each row cannot be a flow (None where it can)."""
+    reasons = _Reasons(fields.rows)
+    missing = [name for name in REQUIRED_COLUMNS if name not in fields.columns]
     if missing:
-        return f"Argus header lacks the column {missing[0]}"
-    proto = value["Proto"].lower()
-    if proto in NON_IP_PROTOCOLS:
-        return f"Argus {proto} record is not an IP flow"
-    start_us = start_micros(value["StartTime"])
-    if start_us is None:
-        return "StartTime is neither YYYY/MM/DD hh:mm:ss[.ffffff] nor epoch seconds"
-    if not DURATION.match(value["Dur"]):
-        return "Dur is not a non-negative number of seconds"
+        reasons.check(np.ones(fields.rows, bool), f"Argus header lacks the column {missing[0]}")
+        return {}, reasons.why
+    proto = pc.utf8_lower(fields.text("Proto"))
+    for name in sorted(NON_IP_PROTOCOLS):
+        reasons.check(pc.equal(proto, name), f"Argus {name} record is not an IP flow")
+    start_us = _start_micros(fields.text("StartTime"))
+    reasons.check(pc.is_null(start_us), "StartTime is neither YYYY/MM/DD hh:mm:ss[.ffffff] nor epoch seconds")
+    duration_us = _decimal_micros(fields.text("Dur"))
+    reasons.check(pc.is_null(duration_us), "Dur is not a non-negative number of seconds")
     counts = {}
     for name in ("TotPkts", "TotBytes", "SrcBytes", "SrcPkts"):
-        text = value.get(name)
-        if text is None:
-            continue
-        if not COUNT.match(text):
-            return f"{name} is not a non-negative integer"
-        counts[name] = int(text)
-    if counts["SrcBytes"] > counts["TotBytes"] or counts.get("SrcPkts", 0) > counts["TotPkts"]:
-        return "SrcBytes or SrcPkts exceeds its total"
+        text = fields.text(name)
+        if text is not None:
+            valid = pc.match_substring_regex(text, COUNT)
+            reasons.check(pc.invert(valid), f"{name} is not a non-negative integer")
+            counts[name] = pc.cast(pc.if_else(valid, text, pa.scalar(None, pa.string())), pa.int64())
+    c_pkt = counts.get("SrcPkts", pa.nulls(fields.rows, pa.int64()))
+    exceeds = pc.or_(pc.greater(counts["SrcBytes"], counts["TotBytes"]), pc.greater(c_pkt, counts["TotPkts"]))
+    reasons.check(pc.fill_null(exceeds, False), "SrcBytes or SrcPkts exceeds its total")
     ports = {}
     for name in ("Sport", "Dport"):
-        text = value.get(name, "")
-        if text and not PORT.match(text):
-            return f"{name} is neither a decimal nor a 0x hexadecimal port"
-        ports[name] = int(text, 0) if text else None
-        if ports[name] is not None and ports[name] > 65535:
-            return f"{name} is above 65535"
-    c_pkt = counts.get("SrcPkts")
-    s_pkt = counts["TotPkts"] - c_pkt if c_pkt is not None else None
-    state, flags = flow_state(proto, value.get("State", ""), c_pkt, s_pkt)
+        ports[name], malformed = _ports(fields.text(name), fields.rows)
+        reasons.check(malformed, f"{name} is neither a decimal nor a 0x hexadecimal port")
+        reasons.check(pc.fill_null(pc.greater(ports[name], 65535), False), f"{name} is above 65535")
+    s_pkt = pc.subtract(counts["TotPkts"], c_pkt)
+    state = fields.text("State")
+    state, flags = _states(proto, state if state is not None else pa.array([""] * fields.rows), c_pkt, s_pkt)
     return {
-        "c_ip": value["SrcAddr"], "c_port": ports["Sport"], "s_ip": value["DstAddr"], "s_port": ports["Dport"],
-        "proto": proto, "c_pkt": c_pkt, "s_pkt": s_pkt,
-        "c_bytes": counts["SrcBytes"], "s_bytes": counts["TotBytes"] - counts["SrcBytes"],
-        "tcp_flags": flags, "conn_state": state,
-        "time_start": start_us, "time_end": start_us + decimal_micros(value["Dur"]),
-    }
+        "c_ip": fields.text("SrcAddr"), "c_port": ports["Sport"], "s_ip": fields.text("DstAddr"),
+        "s_port": ports["Dport"], "proto": proto, "c_pkt": c_pkt, "s_pkt": s_pkt, "c_bytes": counts["SrcBytes"],
+        "s_bytes": pc.subtract(counts["TotBytes"], counts["SrcBytes"]), "tcp_flags": flags, "conn_state": state,
+        "time_start": start_us, "time_end": pc.add(start_us, duration_us),
+    }, reasons.why
+
+
+def _start_micros(text: pa.Array) -> pa.Array:
+    """Microseconds since the epoch of `YYYY/MM/DD hh:mm:ss[.f]` (UTC) or epoch seconds; null if neither."""
+    parts = pc.extract_regex(text, START_TIME)
+    dated = pc.strptime(pc.struct_field(parts, "date"), format="%Y/%m/%d %H:%M:%S", unit="s", error_is_null=True)
+    epoch = pc.struct_field(parts, "epoch")
+    seconds = pc.coalesce(pc.cast(dated, pa.int64()),
+                          pc.cast(pc.if_else(pc.equal(epoch, ""), pa.scalar(None, pa.string()), epoch), pa.int64()))
+    return pc.add(pc.multiply(seconds, 1_000_000), _fraction_micros(pc.struct_field(parts, "fraction")))
+
+
+def _decimal_micros(text: pa.Array) -> pa.Array:
+    """`12.345678` seconds as integer microseconds, exactly (no float rounding; digits past 6 cut); null if not one."""
+    parts = pc.extract_regex(text, DECIMAL)
+    whole = pc.cast(pc.struct_field(parts, "whole"), pa.int64())
+    return pc.add(pc.multiply(whole, 1_000_000), _fraction_micros(pc.struct_field(parts, "fraction")))
+
+
+def _fraction_micros(digits: pa.Array) -> pa.Array:
+    return pc.cast(pc.utf8_slice_codeunits(pc.utf8_rpad(digits, 6, "0"), 0, 6), pa.int64())
+
+
+def _ports(text: pa.Array | None, rows: int) -> tuple[pa.Array, np.ndarray]:
+    """Port numbers (decimal, or `0x` hexadecimal as Argus prints ICMP type and code; empty: null), and
+    where the text is neither."""
+    if text is None:
+        return pa.nulls(rows, pa.int32()), np.zeros(rows, bool)
+    decimal = pc.match_substring_regex(text, DECIMAL_PORT).to_numpy(zero_copy_only=False)
+    hexadecimal = pc.match_substring_regex(text, HEX_PORT).to_numpy(zero_copy_only=False)
+    empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
+    values = np.zeros(rows, np.int64)
+    values[decimal] = pc.cast(text.filter(pa.array(decimal)), pa.int64()).to_numpy()
+    values[hexadecimal] = [int(value, 16) for value in text.filter(pa.array(hexadecimal)).to_pylist()]
+    known = decimal | hexadecimal
+    return pa.array(values, pa.int64(), mask=~known), ~known & ~empty
+
+
+def _states(proto: pa.Array, state: pa.Array, c_pkt: pa.Array, s_pkt: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """`flow_state` of every row, computed once per distinct (protocol, State, who sent packets)."""
+    sent = [pc.fill_null(pc.cast(pc.cast(pc.greater(packets, 0), pa.int8()), pa.string()), "-")
+            for packets in (c_pkt, s_pkt)]
+    keys = pc.binary_join_element_wise(pc.fill_null(proto, ""), state, *sent, "\t")
+    distinct = pc.unique(keys)
+    found = [flow_state(*_state_arguments(key)) for key in distinct.to_pylist()]
+    index = pc.index_in(keys, value_set=distinct)
+    return (pc.take(pa.array([f[0] for f in found], pa.string()), index),
+            pc.take(pa.array([f[1] for f in found], pa.string()), index))
+
+
+def _state_arguments(key: str) -> tuple[str, str, int | None, int | None]:
+    proto, state, client, server = key.split("\t")
+    return proto, state, None if client == "-" else int(client), None if server == "-" else int(server)
 
 
 def flow_state(proto: str, state: str, c_pkt: int | None, s_pkt: int | None) -> tuple[str | None, str | None]:
@@ -190,26 +287,3 @@ def _flag_mask(letters: str) -> int:
     for letter in letters:
         mask |= FLAG_BITS[letter]
     return mask
-
-
-def start_micros(text: str) -> int | None:
-    """Microseconds since the epoch of `YYYY/MM/DD hh:mm:ss[.f]` (UTC) or epoch seconds; None if neither."""
-    if EPOCH.match(text):
-        return decimal_micros(text)
-    match = DATE_TIME.match(text)
-    if not match:
-        return None
-    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
-    try:
-        days = (dt.date(year, month, day) - _EPOCH_DAY).days
-        dt.time(hour, minute, second)
-    except ValueError:
-        return None
-    fraction = (match.group(7) or "").ljust(6, "0")[:6]
-    return ((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + int(fraction)
-
-
-def decimal_micros(text: str) -> int:
-    """`12.345678` seconds as integer microseconds, exactly (no float rounding); digits past 6 are cut."""
-    whole, _, fraction = text.partition(".")
-    return int(whole) * 1_000_000 + int(fraction.ljust(6, "0")[:6])
