@@ -17,8 +17,9 @@ What the fields mean (ra(1), argus(8)):
 * `StartTime` is `YYYY/MM/DD hh:mm:ss[.ffffff]` (ra's default, read as UTC: the text has
   no zone) or epoch seconds (`ra -u`); the flow ends `Dur` seconds later.
 * `State` with an underscore (`ra -Z b`, e.g. `FSPA_FSRPA`) lists the TCP flags the source
-  sent left of it and the destination's right of it (the logical OR per direction; Argus
-  mailing list, "Field 'state' from Argus (ra)", 2018-05-10). `conn_state` is then Zeek's, read
+  sent left of it and the destination's right of it (the logical OR per direction; argus-info
+  mailing list, "Field 'state' from Argus (ra)", 2018-05-10,
+  https://pairlist1.pair.net/pipermail/argus/2018-May/011093.html). `conn_state` is then Zeek's, read
   off those flags exactly as for capture flows (`pcap_flows.conn_state`), with PSH standing in
   for "sent payload" (Argus keeps no per-side payload count). `tcp_flags` is the union.
 * A `State` that is already Zeek's vocabulary (`S0`, `SF`, ...) is kept. Argus' own summary
@@ -41,7 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics.parsers.base import BATCH_ROWS, ParseItem, Read, Rejected, excerpt
-from beamlytics.parsers.lines import LineBlock, LineStart, batches_of, blank_mask, broken_stream, line_reader, rejected_lines
+from beamlytics.parsers.lines import (
+    LineBlock, LineStart, batches_of, blank_mask, broken_stream, line_reader, rejected_lines,
+)
 from beamlytics.parsers.pcap_flows import TCP, UDP, conn_state as capture_conn_state, flag_letters, summary_side
 
 FORMAT = "argus"
@@ -89,7 +92,7 @@ def parse(
     if table not in TABLES.get(kind, ()):
         raise ValueError(f"argus {kind!r} does not feed table {table!r}")
     reader = line_reader(stream, options, start)
-    header = _header(start.header) if start.header is not None else None
+    header = None  # Argus files are read whole (not split into ranges): the header is their own
     for block in reader:
         lines = block.lines
         maybe = np.flatnonzero(pc.fill_null(pc.match_substring(lines, "SrcAddr"), False).to_numpy(zero_copy_only=False))
@@ -131,9 +134,8 @@ def _segment(block: LineBlock, header: tuple[dict[str, int], str] | None, source
     values.update(source_tool=pa.array([FORMAT] * len(kept)), source_file=pa.array([source] * len(kept)),
                   source_pos=pa.array(kept + block.first, pa.int64()))
     yield from batches_of("named_flows", values, len(kept), len(kept) + int(blank.sum()) + header_units, batch_rows)
-    dead = [Rejected(source, block.first + int(i), reasons[i], excerpt(block.lines[int(i)].as_py()), FORMAT)
-            for i in np.flatnonzero(~_unset(reasons))]
-    yield from dead
+    for i in np.flatnonzero(~_unset(reasons)).tolist():
+        yield Rejected(source, block.first + i, reasons[i], excerpt(block.lines[i].as_py()), FORMAT)
 
 
 def _unset(values: np.ndarray) -> np.ndarray:
