@@ -51,7 +51,7 @@ DEFAULT_FEATURES = {
 WINDOWINGS = ("key", "beam")
 
 # Issue 9's budget itself: the verdict's p is calibrated on the population, so this is the share of benign
-# judged windows expected to alarm (measured: 0.37 % on the attack benchmark, docs/evaluation.md).
+# judged windows expected to alarm (measured: 0.35 % on the attack benchmark, docs/evaluation.md).
 DEFAULT_ALARM_RATE = 5e-3
 DEFAULT_MIN_RECORDS = 3
 

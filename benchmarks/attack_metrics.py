@@ -41,6 +41,7 @@ class CaseResult:
     rank: int | None  # 1-based rank of the true host among hosts by best score; None: never alarmed
     benign_windows: int
     benign_alarms: int
+    benign_judged: int  # the benign windows the method judged: issue 9's budget is a share of these
 
     @property
     def alarms_per_1000(self) -> float:
@@ -55,12 +56,14 @@ def attacker_windows(features: pd.DataFrame, attacker: str, start: pd.Timestamp,
 
 
 def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFrame, attacker: str,
-                start: pd.Timestamp, end: pd.Timestamp) -> CaseResult:
+                start: pd.Timestamp, end: pd.Timestamp, judged: pd.DataFrame | None = None) -> CaseResult:
     """Metrics of one run: `features` every endpoint-window, `alarms` the alarmed ones with scores
-    (as `rejudged` gives), `ranked` the scored windows hosts are ranked by."""
+    (as `rejudged` gives), `ranked` the scored windows hosts are ranked by, `judged` the windows the
+    method judged (as `judged_windows` gives; None: every window, as a baseline judges them)."""
     attack = attacker_windows(features, attacker, start, end)
     is_attack = _member(features, attack)
     is_alarm = _member(features, alarms)
+    is_judged = np.ones(len(features), dtype=bool) if judged is None else _member(features, judged)
     caught = int((is_attack & is_alarm).sum())
     return CaseResult(
         flagged=caught > 0,
@@ -69,7 +72,33 @@ def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFra
         rank=host_rank(ranked, attacker),
         benign_windows=int((~is_attack).sum()),
         benign_alarms=int((~is_attack & is_alarm).sum()),
+        benign_judged=int((~is_attack & is_judged).sum()),
     )
+
+
+def judged_windows(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The (key, window_start) of `verdicts/` rows that were judged (not `unjudged`: under --min-records, no
+    model): the windows an alarm rate is a share of."""
+    if verdicts.empty:
+        return pd.DataFrame({"key": [], "window_start": []})
+    return verdicts.loc[verdicts["status"] != "unjudged", WINDOW].reset_index(drop=True)
+
+
+def closest_attacker_window(verdicts: pd.DataFrame, attacker: str, start: pd.Timestamp, end: pd.Timestamp
+                            ) -> str | None:
+    """Why a missed attacker was missed: its judged window with the smallest combined p, that p and each feature's
+    value and tail probability (smallest first), as one line; None when none of its windows was judged."""
+    if verdicts.empty:
+        return None
+    mine = verdicts[(verdicts["key"] == attacker) & (verdicts["window_start"] <= end) & (verdicts["window_end"] > start)
+                    & (verdicts["status"] != "unjudged")]
+    if mine.empty:
+        return None
+    window = mine.sort_values(["p_value", "window_start"], kind="stable").iloc[0]
+    features = sorted((item["p_value"], item["feature"], item["value"]) for item in window["evidence"]
+                      if item["p_value"] is not None and math.isfinite(item["p_value"]))
+    return (f"window {window['window_start']:%H:%M}, {window['records']} records, combined p {window['p_value']:.3g}: "
+            + ", ".join(f"{name} {value:g} (p {p:.3g})" for p, name, value in features))
 
 
 def host_rank(scored: pd.DataFrame, host: str) -> int | None:

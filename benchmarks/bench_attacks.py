@@ -38,7 +38,7 @@ BACKGROUND = DATA_DIR / "logs" / "zeek" / "wrccdc2018"
 WINDOW_US = 60_000_000  # detect's default window
 DETECTORS = ("gaussian", "iqr", "spot", "dspot", "poisson")
 # Alarm rates the verdicts are re-judged at (exactly: benchmarks.attack_metrics.rejudged), and the benign budget
-# (issue 9: at most 0.5 % of benign endpoint-windows flagged) the leave-one-case-out choice must keep.
+# (issue 9: at most 0.5 % of the judged benign endpoint-windows flagged) the leave-one-case-out choice must keep.
 ALARM_RATES = (0.001, 0.002, 0.005, 0.01)
 BENIGN_BUDGET = 0.005
 # Where the attack starts, as a share of the background's span: a background host then has
@@ -136,7 +136,7 @@ def bonferroni_verdicts(output: str, features: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     names = sorted(scores["feature"].unique())
     windows = pa.Table.from_pandas(features, preserve_index=False)
-    population = Population.of_windows(windows, names)
+    population = Population.of_windows(windows, names, VerdictSettings().min_records)
     unjoined = Population({key: dataclasses.replace(tail, pool=None) for key, tail in population.tails.items()})
     with_records = scores.merge(features[["table", "key_kind", "key", "window_start", "records"]],
                                 on=["table", "key_kind", "key", "window_start"], how="left")
@@ -160,15 +160,16 @@ class Row:
     placement: str
     method: str
     result: attack_metrics.CaseResult
+    missed: str | None = None  # for a missed cell of the defaults, its closest attacker window (why it was missed)
 
     def cells(self) -> list[str]:
         r = self.result
         return [self.case, self.placement, self.method, "yes" if r.flagged else "no",
                 f"{r.windows_caught}/{r.attacker_windows}", "-" if r.rank is None else str(r.rank),
-                f"{r.alarms_per_1000:.1f}"]
+                f"{r.alarms_per_1000:.1f}", f"{1000.0 * _benign_share([r]):.1f}"]
 
 
-HEADER = ["case", "placement", "method", "flagged", "windows", "rank", "alarms/1k benign"]
+HEADER = ["case", "placement", "method", "flagged", "windows", "rank", "alarms/1k benign", "alarms/1k judged benign"]
 
 
 def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log: str, target: str,
@@ -191,15 +192,18 @@ def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log:
         if len(alarms) != len(cli_alarms):
             raise AssertionError(f"{case.name}/{placement}: re-judging at the run's rate gave {len(alarms)} alarms, "
                                  f"the run {len(cli_alarms)}")
-        result = attack_metrics.case_result(features, alarms, alarms, target, first, last)
-        rows.append(Row(case.name, placement, f"detect {detector or 'defaults'}", result))
+        judged = attack_metrics.judged_windows(verdicts)
+        result = attack_metrics.case_result(features, alarms, alarms, target, first, last, judged)
+        missed = None if result.flagged else attack_metrics.closest_attacker_window(verdicts, target, first, last)
+        rows.append(Row(case.name, placement, f"detect {detector or 'defaults'}", result, missed))
         if detector is None:
             bonferroni = bonferroni_verdicts(output, features)
-            for family, judged in (("rate", verdicts), ("bonferroni", bonferroni)):
+            for family, rejudge in (("rate", verdicts), ("bonferroni", bonferroni)):
                 for rate in ALARM_RATES:
-                    at_rate = attack_metrics.rejudged(judged, rate)
+                    at_rate = attack_metrics.rejudged(rejudge, rate)
                     rows.append(Row(case.name, placement, f"{family} {rate:g}",
-                                    attack_metrics.case_result(features, at_rate, at_rate, target, first, last)))
+                                    attack_metrics.case_result(features, at_rate, at_rate, target, first, last,
+                                                               attack_metrics.judged_windows(rejudge))))
             forest_alarms, forest_scores = attack_metrics.isolation_forest_scores(features)
             result = attack_metrics.case_result(features, forest_alarms, forest_scores, target, first, last)
             rows.append(Row(case.name, placement, "IsolationForest", result))
@@ -222,15 +226,18 @@ def aggregate_lines(rows: list[Row]) -> list[str]:
         flagged = sum(r.flagged for r in mine)
         top3 = sum(r.rank is not None and r.rank <= 3 for r in mine)
         benign = sum(r.benign_windows for r in mine)
+        judged = sum(r.benign_judged for r in mine)
         alarms = sum(r.benign_alarms for r in mine)
         lines.append(f"aggregate {method}: flagged in {flagged} of {len(mine)}, true host top-3 in {top3} of "
-                     f"{len(mine)}, benign alarm rate {100.0 * alarms / benign:.2f}% ({alarms} of {benign})")
+                     f"{len(mine)}, benign alarm rate {100.0 * alarms / judged:.2f}% of judged ({alarms} of {judged}), "
+                     f"{100.0 * alarms / benign:.2f}% of all ({benign})")
     return lines
 
 
 def _benign_share(results: list[attack_metrics.CaseResult]) -> float:
-    benign = sum(r.benign_windows for r in results)
-    return sum(r.benign_alarms for r in results) / benign if benign else 0.0
+    """Benign alarms as a share of the benign windows judged: the unit of issue 9's budget and of the rate."""
+    judged = sum(r.benign_judged for r in results)
+    return sum(r.benign_alarms for r in results) / judged if judged else 0.0
 
 
 def leave_one_out_lines(rows: list[Row], family: str = "rate") -> list[str]:
@@ -274,8 +281,9 @@ def measure(detectors: tuple[str | None, ...]) -> list[Line]:
                 for placement, target in (("host", host), ("new", newcomer)):
                     rows += run_case(case, attack, background, str(log_folder), target, placement, detectors, work)
     per_case = [row for row in rows if not row.method.startswith(("rate ", "bonferroni "))]
-    return [Line(text) for text in [*table_lines(per_case), *aggregate_lines(rows), *leave_one_out_lines(rows),
-                                    *leave_one_out_lines(rows, "bonferroni")]]
+    missed = [f"missed {row.case}/{row.placement} ({row.method}): {row.missed}" for row in rows if row.missed]
+    return [Line(text) for text in [*table_lines(per_case), *missed, *aggregate_lines(rows),
+                                    *leave_one_out_lines(rows), *leave_one_out_lines(rows, "bonferroni")]]
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,36 @@ def test_case_result_hand_worked():
     result = attack_metrics.case_result(features, alarms, alarms, "x", start, end)
     assert (result.flagged, result.windows_caught, result.attacker_windows) == (True, 1, 2)
     assert result.rank == 2  # b's best 9 beats x's best 4, which beats c's 3
-    assert (result.benign_alarms, result.benign_windows) == (3, 8)
+    assert (result.benign_alarms, result.benign_windows, result.benign_judged) == (3, 8, 8)
     assert result.alarms_per_1000 == pytest.approx(375.0)
+    # The verdict left b@3 and c@4 unjudged (say, under --min-records) and x@4: 6 of the 8 benign windows judged.
+    verdicts = _windows([("x", 0), ("x", 1), ("x", 2), ("x", 3), ("x", 4), ("b", 0), ("b", 2), ("b", 3),
+                         ("c", 0), ("c", 4)])
+    verdicts["status"] = ["normal", "alarm", "normal", "alarm", "unjudged", "normal", "alarm", "unjudged", "alarm",
+                          "unjudged"]
+    judged = attack_metrics.case_result(features, alarms, alarms, "x", start, end,
+                                        attack_metrics.judged_windows(verdicts))
+    assert (judged.benign_alarms, judged.benign_windows, judged.benign_judged) == (3, 8, 6)
+
+
+def test_closest_attacker_window_names_the_smallest_p_window_and_its_features():
+    # x's windows at minutes 0-3, the attack in minutes 1-2; x@0 (p 0.001) is before it, x@3 unjudged.
+    verdicts = _windows([("x", 0), ("x", 1), ("x", 2), ("x", 3), ("b", 1)])
+    verdicts["status"] = ["normal", "normal", "normal", "unjudged", "alarm"]
+    verdicts["records"] = [9, 30, 67, 2, 5]
+    verdicts["p_value"] = [0.001, 0.2, 0.03, math.nan, 0.0001]
+    item = {"fired": False, "expected": 1.0, "threshold": None, "judged_by": "population"}
+    verdicts["evidence"] = [[], [], [{**item, "feature": "records", "value": 67.0, "p_value": 0.021},
+                                     {**item, "feature": "distinct_peers", "value": 1.0, "p_value": 1.0},
+                                     {**item, "feature": "failed_ratio", "value": math.nan, "p_value": None},
+                                     {**item, "feature": "distinct_ports", "value": 2.0, "p_value": 0.0143}], [], []]
+    start, end = pd.Timestamp(T0) + pd.Timedelta(seconds=70), pd.Timestamp(T0) + pd.Timedelta(seconds=170)
+    line = attack_metrics.closest_attacker_window(verdicts, "x", start, end)
+    minute = f"{pd.Timestamp(T0) + pd.Timedelta(minutes=2):%H:%M}"
+    assert line == (f"window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), records 67 (p 0.021), "
+                    "distinct_peers 1 (p 1)")
+    assert attack_metrics.closest_attacker_window(verdicts, "x", end + pd.Timedelta(minutes=1),
+                                                  end + pd.Timedelta(minutes=1)) is None  # only x@3: unjudged
 
 
 def test_case_result_when_the_attacker_is_never_alarmed():

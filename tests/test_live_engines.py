@@ -363,7 +363,9 @@ def reference_verdicts(baseline_features: Path, run_features: Path, detector: st
 
     calibration = windows(baseline_features, True)
     scores = score_table(pa.concat_tables([calibration, windows(run_features, False)]), config)
-    verdicts, reported, _ = judge(scores, Population.of_windows(calibration, config.features), VerdictSettings())
+    settings = VerdictSettings()
+    population = Population.of_windows(calibration, config.features, settings.min_records)
+    verdicts, reported, _ = judge(scores, population, settings)
     return verdicts, reported
 
 

@@ -127,7 +127,8 @@ def run_verdicts(tables, shards):
 
 def test_pipeline_verdicts_match_the_plain_functions_in_any_order_and_with_1_or_8_shards():
     windows = windows_table(hosts=40, minutes=15, newcomer_records=900)
-    expected, _, _ = judge(score_table(windows, CONFIG), Population.of_windows(windows, CONFIG.features),
+    expected, _, _ = judge(score_table(windows, CONFIG),
+                           Population.of_windows(windows, CONFIG.features, VerdictSettings().min_records),
                            VerdictSettings())
     expected = sorted(expected.to_pylist(), key=lambda row: (row["key"], row["window_start"]))
     in_pieces = [windows.slice(start, 100) for start in range(0, windows.num_rows, 100)]

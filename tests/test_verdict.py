@@ -8,7 +8,7 @@ import pytest
 
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig, score_table
-from beamlytics.detectors.population import FeatureTail, Population
+from beamlytics.detectors.population import FeatureTail, Population, pools_of
 from beamlytics.detectors.verdict import (ALARM, NO_MODEL, NORMAL, OWN_HISTORY, TOO_FEW_RECORDS, UNJUDGED,
                                           VerdictSettings, combined_p, judge, score_of)
 from beamlytics.hunts.allow import AllowList, AllowListError
@@ -176,19 +176,36 @@ def test_independent_features_are_referred_to_the_joint_population_by_hand():
     assert verdicts.column("status").to_pylist() == [NORMAL]
 
 
-@pytest.mark.parametrize("alarm_rate", [0.005, 0.02])
-def test_alarm_share_of_unseen_benign_windows_is_the_budget_within_binomial_error(alarm_rate):
+@pytest.mark.parametrize("alarm_rate, min_records", [(0.005, 0), (0.02, 0), (0.02, 20)])
+def test_alarm_share_of_unseen_benign_windows_is_the_budget_within_binomial_error(alarm_rate, min_records):
     # Correlated features (distinct names are a share of records, hosts of different rates), one window per host
     # so every window is judged by the population; calibrated on one draw, judged on another of the same traffic.
+    # With --min-records 20 about half the windows are not judged: the share is of those judged.
     config = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
     calibration = windows_table(hosts=6000, minutes=1, seed=21)
     fresh = windows_table(hosts=6000, minutes=1, seed=22)
-    _, _, counts = judge(score_table(fresh, config), Population.of_windows(calibration, config.features),
-                         VerdictSettings(alarm_rate=alarm_rate, min_records=0))
+    _, _, counts = judge(score_table(fresh, config), Population.of_windows(calibration, config.features, min_records),
+                         VerdictSettings(alarm_rate=alarm_rate, min_records=min_records))
     judged = counts["verdicts"] - counts["unjudged_too_few_records"] - counts["unjudged_no_model"]
-    assert judged == 6000
+    assert judged == int((fresh.column("records").to_numpy() >= min_records).sum()) > 2000
     sigma = math.sqrt(alarm_rate * (1 - alarm_rate) / judged)
     assert abs(counts["alarms"] / judged - alarm_rate) <= 4 * sigma
+
+
+def test_the_population_is_of_the_judged_windows_only_by_hand():
+    # 1,500 windows: 500 of 1 or 2 records, which --min-records 3 leaves unjudged, and 1,000 of 3, 4, ..., 1002.
+    # A window of 903 records is at or below 100 of the judged ones (903..1002; SPOT's tail starts near the 98th
+    # percentile, 982): p = 100 / 1000 among the windows a verdict judges, where pooling all 1,500 said 100 / 1500.
+    records = np.r_[np.repeat([1.0, 2.0], 250), np.arange(3.0, 1003.0)]
+    windows = two_feature_windows(records, records)
+    assert [len(pool) for pool in pools_of(windows, ("records",), min_records=3).values()] == [1000]
+    assert [len(pool) for pool in pools_of(windows, ("records",)).values()] == [1500]
+    window = rows_for({"x": {"records": 903.0}}, records=903)
+    for min_records, expected in ((3, 100 / 1000), (0, 100 / 1500)):
+        population = Population.of_windows(windows, ("records",), min_records)
+        verdicts, _, _ = judge(window, population, VerdictSettings(alarm_rate=0.09, min_records=min_records))
+        assert verdicts.column("p_value").to_pylist() == [pytest.approx(expected)]
+        assert verdicts.column("status").to_pylist() == [NORMAL if min_records else ALARM]
 
 
 def test_combined_verdicts_are_the_same_in_shuffled_order():

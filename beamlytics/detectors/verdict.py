@@ -10,10 +10,11 @@ Each feature gets a tail probability p:
   population's p where they call the window anomalous, else 1. A busy server is thus not
   flagged for being busy, nor a quiet host for a blip its peers make all the time.
 The window's features are combined by Fisher's statistic −2 Σ ln p, referred not to χ² (which
-assumes independent features) but to the population's own windows (`population.CombinedTail`):
+assumes independent features) but to the population's own windows (`population.CombinedTail`),
+which are the run's judged ones (at least `--min-records` records: `population.pools_of`):
 the window's p is the share of the population's windows whose statistic is at least its own
-(SPOT's tail beyond the body). So about the alarm rate's share of the population's windows
-alarm whatever the features' dependence, and a feature more costs no Bonferroni factor. Where
+(SPOT's tail beyond the body). So about the alarm rate's share of the judged windows alarm
+whatever the features' dependence, and a feature more costs no Bonferroni factor. Where
 no population is joinable (the streaming scorer, a population too small), p is the
 Bonferroni-corrected minimum, min(1, m · min p) over the m judged features. The score is
 −log10 p: finite (p is floored at the smallest float), comparable across tables, keys and

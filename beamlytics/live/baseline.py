@@ -34,11 +34,13 @@ class LoadedBaseline:
             found[window.endpoint].append(window)
         return dict(found)
 
-    def population(self) -> Population:
-        """The windows pooled per (table, key kind, feature), as batch `detect` pools its run's windows."""
+    def population(self, min_records: int) -> Population:
+        """The windows of at least `min_records` records (those a verdict judges) pooled per (table, key kind,
+        feature), as batch `detect` pools its run's windows."""
         if not self.windows:
             return Population({})
-        return Population.of_windows(features.table_of_windows(list(self.windows), self.table), self.feature_names)
+        return Population.of_windows(features.table_of_windows(list(self.windows), self.table), self.feature_names,
+                                     min_records)
 
 
 @dataclass(frozen=True)

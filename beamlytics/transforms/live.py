@@ -232,7 +232,7 @@ class _JudgePanes(beam.DoFn):
         self._population = None
 
     def setup(self):
-        self._population = self.baseline.load().population()
+        self._population = self.baseline.load().population(self.settings.min_records)
 
     def process(self, scores: pa.Table):
         verdicts, reported, _ = judge(scores, self._population, self.settings)

@@ -277,12 +277,13 @@ def judged_shard(shard: int, pieces, config: DetectorConfig, population: Populat
                        tuple(sorted(counts.items())))
 
 
-def population_of(windows, feature_names: tuple[str, ...]):
-    """The run's `Population`, a side input. Pooled per (table, key kind, feature), each pool merged and its tail
-    fitted on whichever worker holds that key: only the fitted tails meet, not one worker merging every pool."""
+def population_of(windows, feature_names: tuple[str, ...], min_records: int):
+    """The run's `Population` of its windows of at least `min_records` records (those judged), a side input.
+    Pooled per (table, key kind, feature), each pool merged and its tail fitted on whichever worker holds that
+    key: only the fitted tails meet, not one worker merging every pool."""
     tails = (
         windows
-        | "Pools" >> beam.FlatMap(lambda table: pools_of(table, feature_names).items())
+        | "Pools" >> beam.FlatMap(lambda table: pools_of(table, feature_names, min_records=min_records).items())
         | "MergePools" >> beam.CombinePerKey(MergePools())
         | "FitTails" >> beam.MapTuple(lambda key, pool: (key, FeatureTail.of_pool(pool)))
     )
@@ -318,7 +319,7 @@ class JudgeShards(beam.PTransform):
     """Batch: tables of endpoint-windows → one `ShardResult` per shard of endpoints, every shard even when empty.
 
     The windows of each shard are gathered once, scored by `ScoreEndpoints`' rule and judged
-    against the population of every endpoint-window of `windows` (a side input). Whoever
+    against the population of every judged endpoint-window of `windows` (a side input). Whoever
     consumes the results in the same step (the writers) gets the tables where they were made:
     score rows, by far the largest data of a run, never cross to another worker. Shards are
     cut by the writers' rule (`features.stable_shard` of the endpoint), so one result is one
@@ -339,7 +340,7 @@ class JudgeShards(beam.PTransform):
 
     def expand(self, windows):
         config, settings, shards = self.config, self.settings, self.shards
-        population = population_of(windows, config.features)
+        population = population_of(windows, config.features, settings.min_records)
         marks = beam.pvalue.AsList(self.marks if self.marks is not None else
                                    windows.pipeline | "NoHunts" >> beam.Create([]))
         run = windows
