@@ -11,7 +11,7 @@ import datetime as dt
 # The keys of schemas.TABLES, of each parser module's FORMAT and of each detector class's name: those
 # modules need pyarrow and numpy, so these lists repeat their names and tests/test_cli.py checks they agree.
 TABLE_NAMES = ("dns", "http", "named_flows")
-FORMAT_NAMES = ("zeek", "squid", "tstat", "bind", "pcap", "nfstream")
+FORMAT_NAMES = ("zeek", "squid", "tstat", "argus", "suricata", "bind", "pcap", "nfstream")
 DETECTOR_NAMES = ("gaussian", "iqr", "spot", "dspot", "poisson")
 
 # A dns key that no record carries: the registered domain of `query`, derived per batch.

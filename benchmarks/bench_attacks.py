@@ -68,6 +68,11 @@ CASES = (
          "Slips port-scans/vertical: nmap of scanme.nmap.org (45.33.32.156) from 192.168.1.9"),
     Case("horizontal_scan", "named_flows", "labelled/portscans/horizontal_conn.log", "10.0.2.112",
          "Slips port-scans/horizontal: one port on many hosts; the one originator"),
+    Case("argus_vertical_scan", "named_flows", "labelled/argus/test11-portscan.binetflow", "10.8.0.69",
+         "Slips test11: Argus flows of a vertical port scan (SOURCES.md); 10.8.0.69 originates all 66 flows"),
+    Case("argus_malware_host", "named_flows", "labelled/argus/test2-malicious.binetflow", "10.8.0.69",
+         "Slips test2 (SOURCES.md): a malicious capture, all of it malicious, of one host: 10.8.0.69 originates "
+         "6,731 of its 6,751 flows and is the destination of the other 20"),
     Case("dns2tcp_tunnel", "dns", "pcaps/dns/dns2tcp_tunnel_netrack_2018-03-23.pcap", "172.17.0.3",
          "netrack: dns2tcp session to *.hidemyself.org; the one client"),
     Case("malware_dns", "dns", "pcaps/attacks/slips_test7-malicious.pcap", "192.168.2.16",

@@ -1,5 +1,5 @@
-"""Lines per second of the Squid, Tstat and BIND connectors, each beside a reference read of
-the same bytes in the same run: pyarrow.csv for space-separated Tstat, a plain
+"""Lines per second of the Squid, Tstat, Argus and BIND connectors, each beside a reference read of
+the same bytes in the same run: pyarrow.csv for space-separated Tstat and comma-separated Argus, a plain
 `for line in file: line.split()` loop (the floor of any per-line reader) for Squid and BIND.
 
 The real samples are small, so each is replicated in memory (`REPEAT` times) for timing.
@@ -11,7 +11,7 @@ import io
 
 import pyarrow.csv as pacsv
 
-from beamlytics.parsers import bind, squid, tstat
+from beamlytics.parsers import argus, bind, squid, tstat
 from beamlytics.parsers.base import Batch
 from benchmarks.common import DATA_DIR, Result, best_seconds
 
@@ -27,8 +27,8 @@ def split_loop(data: bytes) -> int:
     return sum(1 for line in io.BytesIO(data) if line.split() is not None)
 
 
-def arrow_csv(data: bytes) -> int:
-    options = pacsv.ParseOptions(delimiter=" ", quote_char=False)
+def arrow_csv(data: bytes, delimiter: str = " ") -> int:
+    options = pacsv.ParseOptions(delimiter=delimiter, quote_char=False)
     read = pacsv.ReadOptions(skip_rows=1, autogenerate_column_names=True)
     return pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=options).num_rows
 
@@ -57,6 +57,7 @@ def run() -> list[Result]:
     tcp = replicated(DATA_DIR / "logs/tstat/dazn_1mbit_exp0/log_tcp_complete", True)
     dns = replicated(DATA_DIR / "logs/tstat/dazn_1mbit_exp0/log_dns_complete", True)
     bind_data = bind_sample()
+    flows = replicated(DATA_DIR / "labelled/argus/test2-malicious.binetflow", True)
     results = [
         measure("squid access.log -> http", squid_data, lambda: parse_all(squid, squid_data, "access", "http"),
                 "line.split() loop", lambda: split_loop(squid_data)),
@@ -64,6 +65,9 @@ def run() -> list[Result]:
                 lambda: parse_all(tstat, tcp, "log_tcp_complete", "named_flows"), "pyarrow.csv", lambda: arrow_csv(tcp)),
         measure("tstat log_dns_complete -> dns", dns, lambda: parse_all(tstat, dns, "log_dns_complete", "dns"),
                 "pyarrow.csv", lambda: arrow_csv(dns)),
+        measure("argus binetflow -> named_flows", flows,
+                lambda: parse_all(argus, flows, "binetflow", "named_flows"), "pyarrow.csv",
+                lambda: arrow_csv(flows, ",")),
         measure("bind queries -> dns", bind_data, lambda: parse_all(bind, bind_data, "queries", "dns"),
                 "line.split() loop", lambda: split_loop(bind_data)),
     ]

@@ -1,6 +1,7 @@
 """The attack benchmark's embedding and metrics, against hand-worked cases and the raw files."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import math
@@ -11,6 +12,7 @@ import pytest
 
 from beamlytics import schemas
 from benchmarks import attack_metrics, embed
+from benchmarks.bench_attacks import CASES
 from tests.conftest import shared_data
 
 T0 = dt.datetime(2018, 3, 24, 17, 0, tzinfo=dt.timezone.utc)
@@ -217,3 +219,23 @@ def test_top_share_takes_the_highest_scores_with_ties_cut_by_key_by_hand():
     # 40 % of 5 windows = 2: the best (d) and, of the three tied at 0.5, the smallest key (a).
     assert attack_metrics.top_share(scored, 0.4)["key"].tolist() == ["d", "a"]
     assert attack_metrics.top_share(scored, 0.001)["key"].tolist() == ["d"]  # at least one
+
+
+@pytest.mark.parametrize("case_name", ["argus_vertical_scan", "argus_malware_host"])
+def test_argus_cases_attacker_is_the_capture_host_and_every_flow_is_embedded(case_name):
+    """Read independently (csv): the case's attacker is the host of (nearly) every flow, and the embedded
+    table keeps every raw flow, the attacker renamed and its flows moved by one offset."""
+    case = next(c for c in CASES if c.name == case_name)
+    with open(shared_data(case.path), newline="") as raw:
+        records = list(csv.DictReader(raw))
+    involved = sum(case.attacker in (r["SrcAddr"], r["DstAddr"]) for r in records)
+    assert involved == len(records)
+    attack = embed.parse_table([str(shared_data(case.path))], "named_flows").table
+    assert attack.num_rows == len(records)
+    start = int(T0.timestamp() * 1e6)
+    placed = embed.place_attack(attack, "named_flows", case.attacker, "10.250.0.1", start)
+    originated = sum(r["SrcAddr"] == case.attacker for r in records)
+    assert placed["c_ip"].to_pylist().count("10.250.0.1") == originated
+    first = min(dt.datetime.strptime(r["StartTime"], "%Y/%m/%d %H:%M:%S.%f") for r in records)
+    moved = [T0 + (dt.datetime.strptime(r["StartTime"], "%Y/%m/%d %H:%M:%S.%f") - first) for r in records]
+    assert sorted(placed["time_start"].to_pylist()) == sorted(moved)

@@ -188,14 +188,14 @@ def test_help_version_and_light_commands_import_neither_beam_nor_arrow(argv):
 
 
 @pytest.mark.parametrize(("command", "shown"), [
-    ("detect", ["--format {auto,bind,nfstream,pcap,squid,tstat,zeek}", "--table {dns,http,named_flows}",
+    ("detect", ["--format {auto,argus,bind,nfstream,pcap,squid,suricata,tstat,zeek}", "--table {dns,http,named_flows}",
                 "--key {c_ip,s_ip,name,domain}", "--windowing {key,beam}",
                 "--detector {dspot,gaussian,iqr,poisson,spot}", "skipped (1048576)", "as a bomb (200)",
                 "TO exclusive (1970..2100)", "false alarms (0.005)", "not judged (3)",
                 "dns: records,nxdomain_ratio,max_subdomains,max_subdomain_entropy,txt_null_any_ratio;"]),
     ("hunt", ["--table {dns,http,named_flows}", "marked capped (86400)", "as a bomb (200)"]),
     ("evaluate", ["--detector {dspot,gaussian,iqr,poisson,spot}", "--table {dns,http,named_flows}",
-                  "--format {auto,bind,nfstream,pcap,squid,tstat,zeek}"]),
+                  "--format {auto,argus,bind,nfstream,pcap,squid,suricata,tstat,zeek}"]),
     ("demo", ["--detector {dspot,gaussian,iqr,poisson,spot}"]),
     ("cluster", ["--algorithm {kmeans,bisecting_kmeans,gaussian_mixture,dbscan}", "--key {c_ip,s_ip,name,domain}"]),
 ])

@@ -1,4 +1,4 @@
-"""Fuzz the Squid, Tstat and BIND parsers with random and mutated lines: they never raise,
+"""Fuzz the Squid, Tstat, Argus, Suricata and BIND parsers with random and mutated lines: they never raise,
 and every line is counted once, as a unit or as a dead letter."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beamlytics.parsers import bind, squid, tstat
+from beamlytics.parsers import argus, bind, squid, suricata, tstat
 from beamlytics.parsers.base import Batch, Read, Rejected
 
 SEEDS = {
@@ -28,6 +28,18 @@ SEEDS = {
         "10.0.0.1\t5000\t10.0.0.80\t80\t1000.5\tGET\th\t/a[*]\t-\tua\t-\t-",
         "10.0.0.1\t5000\t10.0.0.80\t80\t1000.6\tREQ2\t-\t[*]bc\t-\t-\t-\t-",
         "10.0.0.1\t5000\t10.0.0.80\t80\t1001.0\tHTTP\t200\t512\ttext/html\tnginx\t-\t-\t-",
+    ],
+    (argus, "binetflow", "named_flows"): [
+        "StartTime,Dur,Proto,SrcAddr,Sport,Dir,DstAddr,Dport,State,TotPkts,TotBytes,SrcBytes,SrcPkts",
+        "2019/04/04 16:24:47.672448,63.8,tcp,10.8.0.69,56101,   ->,14.1.11.113,999,FSPA_SRA,31,8764,1887,15",
+        "1554395087.5,0,icmp,10.8.0.69,0x0008,   ->,110.128.128.128,0x7208,ECO,1,98,98,1",
+    ],
+    (suricata, "eve", "named_flows"): [
+        '{"event_type":"flow","flow_id":5,"src_ip":"10.0.0.1","src_port":1,"dest_ip":"10.0.0.2","dest_port":80,'
+        '"proto":"TCP","flow":{"pkts_toserver":2,"pkts_toclient":1,"bytes_toserver":120,"bytes_toclient":60,'
+        '"start":"2021-06-06T16:38:55.855844+0200","end":"2021-06-06T16:38:56+0200"},'
+        '"tcp":{"tcp_flags_ts":"1b","tcp_flags_tc":"14"}}',
+        '{"event_type":"tls","flow_id":5,"tls":{"sni":"a.example"},"timestamp":"x"}',
     ],
     (bind, "queries", "dns"): [
         "02-May-2023 13:33:40.299 queries: info: client @0x2c 127.0.0.1#59751 (w.e): view v: query: w.e IN A +E(0)K (127.0.0.1)",

@@ -1,6 +1,6 @@
 """The contract every parser keeps, and the pieces they share.
 
-Each input format is one module in this package (zeek, squid, tstat, bind, pcap) with:
+Each input format is one module in this package (zeek, squid, tstat, argus, suricata, bind, pcap) with:
 
     FORMAT: str                          # "zeek", "squid", ...
     TABLES: dict[str, frozenset[str]]    # log kind -> tables that kind feeds

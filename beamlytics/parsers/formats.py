@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
 
-from beamlytics.parsers import bind, limits, nfstream_flows, pcap, splits, squid, tstat, validate, zeek
+from beamlytics.parsers import argus, bind, limits, nfstream_flows, pcap, splits, squid, suricata, tstat, validate, zeek
 from beamlytics.parsers.base import (
     BATCH_ROWS, STREAM_ERRORS, Batch, ParseItem, Rejected, decompressed, excerpt, read_head,
 )
@@ -20,7 +20,7 @@ from beamlytics.parsers.limits import DEAD_LETTERS_PER_REASON
 
 # Captures first: their magic numbers are unambiguous. Then the line formats, the ones
 # with self-describing headers before the ones recognised by the shape of a line.
-SNIFF_ORDER = (pcap, zeek, tstat, bind, squid)
+SNIFF_ORDER = (pcap, zeek, suricata, tstat, argus, bind, squid)
 # nfstream reads the same captures as pcap, so it is never sniffed: only `--format nfstream` chooses it.
 FORMATS = {module.FORMAT: module for module in (*SNIFF_ORDER, nfstream_flows)}
 

@@ -68,7 +68,7 @@ def proto_name(proto: int) -> str:
 # Bits above the 8 TCP flags in a side's flag mask: it sent a packet, and one with payload.
 _SENT, _DATA = 0x100, 0x200
 _SENT_DATA = _SENT | _DATA
-_FIN, _RST, _ACK = 0x01, 0x04, 0x10
+_FIN, _RST, _PSH, _ACK = 0x01, 0x04, 0x08, 0x10
 # A side's final TCP state, as in Zeek's endpoint states.
 _INACTIVE, _PARTIAL, _SYN_SENT, _ESTABLISHED, _CLOSED, _RESET = range(6)
 
@@ -115,6 +115,20 @@ def conn_state(proto: int, client_flags: int, server_flags: int) -> str:
     if orig == _ESTABLISHED and resp == _ESTABLISHED:
         return "S1"
     return "OTH"
+
+
+def summary_side(flags: int, packets: int | None) -> int:
+    """A side's mask for `conn_state` from a flow summary's TCP flags and packet count (Argus, Suricata).
+
+    It sent if it sent packets or flags. Summaries keep no per-side payload count: PSH, set on the
+    segments that carry data, stands in for it.
+    """
+    return flags | (_SENT if packets or flags else 0) | (_DATA if flags & _PSH else 0)
+
+
+def flag_letters(flags: int) -> str:
+    """TCP flags as letters in bit order, e.g. 0x13 -> "FSA"."""
+    return _FLAG_TEXT[flags & 0xFF]
 
 
 class Flow:

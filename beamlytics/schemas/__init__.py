@@ -18,7 +18,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 UID_FIELD = pa.field("uid", pa.string())
 
 PROVENANCE_FIELDS = [
-    pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, bind, pcap, nfstream
+    pa.field("source_tool", pa.string(), nullable=False),  # zeek, squid, tstat, argus, suricata, bind, pcap, nfstream
     pa.field("source_file", pa.string(), nullable=False),
     # 1-based line number in the (decompressed) log, or 1-based packet number in a capture.
     pa.field("source_pos", pa.int64(), nullable=False),
