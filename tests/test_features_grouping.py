@@ -113,3 +113,12 @@ def test_merging_partials_without_shared_windows_keeps_every_row():
     merged = features.merge_partials([first, second])
     assert merged.distinct["names"].num_rows == 4
     assert merged.measures.num_rows == 3
+
+
+@pytest.mark.parametrize("value", ["", "dns", '{"k": 3.0}', "é€😀"])
+@pytest.mark.parametrize("count", [0, 1, 1000])
+def test_repeated_columns_hold_the_value_each_row(value, count):
+    from beamlytics.detectors.endpoint import repeated
+    column = repeated(value, count)
+    column.validate(full=True)
+    assert column.type == pa.string() and column.to_pylist() == [value] * count
