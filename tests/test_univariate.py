@@ -210,3 +210,26 @@ def test_float_texts_write_what_json_number_writes():
         rng.uniform(-1, 1, 20_000) * 10.0 ** rng.uniform(-7, 17, 20_000),
         np.round(rng.uniform(0, 1e9, 2_000))])
     assert _float_texts(values).to_pylist() == [json_number(value) for value in values.tolist()]
+
+
+def test_gaussian_evidence_of_repeated_states_is_each_windows_own():
+    """Evidence is written once per distinct (n, mean, σ): each window must still get its own text, as
+    `Verdict.evidence_json` writes it, also where states differ only in a sign of zero or a NaN's payload."""
+    from beamlytics.detectors.base import Verdict
+    from beamlytics.detectors.univariate import _gaussian_evidence
+    rng = np.random.default_rng(11)
+    other_nan = np.frombuffer(np.int64(0x7FF8000000000001).tobytes(), dtype=np.float64)[0]
+    choices = np.array([0.0, -0.0, 1.0, 2.5, 1 / 3, 1e-300, 1e300, np.nan, other_nan, np.inf, -np.inf, 5e-324])
+    size = 6000
+    status = rng.integers(0, 4, size).astype(np.int8)  # missing, calibrating, normal, anomaly
+    n = rng.integers(1, 5, size)
+    mean, std = rng.choice(choices, size), rng.choice(choices[:6], size)
+    texts = _gaussian_evidence(status, n, mean, std).to_pylist()
+    for row, text in enumerate(texts):
+        if status[row] >= 2:
+            evidence = {"mean": float(mean[row]), "std": float(std[row]), "n": int(n[row])}
+        else:
+            evidence = {"history": int(n[row])} if status[row] == 1 else {}
+        assert text == Verdict(Status.NORMAL, evidence=evidence).evidence_json(), row
+    assert {'{"mean": 0.0, "n": 1, "std": -0.0}', '{"mean": -0.0, "n": 1, "std": 0.0}'} <= set(texts)
+    assert _gaussian_evidence(status[:0], n[:0], mean[:0], std[:0]).to_pylist() == []

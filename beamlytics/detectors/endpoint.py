@@ -120,8 +120,12 @@ class EndpointScorer:
 
 
 def repeated(value: str, count: int) -> pa.Array:
-    """A string column holding `value` `count` times."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(count, dtype=np.int32)), [value]).cast(pa.string())
+    """A string column holding `value` `count` times, its buffers written directly (casting a one-word
+    dictionary array to strings took 0.1 s per 1 M rows, 15 calls when scoring 5 features)."""
+    text = value.encode("utf-8")
+    # A safe cast to int32 offsets: a column of more than 2 GiB fails here as Arrow's own cast would.
+    offsets = pa.array(np.arange(count + 1, dtype=np.int64) * len(text)).cast(pa.int32())
+    return pa.Array.from_buffers(pa.string(), count, [None, offsets.buffers()[1], pa.py_buffer(text * count)])
 
 
 _ENDPOINT = ("table", "key_kind", "key")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,18 +34,21 @@ def canonical_address(text: str) -> str | None:
 def normalise_addresses(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(canonical addresses, invalid mask) of a string array; nulls stay null and are not invalid.
 
-    Canonical IPv4 text is recognised by one regex kernel; only the distinct other values
-    go through `ipaddress`, so a block costs Python work per distinct address, not per row.
+    Each distinct value is looked at once: canonical IPv4 text is recognised by one regex kernel over the
+    distinct values, and only the other distinct values go through `ipaddress`, so a block costs work per
+    distinct address, not per row (the regex over every row was 18 % of parsing Zeek dns logs).
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     values = pc.cast(values, pa.string())
-    simple = pc.fill_null(pc.match_substring_regex(values, _CANONICAL_IPV4), True)
-    others = pc.unique(values.filter(pc.invert(simple)))
-    if not len(others):
-        return values, pc.invert(simple)  # all false
+    encoded = pc.dictionary_encode(values)
+    distinct = encoded.dictionary
+    simple = pc.match_substring_regex(distinct, _CANONICAL_IPV4)
+    if pc.all(simple).as_py():
+        return values, pa.array(np.zeros(len(values), dtype=bool))
+    others = distinct.filter(pc.invert(simple))
     canonical = pa.array([canonical_address(text) for text in others.to_pylist()], pa.string())
-    looked_up = pc.take(canonical, pc.index_in(values, value_set=others))
-    normalised = pc.if_else(simple, values, looked_up)
-    invalid = pc.and_(pc.invert(simple), pc.is_null(looked_up))
+    looked_up = pc.take(canonical, pc.index_in(distinct, value_set=others))
+    normalised = pc.if_else(simple, distinct, looked_up).take(encoded.indices)
+    invalid = pc.fill_null(pc.and_(pc.invert(simple), pc.is_null(looked_up)).take(encoded.indices), False)
     return normalised, invalid
