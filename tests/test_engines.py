@@ -150,7 +150,10 @@ def listening_addresses(pids):
     inodes = set()
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
-            target = os.readlink(fd)
+            try:
+                target = os.readlink(fd)
+            except FileNotFoundError:  # the JVM closed it since the listing: not a socket it listens on
+                continue
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     addresses = []
