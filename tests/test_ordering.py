@@ -31,3 +31,23 @@ def test_sort_indices_equal_arrow_sorting_the_strings_themselves():
                   [("score", "descending"), ("table", "ascending"), ("key", "ascending"), ("window_start", "ascending")],
                   [("key", "descending"), ("feature", "descending")]):
         assert sort_indices(table, keys_).equals(pc.sort_indices(table, keys_))
+
+
+def test_integer_keys_with_nulls_ties_and_overflowing_ranges_sort_as_arrow_does():
+    rng = np.random.default_rng(8)
+    rows = 3000
+    small = rng.integers(-3, 4, rows)
+    table = pa.table({
+        "small": pa.array(small, pa.int32(), mask=rng.random(rows) < 0.1),  # ties: a stable order is tested
+        "wide": pa.array(rng.integers(-(1 << 62), 1 << 62, rows), pa.int64()),  # radix beyond 63 bits: Arrow sorts
+        "unsigned": pa.array(rng.integers(0, 3, rows), pa.uint16()),
+        "nothing": pa.array([None] * rows, pa.int64()),
+        "name": pa.array(rng.choice(["b", "a", None], rows).tolist(), pa.string()),
+    })
+    for keys in ([("small", "descending"), ("name", "ascending")],
+                 [("unsigned", "ascending"), ("nothing", "descending"), ("small", "ascending")],
+                 [("small", "ascending"), ("wide", "descending")],
+                 [("name", "descending"), ("unsigned", "descending")]):
+        assert sort_indices(table, keys).equals(pc.sort_indices(table, keys))
+    assert sort_indices(table.slice(0, 0), [("small", "ascending")]).equals(
+        pc.sort_indices(table.slice(0, 0), [("small", "ascending")]))
