@@ -12,7 +12,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamlytics import baseline, features, schemas
-from beamlytics.analytics.sql import query_batch
 from beamlytics.detectors.endpoint import DetectorConfig
 from beamlytics.detectors.verdict import UNJUDGED_REASONS, VerdictSettings
 from beamlytics.features import WindowSpec
@@ -79,6 +78,10 @@ def build_detect(pipeline: beam.Pipeline, settings: DetectSettings, output: str)
                                              evidence.columns_for(spec),
                                              {path: index for index, path in enumerate(settings.read.inputs)})
     if settings.query:
+        # Imported here: duckdb costs 0.2 CPU s to import in every process that unpickles this module's
+        # functions (each worker of a multi-process run), and only --query needs it.
+        from beamlytics.analytics.sql import query_batch
+
         records = records | "Query" >> beam.FlatMap(query_batch, settings.query, spec.table)
     # Windows are merged in the output shards: each shard's windows are then one table, scored, judged
     # and written where they were merged.
