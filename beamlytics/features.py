@@ -403,6 +403,10 @@ def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
     """The rows of `table` by label. Each piece owns its buffers: a slice would pickle the whole table."""
     if table.num_rows == 0:
         return {}
+    if labels.min() >= 0 and labels.max() < 1 << 16:
+        # Shard numbers: numpy's stable sort of 16-bit integers is a radix sort, 6x faster than of int64
+        # (docs/benchmarks.md), and the same order.
+        labels = labels.astype(np.uint16)
     order = np.argsort(labels, kind="stable")
     ordered = labels[order]
     bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1

@@ -122,3 +122,15 @@ def test_repeated_columns_hold_the_value_each_row(value, count):
     column = repeated(value, count)
     column.validate(full=True)
     assert column.type == pa.string() and column.to_pylist() == [value] * count
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([3, 0, 3, 1, 0, 0, 2, 3]),  # shard numbers (the 16-bit radix sort)
+    np.array([120_000_000, -60_000_000, 120_000_000, 0, 70_000 << 20, 0, -60_000_000, 5]),  # window starts
+])
+def test_split_table_keeps_each_labels_rows_in_their_order(labels):
+    table = pa.table({"row": np.arange(len(labels)), "name": [f"r{i}" for i in range(len(labels))]})
+    pieces = features.split_table(table, labels)
+    assert sorted(pieces) == sorted(set(labels.tolist()))
+    for label, piece in pieces.items():
+        assert piece.equals(table.filter(pa.array(labels == label)))
