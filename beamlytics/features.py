@@ -400,7 +400,8 @@ def _named_tables(part: WindowPartials) -> Iterator[tuple[str, pa.Table]]:
 
 
 def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
-    """The rows of `table` by label. Each piece owns its buffers: a slice would pickle the whole table."""
+    """The rows of `table` by label, in their order: slices of one take, packed compactly on the way between
+    workers (`pack`: Arrow IPC writes a slice's own rows; pickling a slice would copy its whole table)."""
     if table.num_rows == 0:
         return {}
     if labels.min() >= 0 and labels.max() < 1 << 16:
@@ -410,7 +411,10 @@ def split_table(table: pa.Table, labels: np.ndarray) -> dict[int, pa.Table]:
     order = np.argsort(labels, kind="stable")
     ordered = labels[order]
     bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    return {int(ordered[lo]): table.take(order[lo:hi])
+    # One take, none for a single label (a shard's windows, cut again by the judges): a take per label cost
+    # ~1 ms each, 37 per table per batch at 4 M records.
+    grouped = table if ordered[0] == ordered[-1] else table.take(order)
+    return {int(ordered[lo]): grouped.slice(lo, hi - lo)
             for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)])}
 
 

@@ -134,3 +134,12 @@ def test_split_table_keeps_each_labels_rows_in_their_order(labels):
     assert sorted(pieces) == sorted(set(labels.tolist()))
     for label, piece in pieces.items():
         assert piece.equals(table.filter(pa.array(labels == label)))
+
+
+def test_split_tables_pieces_travel_without_the_rest_of_the_table():
+    rows = 40_000
+    table = pa.table({"row": np.arange(rows), "name": [f"name-{i}" for i in range(rows)]})
+    pieces = features.split_table(table, np.arange(rows) % 4)
+    whole = len(features.pack(table))
+    assert all(len(features.pack(piece)) < whole / 3 for piece in pieces.values())
+    assert all(features.unpack(features.pack(piece)).equals(piece) for piece in pieces.values())
