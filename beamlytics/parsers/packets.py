@@ -690,7 +690,10 @@ class _Decoder:
                 return None
             payload, header_length = done
             total_length = header_length + len(payload)
-        return _transport(number, ts_us, address_text(src), address_text(dst), proto, total_length, payload)
+        # The address cache looked up here first: a call less per address for the addresses seen before.
+        cache = _address_cache
+        return _transport(number, ts_us, cache.get(src) or address_text(src), cache.get(dst) or address_text(dst),
+                          proto, total_length, payload)
 
     def _ipv6(self, number: int, ts_us: int, frame: bytes, offset: int) -> Packet | None:
         if len(frame) < offset + 40:
