@@ -798,17 +798,19 @@ class PacketReader:
 
 def capture_records(source: str, stream: BinaryIO) -> Iterator[tuple | Rejected]:
     """The records of a capture, framed but not decoded: (number, µs time, link type, frame) each, and a
-    Rejected wherever the framing itself is damaged (a whole file, the rest of one, or a record skipped)."""
+    Rejected wherever the framing itself is damaged (a whole file, the rest of one, or a record skipped).
+
+    The file header is read at the call; the reader itself is returned, not wrapped in a
+    generator of this function's own, which cost a generator resume per record."""
     data = _Input(stream, b"")
     data.ensure(12)
     kind = capture_format(data.data[:12])
     if kind == "pcap":
-        yield from _read_pcap(source, data)
-    elif kind == "pcapng":
-        yield from _read_pcapng(source, data)
-    else:
-        reason = data.rest_lost(source, 0, "the file header") if data.damage else None
-        yield reason or _rejected(source, 0, "not a pcap or pcapng capture", data.data[:12], 0)
+        return _read_pcap(source, data)
+    if kind == "pcapng":
+        return _read_pcapng(source, data)
+    reason = data.rest_lost(source, 0, "the file header") if data.damage else None
+    return iter([reason or _rejected(source, 0, "not a pcap or pcapng capture", data.data[:12], 0)])
 
 
 def iter_packets(source: str, stream: BinaryIO) -> Iterator[Packet | Rejected | None]:

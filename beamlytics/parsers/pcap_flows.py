@@ -353,10 +353,11 @@ def expired_flows(items: Iterable[Packet | Rejected | None], table: FlowTable) -
     of input units read up to it; Rejected items pass through. The end of input ends every flow."""
     expired: list[Flow] = []
     units = 0
+    add = table.add
     for item in items:
         if item.__class__ is Packet:
             units += 1
-            table.add(item, expired)
+            add(item, expired)
             if expired:
                 yield units
                 units = 0
