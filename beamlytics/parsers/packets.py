@@ -690,7 +690,7 @@ class _Decoder:
                 return None
             payload, header_length = done
             total_length = header_length + len(payload)
-        # The address cache looked up here first: a call less per address for the addresses seen before.
+        # The address cache looked up here first: one call less per address seen before.
         cache = _address_cache
         return _transport(number, ts_us, cache.get(src) or address_text(src), cache.get(dst) or address_text(dst),
                           proto, total_length, payload)

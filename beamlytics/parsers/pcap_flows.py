@@ -231,7 +231,8 @@ class FlowTable:
     def add(self, packet: Packet, expired: list[Flow]) -> None:
         """Account `packet` to its flow; flows that end on the way are appended to `expired`."""
         # Packet fields and table attributes are read into locals once: this runs per packet.
-        ts, sport, proto, payload, tcp_flags = packet.ts_us, packet.sport, packet.proto, packet.payload, packet.tcp_flags
+        ts, sport, proto = packet.ts_us, packet.sport, packet.proto
+        payload, tcp_flags = packet.payload, packet.tcp_flags
         if ts >= self.next_sweep_us:
             self._sweep(ts, expired)
         key = (packet.src, sport, packet.dst, packet.dport, proto)
