@@ -45,7 +45,7 @@ def run() -> list[Result]:
             read_seed(CAPTURE), Path(folder), _ours,
             lambda path: [tshark, "-n", "-r", str(path), "-T", "fields", "-e", "dns.qry.name", "-Y", "dns"],
         )
-    print(f"tshark start-up (one-packet capture): {startup:.2f} s")
+    print(f"tshark start-up (one-packet capture): {startup:.2f} CPU s")
     for length in lengths:
         print(length.line(startup))
     return [

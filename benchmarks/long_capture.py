@@ -8,7 +8,7 @@ each copy shifted in time, until the reference's start-up (measured on a one-pac
 capture) is under 5 % of its run, and report per-packet cost at two lengths: a cost that
 stays flat as the capture doubles is what a long capture will cost. At each length the two
 are timed A B A B (best of each) and both wall and CPU seconds are kept: on a shared machine
-CPU time is the steadier of the two.
+CPU time is the steadier of the two, so start-up share and ratios are read in CPU seconds.
 """
 from __future__ import annotations
 
@@ -91,43 +91,51 @@ class Length:
     ours_cpu_s: float = math.inf
     reference_cpu_s: float = math.inf
 
-    def line(self, startup_s: float) -> str:
+    def line(self, startup_cpu_s: float) -> str:
         per_packet = 1e6 / self.packets
-        return (f"  {self.packets:>10,} packets: ours {self.ours_s * per_packet:6.2f} µs/packet "
-                f"({self.ours_cpu_s * per_packet:.2f} CPU), reference {self.reference_s * per_packet:6.2f} µs/packet "
-                f"({self.reference_cpu_s * per_packet:.2f} CPU; start-up {startup_s / self.reference_s:.1%} of its run), "
-                f"ratio {self.reference_s / self.ours_s:.2f}x wall, {self.reference_cpu_s / self.ours_cpu_s:.2f}x CPU")
+        return (f"  {self.packets:>10,} packets: ours {self.ours_cpu_s * per_packet:5.2f} µs/packet CPU "
+                f"({self.ours_s * per_packet:.2f} wall), reference {self.reference_cpu_s * per_packet:5.2f} µs/packet "
+                f"CPU ({self.reference_s * per_packet:.2f} wall; start-up {startup_cpu_s / self.reference_cpu_s:.1%} "
+                f"of its CPU), ratio {self.reference_cpu_s / self.ours_cpu_s:.2f}x CPU, "
+                f"{self.reference_s / self.ours_s:.2f}x wall")
 
 
 def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
                     reference: Callable[[Path], Sequence[str]]) -> tuple[float, list[Length]]:
-    """The reference's start-up, and both tools at two lengths (n and 2n copies of `seed`),
-    n grown until start-up is under `STARTUP_SHARE` of the reference's run (or n reaches
-    `MAX_COPIES`; the printed share then shows it)."""
+    """The reference's start-up in CPU seconds, and both tools at two lengths (n and 2n
+    copies of `seed`), n grown until start-up is under `STARTUP_SHARE` of the reference's
+    CPU time (or n reaches `MAX_COPIES`; the printed share then shows it).
+
+    The length is found with the reference alone and in CPU seconds: timing ours at every
+    trial length, and wall seconds that a loaded machine stretches, made the search itself
+    the longest part of the run (over 23 minutes at load 15-27)."""
     one, path = folder / "one.pcap", folder / "long.pcap"
     header, records = _records(seed)
     one.write_bytes(header + struct.pack("<II", records[0][0], records[0][1]) + records[0][2])
-    startup = min(command_seconds(reference(one))[0] for _ in range(3))
+    startup = min(command_seconds(reference(one))[1] for _ in range(3))
 
-    def measure(copies: int, rounds: int = 1, length: Length | None = None) -> Length:
-        """`rounds` more rounds at `copies`, on top of `length` (the file already written) if given."""
-        length = length or Length(write_copies(seed, copies, path), math.inf, math.inf)
-        for _ in range(rounds):  # A B A B: both sides see the same load
+    def reference_cpu(copies: int) -> float:
+        write_copies(seed, copies, path)
+        return command_seconds(reference(path))[1]
+
+    def measure(copies: int) -> Length:
+        length = Length(write_copies(seed, copies, path), math.inf, math.inf)
+        for _ in range(ROUNDS):  # A B A B: both sides see the same load
             wall, cpu = call_seconds(lambda: ours(path))
             length.ours_s, length.ours_cpu_s = min(length.ours_s, wall), min(length.ours_cpu_s, cpu)
             wall, cpu = command_seconds(reference(path))
             length.reference_s, length.reference_cpu_s = min(length.reference_s, wall), min(length.reference_cpu_s, cpu)
         return length
 
-    copies = 1
-    first = measure(copies)
-    while startup / first.reference_s >= STARTUP_SHARE and copies < MAX_COPIES:
-        work = max(first.reference_s - startup, 1e-3)
-        # A tenth more than the estimate asks for: per-copy cost is noisy on a busy machine.
-        wanted = math.ceil(1.1 * copies * startup * (1 - STARTUP_SHARE) / STARTUP_SHARE / work)
+    copies, spent = 1, reference_cpu(1)
+    while startup / spent >= STARTUP_SHARE and copies < MAX_COPIES:
+        work = max(spent - startup, 1e-3)
+        # A quarter more than the estimate asks for: per-copy cost is noisy on a busy machine, and
+        # the best of the timed rounds is below this one run (at a tenth more, start-up was 5.5 %).
+        wanted = math.ceil(1.25 * copies * startup * (1 - STARTUP_SHARE) / STARTUP_SHARE / work)
         copies = min(MAX_COPIES, max(copies + 1, wanted))
-        first = measure(copies)
-    lengths = [measure(copies, ROUNDS - 1, first), measure(2 * copies, ROUNDS)]
+        spent = reference_cpu(copies)
+    lengths = [measure(copies), measure(2 * copies)]
     path.unlink()
     return startup, lengths
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import sys
 
 import dpkt
 import pytest
@@ -370,3 +371,20 @@ def test_benchmark_long_capture_is_copies_shifted_past_every_timeout(tmp_path):
     span = 1 + COPY_SPACING_S  # both records share one second: the copy lasts 1 s, then the spacing
     assert [round(ts - TS) for ts, _ in records] == [0, 0, span, span, 2 * span, 2 * span]
     assert [frame for _, frame in records] == [ether(IP4), ether(bytes(udp4(b"second")))] * 3
+
+
+def test_benchmark_long_capture_grows_until_start_up_is_a_twentieth_of_the_reference(tmp_path):
+    # A stand-in reference whose CPU time grows with the file (it reverses the bytes 400 times
+    # over): the search must reach a length where its start-up is under 5 % of its CPU time,
+    # and time both sides at that length and twice it. (-S: a short start-up, a short test.)
+    from benchmarks.long_capture import STARTUP_SHARE, measure_lengths
+
+    seed = pcap([ether(bytes(udp4(bytes(400))))] * 20, ts=TS).getvalue()
+    burn = "import sys\ndata = open(sys.argv[1], 'rb').read()\nfor _ in range(400): bytes(reversed(data))\n"
+    calls = []
+    startup, lengths = measure_lengths(seed, tmp_path, calls.append,
+                                       lambda path: [sys.executable, "-S", "-c", burn, str(path)])
+    first, second = lengths
+    assert startup / first.reference_cpu_s < STARTUP_SHARE
+    assert second.packets == 2 * first.packets and first.packets % 20 == 0
+    assert len(calls) == 4  # ours only at the two reported lengths, two rounds each

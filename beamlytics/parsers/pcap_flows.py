@@ -223,18 +223,21 @@ class FlowTable:
         self.idle_us = int(idle_timeout * 1_000_000)
         # An expiry sweep every quarter idle timeout bounds memory without scanning per packet.
         self.sweep_us = max(self.idle_us // 4, 1000)
-        self.next_sweep_us: int | None = None
+        self.next_sweep_us = 0  # capture times are never negative: the first packet sweeps (an empty table)
         self.flows: dict[tuple, tuple[Flow, bool]] = {}  # directional key -> (flow, sent by client)
         self.dns = DnsNames()
         self.streams = TcpReassembler()
 
     def add(self, packet: Packet, expired: list[Flow]) -> None:
         """Account `packet` to its flow; flows that end on the way are appended to `expired`."""
-        ts = packet.ts_us
-        if self.next_sweep_us is None or ts >= self.next_sweep_us:
+        # Packet fields and table attributes are read into locals once: this runs per packet.
+        ts, sport, proto = packet.ts_us, packet.sport, packet.proto
+        payload, tcp_flags = packet.payload, packet.tcp_flags
+        if ts >= self.next_sweep_us:
             self._sweep(ts, expired)
-        key = (packet.src, packet.sport, packet.dst, packet.dport, packet.proto)
+        key = (packet.src, sport, packet.dst, packet.dport, proto)
         entry = self.flows.get(key)
+        metrics = self.metrics
         if entry is not None:
             flow, from_client = entry
             if ts - flow.last_us >= self.idle_us or ts - flow.first_us >= self.active_us:
@@ -243,18 +246,18 @@ class FlowTable:
                 entry = None
         if entry is None:
             flow, from_client = self._new(packet, key)
-            if self.metrics:
-                flow.metrics = [metric.on_init(packet, from_client) for metric in self.metrics]
-        elif self.metrics:
-            for metric, state in zip(self.metrics, flow.metrics):
+            if metrics:
+                flow.metrics = [metric.on_init(packet, from_client) for metric in metrics]
+        elif metrics:
+            for metric, state in zip(metrics, flow.metrics):
                 metric.on_update(state, packet, from_client)
-        sent = packet.tcp_flags | (_SENT_DATA if packet.payload else _SENT)
+        sent = tcp_flags | (_SENT_DATA if payload else _SENT)
         if from_client:
             flow.c_pkt += 1
             flow.c_bytes += packet.ip_bytes
             flow.c_flags |= sent
             # The SYN too, so that the reassembler knows where the client's stream starts.
-            if flow.probe is not None and (packet.payload or packet.tcp_flags & _SYN):
+            if flow.probe is not None and (payload or tcp_flags & _SYN):
                 self._probe(flow, packet)
         else:
             flow.s_pkt += 1
@@ -262,7 +265,7 @@ class FlowTable:
             flow.s_flags |= sent
         if ts > flow.last_us:
             flow.last_us = ts
-        if packet.sport == _DNS_PORT and packet.proto == UDP and packet.payload:
+        if sport == _DNS_PORT and proto == UDP and payload:
             self.dns.learn(packet)
 
     def _new(self, packet: Packet, key: tuple) -> tuple[Flow, bool]:
@@ -351,10 +354,11 @@ def expired_flows(items: Iterable[Packet | Rejected | None], table: FlowTable) -
     of input units read up to it; Rejected items pass through. The end of input ends every flow."""
     expired: list[Flow] = []
     units = 0
+    add = table.add
     for item in items:
         if item.__class__ is Packet:
             units += 1
-            table.add(item, expired)
+            add(item, expired)
             if expired:
                 yield units
                 units = 0
