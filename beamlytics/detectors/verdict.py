@@ -91,8 +91,7 @@ def score_of(p: float) -> float:
 
 def scores_of(p: np.ndarray) -> np.ndarray:
     """`score_of` of each p, by `math.log10` once per distinct p: libm's bits, which `np.log10` does not promise
-    where numpy has its own SIMD loop (at 4 M records 3,585,755 score rows, 658,052 judged windows, 58,155
-    distinct p)."""
+    where numpy has its own SIMD loop (at 4 M records: 658,052 judged windows, 2,036 distinct p over 37 shards)."""
     distinct, inverse = np.unique(p, return_inverse=True)
     return np.array([score_of(value) for value in distinct.tolist()], dtype=float)[inverse.ravel()]
 
