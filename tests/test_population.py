@@ -11,6 +11,7 @@ from scipy import stats
 from beamlytics import features
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointWindow, score_table
 from beamlytics.detectors.population import FeatureTail, Population, merge_pools, pools_of
+from beamlytics.detectors.spot import tail_probability
 from beamlytics.detectors.verdict import ALARM, POPULATION, VerdictSettings, judge
 from beamlytics.transforms.score import JudgeShards
 from tests.conftest import collect
@@ -39,6 +40,19 @@ def test_tail_parameters_agree_with_scipy_maximum_likelihood():
     assert tail.spot.gamma == pytest.approx(gamma, abs=0.02)
     assert tail.spot.sigma == pytest.approx(sigma, rel=0.03)
     assert tail.spot.Nt == excesses.size
+
+
+def test_tail_probabilities_of_repeated_values_are_the_gpd_of_each():
+    tail = FeatureTail.fit(exponential_pool())
+    rng = np.random.default_rng(9)
+    observed = np.concatenate([rng.integers(0, 120, 3_000).astype(float), [np.nan, np.inf, -np.inf, 1e308]])
+    rng.shuffle(observed)
+    threshold = tail.spot.excess_threshold
+    expected = [math.nan if not math.isfinite(x) else
+                tail_probability(tail.spot, x) if x > threshold else
+                float(np.count_nonzero(tail.values >= x)) / tail.values.size for x in observed.tolist()]
+    assert sum(x > threshold for x in observed.tolist()) > 500
+    np.testing.assert_array_equal(tail.probabilities(observed), expected)
 
 
 def test_body_probability_is_the_share_of_the_pool_at_or_above():

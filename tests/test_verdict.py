@@ -10,7 +10,8 @@ from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig, score_table
 from beamlytics.detectors.population import FeatureTail, Population, pools_of
 from beamlytics.detectors.verdict import (ALARM, NO_MODEL, NORMAL, OWN_HISTORY, TOO_FEW_RECORDS, UNJUDGED,
-                                          VerdictSettings, combined_p, judge, score_of)
+                                          VerdictSettings, combined_p, judge, score_of,
+                                          scores_of)
 from beamlytics.hunts.allow import AllowList, AllowListError
 from beamlytics.pipelines import cli
 from tests.test_population import CONFIG, windows_table
@@ -33,6 +34,20 @@ def test_score_is_finite_and_monotone_in_every_feature():
         lower = p.copy()
         lower[rng.integers(4)] *= rng.random()
         assert score_of(combined_p(lower)) >= score_of(combined_p(p))
+
+
+def test_scores_of_many_p_are_score_of_each_bit_for_bit():
+    """libm's −log10 per value is the reference: subnormals, exact powers of ten, 0, 1, repeats, any order."""
+    rng = np.random.default_rng(14)
+    p = np.concatenate([
+        rng.random(20_000) ** rng.uniform(1, 400, 20_000),  # down to ~1e-300
+        np.ldexp(1.0, -rng.integers(1023, 1075, 2_000)),  # subnormals down to 5e-324
+        10.0 ** -np.arange(0, 324.0), [0.0, -0.0, 1.0, 5e-324, 2.5e-324, 1e-323],
+        rng.choice(np.array([0.5, 0.005, 1e-3]), 3_000),  # repeats
+    ])
+    rng.shuffle(p)
+    assert [value.hex() for value in scores_of(p).tolist()] == [score_of(value).hex() for value in p.tolist()]
+    assert scores_of(np.empty(0)).shape == (0,)
 
 
 def score_rows(rows):

@@ -154,8 +154,11 @@ class FeatureTail:
         at_or_above = (self.values.size - np.searchsorted(self.values, observed, side="left")) / self.values.size
         beyond = observed > self.spot.excess_threshold
         result = np.where(beyond, 0.0, at_or_above)
-        for index in np.flatnonzero(beyond & np.isfinite(observed)):
-            result[index] = tail_probability(self.spot, float(observed[index]))
+        tail = beyond & np.isfinite(observed)
+        # The GPD in Python once per distinct value: windows share counts (51,751 rows beyond, 4 M records).
+        distinct, inverse = np.unique(observed[tail], return_inverse=True)
+        result[tail] = np.array([tail_probability(self.spot, value) for value in distinct.tolist()],
+                                dtype=float)[inverse.ravel()]
         result[~np.isfinite(observed)] = math.nan
         return result
 

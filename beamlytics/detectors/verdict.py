@@ -58,6 +58,8 @@ TOO_FEW_RECORDS = "too_few_records"
 NO_MODEL = "no_model"  # no feature had a population model nor a calibrated own detector
 UNJUDGED_REASONS = (TOO_FEW_RECORDS, NO_MODEL)
 POPULATION, OWN_HISTORY = "population", "own history"
+_SOURCES = (None, POPULATION, OWN_HISTORY)  # who gave a row's p, as the int8 code that indexes this
+_STATUSES = (ALARM, NORMAL, UNJUDGED)  # a window's status, as the code that indexes this
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ def score_of(p: float) -> float:
     return -math.log10(max(p, _SMALLEST))
 
 
+def scores_of(p: np.ndarray) -> np.ndarray:
+    """`score_of` of each p, by `math.log10` once per distinct p: libm's bits, which `np.log10` does not promise
+    where numpy has its own SIMD loop (at 4 M records: 658,052 judged windows, 2,036 distinct p over 37 shards)."""
+    distinct, inverse = np.unique(p, return_inverse=True)
+    return np.array([score_of(value) for value in distinct.tolist()], dtype=float)[inverse.ravel()]
+
+
 def hunt_levels(hunt_scores: np.ndarray, settings: VerdictSettings) -> np.ndarray:
     """Hunt scores on the verdict's −log10 scale: the alarm level lands on −log10(alarm rate); NaN stays NaN."""
     return score_of(settings.alarm_rate) * hunt_scores / settings.hunt_alarm
@@ -95,12 +104,19 @@ def hunt_levels(hunt_scores: np.ndarray, settings: VerdictSettings) -> np.ndarra
 def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.ndarray, np.ndarray]:
     """Per score row: the tail probability the verdict uses, and who gave it (population, own history or
     None, an object array). Python runs per population model and per spot/dspot row (its evidence JSON)."""
+    p, source, _ = _coded_probabilities(scores, population)
+    return p, np.array(_SOURCES, dtype=object)[source]
+
+
+def _coded_probabilities(scores: pa.Table, population: Population
+                         ) -> tuple[np.ndarray, np.ndarray, tuple[list[str], np.ndarray]]:
+    """`feature_probabilities` with who gave each p as its index in `_SOURCES` (int8), and the rows'
+    `_model_codes`, which the verdict's other columns reuse."""
     count = scores.num_rows
     values = pc.cast(scores.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
-    status = scores.column("status")
-
-    def status_is(name: str) -> np.ndarray:
-        return pc.fill_null(pc.equal(status, name), False).to_numpy(zero_copy_only=False)
+    # One lookup per row for the three statuses that matter (-1: another), not one string comparison each.
+    status = pc.fill_null(pc.index_in(scores.column("status"), value_set=pa.array(
+        [Status.CALIBRATING, Status.MISSING, Status.ANOMALY])), -1).to_numpy(zero_copy_only=False)
 
     p_population = np.full(count, math.nan)
     models, model_of_row = _model_codes(scores)
@@ -109,23 +125,27 @@ def feature_probabilities(scores: pa.Table, population: Population) -> tuple[np.
         if tail is not None:
             rows = np.flatnonzero(model_of_row == code)
             p_population[rows] = tail.probabilities(values[rows])
-    calibrated = ~(status_is(Status.CALIBRATING) | status_is(Status.MISSING))
-    own_probability = calibrated & pc.is_in(scores.column("detector"), pa.array(sorted(_OWN_PROBABILITY))
-                                            ).to_numpy(zero_copy_only=False)
+    calibrated = (status != 0) & (status != 1)  # neither calibrating nor missing
+    own_probability = calibrated & _own_detector(scores)
     p = p_population.copy()
-    p[calibrated & ~own_probability & ~status_is(Status.ANOMALY)] = 1.0
+    p[calibrated & ~own_probability & (status != 2)] = 1.0  # not an anomaly
     own_rows = np.flatnonzero(own_probability)
     for row, text in zip(own_rows.tolist(), scores.column("evidence").take(pa.array(own_rows)).to_pylist()):
         own = json.loads(text).get("probability")
         own = float(own) if isinstance(own, (int, float)) else math.nan
         # Extreme for its own history and among its peers: the larger p is a valid p for both at once.
         p[row] = max(own, p[row]) if math.isfinite(p[row]) else own
-    source = np.full(count, None, dtype=object)
-    source[np.isfinite(p_population)] = POPULATION
-    source[calibrated] = None
-    source[calibrated & np.isfinite(p)] = OWN_HISTORY
+    source = np.zeros(count, dtype=np.int8)
+    source[np.isfinite(p_population)] = _SOURCES.index(POPULATION)
+    source[calibrated] = 0
+    source[calibrated & np.isfinite(p)] = _SOURCES.index(OWN_HISTORY)
     p[np.isnan(values) & ~calibrated] = math.nan
-    return p, source
+    return p, source, (models, model_of_row)
+
+
+def _own_detector(scores: pa.Table) -> np.ndarray:
+    """Per row: whether its detector's evidence holds its own tail probability (spot, dspot)."""
+    return pc.is_in(scores.column("detector"), pa.array(sorted(_OWN_PROBABILITY))).to_numpy(zero_copy_only=False)
 
 
 def _model_codes(scores: pa.Table) -> tuple[list[str], np.ndarray]:
@@ -151,62 +171,61 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
               **{f"unjudged_{reason}": 0 for reason in UNJUDGED_REASONS}}
     if scores.num_rows == 0:
         return schemas.VERDICTS.empty_table(), schemas.ANOMALIES.empty_table(), counts
-    p, source = feature_probabilities(scores, population)
+    p, source, (models, model_of_row) = _coded_probabilities(scores, population)
     group, order, offsets = _windows_in_evidence_order(scores, p)
     starts = offsets[:-1]
     first = np.minimum.reduceat(order, starts)  # each window's first score row
+    taken_first = pa.array(first)
     p_sorted = p[order]
     finite = np.isfinite(p_sorted)
     judged = np.add.reduceat(finite.astype(np.int64), starts)
     records = pc.fill_null(scores.column("records"), 0).to_numpy()[first]
-    reasons = np.where(records < settings.min_records, TOO_FEW_RECORDS, np.where(judged == 0, NO_MODEL, None))
-    is_judged = reasons == None  # noqa: E711 (element-wise on an object array)
+    # Index in UNJUDGED_REASONS, -1: judged.
+    reason = np.where(records < settings.min_records, 0, np.where(judged == 0, 1, -1))
+    is_judged = reason < 0
     windows = len(starts)
     per_row = np.repeat(np.arange(windows), np.diff(offsets))
-    kinds = [scores.column(name).take(pa.array(first)).to_pylist() for name in ("table", "key_kind")]
-    combined, fired, alone, risk = _window_tests(p_sorted, per_row, offsets, judged, is_judged, list(zip(*kinds)),
-                                                 population, settings.alarm_rate)
+    # A window's "table|key kind" from its first row's model ("table|key kind|feature"): no string per window.
+    kind_of_model = np.array(["|".join(name.split("|", 2)[:2]) for name in models], dtype=object)
+    combined, fired, alone, risk = _window_tests(p_sorted, per_row, offsets, judged, is_judged,
+                                                 kind_of_model[model_of_row[first]], population, settings.alarm_rate)
     feature = scores.column("feature").take(pa.array(order)).combine_chunks()
-    keys = scores.column("key").take(pa.array(first)).to_pylist()
-    window_starts = scores.column("window_start").take(pa.array(first))
+    keys = scores.column("key").take(taken_first)
+    window_starts = scores.column("window_start").take(taken_first)
     hunt_scores, hunts, hunt_evidence = _hunt_columns(marks, keys, window_starts)
     hunt_alarm = hunt_scores >= settings.hunt_alarm  # NaN: no finding, no alarm
-    status = np.where(hunt_alarm | (is_judged & (combined <= settings.alarm_rate)), ALARM,
-                      np.where(is_judged, NORMAL, UNJUDGED))
-    reasons = np.where(status == UNJUDGED, reasons, None)
-    statistical = np.array([score_of(p) if judged_ok and math.isfinite(p) else math.nan
-                            for p, judged_ok in zip(combined.tolist(), is_judged.tolist())])
+    alarms = hunt_alarm | (is_judged & (combined <= settings.alarm_rate))
+    status = np.where(alarms, 0, np.where(is_judged, 1, 2)).astype(np.int8)  # index in _STATUSES
+    reason = np.where(status == 2, reason, -1)
+    scorable = is_judged & np.isfinite(combined)
+    statistical = np.full(windows, math.nan)
+    statistical[scorable] = scores_of(combined[scorable])
     scored = np.fmax(statistical, hunt_levels(hunt_scores, settings))
-    allowed = np.zeros(windows, dtype=bool)
-    features_in_order = feature.to_pylist()
-    for window in np.flatnonzero(status == ALARM):
-        allowed[window] = any(settings.allow.suppresses_endpoint(keys[window], features_in_order[i])
-                              for i in range(offsets[window], offsets[window + 1]) if fired[i])
-    expected, limits = _population_columns(scores, order, risk, source, population)
+    allowed = _allowed(settings.allow, keys, feature, fired & alarms[per_row], per_row, windows)
+    expected, limits = _population_columns(scores, order, risk, source, population, models, model_of_row[order])
     verdicts = pa.table({
-        **{name: scores.column(name).take(pa.array(first)) for name in ("table", "key_kind", "key", "window_start",
-                                                                        "window_end", "records", "detector")},
-        "status": pa.array(status.tolist(), pa.string()),
-        "reason": pa.array(reasons.tolist(), pa.string()),
+        **{name: scores.column(name).take(taken_first) for name in ("table", "key_kind", "key", "window_start",
+                                                                    "window_end", "records", "detector")},
+        "status": pa.array(_STATUSES, pa.string()).take(pa.array(status)),
+        "reason": pa.array(UNJUDGED_REASONS, pa.string()).take(pa.array(reason, mask=reason < 0)),
         "allowed": pa.array(allowed),
         "p_value": pa.array(combined, mask=~is_judged | np.isnan(combined)),
-        "score": pa.array(scored, pa.float64(), mask=(status == UNJUDGED) | np.isnan(scored)),
+        "score": pa.array(scored, pa.float64(), mask=(status == 2) | np.isnan(scored)),
         "features_fired": pa.ListArray.from_arrays(
             pa.array(np.r_[0, np.cumsum(np.add.reduceat(fired.astype(np.int64), starts))].astype(np.int32)),
             feature.filter(pa.array(fired))),
         "evidence": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.StructArray.from_arrays([
             feature, pa.array(fired), pc.cast(scores.column("value"), pa.float64()).take(pa.array(order)).combine_chunks(),
             expected, limits, pa.array(p_sorted, mask=~finite),
-            pa.array(source[order], pa.string())],
+            pa.array(_SOURCES, pa.string()).take(pa.array(source[order]))],
             fields=list(schemas.VERDICTS.field("evidence").type.value_type))),
         "hunt": hunts,
         "hunt_score": pa.array(hunt_scores, mask=np.isnan(hunt_scores)),
         "hunt_evidence": hunt_evidence,
     })
     counts["verdicts"] = windows
-    for reason in UNJUDGED_REASONS:
-        counts[f"unjudged_{reason}"] = int((reasons == reason).sum())
-    alarms = status == ALARM
+    for code, name in enumerate(UNJUDGED_REASONS):
+        counts[f"unjudged_{name}"] = int((reason == code).sum())
     counts["allowed"], counts["alarms"] = int((alarms & allowed).sum()), int((alarms & ~allowed).sum())
     counts["hunt_alarms"] = int((hunt_alarm & ~allowed).sum())
     reported = _reported_rows(scores, population, p, source, group, alone, limits, order, fired,
@@ -215,7 +234,7 @@ def judge(scores: pa.Table, population: Population, settings: VerdictSettings,
 
 
 def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray, judged: np.ndarray,
-                  is_judged: np.ndarray, kinds: list[tuple[str, str]], population: Population, alarm_rate: float
+                  is_judged: np.ndarray, kind_of_window: np.ndarray, population: Population, alarm_rate: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per window its p; per row (in evidence order) whether it fired, the window p it alone would give, and
     the feature p at which it alone alarms.
@@ -243,7 +262,6 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     for rank in range(1, int(position.max(initial=0)) + 1):
         rows = np.flatnonzero(position == rank)
         before[rows] = before[rows - 1] + terms[rows - 1]
-    kind_of_window = np.array([f"{table}|{kind}" for table, kind in kinds], dtype=object)
     for name in sorted(set(kind_of_window.tolist())):
         calibration = population.combined(*name.split("|", 1))
         if calibration is None:
@@ -260,14 +278,29 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     return combined, fired, alone, risk
 
 
-def _hunt_columns(marks: Mapping[tuple[str, int], Mark] | None, keys: list, starts: pa.ChunkedArray
+def _allowed(allow: AllowList, keys: pa.ChunkedArray, feature: pa.Array, fired: np.ndarray, window_of_row: np.ndarray,
+             windows: int) -> np.ndarray:
+    """Per window whether the allow-list names its endpoint, or the endpoint with one of the features `fired`
+    (rows in evidence order): Python per fired row of an alarm only, and none without an allow-list."""
+    allowed = np.zeros(windows, dtype=bool)
+    if not allow.entries:
+        return allowed
+    rows = np.flatnonzero(fired)
+    window_of = window_of_row[rows]
+    for window, key, name in zip(window_of.tolist(), keys.take(pa.array(window_of)).to_pylist(),
+                                 feature.take(pa.array(rows)).to_pylist()):
+        allowed[window] = allowed[window] or allow.suppresses_endpoint(key, name)
+    return allowed
+
+
+def _hunt_columns(marks: Mapping[tuple[str, int], Mark] | None, keys: pa.ChunkedArray, starts: pa.ChunkedArray
                   ) -> tuple[np.ndarray, pa.Array, pa.Array]:
     """Each window's strongest hunt finding: its score (NaN: none), hunt and sentence (null: none).
     Without findings (the default) no window is looked up."""
     if not marks:
         return np.full(len(keys), math.nan), pa.nulls(len(keys), pa.string()), pa.nulls(len(keys), pa.string())
     micros = pc.cast(starts, pa.int64()).to_pylist()
-    found = [marks.get((key, start)) for key, start in zip(keys, micros)]
+    found = [marks.get((key, start)) for key, start in zip(keys.to_pylist(), micros)]
     return (np.array([math.nan if mark is None else mark.score for mark in found]),
             pa.array([None if mark is None else mark.hunt for mark in found], pa.string()),
             pa.array([None if mark is None else mark.summary for mark in found], pa.string()))
@@ -279,10 +312,15 @@ def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndar
     Windows are numbered by their first score row; within one, rows go by (p, NaN last, feature name), ties
     in row order: the order the verdict lists its evidence in.
     """
-    # Integer ranks, not strings: sorting and comparing four columns of strings per row was most of this
-    # function's 7 s at 1 M records x 10,000 hosts (docs/benchmarks.md).
-    identity = [*(value_ranks(scores.column(name)).to_numpy() for name in ("table", "key_kind", "key")),
-                pc.cast(scores.column("window_start"), pa.int64()).to_numpy()]
+    # Integer codes, not strings: sorting and comparing four columns of strings per row was most of this
+    # function's 7 s at 1 M records x 10,000 hosts (docs/benchmarks.md). Windows are numbered by their first
+    # row whatever order finds equal identities, so the codes need no string order (no ranks), and the three
+    # string columns make one code: two sort keys, not four.
+    code = np.zeros(scores.num_rows, dtype=np.int64)
+    for name in ("table", "key_kind", "key"):
+        encoded = pc.dictionary_encode(scores.column(name)).combine_chunks()
+        code = code * len(encoded.dictionary) + encoded.indices.to_numpy(zero_copy_only=False)
+    identity = [code, pc.cast(scores.column("window_start"), pa.int64()).to_numpy()]
     by_window = np.lexsort(identity[::-1])
     changed = np.zeros(len(by_window), dtype=bool)
     changed[0] = True
@@ -296,18 +334,19 @@ def _windows_in_evidence_order(scores: pa.Table, p: np.ndarray) -> tuple[np.ndar
     group = np.empty(len(by_window), dtype=np.int64)
     group[by_window] = rank_of_run[run]
     feature_rank = value_ranks(scores.column("feature")).to_numpy()
-    rows = np.arange(len(feature_rank))
-    order = np.lexsort((rows, feature_rank, np.where(np.isfinite(p), p, 2.0), group))
+    # np.lexsort is stable: ties keep row order.
+    order = np.lexsort((feature_rank, np.where(np.isfinite(p), p, 2.0), group))
     offsets = np.r_[0, np.cumsum(np.bincount(group))]
     return group, order, offsets
 
 
 def _population_columns(scores: pa.Table, order: np.ndarray, risk: np.ndarray, source: np.ndarray,
-                        population: Population) -> tuple[pa.Array, pa.Array]:
+                        population: Population, models: list[str], model_of_row: np.ndarray
+                        ) -> tuple[pa.Array, pa.Array]:
     """Per row in `order`: the population median ("expected") and the value at which the feature alone alarms its
     window: the population's at `risk`; for spot/dspot judged by their own tail, the higher of it and theirs.
-    A threshold is computed once per (model, risk)."""
-    models, model_of_row = _model_codes(scores.select(["table", "key_kind", "feature"]).take(pa.array(order)))
+    A threshold is computed once per (model, risk). `source` is per row of `scores`, `model_of_row` (codes in
+    `models`) and `risk` per row in `order`."""
     tails = [population.tail(*name.split("|", 2)) for name in models]
     medians = np.array([tail.median if tail is not None and tail.values.size else math.nan for tail in tails])
     has_median = np.array([tail is not None and tail.values.size > 0 for tail in tails], dtype=bool)
@@ -319,12 +358,10 @@ def _population_columns(scores: pa.Table, order: np.ndarray, risk: np.ndarray, s
     thresholds = np.array([tails[code].threshold(at) if tails[code] is not None else math.nan
                            for code, at in zip((pairs // width).tolist(), risks[pairs % width].tolist())])
     limits = thresholds[pair_of_row.ravel()] if len(order) else np.empty(0)
-    own_tail = np.isin(scores.column("detector").take(pa.array(order)).to_numpy(zero_copy_only=False),
-                       list(_OWN_PROBABILITY))
-    own_tail &= source[order] == OWN_HISTORY
-    own = scores.column("threshold").take(pa.array(order))
-    own_tail &= pc.is_valid(own).to_numpy(zero_copy_only=False)
-    own_values = pc.fill_null(own, math.nan).to_numpy(zero_copy_only=False)
+    own = scores.column("threshold")
+    own_tail = (_own_detector(scores) & (source == _SOURCES.index(OWN_HISTORY))
+                & pc.is_valid(own).to_numpy(zero_copy_only=False))[order]
+    own_values = pc.fill_null(own, math.nan).to_numpy(zero_copy_only=False)[order]
     limits = np.where(own_tail, np.where(np.isfinite(limits), np.fmax(limits, own_values), own_values), limits)
     return (pa.array(medians[model_of_row], mask=~has_median[model_of_row]),
             pa.array(limits, mask=~np.isfinite(limits)))
@@ -341,12 +378,12 @@ def _reported_rows(scores: pa.Table, population: Population, p: np.ndarray, sour
     if not chosen:
         return schemas.ANOMALIES.empty_table()
     rows = scores.drop_columns(["evidence"]).take(pa.array(chosen, pa.int64())).to_pylist()
-    thresholds = limits.to_pylist()
+    thresholds = limits.take(pa.array(position[chosen])).to_pylist()
     reported = []
-    for index, row in zip(chosen, rows):
+    for index, row, threshold in zip(chosen, rows, thresholds):
         tail = population.tail(row["table"], row["key_kind"], row["feature"])
-        reported.append(_reported_row(scores, index, row, p[index], source[index], float(alone[position[index]]),
-                                      thresholds[position[index]], tail))
+        reported.append(_reported_row(scores, index, row, p[index], _SOURCES[source[index]],
+                                      float(alone[position[index]]), threshold, tail))
     return pa.Table.from_pylist(reported, schema=schemas.ANOMALIES)
 
 
