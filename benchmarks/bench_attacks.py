@@ -9,8 +9,9 @@ history and once as a new host (`benchmarks.embed`), and written back as Zeek JS
 Per case: flagged, attacker windows caught, rank of the true host, false alarms per 1,000
 benign endpoint-windows (`benchmarks.attack_metrics`); IsolationForest also at the same 0.5 %
 budget (its top 0.5 % of windows). The aggregates re-judge each run at every rate of
-`ALARM_RATES`, by the CLI's rule and, in process, by the Bonferroni rule it replaced, with a
-leave-one-case-out choice of rate for each. See docs/evaluation.md.
+`ALARM_RATES`, by the CLI's rule and, in process, by the rules it is compared with (Fisher's,
+which it replaced, and Bonferroni's), with a leave-one-case-out choice of rate for each. See
+docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ DETECTORS = ("gaussian", "iqr", "spot", "dspot", "poisson")
 # (issue 9: at most 0.5 % of the judged benign endpoint-windows flagged) the leave-one-case-out choice must keep.
 ALARM_RATES = (0.001, 0.002, 0.005, 0.01)
 BENIGN_BUDGET = 0.005
+REFERENCE_RULES = ("fisher", "bonferroni")  # re-judged in process beside the CLI's verdicts ("rate")
+FAMILIES = ("rate", *REFERENCE_RULES)
 # Where the attack starts, as a share of the background's span: a background host then has
 # ~12 minutes of history (as in issue 9's measurement); an attack too long for that starts earlier.
 START_SHARE, EARLIEST_SHARE = 0.6, 0.25
@@ -127,22 +130,26 @@ def read_output(output: str, folder: str) -> pd.DataFrame:
     return pd.concat([pq.read_table(file).to_pandas() for file in files], ignore_index=True) if files else pd.DataFrame()
 
 
-def bonferroni_verdicts(output: str, features: pd.DataFrame) -> pd.DataFrame:
-    """The run's verdicts re-judged in process as before the combined statistic: its scores/ against a population
-    fitted on its features/ but not joinable across features, so each window's p is the Bonferroni-corrected
-    minimum (`verdict._window_tests`' fallback). The reference the combined statistic is compared with."""
+def rejudged_verdicts(output: str, features: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """The run's verdicts re-judged in process by another rule: its scores/ against a population fitted on its
+    features/, combined by Fisher's −2 Σ ln p (the rule before the harmonic one), or ("bonferroni") not joinable
+    across features, so each window's p is the Bonferroni-corrected minimum (`verdict._window_tests`' fallback).
+    The references the default rule is compared with."""
     scores = read_output(output, "scores")
     if scores.empty:
         return pd.DataFrame()
     names = sorted(scores["feature"].unique())
     windows = pa.Table.from_pandas(features, preserve_index=False)
     population = Population.of_windows(windows, names, VerdictSettings().min_records)
-    unjoined = Population({key: dataclasses.replace(tail, pool=None) for key, tail in population.tails.items()})
+    if rule == "bonferroni":
+        population = Population({key: dataclasses.replace(tail, pool=None) for key, tail in population.tails.items()})
+    else:
+        population = dataclasses.replace(population, rule=rule)
     with_records = scores.merge(features[["table", "key_kind", "key", "window_start", "records"]],
                                 on=["table", "key_kind", "key", "window_start"], how="left")
     with_records["params"] = "{}"
     rows = pa.Table.from_pandas(with_records, preserve_index=False).select(schemas.ANOMALIES.names)
-    verdicts, _, _ = judge(rows.cast(schemas.ANOMALIES), unjoined, VerdictSettings())
+    verdicts, _, _ = judge(rows.cast(schemas.ANOMALIES), population, VerdictSettings())
     return verdicts.to_pandas()
 
 
@@ -197,8 +204,8 @@ def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log:
         missed = None if result.flagged else attack_metrics.closest_attacker_window(verdicts, target, first, last)
         rows.append(Row(case.name, placement, f"detect {detector or 'defaults'}", result, missed))
         if detector is None:
-            bonferroni = bonferroni_verdicts(output, features)
-            for family, rejudge in (("rate", verdicts), ("bonferroni", bonferroni)):
+            references = [(rule, rejudged_verdicts(output, features, rule)) for rule in REFERENCE_RULES]
+            for family, rejudge in (("rate", verdicts), *references):
                 for rate in ALARM_RATES:
                     at_rate = attack_metrics.rejudged(rejudge, rate)
                     rows.append(Row(case.name, placement, f"{family} {rate:g}",
@@ -280,10 +287,10 @@ def measure(detectors: tuple[str | None, ...]) -> list[Line]:
                                                 WINDOW_US, alarmed)
                 for placement, target in (("host", host), ("new", newcomer)):
                     rows += run_case(case, attack, background, str(log_folder), target, placement, detectors, work)
-    per_case = [row for row in rows if not row.method.startswith(("rate ", "bonferroni "))]
+    per_case = [row for row in rows if not row.method.startswith(tuple(f"{family} " for family in FAMILIES))]
     missed = [f"missed {row.case}/{row.placement} ({row.method}): {row.missed}" for row in rows if row.missed]
     return [Line(text) for text in [*table_lines(per_case), *missed, *aggregate_lines(rows),
-                                    *leave_one_out_lines(rows), *leave_one_out_lines(rows, "bonferroni")]]
+                                    *(line for family in FAMILIES for line in leave_one_out_lines(rows, family))]]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ population model: `unjudged` (too_few_records) under `min_records` records, else
 
 What it leaves out, on purpose: whether a judged window alarms. That needs the population
 prior (a bottom-k hashed sample of every endpoint-window, SPOT's P² quantile and Grimshaw
-GPD fit on it, a Bonferroni-corrected p per window): re-implementing SPOT here would copy
+GPD fit on it, the features' p combined and referred to the population): re-implementing SPOT here would copy
 beamlytics rather than check it. Registered domains are the last two labels of a name, which
 is the Public Suffix List's answer for the benchmark's `*.example.com` names only.
 

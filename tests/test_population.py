@@ -95,20 +95,27 @@ CONFIG = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
 def test_a_host_seen_in_one_window_only_is_judged_by_the_population():
     windows = windows_table(newcomer_records=2_000)
     population = Population.of_windows(windows, CONFIG.features)
-    # At 0.001 neither feature's term alone reaches the threshold: both fired (at the default, the stronger alone).
     verdicts, reported, _ = judge(score_table(windows, CONFIG), population, VerdictSettings(alarm_rate=0.001))
     newcomer = [row for row in verdicts.to_pylist() if row["key"] == "10.9.9.9"]
     assert len(newcomer) == 1 and newcomer[0]["status"] == ALARM
-    assert set(newcomer[0]["features_fired"]) == {"records", "distinct_names"}
-    # The verdict's p: Fisher's statistic of the population tails' p, referred to the statistic's own tail fitted
-    # on every window's, each computed here row by row from the windows (not from the pools).
+    # The verdict's p: Σ 1 / p of the population tails' p, referred to the statistic's own tail fitted on every
+    # window's, each computed here row by row from the windows (not from the pools).
     tails = {name: population.tail("dns", "c_ip", name) for name in CONFIG.features}
-    def statistic(row):
-        return sum(-2.0 * math.log(max(tails[name].probabilities(np.array([float(row[name])]))[0], 5e-324))
-                   for name in CONFIG.features)
-    statistics = FeatureTail.fit([statistic(row) for row in windows.to_pylist()])
-    own = statistic({"records": 2_000, "distinct_names": 2_000})
-    assert newcomer[0]["p_value"] == pytest.approx(statistics.probabilities(np.array([own]))[0], rel=1e-9)
+    def terms(row):
+        return {name: 1.0 / max(tails[name].probabilities(np.array([float(row[name])]))[0], 1e-300)
+                for name in CONFIG.features}
+    statistics = FeatureTail.fit([sum(terms(row).values()) for row in windows.to_pylist()])
+    own = terms({"records": 2_000, "distinct_names": 2_000})
+    assert newcomer[0]["p_value"] == pytest.approx(statistics.probabilities(np.array([sum(own.values())]))[0],
+                                                   rel=1e-9)
+    # Fired: the fewest of its strongest features whose terms reach the statistic's threshold at the rate.
+    limit, fired, total = statistics.threshold(0.001), [], 0.0
+    for name in sorted(own, key=own.get, reverse=True):
+        if fired and total >= limit:
+            break
+        fired.append(name)
+        total += own[name]
+    assert newcomer[0]["features_fired"] == fired
     assert all(item["judged_by"] == POPULATION for item in newcomer[0]["evidence"])
     # The pool's median, not the newcomer's own (it has none), is what it is compared with.
     assert newcomer[0]["evidence"][0]["expected"] == pytest.approx(

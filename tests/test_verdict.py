@@ -1,4 +1,5 @@
 """One ranked verdict per endpoint-window: the combined score, its gates, the alarm budget, allow-lists."""
+import dataclasses
 import json
 import math
 
@@ -8,7 +9,8 @@ import pytest
 
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig, score_table
-from beamlytics.detectors.population import FeatureTail, Population, pools_of
+from beamlytics.detectors.population import (FeatureTail, Population, combination_terms, feature_p_reaching,
+                                             pools_of)
 from beamlytics.detectors.verdict import (ALARM, NO_MODEL, NORMAL, OWN_HISTORY, TOO_FEW_RECORDS, UNJUDGED,
                                           VerdictSettings, combined_p, judge, score_of,
                                           scores_of)
@@ -143,7 +145,7 @@ def test_bad_allow_list_or_alarm_rate_is_one_line_and_exit_2(tmp_path, capsys):
         AllowList.parse(["10.0.0.5 nonsense"])
 
 
-# The combined statistic: Fisher's −2 Σ ln p, calibrated on the population's own windows.
+# The combined statistic: Σ 1 / p (m over the harmonic mean p-value), calibrated on the population's own windows.
 
 def two_feature_windows(a, b, start=T0):
     """One dns c_ip endpoint-window per (a, b) pair, features `records` = a and `distinct_names` = b."""
@@ -160,7 +162,7 @@ def rows_for(window_values, records=50):
 
 def test_fully_dependent_features_pay_no_bonferroni_factor_by_hand():
     # Two copies of one feature over 1,000 windows: 0, 1, ..., 999. The window at 900 has p = 100/1000 on each
-    # (the share at or above it); its Fisher statistic −4 ln 0.1 is reached by exactly the 100 population windows
+    # (the share at or above it); its statistic 1/0.1 + 1/0.1 = 20 is reached by exactly the 100 population windows
     # at 900 or more (the statistic rises with the value), so its p is 0.1, where Bonferroni would give 0.2.
     values = np.arange(1000.0)
     population = Population.of_windows(two_feature_windows(values, values), ("records", "distinct_names"))
@@ -172,22 +174,22 @@ def test_fully_dependent_features_pay_no_bonferroni_factor_by_hand():
 
 def test_independent_features_are_referred_to_the_joint_population_by_hand():
     # A 100 × 100 grid: every (i, j) once, the two features exactly independent. The window (80, 80) has
-    # p = 20/100 on each, so p_a · p_b = 0.04; the population windows whose product of p is at most that are the
-    # pairs (x, y) of 1..100 with x · y ≤ 400 (x = 100 − i: p in hundredths). Those below 400 number
-    # Σ_x ⌈400 / x⌉ − 1 = 1,591, those at most 400 1,602 (the 11 ties x · y = 400 compare floating sums of logs,
-    # either way); only the values 98 and 99 lie in SPOT's tail (p smaller than their share), and every pair with
-    # one of them is counted either way (x ≤ 2: x · y ≤ 200). χ² with 4 degrees of freedom, which assumes
-    # continuous p, would say e^−3.22 · 4.22 = 0.168 instead of ~0.16.
+    # p = 20/100 on each, so its statistic is 1/0.2 + 1/0.2 = 10; a population window (x, y), x = 100 − i and
+    # y = 100 − j its p in hundredths, has 100/x + 100/y. Those above 10 number 2,355, those at least 10 2,362 (the
+    # 7 ties 100/x + 100/y = 10 compare floating sums, either way); only the values 98 and 99 lie in SPOT's tail
+    # (p smaller than their share), and every pair with one of them is counted either way (x ≤ 2: 100/x ≥ 50).
+    # Fisher's −2 Σ ln p would count the pairs x · y ≤ 400 instead (1,602): it ranks a window middling on both
+    # features higher, this statistic one extreme on either.
     i, j = np.divmod(np.arange(10_000), 100)
     population = Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names"))
     assert population.tail("dns", "c_ip", "records").probabilities(np.array([80.0]))[0] == pytest.approx(0.2)
     assert population.tail("dns", "c_ip", "records").spot.excess_threshold > 97.0
     verdicts, _, _ = judge(rows_for({"x": {"records": 80.0, "distinct_names": 80.0}}), population,
                            VerdictSettings(alarm_rate=0.01))
-    below = sum(1 for x in range(1, 101) for y in range(1, 101) if x * y < 400)
-    at_most = sum(1 for x in range(1, 101) for y in range(1, 101) if x * y <= 400)
-    assert (below, at_most) == (1591, 1602)
-    assert below / 10_000 <= verdicts.column("p_value")[0].as_py() <= at_most / 10_000
+    above = sum(1 for x in range(1, 101) for y in range(1, 101) if 100 * (x + y) > 10 * x * y)
+    at_least = sum(1 for x in range(1, 101) for y in range(1, 101) if 100 * (x + y) >= 10 * x * y)
+    assert (above, at_least) == (2355, 2362)
+    assert above / 10_000 <= verdicts.column("p_value")[0].as_py() <= at_least / 10_000
     assert verdicts.column("status").to_pylist() == [NORMAL]
 
 
@@ -252,3 +254,35 @@ def test_combined_p_falls_with_the_statistic_and_its_score_stays_finite():
                                   VerdictSettings(alarm_rate=0.001))
     assert verdicts.column("features_fired").to_pylist() == [["records"]]
     assert math.isfinite(verdicts.column("score")[0].as_py()) and reported.column("feature").to_pylist() == ["records"]
+
+
+def test_combination_terms_and_their_inverse_by_hand():
+    p = np.array([1.0, 0.5, 0.01, 0.0, math.nan])
+    # harmonic: 1 / p (p = 0 floored at 1e-300); fisher: −2 ln p (ln 0.5 = −0.693147..., ln 0.01 = −4.605170...).
+    harmonic = combination_terms(p, "harmonic")
+    assert harmonic[[0, 1, 2, 4]].tolist() == [1.0, 2.0, 100.0, 0.0] and harmonic[3] == pytest.approx(1e300)
+    fisher = combination_terms(p, "fisher")
+    assert fisher[:3] == pytest.approx([0.0, 1.3862944, 9.2103404])
+    assert fisher[3] == pytest.approx(-2.0 * math.log(5e-324)) and fisher[4] == 0.0
+    # The feature p whose term alone reaches a statistic: 1/40 for 40; e^−(9.21/2) = 0.01 for Fisher's 9.2103.
+    assert feature_p_reaching(40.0, "harmonic") == 0.025
+    assert feature_p_reaching(-2.0 * math.log(0.01), "fisher") == pytest.approx(0.01)
+    assert feature_p_reaching(0.5, "harmonic") == 1.0  # every p's term (≥ 1) reaches it
+    with pytest.raises(ValueError):
+        combination_terms(p, "cauchy")
+
+
+def test_one_extreme_feature_outranks_two_middling_ones_under_the_harmonic_rule_not_fishers():
+    # Over the same 100 × 100 grid (values 0..99, SPOT's tail above 97): a window with p = (3/100, 1) against one
+    # with p = (10/100, 10/100). Harmonic sums 1/0.03 + 1 = 34.3 against 20, so the first is the more extreme;
+    # Fisher's −2 ln p sums 7.01 against 9.21: the second.
+    i, j = np.divmod(np.arange(10_000), 100)
+    grid = two_feature_windows(i, j)
+    windows = {"one": {"records": 97.0, "distinct_names": 0.0}, "two": {"records": 90.0, "distinct_names": 90.0}}
+    p_of = {}
+    for rule in ("harmonic", "fisher"):
+        population = dataclasses.replace(Population.of_windows(grid, ("records", "distinct_names")), rule=rule)
+        verdicts, _, _ = judge(rows_for(windows), population, VerdictSettings(alarm_rate=0.01))
+        p_of[rule] = dict(zip(verdicts.column("key").to_pylist(), verdicts.column("p_value").to_pylist()))
+    assert p_of["harmonic"]["one"] < p_of["harmonic"]["two"]
+    assert p_of["fisher"]["one"] > p_of["fisher"]["two"]

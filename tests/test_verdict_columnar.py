@@ -62,14 +62,14 @@ def oracle(scores: pa.Table, population: Population, settings: VerdictSettings):
             alone = {i: min(1.0, judged * p[i]) for i in members}
             risk = settings.alarm_rate / max(judged, 1)
             fired = [i for i in members if reason is None and math.isfinite(p[i]) and alone[i] <= settings.alarm_rate]
-        else:  # Fisher's statistic against the population's; the fewest strongest features that reach the threshold
-            term = {i: -2.0 * math.log(max(p[i], 5e-324)) for i in members if math.isfinite(p[i])}
+        else:  # Σ 1 / p against the population's; the fewest strongest features that reach the threshold
+            term = {i: 1.0 / max(p[i], 1e-300) for i in members if math.isfinite(p[i])}
             statistic = sum(term.values())
             combined = float(calibration.probabilities(np.array([statistic]))[0]) if judged else math.nan
             alone = {i: float(calibration.probabilities(np.array([term[i]]))[0]) if i in term else math.nan
                      for i in members}
             limit = calibration.threshold(settings.alarm_rate)
-            risk = math.exp(-limit / 2.0)
+            risk = 1.0 / limit if limit > 1.0 else 1.0
             fired, total = [], 0.0
             if reason is None and combined <= settings.alarm_rate:
                 for i in (i for i in by_strength if i in term):

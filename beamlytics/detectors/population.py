@@ -32,6 +32,7 @@ CAPACITY = 50_000  # pooled values kept per (table, key kind, feature)
 MIN_POOL = 100  # fewer endpoint-windows than this give no population model
 LEVEL = 0.98  # the share of the pool under the excess threshold, as SPOT's default
 _SMALLEST = 5e-324  # p is floored here so that −log p stays finite
+_SMALLEST_TERM_P = 1e-300  # and here so that 1 / p does
 
 PoolKey = tuple[str, str, str]  # (table, key kind, feature)
 
@@ -172,27 +173,53 @@ class FeatureTail:
         return float(self.spot.quantile(risk))
 
 
-def fisher_terms(probabilities: np.ndarray) -> np.ndarray:
-    """Each row's term of Fisher's statistic, −2 ln p (p floored at the smallest float, so it stays finite); 0 for a
-    row without a finite p."""
+# How a window's features are combined; the default first. Each is a sum of one term per judged feature, a term
+# that grows as its p falls (monotone), and is referred to the population's windows the same way.
+COMBINATION_RULES = ("harmonic", "fisher")
+
+
+def combination_terms(probabilities: np.ndarray, rule: str = "harmonic") -> np.ndarray:
+    """Each row's term of the combined statistic; 0 for a row without a finite p.
+
+    harmonic: 1 / p, so a window's sum is m over the harmonic mean p-value (Wilson 2019) of its m judged features
+    (p floored at 1e-300: the sum of up to 10^8 such terms is still a finite float); fisher: −2 ln p (p floored at
+    the smallest float)."""
     finite = np.isfinite(probabilities)
-    return np.where(finite, -2.0 * np.log(np.maximum(np.where(finite, probabilities, 1.0), _SMALLEST)), 0.0)
+    p = np.where(finite, probabilities, 1.0)
+    if rule == "fisher":
+        terms = -2.0 * np.log(np.maximum(p, _SMALLEST))
+    elif rule == "harmonic":
+        terms = 1.0 / np.maximum(p, _SMALLEST_TERM_P)
+    else:
+        raise ValueError(f"unknown combination rule {rule!r} (one of {', '.join(COMBINATION_RULES)})")
+    return np.where(finite, terms, 0.0)
 
 
-def fisher_statistic(terms: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
-    """Per window, Fisher's −2 Σ ln p: the sum of its rows' `fisher_terms`; 0 for a window with none. It grows when
-    any p falls: monotone in every feature."""
+def combined_statistic(terms: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
+    """Per window, the sum of its rows' `combination_terms`; 0 for a window with none. It grows when any p falls:
+    monotone in every feature."""
     return np.bincount(window_of_row, weights=terms, minlength=windows)
+
+
+def feature_p_reaching(limit: float, rule: str = "harmonic") -> float:
+    """The feature p whose term alone reaches a statistic of `limit` (the inverse of the rule's term; 1 when any
+    p does)."""
+    if rule == "fisher":
+        return min(1.0, math.exp(-limit / 2.0))
+    return 1.0 / limit if limit > 1.0 else 1.0
 
 
 @dataclass(frozen=True)
 class CombinedTail:
     """The population's own distribution of the combined statistic over its whole windows.
 
-    Fisher's statistic is referred to the windows of the population, not to a χ² that assumes independent
-    features: the share of pooled windows whose statistic is at least a window's (SPOT's tail beyond the body)
-    is its p, so at an alarm rate r about r of the population's windows alarm, whatever the features' dependence,
-    and adding a feature costs no Bonferroni factor.
+    The statistic Σ 1 / p (m over the harmonic mean p-value of the m judged features) is referred to the windows
+    of the population, not to a distribution that assumes independent features: the share of pooled windows whose
+    statistic is at least a window's (SPOT's tail beyond the body) is its p, so at an alarm rate r about r of the
+    population's windows alarm, whatever the features' dependence, and adding a feature costs no Bonferroni
+    factor. The sum is led by the smallest p (one extreme feature is enough: a vertical scan's ports) and still
+    adds moderate ones (a horizontal scan's peers, ports and flows together); Fisher's −2 Σ ln p, used before,
+    let ordinary features dilute one extreme one (docs/evaluation.md measures both).
     """
 
     statistics: FeatureTail
@@ -206,7 +233,7 @@ class CombinedTail:
         return self.statistics.threshold(alarm_rate)
 
 
-def combined_tail(tails: Mapping[str, FeatureTail]) -> CombinedTail | None:
+def combined_tail(tails: Mapping[str, FeatureTail], rule: str = "harmonic") -> CombinedTail | None:
     """The combined statistic's tail over the windows the pools of one kind share; None when they cannot be joined
     (a tail without its pool) or too few windows have one."""
     modelled = {feature: tail for feature, tail in sorted(tails.items()) if tail.spot is not None}
@@ -226,7 +253,7 @@ def combined_tail(tails: Mapping[str, FeatureTail]) -> CombinedTail | None:
         present[present] = window_hashes[position[present]] == tail.pool.hashes[present]
         probabilities.append(tail.probabilities(tail.pool.values[present]))
         rows.append(position[present])
-    statistics = fisher_statistic(fisher_terms(np.concatenate(probabilities)), np.concatenate(rows),
+    statistics = combined_statistic(combination_terms(np.concatenate(probabilities), rule), np.concatenate(rows),
                                   window_hashes.size)
     fitted = FeatureTail.fit(statistics)
     return CombinedTail(fitted, tuple(modelled)) if fitted.spot is not None else None
@@ -237,6 +264,7 @@ class Population:
     """Tail models per (table, key kind, feature), and per (table, key kind) the combined statistic's."""
 
     tails: Mapping[PoolKey, FeatureTail]
+    rule: str = COMBINATION_RULES[0]  # how a window's features are combined
 
     @classmethod
     def fit(cls, pools: Mapping[PoolKey, Pool]) -> "Population":
@@ -247,7 +275,7 @@ class Population:
         kinds: dict[tuple[str, str], dict[str, FeatureTail]] = {}
         for (table, kind, feature), tail in sorted(self.tails.items()):
             kinds.setdefault((table, kind), {})[feature] = tail
-        return {kind: combined_tail(tails) for kind, tails in kinds.items()}
+        return {kind: combined_tail(tails, self.rule) for kind, tails in kinds.items()}
 
     def combined(self, table: str, key_kind: str) -> CombinedTail | None:
         return self._combined.get((table, key_kind))

@@ -9,8 +9,9 @@ Each feature gets a tail probability p:
   whose score is not a probability (gaussian, iqr, poisson) give their verdict: the
   population's p where they call the window anomalous, else 1. A busy server is thus not
   flagged for being busy, nor a quiet host for a blip its peers make all the time.
-The window's features are combined by Fisher's statistic −2 Σ ln p, referred not to χ² (which
-assumes independent features) but to the population's own windows (`population.CombinedTail`),
+The window's features are combined by Σ 1 / p (m over their harmonic mean p-value, Wilson 2019), referred
+not to a distribution that assumes independent features but to the population's own windows
+(`population.CombinedTail`),
 which are the run's judged ones (at least `--min-records` records: `population.pools_of`):
 the window's p is the share of the population's windows whose statistic is at least its own
 (SPOT's tail beyond the body). So about the alarm rate's share of the judged windows alarm
@@ -43,7 +44,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.population import Population, fisher_statistic, fisher_terms
+from beamlytics.detectors.population import Population, combination_terms, combined_statistic, feature_p_reaching
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
@@ -240,7 +241,7 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     the feature p at which it alone alarms.
 
     Where the population calibrates the combined statistic (`population.CombinedTail`), the window's p is the
-    population's share of windows whose Fisher statistic is at least its own, and the fired features are the
+    population's share of windows whose combined statistic (Σ 1 / p) is at least its own, and the fired features are the
     fewest of its strongest whose terms alone reach the alarm threshold: what it takes to alarm. Elsewhere
     (no population, or one too small) the Bonferroni-corrected minimum, and fired is each feature that alone
     passes it.
@@ -253,8 +254,8 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     alone = np.minimum(1.0, judged[per_row] * p_sorted)
     risk = alarm_rate / np.maximum(judged[per_row], 1)
     fired = is_judged[per_row] & finite & (alone <= alarm_rate)
-    terms = fisher_terms(p_sorted)
-    statistic = fisher_statistic(terms, per_row, windows)
+    terms = combination_terms(p_sorted, population.rule)
+    statistic = combined_statistic(terms, per_row, windows)
     # The sum of the terms of the window's stronger features, added up within the window (not a running sum over
     # all rows, whose rounding would depend on where the window sits).
     position = np.arange(len(p_sorted)) - offsets[:-1][per_row]
@@ -271,9 +272,9 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
         combined[mine] = np.where(judged[mine] > 0, calibration.probabilities(statistic[mine]), math.nan)
         limit = calibration.threshold(alarm_rate)
         alone[rows] = np.where(finite[rows], calibration.probabilities(terms[rows]), math.nan)
-        risk[rows] = math.exp(-limit / 2.0)
+        risk[rows] = feature_p_reaching(limit, population.rule)
         alarmed = (is_judged & (combined <= alarm_rate))[per_row]
-        # The strongest always fires: a threshold of 0 (most of the population at statistic 0) is reached by none.
+        # The strongest always fires, also where the alarm threshold is 0 or less (no sum before it is below that).
         fired[rows] = (alarmed & finite & ((before < limit) | (position == 0)))[rows]
     return combined, fired, alone, risk
 
