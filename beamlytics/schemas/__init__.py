@@ -158,7 +158,7 @@ VERDICTS = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # alarm | normal | unjudged
         pa.field("reason", pa.string()),  # why unjudged: too_few_records | no_model
         pa.field("allowed", pa.bool_(), nullable=False),  # an alarm the allow-list suppresses
-        pa.field("p_value", pa.float64()),  # combined tail probability, Fisher against the population (verdict)
+        pa.field("p_value", pa.float64()),  # combined tail probability: the harmonic rule against the population (verdict)
         # max(-log10 p_value, the hunt finding's level): finite, larger is more anomalous (detectors.verdict)
         pa.field("score", pa.float64()),
         pa.field("features_fired", pa.list_(pa.string()), nullable=False),  # most significant first
