@@ -9,6 +9,7 @@ shards exactly as the pipeline cuts them. `time` judges the saved shards again, 
 `Population` for all, its combined tail fitted on first use), and prints the CPU seconds (process time)
 of judging all of them, per repeat; `--profile` writes a cProfile of the first repeat; `--digest` prints the
 SHA-256 of all shards' verdicts and reported rows (as Parquet) and counts, to compare two versions' outputs.
+`time` unpickles DIR's files: give it only a folder this tool's own `capture` wrote, never one from elsewhere.
 """
 from __future__ import annotations
 
