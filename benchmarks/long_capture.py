@@ -101,10 +101,13 @@ class Length:
 
 
 def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
-                    reference: Callable[[Path], Sequence[str]]) -> tuple[float, list[Length]]:
+                    reference: Callable[[Path], Sequence[str]],
+                    timed: Callable[[Sequence[str]], tuple[float, float]] = command_seconds
+                    ) -> tuple[float, list[Length]]:
     """The reference's start-up in CPU seconds, and both tools at two lengths (n and 2n
     copies of `seed`), n grown until start-up is under `STARTUP_SHARE` of the reference's
-    CPU time (or n reaches `MAX_COPIES`; the printed share then shows it).
+    CPU time (or n reaches `MAX_COPIES`; the printed share then shows it). `timed` runs a
+    command and gives its (wall, CPU) seconds.
 
     The length is found with the reference alone and in CPU seconds: timing ours at every
     trial length, and wall seconds that a loaded machine stretches, made the search itself
@@ -112,18 +115,18 @@ def measure_lengths(seed: bytes, folder: Path, ours: Callable[[Path], object],
     one, path = folder / "one.pcap", folder / "long.pcap"
     header, records = _records(seed)
     one.write_bytes(header + struct.pack("<II", records[0][0], records[0][1]) + records[0][2])
-    startup = min(command_seconds(reference(one))[1] for _ in range(3))
+    startup = min(timed(reference(one))[1] for _ in range(3))
 
     def reference_cpu(copies: int) -> float:
         write_copies(seed, copies, path)
-        return command_seconds(reference(path))[1]
+        return timed(reference(path))[1]
 
     def measure(copies: int) -> Length:
         length = Length(write_copies(seed, copies, path), math.inf, math.inf)
         for _ in range(ROUNDS):  # A B A B: both sides see the same load
             wall, cpu = call_seconds(lambda: ours(path))
             length.ours_s, length.ours_cpu_s = min(length.ours_s, wall), min(length.ours_cpu_s, cpu)
-            wall, cpu = command_seconds(reference(path))
+            wall, cpu = timed(reference(path))
             length.reference_s, length.reference_cpu_s = min(length.reference_s, wall), min(length.reference_cpu_s, cpu)
         return length
 

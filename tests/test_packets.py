@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import sys
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -374,16 +374,21 @@ def test_benchmark_long_capture_is_copies_shifted_past_every_timeout(tmp_path):
 
 
 def test_benchmark_long_capture_grows_until_start_up_is_a_twentieth_of_the_reference(tmp_path):
-    # A stand-in reference whose CPU time grows with the file (it reverses the bytes 400 times
-    # over): the search must reach a length where its start-up is under 5 % of its CPU time,
-    # and time both sides at that length and twice it. (-S: a short start-up, a short test.)
+    # A stand-in reference of known cost: 0.05 CPU s of start-up plus 1 s per megabyte of capture (no real
+    # timing: a loaded machine must not decide the test). The search must reach a length where the start-up
+    # is under 5 % of its CPU time, and time both sides at that length and twice it.
     from benchmarks.long_capture import STARTUP_SHARE, measure_lengths
 
     seed = pcap([ether(bytes(udp4(bytes(400))))] * 20, ts=TS).getvalue()
-    burn = "import sys\ndata = open(sys.argv[1], 'rb').read()\nfor _ in range(400): bytes(reversed(data))\n"
+
+    def timed(command):
+        cpu = 0.05 + Path(command[-1]).stat().st_size / 1e6
+        return cpu, cpu
+
     calls = []
-    startup, lengths = measure_lengths(seed, tmp_path, calls.append,
-                                       lambda path: [sys.executable, "-S", "-c", burn, str(path)])
+    startup, lengths = measure_lengths(seed, tmp_path, calls.append, lambda path: ["reference", str(path)], timed)
+    record = (len(seed) - 24) // 20  # the one-packet capture: the pcap header and one record
+    assert startup == pytest.approx(0.05 + (24 + record) / 1e6)
     first, second = lengths
     assert startup / first.reference_cpu_s < STARTUP_SHARE
     assert second.packets == 2 * first.packets and first.packets % 20 == 0
