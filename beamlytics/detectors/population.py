@@ -178,7 +178,7 @@ class FeatureTail:
 COMBINATION_RULES = ("harmonic", "fisher")
 
 
-def combination_terms(probabilities: np.ndarray, rule: str = "harmonic") -> np.ndarray:
+def combination_terms(probabilities: np.ndarray, rule: str) -> np.ndarray:
     """Each row's term of the combined statistic; 0 for a row without a finite p.
 
     harmonic: 1 / p, so a window's sum is m over the harmonic mean p-value (Wilson 2019) of its m judged features
@@ -201,7 +201,7 @@ def combined_statistic(terms: np.ndarray, window_of_row: np.ndarray, windows: in
     return np.bincount(window_of_row, weights=terms, minlength=windows)
 
 
-def feature_p_reaching(limit: float, rule: str = "harmonic") -> float:
+def feature_p_reaching(limit: float, rule: str) -> float:
     """The feature p whose term alone reaches a statistic of `limit` (the inverse of the rule's term; 1 when any
     p does)."""
     if rule == "fisher":
@@ -233,7 +233,7 @@ class CombinedTail:
         return self.statistics.threshold(alarm_rate)
 
 
-def combined_tail(tails: Mapping[str, FeatureTail], rule: str = "harmonic") -> CombinedTail | None:
+def combined_tail(tails: Mapping[str, FeatureTail], rule: str) -> CombinedTail | None:
     """The combined statistic's tail over the windows the pools of one kind share; None when they cannot be joined
     (a tail without its pool) or too few windows have one."""
     modelled = {feature: tail for feature, tail in sorted(tails.items()) if tail.spot is not None}
