@@ -10,7 +10,8 @@ Per case: flagged, attacker windows caught, rank of the true host, false alarms 
 benign endpoint-windows (`benchmarks.attack_metrics`); IsolationForest also at the same 0.5 %
 budget (its top 0.5 % of windows). The aggregates re-judge each run at every rate of
 `ALARM_RATES`, by the CLI's rule and, in process, by the rules it is compared with (Fisher's,
-which it replaced, and Bonferroni's), with a leave-one-case-out choice of rate for each. See
+which it replaced, the omnibus smaller of the two, and Bonferroni's), with a leave-one-case-out
+choice of rate for each and the cells whose own benign share is over the budget. See
 docs/evaluation.md.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ DETECTORS = ("gaussian", "iqr", "spot", "dspot", "poisson")
 # (issue 9: at most 0.5 % of the judged benign endpoint-windows flagged) the leave-one-case-out choice must keep.
 ALARM_RATES = (0.001, 0.002, 0.005, 0.01)
 BENIGN_BUDGET = 0.005
-REFERENCE_RULES = ("fisher", "bonferroni")  # re-judged in process beside the CLI's verdicts ("rate")
+REFERENCE_RULES = ("fisher", "omnibus", "bonferroni")  # re-judged in process beside the CLI's verdicts ("rate")
 FAMILIES = ("rate", *REFERENCE_RULES)
 # Where the attack starts, as a share of the background's span: a background host then has
 # ~12 minutes of history (as in issue 9's measurement); an attack too long for that starts earlier.
@@ -132,9 +133,10 @@ def read_output(output: str, folder: str) -> pd.DataFrame:
 
 def rejudged_verdicts(output: str, features: pd.DataFrame, rule: str) -> pd.DataFrame:
     """The run's verdicts re-judged in process by another rule: its scores/ against a population fitted on its
-    features/, combined by Fisher's −2 Σ ln p (the rule before the harmonic one), or ("bonferroni") not joinable
-    across features, so each window's p is the Bonferroni-corrected minimum (`verdict._window_tests`' fallback).
-    The references the default rule is compared with."""
+    features/, combined by one of `population.COMBINATION_RULES` (Fisher's −2 Σ ln p, the rule before the harmonic
+    one; the omnibus smaller of the two p's), or ("bonferroni") not joinable across features, so each window's p is
+    the Bonferroni-corrected minimum (`verdict._window_tests`' fallback). The references the default rule is
+    compared with."""
     scores = read_output(output, "scores")
     if scores.empty:
         return pd.DataFrame()
@@ -235,9 +237,13 @@ def aggregate_lines(rows: list[Row]) -> list[str]:
         benign = sum(r.benign_windows for r in mine)
         judged = sum(r.benign_judged for r in mine)
         alarms = sum(r.benign_alarms for r in mine)
+        # The budget holds in aggregate when a cell or two is over it by binomial noise: say how many are.
+        shares = [_benign_share([r]) for r in mine]
         lines.append(f"aggregate {method}: flagged in {flagged} of {len(mine)}, true host top-3 in {top3} of "
                      f"{len(mine)}, benign alarm rate {100.0 * alarms / judged:.2f}% of judged ({alarms} of {judged}), "
-                     f"{100.0 * alarms / benign:.2f}% of all ({benign})")
+                     f"{100.0 * alarms / benign:.2f}% of all ({benign}); cells over the budget "
+                     f"{sum(share > BENIGN_BUDGET for share in shares)} of {len(mine)} (largest "
+                     f"{100.0 * max(shares):.2f}%)")
     return lines
 
 

@@ -1,7 +1,9 @@
 """One ranked verdict per endpoint-window: the combined score, its gates, the alarm budget, allow-lists."""
+import bisect
 import dataclasses
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -9,8 +11,8 @@ import pytest
 
 from beamlytics import schemas
 from beamlytics.detectors.endpoint import DetectorConfig, score_table
-from beamlytics.detectors.population import (FeatureTail, Population, combination_terms, feature_p_reaching,
-                                             pools_of)
+from beamlytics.detectors.population import (COMBINATION_RULES, FeatureTail, Population, combination_terms,
+                                             feature_p_reaching, pools_of, rule_terms)
 from beamlytics.detectors.verdict import (ALARM, NO_MODEL, NORMAL, OWN_HISTORY, TOO_FEW_RECORDS, UNJUDGED,
                                           VerdictSettings, combined_p, judge, score_of,
                                           scores_of)
@@ -193,15 +195,17 @@ def test_independent_features_are_referred_to_the_joint_population_by_hand():
     assert verdicts.column("status").to_pylist() == [NORMAL]
 
 
+@pytest.mark.parametrize("rule", COMBINATION_RULES)
 @pytest.mark.parametrize("alarm_rate, min_records", [(0.005, 0), (0.02, 0), (0.02, 20)])
-def test_alarm_share_of_unseen_benign_windows_is_the_budget_within_binomial_error(alarm_rate, min_records):
+def test_alarm_share_of_unseen_benign_windows_is_the_budget_within_binomial_error(alarm_rate, min_records, rule):
     # Correlated features (distinct names are a share of records, hosts of different rates), one window per host
     # so every window is judged by the population; calibrated on one draw, judged on another of the same traffic.
     # With --min-records 20 about half the windows are not judged: the share is of those judged.
     config = DetectorConfig("gaussian", {}, ("records", "distinct_names"))
     calibration = windows_table(hosts=6000, minutes=1, seed=21)
     fresh = windows_table(hosts=6000, minutes=1, seed=22)
-    _, _, counts = judge(score_table(fresh, config), Population.of_windows(calibration, config.features, min_records),
+    population = dataclasses.replace(Population.of_windows(calibration, config.features, min_records), rule=rule)
+    _, _, counts = judge(score_table(fresh, config), population,
                          VerdictSettings(alarm_rate=alarm_rate, min_records=min_records))
     judged = counts["verdicts"] - counts["unjudged_too_few_records"] - counts["unjudged_no_model"]
     assert judged == int((fresh.column("records").to_numpy() >= min_records).sum()) > 2000
@@ -225,15 +229,16 @@ def test_the_population_is_of_the_judged_windows_only_by_hand():
         assert verdicts.column("status").to_pylist() == [NORMAL if min_records else ALARM]
 
 
-def test_combined_verdicts_are_the_same_in_shuffled_order():
+@pytest.mark.parametrize("rule", COMBINATION_RULES)
+def test_combined_verdicts_are_the_same_in_shuffled_order(rule):
     config = DetectorConfig("gaussian", {}, ("records", "distinct_names", "nxdomain_ratio"))
     windows = windows_table(hosts=200, minutes=12, seed=8, newcomer_records=700)
     order = np.random.default_rng(9).permutation(windows.num_rows)
     shuffled = windows.take(pa.array(order))
 
     def verdict_rows(table):
-        verdicts, reported, _ = judge(score_table(table, config), Population.of_windows(table, config.features),
-                                      VerdictSettings(alarm_rate=0.01))
+        population = dataclasses.replace(Population.of_windows(table, config.features), rule=rule)
+        verdicts, reported, _ = judge(score_table(table, config), population, VerdictSettings(alarm_rate=0.01))
         assert verdicts.column("status").to_pylist().count(ALARM) > 0
         return (sorted(verdicts.to_pylist(), key=lambda v: (v["key"], v["window_start"])),
                 sorted(reported.to_pylist(), key=lambda v: (v["key"], v["window_start"], v["feature"])))
@@ -286,3 +291,75 @@ def test_one_extreme_feature_outranks_two_middling_ones_under_the_harmonic_rule_
         p_of[rule] = dict(zip(verdicts.column("key").to_pylist(), verdicts.column("p_value").to_pylist()))
     assert p_of["harmonic"]["one"] < p_of["harmonic"]["two"]
     assert p_of["fisher"]["one"] > p_of["fisher"]["two"]
+
+
+def test_the_omnibus_p_refers_the_smaller_of_the_two_rules_p_to_the_population_by_hand():
+    # The 100 × 100 grid again; a feature's p is its share at or above (x / 100, x = 100 − value), but SPOT's for
+    # the values 98 and 99, which lie beyond its excess threshold. The reference works with exact fractions and
+    # lists over the 10,000 windows, without the code's sums or tails: each window's harmonic p (the share of
+    # windows whose Σ 1/p is at least its own) and Fisher p (the share whose product of p's is at most its own),
+    # the smaller of the two, and the omnibus p, the share of windows whose smaller p is at most the window's.
+    # Bounds: windows whose smaller p equals the window's compare floating sums in the code, either way.
+    i, j = np.divmod(np.arange(10_000), 100)
+    population = Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names"))
+    p_of_value = {value: Fraction(100 - value, 100) for value in range(98)}
+    tail = population.tail("dns", "c_ip", "records")
+    assert tail.spot.excess_threshold > 97.0
+    p_of_value.update(zip((98, 99), map(Fraction, tail.probabilities(np.array([98.0, 99.0])).tolist())))
+    pairs = [(a, b) for a in range(100) for b in range(100)]
+    harmonic = sorted(1 / p_of_value[a] + 1 / p_of_value[b] for a, b in pairs)
+    product = sorted(p_of_value[a] * p_of_value[b] for a, b in pairs)
+
+    def rule_p(a, b):
+        at_least = len(harmonic) - bisect.bisect_left(harmonic, 1 / p_of_value[a] + 1 / p_of_value[b])
+        share_h = Fraction(at_least, 10_000)
+        share_f = Fraction(bisect.bisect_right(product, p_of_value[a] * p_of_value[b]), 10_000)
+        return share_h, share_f
+
+    smaller = sorted(min(rule_p(a, b)) for a, b in pairs)
+    # One extreme feature (97: p = 3/100; 0: p = 1), where the harmonic p is the smaller; two middling (90, 90: p =
+    # 1/10 each), where Fisher's is.
+    windows = {"one": (97, 0), "two": (90, 90)}
+    p_of = {}
+    for rule in COMBINATION_RULES:
+        verdicts, _, _ = judge(rows_for({key: {"records": float(a), "distinct_names": float(b)}
+                                         for key, (a, b) in windows.items()}),
+                               dataclasses.replace(population, rule=rule), VerdictSettings(alarm_rate=0.01))
+        p_of[rule] = dict(zip(verdicts.column("key").to_pylist(), verdicts.column("p_value").to_pylist()))
+    for key, (a, b) in windows.items():
+        share_h, share_f = rule_p(a, b)
+        assert p_of["harmonic"][key] == pytest.approx(float(share_h))
+        low, high = (bisect.bisect_left(smaller, min(share_h, share_f)),
+                     bisect.bisect_right(smaller, min(share_h, share_f)))
+        assert low / 10_000 <= p_of["omnibus"][key] <= high / 10_000
+        # Choosing the better test costs: more than the smaller p, less than the union bound, twice it.
+        smallest = min(p_of["harmonic"][key], p_of["fisher"][key])
+        assert smallest < p_of["omnibus"][key] < 2 * float(min(share_h, share_f))
+    assert (p_of["harmonic"]["one"] < p_of["fisher"]["one"]) and (p_of["fisher"]["two"] < p_of["harmonic"]["two"])
+    assert (low, high) == (613, 618)  # "two": 0.0613–0.0618, its Fisher p 0.0508 (the product 1/100)
+
+
+def test_the_omnibus_p_is_monotone_finite_and_its_single_feature_limit_is_where_one_feature_alarms():
+    i, j = np.divmod(np.arange(10_000), 100)
+    population = dataclasses.replace(Population.of_windows(two_feature_windows(i, j), ("records", "distinct_names")),
+                                     rule="omnibus")
+    calibration = population.combined("dns", "c_ip")
+
+    def window_p(p):
+        return calibration.probabilities(calibration.statistic(rule_terms(p, "omnibus").sum(axis=0, keepdims=True)))[0]
+
+    rng = np.random.default_rng(23)
+    for _ in range(300):
+        p = rng.random(2) ** rng.uniform(1, 60)
+        lower = p.copy()
+        lower[rng.integers(2)] *= rng.random()
+        assert window_p(lower) <= window_p(p) and math.isfinite(score_of(window_p(lower)))
+    assert math.isfinite(score_of(window_p(np.array([0.0, 0.0]))))
+    for alarm_rate in (0.001, 0.005, 0.01):
+        reaching = calibration.feature_p_alarming(alarm_rate)
+        assert window_p(np.array([reaching * 0.999])) <= alarm_rate < window_p(np.array([reaching * 1.001]))
+    # One extreme feature fires alone, as under the sum rules.
+    verdicts, reported, _ = judge(rows_for({"x": {"records": 1e9, "distinct_names": 50.0}}), population,
+                                  VerdictSettings(alarm_rate=0.001))
+    assert verdicts.column("features_fired").to_pylist() == [["records"]]
+    assert reported.column("feature").to_pylist() == ["records"]

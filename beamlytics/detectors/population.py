@@ -173,13 +173,15 @@ class FeatureTail:
         return float(self.spot.quantile(risk))
 
 
-# How a window's features are combined; the default first. Each is a sum of one term per judged feature, a term
-# that grows as its p falls (monotone), and is referred to the population's windows the same way.
-COMBINATION_RULES = ("harmonic", "fisher")
+# How a window's features are combined; the default first. harmonic and fisher are each a sum of one term per judged
+# feature, a term that grows as its p falls (monotone); omnibus is the smaller of those two sums' calibrated p's.
+# Each is referred to the population's windows the same way.
+COMBINATION_RULES = ("harmonic", "fisher", "omnibus")
+_SUMS = {"harmonic": ("harmonic",), "fisher": ("fisher",), "omnibus": ("harmonic", "fisher")}  # what each adds up
 
 
 def combination_terms(probabilities: np.ndarray, rule: str) -> np.ndarray:
-    """Each row's term of the combined statistic; 0 for a row without a finite p.
+    """Each row's term of a sum rule's statistic; 0 for a row without a finite p.
 
     harmonic: 1 / p, so a window's sum is m over the harmonic mean p-value (Wilson 2019) of its m judged features
     (p floored at 1e-300: the sum of up to 10^8 such terms is still a finite float); fisher: −2 ln p (p floored at
@@ -191,18 +193,27 @@ def combination_terms(probabilities: np.ndarray, rule: str) -> np.ndarray:
     elif rule == "harmonic":
         terms = 1.0 / np.maximum(p, _SMALLEST_TERM_P)
     else:
-        raise ValueError(f"unknown combination rule {rule!r} (one of {', '.join(COMBINATION_RULES)})")
+        raise ValueError(f"unknown sum rule {rule!r} (one of {', '.join(_SUMS['omnibus'])})")
     return np.where(finite, terms, 0.0)
 
 
+def rule_terms(probabilities: np.ndarray, rule: str) -> np.ndarray:
+    """Each row's terms of every sum the rule combines: one column per sum (`combination_terms`)."""
+    if rule not in _SUMS:
+        raise ValueError(f"unknown combination rule {rule!r} (one of {', '.join(COMBINATION_RULES)})")
+    return np.column_stack([combination_terms(probabilities, name) for name in _SUMS[rule]])
+
+
 def combined_statistic(terms: np.ndarray, window_of_row: np.ndarray, windows: int) -> np.ndarray:
-    """Per window, the sum of its rows' `combination_terms`; 0 for a window with none. It grows when any p falls:
-    monotone in every feature."""
+    """Per window, the sum of its rows' `combination_terms` (per column, if a `rule_terms` table); 0 for a window
+    with none. It grows when any p falls: monotone in every feature."""
+    if terms.ndim == 2:
+        return np.column_stack([combined_statistic(column, window_of_row, windows) for column in terms.T])
     return np.bincount(window_of_row, weights=terms, minlength=windows)
 
 
 def feature_p_reaching(limit: float, rule: str) -> float:
-    """The feature p whose term alone reaches a statistic of `limit` (the inverse of the rule's term; 1 when any
+    """The feature p whose term alone reaches a statistic of `limit` (the inverse of a sum rule's term; 1 when any
     p does)."""
     if rule == "fisher":
         return min(1.0, math.exp(-limit / 2.0))
@@ -213,17 +224,26 @@ def feature_p_reaching(limit: float, rule: str) -> float:
 class CombinedTail:
     """The population's own distribution of the combined statistic over its whole windows.
 
-    The statistic Σ 1 / p (m over the harmonic mean p-value of the m judged features) is referred to the windows
-    of the population, not to a distribution that assumes independent features: the share of pooled windows whose
-    statistic is at least a window's (SPOT's tail beyond the body) is its p, so at an alarm rate r about r of the
-    population's windows alarm, whatever the features' dependence, and adding a feature costs no Bonferroni
-    factor. The sum is led by the smallest p (one extreme feature is enough: a vertical scan's ports) and still
-    adds moderate ones (a horizontal scan's peers, ports and flows together); Fisher's −2 Σ ln p, used before,
-    let ordinary features dilute one extreme one (docs/evaluation.md measures both).
+    The statistic (by default Σ 1 / p, m over the harmonic mean p-value of the m judged features) is referred to the
+    windows of the population, not to a distribution that assumes independent features: the share of pooled
+    windows whose statistic is at least a window's (SPOT's tail beyond the body) is its p, so at an alarm rate r
+    about r of the population's windows alarm, whatever the features' dependence, and adding a feature costs no
+    Bonferroni factor. The harmonic sum is led by the smallest p (one extreme feature is enough: a vertical scan's
+    ports) and still adds moderate ones; Fisher's −2 Σ ln p rewards several moderate ones more (a horizontal scan's
+    peers, ports and flows together) and lets ordinary features dilute one extreme one. The omnibus rule takes
+    the smaller of the two sums' population p's, −ln of which is its statistic, referred to the population once
+    more (`parts` are the two sums' tails), so that picking the better of two tests costs nothing in the alarm
+    rate (docs/evaluation.md measures all three).
     """
 
     statistics: FeatureTail
     features: tuple[str, ...]  # the features it combines
+    rule: str = COMBINATION_RULES[0]
+    parts: tuple[FeatureTail, ...] = ()  # omnibus: the tails of the sums whose smaller p it refers
+
+    def statistic(self, sums: np.ndarray) -> np.ndarray:
+        """Per window, its statistic from its `combined_statistic` sums (one row per window, one column per sum)."""
+        return _statistic(sums, self.parts)
 
     def probabilities(self, statistic: np.ndarray) -> np.ndarray:
         return self.statistics.probabilities(statistic)
@@ -231,6 +251,25 @@ class CombinedTail:
     def threshold(self, alarm_rate: float) -> float:
         """The statistic at which a window alarms at `alarm_rate`."""
         return self.statistics.threshold(alarm_rate)
+
+    def feature_p_alarming(self, alarm_rate: float) -> float:
+        """The feature p at which one feature alone alarms its window at `alarm_rate` (omnibus: where either sum
+        alone reaches the smaller p that alarms)."""
+        limit = self.threshold(alarm_rate)
+        if not self.parts:
+            return feature_p_reaching(limit, self.rule)
+        smaller = math.exp(-limit)
+        return max(feature_p_reaching(part.threshold(smaller), name)
+                   for name, part in zip(_SUMS[self.rule], self.parts))
+
+
+def _statistic(sums: np.ndarray, parts: tuple[FeatureTail, ...]) -> np.ndarray:
+    """A sum rule's statistic is its one sum; the omnibus rule's is −ln of the smaller of its sums' p's among
+    `parts` (p floored at the smallest float), which grows as either p falls."""
+    if not parts:
+        return sums[:, 0]
+    smaller = np.minimum.reduce([part.probabilities(sums[:, column]) for column, part in enumerate(parts)])
+    return -np.log(np.maximum(smaller, _SMALLEST))
 
 
 def combined_tail(tails: Mapping[str, FeatureTail], rule: str) -> CombinedTail | None:
@@ -253,10 +292,15 @@ def combined_tail(tails: Mapping[str, FeatureTail], rule: str) -> CombinedTail |
         present[present] = window_hashes[position[present]] == tail.pool.hashes[present]
         probabilities.append(tail.probabilities(tail.pool.values[present]))
         rows.append(position[present])
-    statistics = combined_statistic(combination_terms(np.concatenate(probabilities), rule), np.concatenate(rows),
-                                  window_hashes.size)
-    fitted = FeatureTail.fit(statistics)
-    return CombinedTail(fitted, tuple(modelled)) if fitted.spot is not None else None
+    sums = combined_statistic(rule_terms(np.concatenate(probabilities), rule), np.concatenate(rows),
+                              window_hashes.size)
+    parts = ()
+    if len(_SUMS[rule]) > 1:
+        parts = tuple(FeatureTail.fit(column) for column in sums.T)
+        if any(part.spot is None for part in parts):
+            return None
+    fitted = FeatureTail.fit(_statistic(sums, parts))
+    return CombinedTail(fitted, tuple(modelled), rule, parts) if fitted.spot is not None else None
 
 
 @dataclass(frozen=True)

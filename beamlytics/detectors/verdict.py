@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from beamlytics import schemas
 from beamlytics.detectors.base import Status
-from beamlytics.detectors.population import Population, combination_terms, combined_statistic, feature_p_reaching
+from beamlytics.detectors.population import Population, combined_statistic, rule_terms
 from beamlytics.hunts.allow import AllowList
 from beamlytics.hunts.config import HuntConfig
 from beamlytics.hunts.marks import Mark
@@ -241,10 +241,10 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     the feature p at which it alone alarms.
 
     Where the population calibrates the combined statistic (`population.CombinedTail`), the window's p is the
-    population's share of windows whose combined statistic (Σ 1 / p) is at least its own, and the fired features are the
-    fewest of its strongest whose terms alone reach the alarm threshold: what it takes to alarm. Elsewhere
-    (no population, or one too small) the Bonferroni-corrected minimum, and fired is each feature that alone
-    passes it.
+    population's share of windows whose combined statistic (the rule's: Σ 1 / p by default) is at least its own, and
+    the fired features are the fewest of its strongest whose statistic alone reaches the alarm threshold: what it
+    takes to alarm. Elsewhere (no population, or one too small) the Bonferroni-corrected minimum, and fired is each
+    feature that alone passes it.
     """
     windows = len(judged)
     finite = np.isfinite(p_sorted)
@@ -254,12 +254,12 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
     alone = np.minimum(1.0, judged[per_row] * p_sorted)
     risk = alarm_rate / np.maximum(judged[per_row], 1)
     fired = is_judged[per_row] & finite & (alone <= alarm_rate)
-    terms = combination_terms(p_sorted, population.rule)
-    statistic = combined_statistic(terms, per_row, windows)
-    # The sum of the terms of the window's stronger features, added up within the window (not a running sum over
+    terms = rule_terms(p_sorted, population.rule)
+    sums = combined_statistic(terms, per_row, windows)
+    # The sums of the terms of the window's stronger features, added up within the window (not a running sum over
     # all rows, whose rounding would depend on where the window sits).
     position = np.arange(len(p_sorted)) - offsets[:-1][per_row]
-    before = np.zeros(len(p_sorted))
+    before = np.zeros(terms.shape)
     for rank in range(1, int(position.max(initial=0)) + 1):
         rows = np.flatnonzero(position == rank)
         before[rows] = before[rows - 1] + terms[rows - 1]
@@ -269,13 +269,15 @@ def _window_tests(p_sorted: np.ndarray, per_row: np.ndarray, offsets: np.ndarray
             continue
         mine = kind_of_window == name
         rows = mine[per_row]
-        combined[mine] = np.where(judged[mine] > 0, calibration.probabilities(statistic[mine]), math.nan)
+        combined[mine] = np.where(judged[mine] > 0, calibration.probabilities(calibration.statistic(sums[mine])),
+                                  math.nan)
         limit = calibration.threshold(alarm_rate)
-        alone[rows] = np.where(finite[rows], calibration.probabilities(terms[rows]), math.nan)
-        risk[rows] = feature_p_reaching(limit, population.rule)
+        alone[rows] = np.where(finite[rows], calibration.probabilities(calibration.statistic(terms[rows])), math.nan)
+        risk[rows] = calibration.feature_p_alarming(alarm_rate)
         alarmed = (is_judged & (combined <= alarm_rate))[per_row]
-        # The strongest always fires, also where the alarm threshold is 0 or less (no sum before it is below that).
-        fired[rows] = (alarmed & finite & ((before < limit) | (position == 0)))[rows]
+        # The strongest always fires, also where the alarm threshold is 0 or less (no statistic before it is below
+        # that).
+        fired[rows] = (alarmed & finite & ((calibration.statistic(before) < limit) | (position == 0)))[rows]
     return combined, fired, alone, risk
 
 
