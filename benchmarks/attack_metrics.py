@@ -4,10 +4,15 @@ How a run ranks its endpoint-windows is read from `verdicts/` (one ranked verdic
 key-window) by `rejudged`, which also re-judges them at another alarm rate exactly: a
 verdict's `p_value` and `hunt_score` do not depend on the rate, only its status and score do
 (`beamlytics.detectors.verdict`).
+
+The attacker is a set of keys: the address it was placed on and its aliases (its other addresses in the
+capture, `benchmarks.embed.capture_aliases`), each a key of its own in the run. Its windows are every window of
+the set overlapping the attack; its rank is the set's best score against every host outside the set.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +43,7 @@ class CaseResult:
     flagged: bool
     windows_caught: int
     attacker_windows: int
-    rank: int | None  # 1-based rank of the true host among hosts by best score; None: never alarmed
+    rank: int | None  # 1-based rank of the attacker's keys among hosts by best score; None: none scored
     benign_windows: int
     benign_alarms: int
     benign_judged: int  # the benign windows the method judged: issue 9's budget is a share of these
@@ -48,19 +53,20 @@ class CaseResult:
         return 1000.0 * self.benign_alarms / self.benign_windows if self.benign_windows else float("nan")
 
 
-def attacker_windows(features: pd.DataFrame, attacker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    """The attacker's endpoint-windows that overlap the attack's span [start, end]."""
-    mine = features[features["key"] == attacker]
+def attacker_windows(features: pd.DataFrame, attackers: Collection[str], start: pd.Timestamp, end: pd.Timestamp
+                     ) -> pd.DataFrame:
+    """The endpoint-windows of the attacker's keys that overlap the attack's span [start, end]."""
+    mine = features[features["key"].isin(attackers)]
     overlapping = (mine["window_start"] <= end) & (mine["window_end"] > start)
     return mine.loc[overlapping, WINDOW]
 
 
-def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFrame, attacker: str,
+def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFrame, attackers: Collection[str],
                 start: pd.Timestamp, end: pd.Timestamp, judged: pd.DataFrame | None = None) -> CaseResult:
     """Metrics of one run: `features` every endpoint-window, `alarms` the alarmed ones with scores
     (as `rejudged` gives), `ranked` the scored windows hosts are ranked by, `judged` the windows the
     method judged (as `judged_windows` gives; None: every window, as a baseline judges them)."""
-    attack = attacker_windows(features, attacker, start, end)
+    attack = attacker_windows(features, attackers, start, end)
     is_attack = _member(features, attack)
     is_alarm = _member(features, alarms)
     is_judged = np.ones(len(features), dtype=bool) if judged is None else _member(features, judged)
@@ -69,7 +75,7 @@ def case_result(features: pd.DataFrame, alarms: pd.DataFrame, ranked: pd.DataFra
         flagged=caught > 0,
         windows_caught=caught,
         attacker_windows=int(is_attack.sum()),
-        rank=host_rank(ranked, attacker),
+        rank=host_rank(ranked, attackers),
         benign_windows=int((~is_attack).sum()),
         benign_alarms=int((~is_attack & is_alarm).sum()),
         benign_judged=int((~is_attack & is_judged).sum()),
@@ -84,29 +90,32 @@ def judged_windows(verdicts: pd.DataFrame) -> pd.DataFrame:
     return verdicts.loc[verdicts["status"] != "unjudged", WINDOW].reset_index(drop=True)
 
 
-def closest_attacker_window(verdicts: pd.DataFrame, attacker: str, start: pd.Timestamp, end: pd.Timestamp
-                            ) -> str | None:
-    """Why a missed attacker was missed: its judged window with the smallest combined p, that p and each feature's
-    value and tail probability (smallest first), as one line; None when none of its windows was judged."""
+def closest_attacker_window(verdicts: pd.DataFrame, attackers: Collection[str], start: pd.Timestamp,
+                            end: pd.Timestamp) -> str | None:
+    """Why a missed attacker was missed: the judged window of its keys with the smallest combined p, its key, that p
+    and each feature's value and tail probability (smallest first), as one line; None when none was judged."""
     if verdicts.empty:
         return None
-    mine = verdicts[(verdicts["key"] == attacker) & (verdicts["window_start"] <= end) & (verdicts["window_end"] > start)
+    mine = verdicts[verdicts["key"].isin(attackers) & (verdicts["window_start"] <= end) & (verdicts["window_end"] > start)
                     & (verdicts["status"] != "unjudged")]
     if mine.empty:
         return None
-    window = mine.sort_values(["p_value", "window_start"], kind="stable").iloc[0]
+    window = mine.sort_values(["p_value", "window_start", "key"], kind="stable").iloc[0]
     features = sorted((item["p_value"], item["feature"], item["value"]) for item in window["evidence"]
                       if item["p_value"] is not None and math.isfinite(item["p_value"]))
-    return (f"window {window['window_start']:%H:%M}, {window['records']} records, combined p {window['p_value']:.3g}: "
+    return (f"{window['key']} window {window['window_start']:%H:%M}, {window['records']} records, "
+            f"combined p {window['p_value']:.3g}: "
             + ", ".join(f"{name} {value:g} (p {p:.3g})" for p, name, value in features))
 
 
-def host_rank(scored: pd.DataFrame, host: str) -> int | None:
-    """1 + the number of hosts whose best score beats `host`'s (ties share the better rank)."""
+def host_rank(scored: pd.DataFrame, hosts: Collection[str]) -> int | None:
+    """1 + the number of keys outside `hosts` whose best score beats the best of `hosts`' (ties share the better
+    rank); None when no key of `hosts` is scored."""
     best = scored.groupby("key")["score"].max()
-    if host not in best.index:
+    mine = best.index.isin(hosts)
+    if not mine.any():
         return None
-    return int((best > best[host]).sum()) + 1
+    return int((best[~mine] > best[mine].max()).sum()) + 1
 
 
 def _member(frame: pd.DataFrame, subset: pd.DataFrame) -> np.ndarray:

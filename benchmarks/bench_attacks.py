@@ -7,7 +7,8 @@ ssl.log as flows, since the set has no conn.log) once onto a background host wit
 history and once as a new host (`benchmarks.embed`), and written back as Zeek JSON. The CLI
 `beamlytics detect` runs on each, and its `features/` feed an IsolationForest baseline.
 Per case: flagged, attacker windows caught, rank of the true host, false alarms per 1,000
-benign endpoint-windows (`benchmarks.attack_metrics`); IsolationForest also at the same 0.5 %
+benign endpoint-windows (`benchmarks.attack_metrics`), the attacker counted as its placed
+address and its aliases (its other addresses in a capture: `embed.capture_aliases`); IsolationForest also at the same 0.5 %
 budget (its top 0.5 % of windows). The aggregates re-judge each run at every rate of
 `ALARM_RATES`, by the CLI's rule and, in process, by the rules it is compared with (Fisher's,
 which it replaced, the omnibus smaller of the two, and Bonferroni's), with a leave-one-case-out
@@ -182,9 +183,10 @@ HEADER = ["case", "placement", "method", "flagged", "windows", "rank", "alarms/1
 
 
 def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log: str, target: str,
-             placement: str, detectors: tuple[str | None, ...], work: str) -> list[Row]:
+             placement: str, detectors: tuple[str | None, ...], work: str, aliases: tuple[str, ...]) -> list[Row]:
     start_us = attack_start(background, attack, case.table)
     placed = embed.place_attack(attack, case.table, case.attacker, target, start_us)
+    attackers = frozenset((target, *embed.placed_aliases(attack, case.attacker, aliases).values()))
     folder = Path(work) / f"{case.name}-{placement}"
     (folder / "attack").mkdir(parents=True)
     embed.write_zeek(placed, case.table, str(folder / "attack"))
@@ -202,8 +204,8 @@ def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log:
             raise AssertionError(f"{case.name}/{placement}: re-judging at the run's rate gave {len(alarms)} alarms, "
                                  f"the run {len(cli_alarms)}")
         judged = attack_metrics.judged_windows(verdicts)
-        result = attack_metrics.case_result(features, alarms, alarms, target, first, last, judged)
-        missed = None if result.flagged else attack_metrics.closest_attacker_window(verdicts, target, first, last)
+        result = attack_metrics.case_result(features, alarms, alarms, attackers, first, last, judged)
+        missed = None if result.flagged else attack_metrics.closest_attacker_window(verdicts, attackers, first, last)
         rows.append(Row(case.name, placement, f"detect {detector or 'defaults'}", result, missed))
         if detector is None:
             references = [(rule, rejudged_verdicts(output, features, rule)) for rule in REFERENCE_RULES]
@@ -211,13 +213,13 @@ def run_case(case: Case, attack: pa.Table, background: pa.Table, background_log:
                 for rate in ALARM_RATES:
                     at_rate = attack_metrics.rejudged(rejudge, rate)
                     rows.append(Row(case.name, placement, f"{family} {rate:g}",
-                                    attack_metrics.case_result(features, at_rate, at_rate, target, first, last,
+                                    attack_metrics.case_result(features, at_rate, at_rate, attackers, first, last,
                                                                attack_metrics.judged_windows(rejudge))))
             forest_alarms, forest_scores = attack_metrics.isolation_forest_scores(features)
-            result = attack_metrics.case_result(features, forest_alarms, forest_scores, target, first, last)
+            result = attack_metrics.case_result(features, forest_alarms, forest_scores, attackers, first, last)
             rows.append(Row(case.name, placement, "IsolationForest", result))
             at_budget = attack_metrics.top_share(forest_scores, BENIGN_BUDGET)
-            result = attack_metrics.case_result(features, at_budget, forest_scores, target, first, last)
+            result = attack_metrics.case_result(features, at_budget, forest_scores, attackers, first, last)
             rows.append(Row(case.name, placement, f"IsolationForest top {100 * BENIGN_BUDGET:g}%", result))
     return rows
 
@@ -274,8 +276,19 @@ def leave_one_out_lines(rows: list[Row], family: str = "rate") -> list[str]:
     return lines
 
 
+def alias_line(case: Case, attack: pa.Table, aliases: tuple[str, ...] | None) -> str:
+    """The case's aliases (`embed.capture_aliases`) and the addresses they are placed on, or why it has none."""
+    if aliases is None:
+        return f"aliases {case.name}: none (a log: no link layer to tell them by)"
+    placed = embed.placed_aliases(attack, case.attacker, aliases)
+    named = [f"{alias} as {placed[alias]}" if alias in placed else f"{alias} (not in the {case.table} records)"
+             for alias in aliases]
+    return f"aliases {case.name}: {', '.join(named) or 'none'} (other sources of {case.attacker}'s MAC in the capture)"
+
+
 def measure(detectors: tuple[str | None, ...]) -> list[Line]:
     rows: list[Row] = []
+    alias_lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="beamlytics-attacks-") as work:
         for table in ("named_flows", "dns"):
             background = background_table(table)
@@ -291,11 +304,14 @@ def measure(detectors: tuple[str | None, ...]) -> list[Line]:
                 attack = embed.fields_like(embed.parse_table([str(DATA_DIR / case.path)], table).table, background)
                 host = embed.clean_history_host(background, table, attack_start(background, attack, table),
                                                 WINDOW_US, alarmed)
+                aliases = embed.capture_aliases(str(DATA_DIR / case.path), case.attacker)
+                alias_lines.append(alias_line(case, attack, aliases))
                 for placement, target in (("host", host), ("new", newcomer)):
-                    rows += run_case(case, attack, background, str(log_folder), target, placement, detectors, work)
+                    rows += run_case(case, attack, background, str(log_folder), target, placement, detectors, work,
+                                     aliases or ())
     per_case = [row for row in rows if not row.method.startswith(tuple(f"{family} " for family in FAMILIES))]
     missed = [f"missed {row.case}/{row.placement} ({row.method}): {row.missed}" for row in rows if row.missed]
-    return [Line(text) for text in [*table_lines(per_case), *missed, *aggregate_lines(rows),
+    return [Line(text) for text in [*alias_lines, *table_lines(per_case), *missed, *aggregate_lines(rows),
                                     *(line for family in FAMILIES for line in leave_one_out_lines(rows, family))]]
 
 

@@ -11,6 +11,10 @@ written back as Zeek JSON logs, so `beamlytics detect` reads it exactly as it re
   other attack address becomes an address of 198.18.0.0/15 (RFC 2544's benchmarking range,
   absent from the background), numbered in sorted order, so victims never merge with
   background hosts and the mapping is the same on every run.
+- Aliases: the attacker's other addresses in a capture (its IPv6 link-local beside its IPv4
+  lease: the same network interface, `capture_aliases`) are placed like any other address,
+  so a detector keyed by address still sees two keys; the metrics count both as the
+  attacker (`placed_aliases` says where they went).
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamlytics import schemas
-from beamlytics.parsers.base import Batch, Rejected
+from beamlytics.parsers import packets
+from beamlytics.parsers.base import Batch, Rejected, decompressed
 from beamlytics.parsers.formats import parse_paths
 
 VICTIM_NETWORK = ipaddress.ip_network("198.18.0.0/15")
@@ -107,6 +112,80 @@ def place_attack(attack: pa.Table, kind: str, attacker: str, target: str, start_
     attack_start, _ = time_span(attack, kind)
     moved = shift_times(attack, kind, start_us - attack_start)
     return remap_addresses(moved, address_map(attack, attacker, target))
+
+
+def placed_aliases(attack: pa.Table, attacker: str, aliases: Iterable[str]) -> dict[str, str]:
+    """alias → the address `place_attack` gives it, for those of `aliases` that `attack` holds (whatever the
+    target: the other addresses are numbered without it)."""
+    mapping = address_map(attack, attacker, attacker)
+    return {alias: mapping[alias] for alias in aliases if alias in mapping}
+
+
+# --- the attacker's aliases in a capture ----------------------------------------------------
+
+# An interface's own addresses in practice: an IPv4 lease, an IPv4 or IPv6 link-local, a global IPv6 or a
+# container bridge's. A MAC sending for more carries other hosts' traffic (a router, a gateway): its
+# addresses are not one host's.
+MAX_INTERFACE_ADDRESSES = 4
+_ETHERNET = 1
+_IPV4, _IPV6 = 0x0800, 0x86DD
+_VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))  # the tags beamlytics' packet decoder steps over
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+def sources_by_mac(path: str) -> dict[str, set[str]] | None:
+    """The outer IP source addresses of a capture's Ethernet frames, by the frames' source MAC (as
+    aa:bb:cc:dd:ee:ff); None when `path` is not a capture (a log: no link layer). Damaged records and frames of
+    other link types are passed over: this only names addresses, it parses no records."""
+    with open(path, "rb") as raw:
+        stream = decompressed(raw)
+        if packets.capture_format(stream.peek(12)[:12]) is None:
+            return None
+        sources: dict[str, set[str]] = {}
+        for record in packets.capture_records(path, stream):
+            if isinstance(record, Rejected) or record[2] != _ETHERNET:
+                continue
+            source = _ip_source(record[3])
+            if source is not None:
+                sources.setdefault(record[3][6:12].hex(":"), set()).add(source)
+    return sources
+
+
+def _ip_source(frame: bytes) -> str | None:
+    """The IP source address of an Ethernet frame, after any VLAN tags; None for other payloads (ARP, LLDP...)."""
+    offset = 12
+    while len(frame) >= offset + 2 and int.from_bytes(frame[offset:offset + 2], "big") in _VLAN_TAGS:
+        offset += 4
+    ethertype, offset = int.from_bytes(frame[offset:offset + 2], "big"), offset + 2
+    if ethertype == _IPV4 and len(frame) >= offset + 20 and frame[offset] >> 4 == 4:
+        return packets.address_text(frame[offset + 12:offset + 16])
+    if ethertype == _IPV6 and len(frame) >= offset + 40 and frame[offset] >> 4 == 6:
+        return packets.address_text(frame[offset + 8:offset + 24])
+    return None
+
+
+def aliases_of(sources: dict[str, set[str]], attacker: str) -> tuple[str, ...]:
+    """The attacker's other addresses, sorted: those its MACs (every MAC sending as `attacker`) send as too,
+    leaving out addresses no one host owns (unspecified, broadcast, multicast) and every MAC sending for more
+    than MAX_INTERFACE_ADDRESSES of the rest (a gateway's: an attacker behind it has no aliases there)."""
+    aliases: set[str] = set()
+    for addresses in sources.values():
+        own = {address for address in addresses if not _shared(address)}
+        if attacker in own and len(own) <= MAX_INTERFACE_ADDRESSES:
+            aliases |= own
+    aliases.discard(attacker)
+    return tuple(sorted(aliases))
+
+
+def _shared(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_unspecified or ip.is_multicast or ip == _BROADCAST
+
+
+def capture_aliases(path: str, attacker: str) -> tuple[str, ...] | None:
+    """`aliases_of` the capture at `path`; None for a log, which has no link layer to tell them by."""
+    sources = sources_by_mac(path)
+    return None if sources is None else aliases_of(sources, attacker)
 
 
 def new_address(background: pa.Table, network: str = "10.250.0.0/16") -> str:

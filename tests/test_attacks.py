@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import ipaddress
 import json
 import math
+import struct
+import subprocess
 
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +17,7 @@ import pytest
 from beamlytics import schemas
 from benchmarks import attack_metrics, embed
 from benchmarks.bench_attacks import CASES
-from tests.conftest import shared_data
+from tests.conftest import provisioned_tool, shared_data
 
 T0 = dt.datetime(2018, 3, 24, 17, 0, tzinfo=dt.timezone.utc)
 
@@ -137,7 +141,7 @@ def test_case_result_hand_worked():
     alarms = _windows([("x", 3), ("x", 1), ("b", 2), ("c", 0)])
     alarms["score"] = [4.0, 1.0, 9.0, 3.0]
     start, end = (pd.Timestamp(T0) + pd.Timedelta(seconds=seconds) for seconds in (190, 290))
-    result = attack_metrics.case_result(features, alarms, alarms, "x", start, end)
+    result = attack_metrics.case_result(features, alarms, alarms, {"x"}, start, end)
     assert (result.flagged, result.windows_caught, result.attacker_windows) == (True, 1, 2)
     assert result.rank == 2  # b's best 9 beats x's best 4, which beats c's 3
     assert (result.benign_alarms, result.benign_windows, result.benign_judged) == (3, 8, 8)
@@ -147,7 +151,7 @@ def test_case_result_hand_worked():
                          ("c", 0), ("c", 4)])
     verdicts["status"] = ["normal", "alarm", "normal", "alarm", "unjudged", "normal", "alarm", "unjudged", "alarm",
                           "unjudged"]
-    judged = attack_metrics.case_result(features, alarms, alarms, "x", start, end,
+    judged = attack_metrics.case_result(features, alarms, alarms, {"x"}, start, end,
                                         attack_metrics.judged_windows(verdicts))
     assert (judged.benign_alarms, judged.benign_windows, judged.benign_judged) == (3, 8, 6)
 
@@ -164,11 +168,11 @@ def test_closest_attacker_window_names_the_smallest_p_window_and_its_features():
                                      {**item, "feature": "failed_ratio", "value": math.nan, "p_value": None},
                                      {**item, "feature": "distinct_ports", "value": 2.0, "p_value": 0.0143}], [], []]
     start, end = pd.Timestamp(T0) + pd.Timedelta(seconds=70), pd.Timestamp(T0) + pd.Timedelta(seconds=170)
-    line = attack_metrics.closest_attacker_window(verdicts, "x", start, end)
+    line = attack_metrics.closest_attacker_window(verdicts, {"x"}, start, end)
     minute = f"{pd.Timestamp(T0) + pd.Timedelta(minutes=2):%H:%M}"
-    assert line == (f"window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), records 67 (p 0.021), "
+    assert line == (f"x window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), records 67 (p 0.021), "
                     "distinct_peers 1 (p 1)")
-    assert attack_metrics.closest_attacker_window(verdicts, "x", end + pd.Timedelta(minutes=1),
+    assert attack_metrics.closest_attacker_window(verdicts, {"x"}, end + pd.Timedelta(minutes=1),
                                                   end + pd.Timedelta(minutes=1)) is None  # only x@3: unjudged
 
 
@@ -176,7 +180,7 @@ def test_case_result_when_the_attacker_is_never_alarmed():
     features = _windows([("x", 0), ("b", 0)])
     alarms = _windows([("b", 0)])
     alarms["score"] = [1.0]
-    result = attack_metrics.case_result(features, alarms, alarms, "x", pd.Timestamp(T0), pd.Timestamp(T0))
+    result = attack_metrics.case_result(features, alarms, alarms, {"x"}, pd.Timestamp(T0), pd.Timestamp(T0))
     assert (result.flagged, result.windows_caught, result.attacker_windows, result.rank) == (False, 0, 1, None)
     assert result.alarms_per_1000 == pytest.approx(1000.0)
 
@@ -188,7 +192,7 @@ def test_isolation_forest_ranks_an_obvious_outlier_first():
     features["distinct_names"] = [5.0 + i % 2 for i in range(40)] + [850.0]
     alarms, scored = attack_metrics.isolation_forest_scores(features)
     assert "odd" in set(alarms["key"])
-    assert attack_metrics.host_rank(scored, "odd") == 1
+    assert attack_metrics.host_rank(scored, {"odd"}) == 1
     again, _ = attack_metrics.isolation_forest_scores(features)
     assert again.equals(alarms)
 
@@ -239,3 +243,152 @@ def test_argus_cases_attacker_is_the_capture_host_and_every_flow_is_embedded(cas
     first = min(dt.datetime.strptime(r["StartTime"], "%Y/%m/%d %H:%M:%S.%f") for r in records)
     moved = [T0 + (dt.datetime.strptime(r["StartTime"], "%Y/%m/%d %H:%M:%S.%f") - first) for r in records]
     assert sorted(placed["time_start"].to_pylist()) == sorted(moved)
+
+
+# --- the attacker's aliases -----------------------------------------------------------------
+
+
+def test_case_result_counts_the_attackers_aliases_as_the_attacker_by_hand():
+    # The attacker "x" (minutes 0-4) and its alias "x6" (minutes 3-4, its own key), attacking in minutes 3-4;
+    # benign "b" and "c". Alarms: x6@4 (8), x@1 (1: before the attack), b@2 (9), b@3 (6), c@0 (3).
+    features = _windows([("x", 0), ("x", 1), ("x", 2), ("x", 3), ("x", 4), ("x6", 3), ("x6", 4),
+                         ("b", 0), ("b", 2), ("b", 3), ("c", 0), ("c", 4)])
+    alarms = _windows([("x6", 4), ("x", 1), ("b", 2), ("b", 3), ("c", 0)])
+    alarms["score"] = [8.0, 1.0, 9.0, 6.0, 3.0]
+    start, end = (pd.Timestamp(T0) + pd.Timedelta(seconds=seconds) for seconds in (190, 290))
+    both = attack_metrics.case_result(features, alarms, alarms, {"x", "x6"}, start, end)
+    # Attack windows x@3, x@4, x6@3, x6@4; x6@4 caught; the set's best 8 is beaten by b's 9 only.
+    assert (both.flagged, both.windows_caught, both.attacker_windows, both.rank) == (True, 1, 4, 2)
+    assert (both.benign_windows, both.benign_alarms) == (8, 4)  # x@1, b@2, b@3, c@0
+    # Without its alias the attacker is missed, x6 is a benign host and outranks it.
+    alone = attack_metrics.case_result(features, alarms, alarms, {"x"}, start, end)
+    assert (alone.flagged, alone.windows_caught, alone.attacker_windows, alone.rank) == (False, 0, 2, 4)
+    assert (alone.benign_windows, alone.benign_alarms) == (10, 5)
+
+
+def test_host_rank_of_a_set_is_its_best_key_against_every_key_outside_it():
+    scored = pd.DataFrame({"key": ["a", "a", "a6", "b", "c", "d"], "window_start": [0, 1, 0, 0, 0, 0],
+                           "score": [2.0, 3.0, 7.0, 7.0, 8.0, 1.0]})
+    assert attack_metrics.host_rank(scored, {"a", "a6"}) == 2  # 7 (a6): c's 8 beats it, b's 7 ties
+    assert attack_metrics.host_rank(scored, {"a"}) == 4  # 3: a6, b and c beat it
+    assert attack_metrics.host_rank(scored, {"z", "d"}) == 5  # z unscored: d's 1 stands for the set
+    assert attack_metrics.host_rank(scored, {"z"}) is None
+
+
+def test_aliases_of_by_hand():
+    host = {"10.0.0.5", "fe80::1", "172.17.0.1", "0.0.0.0", "::", "255.255.255.255", "224.0.0.251"}
+    gateway = {"10.0.0.1", "8.8.8.8", "1.1.1.1", "9.9.9.9", "10.0.0.5"}  # 5 addresses: another host's too
+    four = {"10.0.0.9", "10.0.0.10", "fe80::9", "2001:db8::9"}
+    sources = {"aa": host, "gw": gateway, "four": four}
+    # The host's MAC gives its own two; the gateway's, which also carries 10.0.0.5, gives none.
+    assert embed.aliases_of(sources, "10.0.0.5") == ("172.17.0.1", "fe80::1")
+    assert embed.aliases_of(sources, "8.8.8.8") == ()  # an attacker behind the gateway
+    assert embed.aliases_of(sources, "10.0.0.9") == ("10.0.0.10", "2001:db8::9", "fe80::9")  # 4: still a host
+    assert embed.aliases_of(sources, "0.0.0.0") == ()  # a shared address is no one's
+    assert embed.aliases_of(sources, "192.0.2.77") == ()  # never sent
+
+
+def _frame(src_mac: str, ethertype: int, body: bytes, tags: bytes = b"") -> bytes:
+    return b"\xff" * 6 + bytes.fromhex(src_mac.replace(":", "")) + tags + struct.pack(">H", ethertype) + body
+
+
+def _ipv4(src: str) -> bytes:
+    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 64, 17, 0, ipaddress.ip_address(src).packed,
+                       ipaddress.ip_address("192.0.2.255").packed)
+
+
+def _ipv6(src: str) -> bytes:
+    return (struct.pack(">IHBB", 6 << 28, 0, 59, 1) + ipaddress.ip_address(src).packed
+            + ipaddress.ip_address("ff02::1").packed)
+
+
+def _pcap_file(path, frames: list[bytes], linktype: int = 1) -> str:
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+        for number, frame in enumerate(frames):
+            out.write(struct.pack("<IIII", 1_700_000_000 + number, 0, len(frame), len(frame)) + frame)
+    return str(path)
+
+
+def test_sources_by_mac_reads_ethernet_vlan_and_both_ip_versions(tmp_path):
+    a, b = "b8:27:eb:00:00:01", "a6:d1:8c:00:00:02"
+    path = _pcap_file(tmp_path / "x.pcap", [
+        _frame(a, 0x0800, _ipv4("192.168.2.16")),
+        _frame(a, 0x86DD, _ipv6("fe80::ba27:ebff:fe00:1"), tags=struct.pack(">HH", 0x8100, 7)),
+        _frame(a, 0x0806, bytes(28)),  # ARP: no IP source
+        _frame(b, 0x0800, _ipv4("192.168.2.1")),
+        _frame(b, 0x0800, _ipv4("8.8.8.8")),
+        _frame(b, 0x0800, bytes(8)),  # cut short inside the IP header
+        b"\x01\x02\x03",  # shorter than an Ethernet header
+    ])
+    assert embed.sources_by_mac(path) == {a: {"192.168.2.16", "fe80::ba27:ebff:fe00:1"},
+                                          b: {"192.168.2.1", "8.8.8.8"}}
+    assert embed.capture_aliases(path, "192.168.2.16") == ("fe80::ba27:ebff:fe00:1",)
+    packed = tmp_path / "x.pcap.gz"
+    packed.write_bytes(gzip.compress(open(path, "rb").read()))
+    assert embed.sources_by_mac(str(packed)) == embed.sources_by_mac(path)
+    raw_ip = _pcap_file(tmp_path / "raw.pcap", [_ipv4("192.168.2.16")], linktype=101)
+    assert embed.sources_by_mac(raw_ip) == {}  # no link layer in the capture: no MAC to go by
+    log = tmp_path / "conn.log"
+    log.write_text('{"ts": 1.0, "id.orig_h": "192.168.2.16"}\n')
+    assert embed.sources_by_mac(str(log)) is None and embed.capture_aliases(str(log), "192.168.2.16") is None
+
+
+def test_placed_aliases_are_where_place_attack_puts_them():
+    table = _dns([{"c_ip": "10.0.0.9", "s_ip": "8.8.8.8", "req_time": T0},
+                  {"c_ip": "fe80::9", "s_ip": "ff02::fb", "req_time": T0}])
+    start = int(T0.timestamp() * 1e6)
+    placed = embed.place_attack(table, "dns", "10.0.0.9", "10.250.0.1", start)
+    aliases = embed.placed_aliases(table, "10.0.0.9", ("172.17.0.1", "fe80::9"))  # 172.17.0.1: no record here
+    assert aliases == {"fe80::9": "198.18.0.2"}  # 8.8.8.8, fe80::9, ff02::fb in sorted order
+    assert placed["c_ip"].to_pylist() == ["10.250.0.1", "198.18.0.2"]
+
+
+def _tshark_sources(path) -> dict[str, set[str]]:
+    """Each frame's source MAC and its first IP layer's source address, as tshark decodes them."""
+    fields = ["eth.src", "ip.src", "ipv6.src", "frame.protocols"]
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-E", "occurrence=f",
+                          *(arg for field in fields for arg in ("-e", field))],
+                         check=True, capture_output=True, text=True).stdout
+    sources: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        mac, ip4, ip6, protocols = line.split("\t")
+        layers = [layer for layer in protocols.split(":") if layer in ("ip", "ipv6")]
+        if mac and layers:
+            sources.setdefault(mac, set()).add(ip4 if layers[0] == "ip" else ip6)
+    return sources
+
+
+CAPTURE_CASES = [case for case in CASES if case.path.endswith(".pcap")]
+
+
+@pytest.mark.parametrize("capture", sorted({case.path for case in CAPTURE_CASES}))
+def test_sources_by_mac_agree_with_tshark(capture):
+    path = shared_data(capture)
+    if not provisioned_tool("tshark"):
+        pytest.skip("tshark is not on PATH: nothing to check the capture's link layer against")
+    assert embed.sources_by_mac(str(path)) == _tshark_sources(path)
+
+
+def test_the_infected_hosts_alias_is_its_macs_eui64_link_local_and_the_gateway_gives_none():
+    path = shared_data("pcaps/attacks/slips_test7-malicious.pcap")
+    if not provisioned_tool("tshark"):
+        pytest.skip("tshark is not on PATH: nothing to check the capture's link layer against")
+    sources = _tshark_sources(path)
+    (mac,) = [mac for mac, addresses in sources.items() if "192.168.2.16" in addresses]
+    octets = bytes.fromhex(mac.replace(":", ""))
+    # RFC 4291 appendix A: the MAC's universal/local bit flipped, ff:fe in the middle, under fe80::/64.
+    eui64 = bytes([octets[0] ^ 2]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    link_local = str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui64))
+    aliases = embed.capture_aliases(str(path), "192.168.2.16")
+    assert link_local in aliases
+    assert set(aliases) <= sources[mac]
+    (gateway,) = [mac for mac, addresses in sources.items() if "8.8.8.8" in addresses]
+    assert len(sources[gateway]) > embed.MAX_INTERFACE_ADDRESSES
+    assert embed.capture_aliases(str(path), "8.8.8.8") == ()
+
+
+@pytest.mark.parametrize("case_name", sorted({case.name for case in CASES if case not in CAPTURE_CASES}))
+def test_log_cases_have_no_aliases(case_name):
+    case = next(c for c in CASES if c.name == case_name)
+    assert embed.capture_aliases(str(shared_data(case.path)), case.attacker) is None
