@@ -96,8 +96,8 @@ def closest_attacker_window(verdicts: pd.DataFrame, attackers: Collection[str], 
     and each feature's value and tail probability (smallest first), as one line; None when none was judged."""
     if verdicts.empty:
         return None
-    mine = verdicts[verdicts["key"].isin(attackers) & (verdicts["window_start"] <= end) & (verdicts["window_end"] > start)
-                    & (verdicts["status"] != "unjudged")]
+    mine = verdicts[verdicts["key"].isin(attackers) & (verdicts["window_start"] <= end)
+                    & (verdicts["window_end"] > start) & (verdicts["status"] != "unjudged")]
     if mine.empty:
         return None
     window = mine.sort_values(["p_value", "window_start", "key"], kind="stable").iloc[0]

@@ -8,8 +8,8 @@ history and once as a new host (`benchmarks.embed`), and written back as Zeek JS
 `beamlytics detect` runs on each, and its `features/` feed an IsolationForest baseline.
 Per case: flagged, attacker windows caught, rank of the true host, false alarms per 1,000
 benign endpoint-windows (`benchmarks.attack_metrics`), the attacker counted as its placed
-address and its aliases (its other addresses in a capture: `embed.capture_aliases`); IsolationForest also at the same 0.5 %
-budget (its top 0.5 % of windows). The aggregates re-judge each run at every rate of
+address and its aliases (its other addresses in a capture: `embed.capture_aliases`);
+IsolationForest also at the same 0.5 % budget (its top 0.5 % of windows). The aggregates re-judge each run at every rate of
 `ALARM_RATES`, by the CLI's rule and, in process, by the rules it is compared with (Fisher's,
 which it replaced, the omnibus smaller of the two, and Bonferroni's), with a leave-one-case-out
 choice of rate for each and the cells whose own benign share is over the budget. See

@@ -170,8 +170,8 @@ def test_closest_attacker_window_names_the_smallest_p_window_and_its_features():
     start, end = pd.Timestamp(T0) + pd.Timedelta(seconds=70), pd.Timestamp(T0) + pd.Timedelta(seconds=170)
     line = attack_metrics.closest_attacker_window(verdicts, {"x"}, start, end)
     minute = f"{pd.Timestamp(T0) + pd.Timedelta(minutes=2):%H:%M}"
-    assert line == (f"x window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), records 67 (p 0.021), "
-                    "distinct_peers 1 (p 1)")
+    assert line == (f"x window {minute}, 67 records, combined p 0.03: distinct_ports 2 (p 0.0143), "
+                    "records 67 (p 0.021), distinct_peers 1 (p 1)")
     assert attack_metrics.closest_attacker_window(verdicts, {"x"}, end + pd.Timedelta(minutes=1),
                                                   end + pd.Timedelta(minutes=1)) is None  # only x@3: unjudged
 
