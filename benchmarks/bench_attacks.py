@@ -68,7 +68,8 @@ CASES = (
     Case("icmp_scan", "named_flows", "pcaps/attacks/slips_test12-icmp-portscan.pcap", "192.168.1.109",
          "Slips test12: ICMP-based scan; the one sender"),
     Case("malware_flows", "named_flows", "pcaps/attacks/slips_test7-malicious.pcap", "192.168.2.16",
-         "Slips test7: malware-infected Windows host (its DHCP lease, 299 of 329 flows)"),
+         "Slips test7: malware-infected host, a Raspberry Pi scanning ports 23/8080/2323/9527 "
+         "(its DHCP lease, 299 of 329 flows)"),
     Case("vertical_scan", "named_flows", "labelled/portscans/vertical_conn.log", "192.168.1.9",
          "Slips port-scans/vertical: nmap of scanme.nmap.org (45.33.32.156) from 192.168.1.9"),
     Case("horizontal_scan", "named_flows", "labelled/portscans/horizontal_conn.log", "10.0.2.112",
