@@ -33,6 +33,7 @@ def test_the_bytes_are_pickles_and_decode_to_the_element():
 def test_sizes_add_up_the_arrow_buffers_of_every_field():
     assert arrow_size(_table(1000)) == 2 * 8 * 1000
     assert arrow_size(_table(1000).to_batches()[0]) == 16_000
+    assert arrow_size(_table(1000).slice(10, 100)) == 1600  # a slice's rows, not the buffers it shares
     part = WindowPartials(_table(100), {"names": _table(10), "peers": _table(20)}, None)
     assert arrow_size(part) == 1600 + 160 + 320 + 8  # `slots` None: a scalar's 8
     result = ShardResult(3, (_table(10),), _table(20), _table(30), _table(40), (("scores", 20),))

@@ -21,10 +21,10 @@ _SMALL = 8  # a scalar's share of an estimate: ints, strings and the like beside
 
 
 def arrow_size(value) -> int:
-    """About how many bytes `value` holds: its Arrow tables' and batches' buffers, walked through
-    dataclasses, tuples, lists and dicts."""
+    """About how many bytes `value` holds: its Arrow tables' and batches' rows (`nbytes`: a slice's own, not
+    its whole buffers'), walked through dataclasses, tuples, lists and dicts."""
     if isinstance(value, (pa.Table, pa.RecordBatch)):
-        return value.get_total_buffer_size()
+        return value.nbytes
     if isinstance(value, (bytes, bytearray)):
         return len(value)
     if isinstance(value, (tuple, list)):
