@@ -82,3 +82,12 @@ def sort_indices(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Ar
         composite = composite * size + codes
         radix *= size
     return pa.array(np.argsort(composite * rows + np.arange(rows), kind="quicksort").astype(np.uint64))
+
+
+def sorted_by(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Table:
+    """`table` in `sort_indices` order, itself when already in it: a shard's windows come out of windowing by
+    endpoint and window, and taking them in place was a copy of every column (docs/benchmarks.md)."""
+    order = sort_indices(table, sort_keys)
+    if np.array_equal(order.to_numpy(), np.arange(len(order))):
+        return table
+    return table.take(order)
