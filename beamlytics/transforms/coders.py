@@ -2,10 +2,10 @@
 
 Beam estimates the mean byte size of every PCollection by encoding a sample of its elements (the
 first ten of each output of a bundle, then about ten per doubling): with `PickleCoder`, the default
-for untyped elements, that pickles whole record batches, partials and shard results that never
-leave the step that made them (at 4 M records 1.3 CPU s of pickling; docs/benchmarks.md). Typed
-with one of `ARROW_ELEMENTS`, a PCollection encodes exactly as before and its size sample adds up
-the Arrow buffers instead.
+for untyped elements, that pickles whole record batches, partials and shard results, most of which
+never leave the step that made them (at 4 M records 1.86 of 2.53 CPU s of pickling; docs/benchmarks.md).
+Typed with one of `ARROW_ELEMENTS` (or `transforms.score.ShardResult`), a PCollection encodes exactly
+as before and its size sample adds up its Arrow tables' bytes instead.
 """
 from __future__ import annotations
 

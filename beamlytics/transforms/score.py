@@ -258,7 +258,7 @@ class ShardResult:
     counts: tuple[tuple[str, int], ...]
 
 
-# Sized by its tables' buffers: Beam's size sample pickled shard results that never leave the judging step.
+# Sized by its tables' bytes: Beam's size sample pickled shard results, which never leave the judging step.
 coders.registry.register_coder(ShardResult, ArrowElementCoder)
 
 

@@ -34,7 +34,7 @@ DEFAULT_SHARDS = 8
 _MERGE_EVERY = 16
 # Rows of parsed batches joined before they become partials (the no-Beam path joins as many).
 JOIN_ROWS = 1 << 17
-# Typed, so that Beam sizes the partials by their buffers (`coders.ArrowElementCoder`) instead of pickling them.
+# Typed, so that Beam sizes the partials by their tables' bytes (`coders.ArrowElementCoder`), not by pickling them.
 _SHARD_PARTIALS = Tuple[int, WindowPartials]
 
 
