@@ -68,9 +68,11 @@ def sort_indices(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Ar
     """`pc.sort_indices(table, sort_keys)` (stable, nulls last).
 
     Each key column becomes integer codes (strings by rank), and a row's codes, then its position, one
-    mixed-radix number: distinct for every row, so numpy's quicksort orders them as a stable sort would, with
-    one integer comparison per pair where Arrow compares column by column (docs/benchmarks.md: the writers'
-    sorts). When the radices overflow 63 bits, or a key is a float, Arrow sorts, strings by their ranks."""
+    mixed-radix number: distinct for every row, so any sort orders them as a stable sort would, with one
+    integer comparison per pair where Arrow compares column by column (docs/benchmarks.md: the writers'
+    sorts). numpy's stable sort (a timsort for int64) merges runs already in order, which score rows come
+    in: 15x faster than its quicksort on the 4 M run's shards. When the radices overflow 63 bits, or a key
+    is a float, Arrow sorts, strings by their ranks."""
     rows = table.num_rows
     composite, radix = np.zeros(rows, dtype=np.int64), max(rows, 1)  # the position is the last digit
     for name, order in sort_keys:
@@ -81,4 +83,13 @@ def sort_indices(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Ar
         codes, size = coded
         composite = composite * size + codes
         radix *= size
-    return pa.array(np.argsort(composite * rows + np.arange(rows), kind="quicksort").astype(np.uint64))
+    return pa.array(np.argsort(composite * rows + np.arange(rows), kind="stable").astype(np.uint64))
+
+
+def sorted_by(table: pa.Table, sort_keys: Sequence[tuple[str, str]]) -> pa.Table:
+    """`table` in `sort_indices` order, itself when already in it: a shard's windows come out of windowing by
+    endpoint and window, and taking them in place was a copy of every column (docs/benchmarks.md)."""
+    order = sort_indices(table, sort_keys)
+    if np.array_equal(order.to_numpy(), np.arange(len(order))):
+        return table
+    return table.take(order)

@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamlytics.ordering import sort_indices, value_ranks
+from beamlytics.ordering import sort_indices, sorted_by, value_ranks
 
 
 def test_ranks_are_the_code_point_order_of_distinct_values_and_nulls_stay_null():
@@ -51,3 +51,18 @@ def test_integer_keys_with_nulls_ties_and_overflowing_ranges_sort_as_arrow_does(
         assert sort_indices(table, keys).equals(pc.sort_indices(table, keys))
     assert sort_indices(table.slice(0, 0), [("small", "ascending")]).equals(
         pc.sort_indices(table.slice(0, 0), [("small", "ascending")]))
+
+
+def test_a_table_sorted_by_keys_is_arrows_order_and_an_ordered_one_is_not_copied():
+    rng = np.random.default_rng(9)
+    rows = 2000
+    table = pa.table({"key": pa.array(rng.choice(["x", "w", "y"], rows).tolist()),
+                      "start": pa.array(rng.integers(0, 50, rows), pa.int64()),
+                      "value": pa.array(rng.random(rows))})
+    keys = [("key", "ascending"), ("start", "ascending")]
+    ordered = sorted_by(table, keys)
+    assert ordered.equals(table.take(pc.sort_indices(table, keys)))
+    assert sorted_by(ordered, keys) is ordered
+    ties_reversed = pa.table({"key": ["a", "a", "b"], "start": [2, 1, 3]})  # in order by "key" alone, not by both
+    assert sorted_by(ties_reversed, [("key", "ascending")]) is ties_reversed
+    assert sorted_by(ties_reversed, keys).column("start").to_pylist() == [1, 2, 3]

@@ -1,4 +1,5 @@
 """The population prior: pooled endpoint-windows, their GPD tail, and verdicts from a first window."""
+import heapq
 import math
 import random
 
@@ -10,7 +11,7 @@ from scipy import stats
 
 from beamlytics import features
 from beamlytics.detectors.endpoint import DetectorConfig, EndpointWindow, score_table
-from beamlytics.detectors.population import FeatureTail, Population, merge_pools, pools_of
+from beamlytics.detectors.population import FeatureTail, Pool, Population, merge_pools, pools_of
 from beamlytics.detectors.spot import tail_probability
 from beamlytics.detectors.verdict import ALARM, POPULATION, VerdictSettings, judge
 from beamlytics.transforms.score import JudgeShards
@@ -134,6 +135,24 @@ def test_pools_are_the_same_in_any_order_and_sharding():
     for key, pool in whole.items():
         assert merge_pools([piece[key] for piece in pieces[::-1]], capacity) == pool
     assert all(len(pool) == capacity for pool in whole.values())
+
+
+def test_pools_keep_the_smallest_hash_value_pairs_with_equal_hashes_ordered_by_value():
+    rng = np.random.default_rng(4)
+    hashes = rng.integers(0, 1 << 63, 400, dtype=np.uint64)
+    values = rng.normal(size=400)
+    pool = Pool(hashes, values)
+    for pools, capacity in (([pool], 120), ([pool, pool], 150), ([pool, Pool(hashes[:50], values[50:100])], 90)):
+        entries = [(int(h), float(v)) for part in pools for h, v in zip(part.hashes, part.values)]
+        expected = heapq.nsmallest(capacity, entries)
+        merged = merge_pools(pools, capacity)
+        assert list(zip(merged.hashes.tolist(), merged.values.tolist())) == expected
+    windows = windows_table(hosts=20, minutes=10)
+    once = pools_of(windows, CONFIG.features, 150)
+    twice = pools_of(pa.concat_tables([windows] * 2), CONFIG.features, 150)
+    for key, pool in once.items():  # each window twice: every hash equal to another one
+        entries = [(int(h), float(v)) for h, v in zip(pool.hashes, pool.values)] * 2
+        assert list(zip(twice[key].hashes.tolist(), twice[key].values.tolist())) == heapq.nsmallest(150, entries)
 
 
 def run_verdicts(tables, shards):

@@ -73,7 +73,23 @@ def merge_pools(pools: Iterable[Pool], capacity: int = CAPACITY) -> Pool:
 
 def _smallest(hashes: np.ndarray, values: np.ndarray, capacity: int) -> Pool:
     """`heapq.nsmallest(capacity, zip(hashes, values))` as a pool."""
-    kept = np.lexsort((values, hashes))[:capacity]
+    return _kept(hashes, values, _by_hash(hashes), capacity)
+
+
+def _by_hash(hashes: np.ndarray) -> np.ndarray | None:
+    """The order of distinct `hashes`, ascending; None when two are equal (the values then decide).
+
+    Hashes are of distinct endpoint-windows, so equal ones are a 64-bit collision or the same window pooled
+    twice; without them one stable sort of the hashes (runs of sorted pools merge cheaply) orders the entries
+    as sorting (hash, value) pairs does, and a kind's features share it (docs/benchmarks.md)."""
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    return order if not np.any(ordered[1:] == ordered[:-1]) else None
+
+
+def _kept(hashes: np.ndarray, values: np.ndarray, order: np.ndarray | None, capacity: int) -> Pool:
+    """The pool of the `capacity` smallest entries, `order` the hashes' if known distinct."""
+    kept = (np.lexsort((values, hashes)) if order is None else order)[:capacity]
     return Pool(hashes[kept], values[kept])
 
 
@@ -95,10 +111,14 @@ def pools_of(windows: pa.Table, feature_names: Sequence[str], capacity: int = CA
             pc.cast(pc.cast(rows.column("window_start"), pa.int64()), pa.string()),
             "|")
         hashes = _hashes(pc.cast(identities, pa.binary()).to_pylist())
+        order = _by_hash(hashes)
         for feature in feature_names:
             values = pc.cast(rows.column(feature), pa.float64()).to_numpy(zero_copy_only=False)
             finite = np.isfinite(values)
-            pools[(table, kind, feature)] = _smallest(hashes[finite], values[finite], capacity)
+            if order is None:
+                pools[(table, kind, feature)] = _smallest(hashes[finite], values[finite], capacity)
+            else:  # the finite entries in the kind's order
+                pools[(table, kind, feature)] = _kept(hashes, values, order[finite[order]], capacity)
     return pools
 
 

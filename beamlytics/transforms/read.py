@@ -163,6 +163,7 @@ class ReadRecords(beam.PTransform):
             sources
             | "Spread" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseSource(self.table, self.days, self.batch_rows, self.parser_options))
+            .with_output_types(pa.RecordBatch)  # sized by `coders.ArrowElementCoder`, not pickled to be sized
             .with_outputs(REJECTED_TAG, COUNTS_TAG, RANGE_REJECTED_TAG, main="records")
         )
         parse_counts, parse_rejected = [parsed[COUNTS_TAG]], [parsed[REJECTED_TAG]]

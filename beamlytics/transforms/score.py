@@ -35,6 +35,7 @@ from beamlytics.detectors.population import CAPACITY, FeatureTail, Population, m
 from beamlytics.detectors.verdict import VerdictSettings, judge
 from beamlytics.hunts.marks import strongest
 from beamlytics.transforms import progress
+from beamlytics.transforms.coders import ArrowElementCoder
 from beamlytics.transforms.windows import DEFAULT_SHARDS
 
 
@@ -257,6 +258,10 @@ class ShardResult:
     counts: tuple[tuple[str, int], ...]
 
 
+# Sized by its tables' bytes: Beam's size sample pickled shard results, which never leave the judging step.
+coders.registry.register_coder(ShardResult, ArrowElementCoder)
+
+
 def tagged_by_shard(windows: pa.Table, shards: int, written: bool):
     """(shard, (written, the rows of that shard's endpoints, packed)): `written` for the run's own windows."""
     for shard, packed in by_shard(windows, shards):
@@ -372,5 +377,5 @@ class JudgeShards(beam.PTransform):
             (*keyed, every_shard)
             | "Together" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
-            | "Judge" >> beam.ParDo(_JudgeShard(config, settings), population, marks)
+            | "Judge" >> beam.ParDo(_JudgeShard(config, settings), population, marks).with_output_types(ShardResult)
         )

@@ -16,8 +16,10 @@ Two ways to place records in windows, with identical results (tests check it):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
@@ -32,6 +34,8 @@ DEFAULT_SHARDS = 8
 _MERGE_EVERY = 16
 # Rows of parsed batches joined before they become partials (the no-Beam path joins as many).
 JOIN_ROWS = 1 << 17
+# Typed, so that Beam sizes the partials by their tables' bytes (`coders.ArrowElementCoder`), not by pickling them.
+_SHARD_PARTIALS = Tuple[int, WindowPartials]
 
 
 class MergePartials(beam.CombineFn):
@@ -155,16 +159,16 @@ class WindowFeatures(beam.PTransform):
         if self.windowing == "key":
             return (
                 batches
-                | "Partials" >> beam.ParDo(_MergedPerBundle(spec, shards))
+                | "Partials" >> beam.ParDo(_MergedPerBundle(spec, shards)).with_output_types(_SHARD_PARTIALS)
                 | "Gather" >> beam.GroupByKey()
-                | "Features" >> beam.Map(shard_features, spec)
+                | "Features" >> beam.Map(shard_features, spec).with_output_types(pa.Table)
             )
         return (
             batches
-            | "Partials" >> beam.ParDo(_WindowedPartials(spec, shards))
+            | "Partials" >> beam.ParDo(_WindowedPartials(spec, shards)).with_output_types(_SHARD_PARTIALS)
             | "Tumbling" >> beam.WindowInto(beam_window.FixedWindows(spec.window_us / 1e6))
             | "Merge" >> beam.CombinePerKey(MergePartials(spec))
-            | "Tables" >> beam.Values()
+            | "Tables" >> beam.Values().with_output_types(pa.Table)
             | "Unwindow" >> beam.WindowInto(beam_window.GlobalWindows())
         )
 

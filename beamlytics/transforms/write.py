@@ -85,9 +85,9 @@ class SortedFolder:
                                     for element in elements if not isinstance(element, Mapping)),
                                   pa.Table.from_pylist(rows, schema=self.schema)])
         if table.num_rows:
-            table = table.take(ordering.sort_indices(table, [
+            table = ordering.sorted_by(table, [
                 (name[1:], "descending") if name.startswith("-") else (name, "ascending")
-                for name in self.sort_columns]))
+                for name in self.sort_columns])
         path = f"{self.directory}/part-{shard:05d}-of-{self.shards:05d}.parquet"
         return write_file(path, parquet_bytes(table.combine_chunks()))
 
