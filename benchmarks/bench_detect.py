@@ -102,20 +102,20 @@ def generate_logs(folder: Path, records: int, hosts: int, seed: int = 1) -> Path
     return folder
 
 
-def _timed(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB, of the largest process) of a command run to completion, measured by
-    `benchmarks.peak` so that this process's own memory is not counted in the command's."""
+def _timed(command: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB, of the largest process) and CPU seconds of a command run to completion, measured
+    by `benchmarks.peak` so that this process's own memory is not counted in the command's."""
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "peak"
         process = subprocess.run([sys.executable, "-m", "benchmarks.peak", str(result), *command],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if process.returncode:
             raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.decode()[-2000:]}")
-        seconds, kib = result.read_text().split()
-    return float(seconds), int(kib) / 1024
+        seconds, kib, cpu = result.read_text().split()
+    return float(seconds), int(kib) / 1024, float(cpu)
 
 
-def _ours(inputs: Path, output: Path, *options: str) -> tuple[float, float]:
+def _ours(inputs: Path, output: Path, *options: str) -> tuple[float, float, float]:
     """`beamlytics detect` timed; its phases (pipeline, report, rest) go to OUTPUT's sibling .phases.json."""
     return _timed([sys.executable, "-m", "benchmarks.detect_phases", str(_phases_file(output)), "detect",
                    "--table", "dns", "--window", "60s", "--output", str(output), *options, str(inputs)])
@@ -125,7 +125,7 @@ def _phases_file(output: Path) -> Path:
     return output.with_name(output.name + ".phases.json")  # beside: detect owns its output folder
 
 
-def _reference(inputs: Path, output: Path) -> tuple[float, float]:
+def _reference(inputs: Path, output: Path) -> tuple[float, float, float]:
     return _timed([sys.executable, "-m", "benchmarks.reference_detect", "--output", str(output), str(inputs)])
 
 
@@ -210,12 +210,12 @@ def _run(work: Path) -> list[Result]:
         if differ:
             raise RuntimeError(f"{size.label}: beamlytics and the reference disagree on {', '.join(differ)}")
         windows = json.loads((outputs / "ours-0" / "summary.json").read_text())["windows"]
-        (our_seconds, our_rss), (their_seconds, their_rss) = min(ours), min(theirs)
+        (our_seconds, _, our_cpu), (their_seconds, _, their_cpu) = min(ours), min(theirs)
         stages = stage_seconds(inputs)
         phases = json.loads(_phases_file(outputs / f"ours-{ours.index(min(ours))}").read_text())
         reference_stages = json.loads((outputs / "reference-0" / "timings.json").read_text())
-        rows.append((size, windows, our_seconds, their_seconds, max(r for _, r in ours), max(r for _, r in theirs),
-                     stages, phases, reference_stages))
+        rows.append((size, windows, our_seconds, their_seconds, max(r for _, r, _ in ours),
+                     max(r for _, r, _ in theirs), stages, phases, reference_stages, our_cpu, their_cpu))
         for name, value in (("records", size.records), ("windows", windows), ("ours", our_seconds),
                             ("reference", their_seconds)):
             model[name].append(value)
@@ -223,14 +223,15 @@ def _run(work: Path) -> list[Result]:
                               "polars script", size.records / their_seconds))
 
     print(f"{'input':<22}{'endpoint-windows':>17}{'ours s':>9}{'script s':>10}{'time x':>8}"
-          f"{'ours MiB':>10}{'script MiB':>12}{'RSS x':>7}  same results")
-    for size, windows, our_seconds, their_seconds, our_rss, their_rss, *_ in rows:
+          f"{'ours MiB':>10}{'script MiB':>12}{'RSS x':>7}{'ours CPU s':>12}{'script CPU s':>14}  same results")
+    for size, windows, our_seconds, their_seconds, our_rss, their_rss, *_, our_cpu, their_cpu in rows:
         print(f"{size.label:<22}{windows:>17,}{our_seconds:>9.2f}{their_seconds:>10.2f}"
-              f"{our_seconds / their_seconds:>8.1f}{our_rss:>10.0f}{their_rss:>12.0f}{our_rss / their_rss:>7.1f}  yes")
+              f"{our_seconds / their_seconds:>8.1f}{our_rss:>10.0f}{their_rss:>12.0f}{our_rss / their_rss:>7.1f}"
+              f"{our_cpu:>12.2f}{their_cpu:>14.2f}  yes")
     print("per stage, seconds. ours: parse, window, score, write on the plain-Python path in one process; of the "
           "timed run: its pipeline, beam = pipeline - those stages, report (after the pipeline), rest (imports, "
           "options, summary):")
-    for size, _, our_seconds, _, _, _, stages, phases, reference_stages in rows:
+    for size, _, our_seconds, _, _, _, stages, phases, reference_stages, *_ in rows:
         ours_text = ", ".join(f"{name} {value:.2f}" for name, value in stages.items())
         theirs_text = ", ".join(f"{name} {value:.2f}" for name, value in reference_stages.items())
         print(f"  {size.label:<22} ours: {ours_text}; pipeline {phases['pipeline']:.2f}, "
@@ -244,7 +245,8 @@ def _run(work: Path) -> list[Result]:
     largest = generate_logs(CACHE / f"{SIZES[-1].records}-{SIZES[-1].hosts}", SIZES[-1].records, SIZES[-1].hosts)
     one = min(_ours(largest, work / f"one-{attempt}")[0] for attempt in range(2))
     two = min(_ours(largest, work / f"two-{attempt}", *TWO_WORKERS)[0] for attempt in range(2))
-    print(f"{SIZES[-1].label}: 1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x faster")
+    print(f"{SIZES[-1].label}: 1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x faster; "
+          f"2 workers: {two / rows[-1][3]:.1f}x the script's time")
     results.append(Result(f"detect gaussian, {SIZES[-1].label}, 2 workers", SIZES[-1].records / two, "records/s",
                           "1 worker", SIZES[-1].records / one))
     return results
