@@ -54,7 +54,7 @@ def read_reported(folder: str) -> pa.Table:
 
     Each file is ranked by score, so its alarms are its first rows: the rest (99.7 % of them at 4 M
     records), whose nested evidence made reading the whole folder most of the incidents' CPU time, is
-    not decoded (docs/benchmarks.md: the report off the critical path).
+    not decoded (docs/benchmarks.md: "ninth session: the incident report's reads").
     """
     return pa.concat_tables([_read_rows(path, schemas.VERDICTS, ["status", "allowed"], incidents.is_reported)
                              for path in _parquet_files(folder)])
