@@ -7,12 +7,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from beamlytics import features, schemas, synthetic
 from beamlytics.pipelines import cli
-from beamlytics.report import folder, html, words
+from beamlytics.report import folder, html, incidents, words
 from tests.test_incidents import ALARM_RATE, SCENARIO, detect_synthetic
 
 MINUTE = 60_000_000
@@ -344,3 +347,27 @@ def test_detect_writes_the_report_into_its_manifest_and_report_never_changes_it_
     assert "write this report elsewhere with --html FILE" in capsys.readouterr().err
     assert cli.main(["report", str(copied), "--html", str(tmp_path / "elsewhere.html")]) == 0
     assert (tmp_path / "elsewhere.html").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("row_group_size", [2, 5, 1 << 20])
+def test_reading_only_wanted_rows_gives_the_whole_folder_filtered(detected, tmp_path, row_group_size):
+    """`read_reported` and `read_folder(keys=)` decode files only up to their last wanted row; here the rows are
+    shuffled (alarms not first, endpoints not together) and the row groups small, against a filter of all rows."""
+    _, out, _ = detected
+    verdicts = folder.read_folder(str(out / "verdicts"), schemas.VERDICTS)
+    scores = folder.read_folder(str(out / "scores"), schemas.SCORES)
+    assert incidents.reported(verdicts).num_rows >= 2
+    order = np.random.default_rng(7)
+    for name, table in (("verdicts", verdicts), ("scores", scores)):
+        shuffled = table.take(pa.array(order.permutation(table.num_rows)))
+        (tmp_path / name).mkdir()
+        for part, rows in enumerate(np.array_split(np.arange(shuffled.num_rows), 3)):
+            pq.write_table(shuffled.take(pa.array(rows)), tmp_path / name / f"part-{part}.parquet",
+                           row_group_size=row_group_size)
+    whole = folder.read_folder(str(tmp_path / "verdicts"), schemas.VERDICTS)
+    alarms = whole.filter(pc.and_(pc.equal(whole.column("status"), "alarm"), pc.invert(whole.column("allowed"))))
+    assert folder.read_reported(str(tmp_path / "verdicts")).equals(alarms)
+    keys = sorted(set(scores.column("key").to_pylist()))[:2]
+    whole = folder.read_folder(str(tmp_path / "scores"), schemas.SCORES)
+    assert folder.read_folder(str(tmp_path / "scores"), schemas.SCORES, keys).equals(
+        whole.filter(pc.is_in(whole.column("key"), pa.array(keys))))

@@ -74,9 +74,11 @@ def batches(files: Sequence[str]) -> Iterator[pa.RecordBatch]:
 
 def remove(output: str) -> None:
     """Remove the kept records: they were this run's scratch, not one of its outputs."""
-    files = kept_files(output)
-    if files:
-        FileSystems.delete(files)
     folder = folder_of(output)
-    if "://" not in folder and FileSystems.exists(folder):  # object stores have no folders to remove
+    if "://" in folder:  # object stores have no folders: each object goes
+        files = kept_files(output)
+        if files:
+            FileSystems.delete(files)
+    elif FileSystems.exists(folder):
+        # The folder at once: Beam deletes a list of files by matching each as a pattern (0.25 s at 4 M records).
         FileSystems.delete([folder])

@@ -6,10 +6,12 @@ later, on an old folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,6 +24,7 @@ from beamlytics.transforms.write import parquet_bytes, write_file
 
 INCIDENTS_FILE = "incidents/part-00000-of-00001.parquet"
 REPORT_FILE = "report.html"
+_ROWS_AT_ONCE = 1024  # rows decoded at a time, up to a file's last wanted one (`_read_rows`)
 _SHOWN_COLUMNS = {
     "dns": ("req_time", "c_ip", "s_ip", "query", "req_type", "resp_code", "answers"),
     "http": ("req_time", "c_ip", "s_ip", "method", "host", "path", "status_code", "response_body_len"),
@@ -36,26 +39,82 @@ class ReportError(Exception):
 def read_folder(folder: str, schema: pa.Schema | None = None, keys: Sequence[str] | None = None) -> pa.Table:
     """All Parquet files of an output folder as one table (local or any Beam filesystem).
 
-    With `keys`, only those endpoints' rows: outputs are sorted by key, so Parquet skips the
-    row groups of other endpoints instead of loading the whole of scores/.
+    With `keys`, only those endpoints' rows (`_read_rows`): outputs are sorted by key, so of the
+    whole of scores/ only the runs of those endpoints are decoded.
     """
+    if keys is None:
+        return pa.concat_tables([_read_parquet(path, schema) for path in _parquet_files(folder)])
+    wanted = pa.array(sorted(keys), pa.string())
+    return pa.concat_tables([_read_rows(path, schema, ["key"], lambda table: pc.is_in(table.column("key"), wanted))
+                             for path in _parquet_files(folder)])
+
+
+def read_reported(folder: str) -> pa.Table:
+    """The verdicts of a verdicts/ folder that an analyst is shown (`incidents.reported`), in the folder's order.
+
+    Each file is ranked by score, so its alarms are its first rows: the rest (99.7 % of them at 4 M
+    records), whose nested evidence made reading the whole folder most of the incidents' CPU time, is
+    not decoded (docs/benchmarks.md: "ninth session: the incident report's reads").
+    """
+    return pa.concat_tables([_read_rows(path, schemas.VERDICTS, ["status", "allowed"], incidents.is_reported)
+                             for path in _parquet_files(folder)])
+
+
+def _parquet_files(folder: str) -> list[str]:
     matches = FileSystems.match([f"{folder.rstrip('/')}/*.parquet"])[0].metadata_list
     if not matches:
         raise ReportError(f"no Parquet files in {folder} (is this a beamlytics detect output?)")
-    wanted = pc.field("key").isin(pa.array(list(keys), pa.string())) if keys is not None else None
-    return pa.concat_tables([_read_parquet(path, schema, wanted) for path in sorted(m.path for m in matches)])
+    return sorted(m.path for m in matches)
 
 
-def _read_parquet(path: str, schema: pa.Schema, filters=None) -> pa.Table:
-    """One output file in `schema` (its key-value metadata kept), or a one-line error if it is not one."""
+@contextlib.contextmanager
+def _parquet_file(path: str, schema: pa.Schema) -> Iterator[pq.ParquetFile]:
+    """One output file open for reading, or a one-line error if it is not one `schema` describes."""
     try:
         with FileSystems.open(path) as handle:
-            table = pq.read_table(handle, filters=filters)
+            parquet = pq.ParquetFile(handle)
+            if parquet.schema_arrow.names != schema.names:
+                raise ReportError(f"{path} has other columns than this beamlytics writes (an older version?): "
+                                  "run beamlytics detect again")
+            yield parquet
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ReportError(f"cannot read {path}: {error}") from None
-    if table.schema.names != schema.names:
-        raise ReportError(f"{path} has other columns than this beamlytics writes (an older version?): "
-                          "run beamlytics detect again")
+
+
+def _read_parquet(path: str, schema: pa.Schema) -> pa.Table:
+    """One output file in `schema` (its key-value metadata kept)."""
+    with _parquet_file(path, schema) as parquet:
+        return _cast(parquet.read(), schema)
+
+
+def _read_rows(path: str, schema: pa.Schema, columns: Sequence[str],
+               wanted: Callable[[pa.Table], pa.ChunkedArray]) -> pa.Table:
+    """The rows of one output file for which `wanted` (of its `columns`) is true, in the file's order.
+
+    Only `columns` are read whole. The rest is decoded only in row groups that hold a wanted row, and
+    there only up to the last one: the rows a report wants are runs of a sorted file (an endpoint's
+    rows, or the head of a file ranked by score), and decoding a file's pages cannot skip ahead.
+    """
+    with _parquet_file(path, schema) as parquet:
+        chosen = np.flatnonzero(pc.fill_null(wanted(parquet.read(columns=list(columns))), False).to_numpy(
+            zero_copy_only=False))
+        parts, first = [parquet.schema_arrow.empty_table()], 0
+        for group in range(parquet.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            inside = chosen[(chosen >= first) & (chosen < first + size)] - first
+            if inside.size:
+                batches, rows = [], 0
+                for batch in parquet.iter_batches(batch_size=_ROWS_AT_ONCE, row_groups=[group]):
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows > inside[-1]:
+                        break
+                parts.append(pa.Table.from_batches(batches, parquet.schema_arrow).take(pa.array(inside)))
+            first += size
+        return _cast(pa.concat_tables(parts), schema)
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.cast(schema.with_metadata(table.schema.metadata))
 
 
@@ -76,7 +135,7 @@ def write_incidents(output: str, inputs: incidents.Inputs) -> pa.Table:
     output = output.rstrip("/")
     summary = read_summary(output)
     table_name = summary["table"]
-    verdicts = read_folder(f"{output}/verdicts", schemas.VERDICTS)
+    verdicts = read_reported(f"{output}/verdicts")
     anomalies = read_folder(f"{output}/anomalies", schemas.ANOMALIES)
     feature_table = read_folder(f"{output}/features", features.feature_schema(table_name))
     kept = evidence.kept_files(output)
