@@ -449,6 +449,13 @@ def test_release_memory_frees_garbage_held_in_reference_cycles():
             gc.enable()
 
 
+def test_the_cli_freezes_every_object_before_the_interpreters_last_collections():
+    # A hook registered before the CLI is imported runs after the CLI's own: atexit runs them last in, first out.
+    result = python("import atexit, gc\natexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+                    "from beamlytics.pipelines import cli\ncli.main(['--version'])")
+    assert result.stdout.split()[-2:] == ["frozen", "True"], result.stdout + result.stderr
+
+
 # --- bad values
 
 @pytest.mark.parametrize("option, fragment", [
