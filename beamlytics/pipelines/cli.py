@@ -41,9 +41,9 @@ FILESYSTEM_EXTRAS = {"gs": ("gcp", "google.cloud.storage"), "s3": ("aws", "boto3
 # Beam's import-time warning that is about Beam's optional BigQuery client, never about this run.
 _FOREIGN_WARNINGS = ("apitools not found",)
 
-# At exit, before the interpreter's last collections: frozen, they skip the imported modules' objects (mostly Beam's)
-# instead of walking them, 0.3 CPU s of a 50 k-record detect (docs/benchmarks.md). Nothing waits on a collection
-# then: every output is written and closed before `main` returns, and reference counting still frees the rest.
+# Every object is frozen at exit, before the interpreter's last collections, which then skip the imported modules'
+# objects (mostly Beam's) instead of walking them: 0.3 CPU s of a 50 k-record detect (docs/benchmarks.md). No output
+# waits on a collection: each is written and closed before `main` returns; reference counting still frees the rest.
 atexit.register(gc.freeze)
 
 class UsageError(Exception):
