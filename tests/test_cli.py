@@ -4,6 +4,7 @@ Each user mistake ends with exit status 2 and one line on stderr naming it; each
 result says why on stderr and in summary.json; long runs report progress.
 """
 import argparse
+import gc
 import importlib.metadata
 import importlib.util
 import io
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pyarrow as pa
@@ -425,6 +427,33 @@ def test_detect_reports_progress_with_the_run_counts_and_quiet_silences_it(capsy
     assert all(line.startswith(("progress: ", "done: ")) for line in lines)  # stderr is not a TTY here
     status, lines = run(capsys, "detect", "--table", "dns", "--quiet", "--output", tmp_path / "quiet", zeek_logs)
     assert status == 0 and lines == []
+
+
+def test_release_memory_frees_garbage_held_in_reference_cycles():
+    class Node:
+        pass
+
+    enabled = gc.isenabled()
+    gc.disable()  # so that only release_memory can collect the cycle
+    try:
+        node = Node()
+        node.self = node
+        node.payload = bytearray(1 << 20)
+        alive = weakref.ref(node)
+        del node
+        assert alive() is not None  # unreachable, but a cycle: reference counting alone keeps it
+        cli.release_memory()
+        assert alive() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_the_cli_freezes_every_object_before_the_interpreters_last_collections():
+    # A hook registered before the CLI is imported runs after the CLI's own: atexit runs them last in, first out.
+    result = python("import atexit, gc\natexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+                    "from beamlytics.pipelines import cli\ncli.main(['--version'])")
+    assert result.stdout.split()[-2:] == ["frozen", "True"], result.stdout + result.stderr
 
 
 # --- bad values
