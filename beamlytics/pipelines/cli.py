@@ -46,6 +46,7 @@ _FOREIGN_WARNINGS = ("apitools not found",)
 # waits on a collection: each is written and closed before `main` returns; reference counting still frees the rest.
 atexit.register(gc.freeze)
 
+
 class UsageError(Exception):
     """A mistake in the command line or its inputs, told to the user in one line."""
 
