@@ -683,20 +683,24 @@ def window_features(batches: Iterable[pa.RecordBatch], spec: WindowSpec) -> pa.T
     return window_table(merge_partials(parts), spec)
 
 
-def coalesced_batches(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """Consecutive batches of one schema joined into batches of about `rows` rows, for work whose
-    fixed cost per call outweighs its cost per row (Acero's group-by costs ~10 ms a call, which
-    dominated windowing the parsers' 10,000-row batches)."""
+def batch_runs(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.RecordBatch]]:
+    """Consecutive batches of one schema grouped into runs of about `rows` rows."""
     waiting: list[pa.RecordBatch] = []
     waiting_rows = 0
     for batch in batches:
         if waiting and (batch.schema != waiting[0].schema or waiting_rows >= rows):
-            yield pa.concat_batches(waiting)
+            yield waiting
             waiting, waiting_rows = [], 0
         waiting.append(batch)
         waiting_rows += batch.num_rows
     if waiting:
-        yield pa.concat_batches(waiting)
+        yield waiting
+
+
+def coalesced_batches(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """`batch_runs` joined into batches, for work whose fixed cost per call outweighs its cost per row
+    (Acero's group-by costs ~10 ms a call, which dominated windowing the parsers' 10,000-row batches)."""
+    return (pa.concat_batches(run) for run in batch_runs(batches, rows))
 
 
 def endpoint_windows(table: pa.Table) -> list[EndpointWindow]:

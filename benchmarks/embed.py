@@ -128,8 +128,6 @@ def placed_aliases(attack: pa.Table, attacker: str, aliases: Iterable[str]) -> d
 # addresses are not one host's.
 MAX_INTERFACE_ADDRESSES = 4
 _ETHERNET = 1
-_IPV4, _IPV6 = 0x0800, 0x86DD
-_VLAN_TAGS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))  # the tags beamlytics' packet decoder steps over
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 
 
@@ -152,14 +150,18 @@ def sources_by_mac(path: str) -> dict[str, set[str]] | None:
 
 
 def _ip_source(frame: bytes) -> str | None:
-    """The IP source address of an Ethernet frame, after any VLAN tags; None for other payloads (ARP, LLDP...)."""
-    offset = 12
-    while len(frame) >= offset + 2 and int.from_bytes(frame[offset:offset + 2], "big") in _VLAN_TAGS:
-        offset += 4
-    ethertype, offset = int.from_bytes(frame[offset:offset + 2], "big"), offset + 2
-    if ethertype == _IPV4 and len(frame) >= offset + 20 and frame[offset] >> 4 == 4:
+    """The IP source address of an Ethernet frame, its datagram found as beamlytics' packet decoder finds it (after
+    any VLAN tags); None for other payloads (ARP, LLDP...) and for a frame cut short."""
+    try:
+        start = packets.network_start(_ETHERNET, frame)
+    except packets.BadPacket:
+        return None
+    if start is None:
+        return None
+    ethertype, offset = start
+    if ethertype == packets.ETH_IPV4 and len(frame) >= offset + 20 and frame[offset] >> 4 == 4:
         return packets.address_text(frame[offset + 12:offset + 16])
-    if ethertype == _IPV6 and len(frame) >= offset + 40 and frame[offset] >> 4 == 6:
+    if ethertype == packets.ETH_IPV6 and len(frame) >= offset + 40 and frame[offset] >> 4 == 6:
         return packets.address_text(frame[offset + 8:offset + 24])
     return None
 

@@ -481,8 +481,9 @@ _NULL_FAMILIES = {2: ETH_IPV4, 24: ETH_IPV6, 28: ETH_IPV6, 30: ETH_IPV6}
 _RAW_LINKTYPES = frozenset((12, 14, 101))
 
 
-def _network_start(linktype: int, frame: bytes) -> tuple[int, int] | None:
-    """(ethertype, offset) of the IP datagram in `frame`, or None when it carries none."""
+def network_start(linktype: int, frame: bytes) -> tuple[int, int] | None:
+    """(ethertype, offset) of the IP datagram in `frame`, or None when it carries none (BadPacket when the
+    link header is cut short)."""
     if linktype == 1:
         if len(frame) < 14:
             raise BadPacket("frame shorter than an Ethernet header")
@@ -659,7 +660,7 @@ class _Decoder:
     def decode(self, number: int, ts_us: int, linktype: int, frame: bytes) -> Packet | None:
         if linktype == 1 and frame[12:14] == _ETHERTYPE_IPV4:  # most packets: untagged Ethernet, IPv4
             return self._ipv4(number, ts_us, frame, 14)
-        start = _network_start(linktype, frame)
+        start = network_start(linktype, frame)
         if start is None:
             return None
         ethertype, offset = start
